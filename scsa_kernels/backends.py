@@ -1,0 +1,71 @@
+"""Backend registry and selection.
+
+Each backend lives in ``scsa_kernels/ops/<name>.py`` and exposes three functions:
+
+- ``unavailable_reason() -> str | None``: why it cannot run on this machine at all
+  (extension not built, triton missing, no GPU), or None.
+- ``unsupported_reason(x, config, training) -> str | None``: why it cannot run this
+  particular input/config (wrong device, option not implemented), or None.
+- ``scsa(x, weights, config, training) -> Tensor``: the differentiable forward.
+  Inputs are already validated by ``config.check_input``.
+
+Modules are imported lazily so that a broken optional dependency only disables
+its own backend. ``auto`` tries ``AUTO_ORDER[device type]`` in order and always
+ends with the reference, which runs everywhere.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+BACKEND_CHOICES = ("auto",) + BACKENDS
+# Fastest first; decided by measurement (benchmarks/results), reference last as the catch-all.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend asked for by name cannot run this input; the message says why."""
+
+
+def check_backend_name(backend: str) -> str:
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"SCSA: backend must be one of {BACKEND_CHOICES}, got {backend!r}")
+    return backend
+
+
+def load(name: str):
+    """The ops module of backend ``name``."""
+    return importlib.import_module(f"scsa_kernels.ops.{name}")
+
+
+def unavailable_reason(name: str) -> Optional[str]:
+    """Why backend ``name`` cannot run on this machine, or None when it can."""
+    try:
+        return load(name).unavailable_reason()
+    except Exception as exc:  # an import error of an optional dependency disables that backend only
+        return f"importing scsa_kernels.ops.{name} failed: {type(exc).__name__}: {exc}"
+
+
+def why_not(name: str, x, config, training: bool) -> Optional[str]:
+    """Why backend ``name`` cannot run this call, or None when it can."""
+    reason = unavailable_reason(name)
+    return reason if reason is not None else load(name).unsupported_reason(x, config, training)
+
+
+def select(backend: str, x, config, training: bool):
+    """The ops module that will run this call (``backend`` may be "auto")."""
+    if backend != "auto":
+        reason = why_not(backend, x, config, training)
+        if reason is not None:
+            raise BackendUnavailableError(f"SCSA backend {backend!r} cannot run this input: {reason}")
+        return load(backend)
+    for name in AUTO_ORDER.get(x.device.type, ("reference",)):
+        if why_not(name, x, config, training) is None:
+            return load(name)
+    return load("reference")  # unreachable in practice: the reference supports every valid input
+
+
+def auto_choice(x, config, training: bool = False) -> str:
+    """Name of the backend ``auto`` picks for this input."""
+    return select("auto", x, config, training).NAME

@@ -1,0 +1,1 @@
+"""One module per backend: availability, supported inputs, and the differentiable op."""

@@ -1,0 +1,100 @@
+"""The SCSA parameters as plain tensors, and the packed form the fused kernels take.
+
+``SCSAWeights`` mirrors the authors' state_dict layout (SPEC.md table). Fused
+backends call ``pack_weights`` once per forward: it is a handful of tiny,
+differentiable torch ops, so gradients with respect to the packed tensors flow
+back to the module's own parameters through ordinary autograd.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import SCSAConfig
+
+Tensor = torch.Tensor
+
+
+class SCSAWeights(NamedTuple):
+    """Parameters in the authors' shapes (g = dim // 4, k_j = group_kernel_sizes[j])."""
+
+    conv_weights: Tuple[Tensor, Tensor, Tensor, Tensor]  # (g, 1, k_j) each
+    conv_biases: Tuple[Tensor, Tensor, Tensor, Tensor]   # (g,) each
+    norm_h_weight: Tensor  # (dim,)
+    norm_h_bias: Tensor    # (dim,)
+    norm_w_weight: Tensor  # (dim,)
+    norm_w_bias: Tensor    # (dim,)
+    norm_weight: Tensor    # (dim,)
+    norm_bias: Tensor      # (dim,)
+    q_weight: Tensor       # (dim, 1, 1, 1)
+    k_weight: Tensor       # (dim, 1, 1, 1)
+    v_weight: Tensor       # (dim, 1, 1, 1)
+    q_bias: Optional[Tensor] = None   # (dim,) when qkv_bias
+    k_bias: Optional[Tensor] = None
+    v_bias: Optional[Tensor] = None
+    conv_d_weight: Optional[Tensor] = None  # (dim, dim*ws*ws, 1, 1) in recombination mode
+
+    def tensors(self):
+        """Every parameter tensor present, flat."""
+        flat = [*self.conv_weights, *self.conv_biases, *self[2:]]
+        return [t for t in flat if t is not None]
+
+    def names(self):
+        """Names matching ``tensors()`` one to one (the authors' state_dict keys)."""
+        convs = ("local_dwc", "global_dwc_s", "global_dwc_m", "global_dwc_l")
+        flat = [f"{c}.weight" for c in convs] + [f"{c}.bias" for c in convs] + [
+            "norm_h.weight", "norm_h.bias", "norm_w.weight", "norm_w.bias", "norm.weight", "norm.bias",
+            "q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias", "conv_d.weight"]
+        values = [*self.conv_weights, *self.conv_biases, *self[2:]]
+        return [n for n, t in zip(flat, values) if t is not None]
+
+    def map(self, fn) -> "SCSAWeights":
+        """A copy with ``fn`` applied to every tensor present (None stays None)."""
+        apply = lambda t: None if t is None else fn(t)
+        return SCSAWeights(tuple(map(apply, self.conv_weights)), tuple(map(apply, self.conv_biases)),
+                           *map(apply, self[2:]))
+
+
+class PackedWeights(NamedTuple):
+    """The layout every fused kernel reads, all float32 and contiguous (C = dim, K = max kernel size).
+
+    The four depthwise kernels are zero-padded symmetrically to K: for odd sizes
+    and padding k//2 this leaves the convolution unchanged, so one (C, K) table
+    serves every group.
+    """
+
+    conv_weight: Tensor    # (C, K)
+    conv_bias: Tensor      # (C,)
+    norm_h_weight: Tensor  # (C,)
+    norm_h_bias: Tensor    # (C,)
+    norm_w_weight: Tensor  # (C,)
+    norm_w_bias: Tensor    # (C,)
+    norm_weight: Tensor    # (C,)
+    norm_bias: Tensor      # (C,)
+    qkv_weight: Tensor     # (3, C): per-channel scales of q, k, v
+    qkv_bias: Tensor       # (3, C): zeros when the module has no q/k/v bias
+
+
+def pack_weights(weights: SCSAWeights, config: SCSAConfig) -> PackedWeights:
+    """Differentiable packing of ``weights`` into ``PackedWeights`` (float32)."""
+    kmax = config.max_kernel_size
+    rows = []
+    for weight, k in zip(weights.conv_weights, config.group_kernel_sizes):
+        pad = (kmax - k) // 2
+        rows.append(F.pad(weight.reshape(weight.shape[0], k).float(), (pad, pad)))
+    conv_weight = torch.cat(rows).contiguous()
+    conv_bias = torch.cat([b.float() for b in weights.conv_biases])
+    scales = torch.stack([w.reshape(-1) for w in (weights.q_weight, weights.k_weight, weights.v_weight)])
+    if config.qkv_bias:
+        biases = torch.stack([weights.q_bias, weights.k_bias, weights.v_bias])
+    else:
+        biases = scales.new_zeros(scales.shape)
+    return PackedWeights(
+        conv_weight, conv_bias,
+        weights.norm_h_weight.float(), weights.norm_h_bias.float(),
+        weights.norm_w_weight.float(), weights.norm_w_bias.float(),
+        weights.norm_weight.float(), weights.norm_bias.float(),
+        scales.float().contiguous(), biases.float().contiguous(),
+    )
