@@ -1,0 +1,127 @@
+"""Every error of SPEC.md ("Shapes and inputs that are errors") and every valid edge input."""
+import re
+
+import pytest
+import torch
+
+from scsa_kernels import SCSA, SCSAConfig, BackendUnavailableError, scsa_reference
+from scsa_kernels.testing import compare_backend, random_weights
+
+CONSTRUCTOR_ERRORS = [
+    (dict(dim=6), ValueError, "dim must be a positive multiple of 4"),
+    (dict(dim=0), ValueError, "dim must be a positive multiple of 4"),
+    (dict(dim=8, head_num=3), ValueError, "dim must be divisible by head_num"),
+    (dict(dim=8, head_num=0), ValueError, "head_num must be >= 1"),
+    (dict(dim=8.0), TypeError, "dim must be an int"),
+    (dict(dim=8, group_kernel_sizes=(3, 5, 7)), ValueError, "exactly 4 sizes"),
+    (dict(dim=8, group_kernel_sizes=(3, 5, 7, 9, 11)), ValueError, "exactly 4 sizes"),
+    (dict(dim=8, group_kernel_sizes=(3, 4, 7, 9)), ValueError, "odd and >= 1"),
+    (dict(dim=8, group_kernel_sizes=(3, 5, -1, 9)), ValueError, "odd and >= 1"),
+    (dict(dim=8, group_kernel_sizes=(3, 5, 7, 9.0)), TypeError, "group_kernel_sizes"),
+    (dict(dim=8, down_sample_mode="median"), ValueError, "down_sample_mode must be one of"),
+    (dict(dim=8, gate_layer="relu"), ValueError, "gate_layer must be one of"),
+    (dict(dim=8, attn_drop_ratio=1.0), ValueError, "attn_drop_ratio must be in [0, 1)"),
+    (dict(dim=8, attn_drop_ratio=-0.1), ValueError, "attn_drop_ratio must be in [0, 1)"),
+    (dict(dim=8, window_size=0), ValueError, "window_size must be >= 1 or -1"),
+    (dict(dim=8, backend="tpu"), ValueError, "backend must be one of"),
+    (dict(dim=8, not_an_option=1), TypeError, "not_an_option"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,message", CONSTRUCTOR_ERRORS, ids=[m for _, _, m in CONSTRUCTOR_ERRORS])
+def test_constructor_errors_name_argument_and_rule(kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        SCSA(**kwargs)
+
+
+def test_authors_unused_kwargs_are_accepted():
+    SCSA(8, 2, fuse_bn=True, norm_cfg=dict(type="BN"), act_cfg=dict(type="ReLU"))
+
+
+INPUT_ERRORS = [
+    (lambda: [[1.0]], TypeError, "must be a torch.Tensor"),
+    (lambda: torch.zeros(1, 8, 8, 8, dtype=torch.int64), TypeError, "floating-point"),
+    (lambda: torch.zeros(1, 8, 8, 8, dtype=torch.bool), TypeError, "floating-point"),
+    (lambda: torch.randn(8, 8, 8), ValueError, "must be 4-D"),
+    (lambda: torch.randn(1, 1, 8, 8, 8), ValueError, "must be 4-D"),
+    (lambda: torch.randn(1, 12, 8, 8), ValueError, "C == dim == 8"),
+    (lambda: torch.randn(1, 8, 6, 8), ValueError, "H >= window_size"),
+    (lambda: torch.randn(1, 8, 8, 3), ValueError, "W >= window_size"),
+]
+
+
+@pytest.mark.parametrize("make_input,error,message", INPUT_ERRORS, ids=[m for _, _, m in INPUT_ERRORS])
+def test_input_errors_raise_before_compute(make_input, error, message):
+    with pytest.raises(error, match=message):
+        SCSA(8, window_size=7)(make_input())
+
+
+def test_input_on_other_device_than_parameters():
+    module = SCSA(8, window_size=2).to("meta")
+    with pytest.raises(ValueError, match="parameters are on meta"):
+        module(torch.randn(1, 8, 4, 4))
+
+
+def test_unavailable_backend_explains_why():
+    with pytest.raises(BackendUnavailableError, match="'cuda'.*not implemented"):
+        SCSA(8, window_size=2, backend="cuda")(torch.randn(1, 8, 4, 4))
+
+
+def test_global_pool_has_no_size_rule():
+    assert SCSA(8, window_size=-1)(torch.randn(2, 8, 1, 1)).shape == (2, 8, 1, 1)
+
+
+# ---- valid edge inputs -------------------------------------------------------------------------------
+
+def test_empty_batch_returns_empty_and_backprops():
+    x = torch.randn(0, 8, 5, 5, requires_grad=True)
+    out = SCSA(8, window_size=2)(x)
+    assert out.shape == (0, 8, 5, 5)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_hw"])
+def test_non_contiguous_inputs(layout):
+    config = SCSAConfig(8, head_num=2, window_size=3)
+    base = torch.randn(2, 8, 11, 13)
+    x = {"channels_last": base.to(memory_format=torch.channels_last),
+         "sliced": torch.randn(3, 16, 11, 26)[::2, 1::2, :, ::2],
+         "transposed_hw": base.transpose(2, 3)}[layout]
+    assert not x.is_contiguous()
+    weights = random_weights(config)
+    out = scsa_reference(x, weights, config)
+    torch.testing.assert_close(out, scsa_reference(x.contiguous(), weights, config), rtol=1e-6, atol=1e-6)
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    assert all(r.ok for r in compare_backend("reference", x, weights, config))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_computes_in_float32(dtype):
+    config = SCSAConfig(16, head_num=2, window_size=3, qkv_bias=True)
+    weights = random_weights(config, dtype=dtype)
+    x = torch.randn(2, 16, 10, 9, dtype=dtype)
+    out = scsa_reference(x, weights, config)
+    assert out.dtype == dtype
+    exact = scsa_reference(x.double(), weights.map(torch.Tensor.double), config)
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=exact.abs().max().item() * 2 ** -7)
+
+
+def test_nan_and_inf_propagate():
+    module = SCSA(8, window_size=2)
+    x = torch.randn(2, 8, 6, 6)
+    x[0, 3, 2, 4] = float("nan")
+    x[1, 5, 1, 1] = float("inf")
+    out = module(x)
+    assert out.shape == x.shape
+    assert torch.isnan(out[0]).any()
+    assert not torch.isfinite(out[1]).all()
+
+
+def test_odd_sizes_drop_partial_windows():
+    config = SCSAConfig(8, window_size=4)
+    weights = random_weights(config)
+    x = torch.randn(1, 8, 9, 11)
+    # Values in the dropped last row/columns reach the pooled tensor only through the means.
+    assert all(r.ok for r in compare_backend("reference", x, weights, config))
