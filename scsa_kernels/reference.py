@@ -28,6 +28,12 @@ def gate(t: Tensor, gate_layer: str, dim: int) -> Tensor:
     return torch.softmax(t, dim=dim) if gate_layer == "softmax" else torch.sigmoid(t)
 
 
+def group_norm(t: Tensor, groups: int, weight: Tensor, bias: Tensor) -> Tensor:
+    """GroupNorm (eps 1e-5, biased variance). The aten op, not F.group_norm: the latter refuses
+    a group of a single value in training mode (dim=4 with H=1), which SCSA defines (output = bias)."""
+    return torch.group_norm(t, groups, weight, bias, GROUP_NORM_EPS)
+
+
 def spatial_gate(means: Tensor, weights: SCSAWeights, norm_weight: Tensor, norm_bias: Tensor,
                  config: SCSAConfig) -> Tensor:
     """One SMSA direction. means: (B, C, L) row or column means -> gate (B, C, L)."""
@@ -36,8 +42,7 @@ def spatial_gate(means: Tensor, weights: SCSAWeights, norm_weight: Tensor, norm_
         F.conv1d(group, w.to(means.dtype), b.to(means.dtype), padding=k // 2, groups=config.group_channels)
         for group, w, b, k in zip(groups, weights.conv_weights, weights.conv_biases, config.group_kernel_sizes)
     ], dim=1)
-    normed = F.group_norm(filtered, NUM_GROUPS, norm_weight.to(means.dtype), norm_bias.to(means.dtype),
-                          GROUP_NORM_EPS)
+    normed = group_norm(filtered, NUM_GROUPS, norm_weight.to(means.dtype), norm_bias.to(means.dtype))
     return gate(normed, config.gate_layer, dim=2)
 
 
@@ -66,7 +71,7 @@ def channel_gate(pooled: Tensor, weights: SCSAWeights, config: SCSAConfig, train
     """PCSA steps 2-6. pooled: (B, C, H', W') -> ca (B, C, 1, 1)."""
     batch, channels = pooled.shape[:2]
     dt = pooled.dtype
-    y = F.group_norm(pooled, 1, weights.norm_weight.to(dt), weights.norm_bias.to(dt), GROUP_NORM_EPS)
+    y = group_norm(pooled, 1, weights.norm_weight.to(dt), weights.norm_bias.to(dt))
 
     def project(weight, bias):  # depthwise 1x1 conv == per-channel scale (+ bias)
         return F.conv2d(y, weight.to(dt), None if bias is None else bias.to(dt), groups=channels)

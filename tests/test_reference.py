@@ -2,6 +2,7 @@
 import dataclasses
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 
 from scsa_kernels import SCSA, SCSAConfig, scsa_reference
@@ -89,3 +90,30 @@ def test_attention_dropout_matches_authors_in_training():
     torch.testing.assert_close(out_ours, out_authors, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(out_ours, ours.eval()(x)), "dropout in training must change the output"
     assert config.attn_drop_ratio == 0.4
+
+
+@st.composite
+def configs_and_shapes(draw):
+    dim = 4 * draw(st.integers(1, 4))
+    head_num = draw(st.sampled_from([h for h in (1, 2, 3, 4) if dim % h == 0]))
+    window_size = draw(st.sampled_from([-1, 1, 2, 3]))
+    config = SCSAConfig(
+        dim, head_num, window_size,
+        group_kernel_sizes=tuple(draw(st.lists(st.sampled_from([1, 3, 5, 7]), min_size=4, max_size=4))),
+        qkv_bias=draw(st.booleans()),
+        down_sample_mode=draw(st.sampled_from(["avg_pool", "max_pool", "recombination"])),
+        gate_layer=draw(st.sampled_from(["sigmoid", "softmax"])),
+    )
+    low = max(window_size, 1)
+    shape = (draw(st.integers(1, 2)), dim, draw(st.integers(low, 7)), draw(st.integers(low, 7)))
+    return config, shape
+
+
+@settings(max_examples=25, deadline=None)
+@given(configs_and_shapes())
+def test_property_reference_equals_independent(case):
+    config, shape = case
+    weights = random_weights(config, dtype=torch.float64)
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(scsa_reference(x, weights, config),
+                               independent_scsa(x, state_dict_of(weights, config), config), rtol=1e-10, atol=1e-12)
