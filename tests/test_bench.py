@@ -16,6 +16,7 @@ from scsa_kernels.bench.traffic import floor_bytes
 from scsa_kernels.module import SCSA
 
 TINY_TIMING = ["--warmup-ms", "1", "--rep-ms", "2"]
+TINY_CPU_RUN = ["--device", "cpu", "--compile", "none", "--backend", "fake", *TINY_TIMING]
 
 
 @pytest.mark.parametrize("text", ["8,64,56,56", "8x64x56x56", " 8, 64,56 ,56 "])
@@ -66,7 +67,7 @@ def test_select_cases_narrows_the_default_suite():
 def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
     install_backend(monkeypatch, "fake")
     out = str(tmp_path / "results")
-    assert cli.main(["--shape", "1,16,14,14", "--out", out, "--compile", "none", *TINY_TIMING]) == 0
+    assert cli.main(["--shape", "1,16,14,14", "--out", out, *TINY_CPU_RUN]) == 0
     rows = read_csv(os.path.join(out, "microbench.csv"))
     assert list(rows[0]) == list(MICRO_COLUMNS)
     assert {(r["mode"], r["provider"]) for r in rows} == {
@@ -85,7 +86,7 @@ def test_unsupported_provider_gets_a_skip_row(tmp_path, monkeypatch):
     fake = install_backend(monkeypatch, "fake")
     fake.unsupported_reason = lambda x, config, training: "fake does not do this"
     out = str(tmp_path)
-    cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, "--compile", "none", *TINY_TIMING])
+    cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
     rows = {r["provider"]: r for r in read_csv(os.path.join(out, "microbench.csv"))}
     assert rows["fake"]["status"] == "fake does not do this" and rows["fake"]["median_ms"] == ""
     assert rows["eager"]["status"] == "ok"
@@ -109,12 +110,13 @@ def test_resnet50_places_scsa_after_conv1_on_mid_channels():
 
 
 def test_e2e_run_writes_csv(tmp_path, monkeypatch):
+    install_backend(monkeypatch, "fake")
     monkeypatch.setattr(e2e, "MODEL_STAGES", ((16, 1, 1), (32, 1, 2)))  # a two-block network: seconds, not minutes
     out = str(tmp_path)
-    assert cli.main(["--e2e", "--quick", "--e2e-image-size", "56", "--out", out, *TINY_TIMING]) == 0
+    assert cli.main(["--e2e", "--quick", "--e2e-image-size", "56", "--out", out, *TINY_CPU_RUN]) == 0
     rows = read_csv(os.path.join(out, "e2e.csv"))
     assert list(rows[0]) == list(E2E_COLUMNS) and all(r[c] for r in rows for c in ENVIRONMENT_COLUMNS if c not in (
         "driver", "cuda", "triton"))
     assert {(r["phase"], r["provider"]) for r in rows} == {(p, m) for p in ("train", "inference")
-                                                          for m in ("plain", "reference")}
+                                                          for m in ("plain", "reference", "fake")}
     assert all(float(r["images_per_s"]) > 0 for r in rows)

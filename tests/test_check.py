@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fake_backends import install_backend
-from scsa_kernels import check
+from scsa_kernels import backends, check
 from scsa_kernels.reference import scsa_reference
 
 
@@ -34,16 +34,20 @@ def crashes(x, weights, config, training):
 
 
 def test_passes_on_the_reference(capsys):
-    assert check.main(["--backend", "reference", "--quick"]) == 0
+    assert check.main(["--backend", "reference", "--quick", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out and "20 passed, 0 failed" in out
 
 
 def test_default_checks_every_available_fused_backend(monkeypatch, capsys):
+    monkeypatch.setattr(backends, "BACKENDS", ("reference", "unbuilt"))
+    install_backend(monkeypatch, "unbuilt").unavailable_reason = lambda: "not built"
     install_backend(monkeypatch, "fake")
-    assert check.main(["--quick"]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("fake ")]
-    assert len(lines) == 20 and all(" PASS " in l for l in lines)
+    assert check.main(["--quick", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fake = [l for l in lines if l.startswith("fake ")]
+    assert len(fake) == 20 and all(" PASS " in l for l in fake)
+    assert not any(l.startswith(("unbuilt", "reference")) for l in lines)
 
 
 @pytest.mark.parametrize("broken, worst", [(output_off_by_1e3, "out"),
@@ -51,7 +55,7 @@ def test_default_checks_every_available_fused_backend(monkeypatch, capsys):
                                            (crashes, "")])
 def test_fails_on_a_broken_backend(monkeypatch, capsys, broken, worst):
     install_backend(monkeypatch, "broken", broken)
-    assert check.main(["--backend", "broken", "--quick"]) == 1
+    assert check.main(["--backend", "broken", "--quick", "--device", "cpu"]) == 1
     out = capsys.readouterr().out
     failing = [l for l in out.splitlines() if " FAIL " in l]
     assert failing and all(worst in l for l in failing)

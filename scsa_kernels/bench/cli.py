@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile(reference) providers; default: all on CUDA, default on CPU, none with --quick")
     p.add_argument("--compile-budget", type=float, default=None, metavar="S",
                    help="seconds each compile provider may spend compiling before it skips new cases "
-                        "(default 100 on CUDA, 150 on CPU)")
+                        "(each; default 60 on CUDA, 150 on CPU)")
     p.add_argument("--quick", action="store_true", help="a tiny run: two small shapes, short timings")
     p.add_argument("--e2e", action="store_true", help="run the end-to-end ResNet-50 benchmark instead")
     p.add_argument("--e2e-batch", type=int, default=None, help="e2e batch size (default 32 on CUDA, 4 on CPU)")
@@ -127,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run_micro(args, device: torch.device, env, fused: Sequence[str], out: str) -> int:
     cases = select_cases(args, device)
     compile_choice = args.compile or ("none" if args.quick else "all" if device.type == "cuda" else "default")
-    budget = args.compile_budget if args.compile_budget is not None else (100.0 if device.type == "cuda" else 150.0)
+    budget = args.compile_budget if args.compile_budget is not None else (60.0 if device.type == "cuda" else 150.0)
     providers = make_providers(fused, COMPILE_CHOICES[compile_choice], budget)
     warmup_ms, rep_ms = TIME_PER_MEASUREMENT[(device.type, args.quick)]
     cache = last_level_cache_bytes(device)

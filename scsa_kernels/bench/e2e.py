@@ -19,6 +19,9 @@ from .timing import Workload, time_workloads
 PHASES = ("train", "inference")
 MODEL_STAGES = RESNET50_STAGES  # tests swap in a smaller network
 ROUNDS = 5
+# (warm-up ms, measured ms) per provider and phase
+E2E_TIME_PER_MEASUREMENT = {("cuda", False): (300.0, 1500.0), ("cuda", True): (100.0, 300.0),
+                            ("cpu", False): (500.0, 3000.0), ("cpu", True): (100.0, 300.0)}
 
 
 def min_image_size(stages) -> int:
@@ -63,8 +66,9 @@ def run_e2e(args, device: torch.device, env: Dict[str, str], fused: Sequence[str
     size = args.e2e_image_size or max(224, smallest)
     if size < smallest:
         raise SystemExit(f"scsa-bench: --e2e-image-size must be >= {smallest} (SCSA needs 7x7 maps), got {size}")
-    warmup_ms, rep_ms = (args.warmup_ms or (100.0 if args.quick else 500.0), args.rep_ms or (
-        300.0 if args.quick else 3000.0))
+    warmup_ms, rep_ms = E2E_TIME_PER_MEASUREMENT[(device.type, args.quick)]
+    warmup_ms, rep_ms = args.warmup_ms or warmup_ms, args.rep_ms or rep_ms
+    torch.backends.cudnn.benchmark = True  # as training scripts do; a no-op on CPU
     writer = CsvWriter(os.path.join(out, "e2e.csv"), E2E_COLUMNS)
     rows: List[Dict] = []
     for dtype in args.dtype or [torch.float32]:
