@@ -120,3 +120,25 @@ def test_e2e_run_writes_csv(tmp_path, monkeypatch):
     assert {(r["phase"], r["provider"]) for r in rows} == {(p, m) for p in ("train", "inference")
                                                           for m in ("plain", "reference", "fake")}
     assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+
+def test_console_scripts_point_at_mains():
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert set(scripts) == {"scsa-bench", "scsa-check"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_gpu_script_is_valid_bash():
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run_gpu.sh")
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
