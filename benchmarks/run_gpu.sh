@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One command for a machine with a CUDA GPU and torch installed (no network needed):
+#   bash benchmarks/run_gpu.sh
+# 1. builds and installs the package and its C++/CUDA extension (editable, no build isolation),
+# 2. runs the whole pytest suite (GPU tests included),
+# 3. runs scsa-check (every available backend vs the reference),
+# 4. runs the full scsa-bench suite and the ResNet-50 end-to-end benchmark,
+# and leaves logs, CSV and PNG under benchmarks/results/<card-name>/. If $OUT is set, a tarball of
+# that folder plus the CSVs and summary.txt are copied there too.
+#
+# Every step has a time cap so that the whole run ends in about TOTAL_BUDGET_S seconds (default 480)
+# even when a step hangs; scsa-bench gets what is left (at most BENCH_BUDGET_S, default 240) and
+# writes its CSV row by row, so a cut run keeps its results. Caps: BUILD_CAP_S, TEST_CAP_S,
+# CHECK_CAP_S, E2E_CAP_S. Step exit codes and durations go to summary.txt; the script exits
+# non-zero when a step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-480}
+BENCH_BUDGET_S=${BENCH_BUDGET_S:-240}
+BUILD_CAP_S=${BUILD_CAP_S:-240}
+TEST_CAP_S=${TEST_CAP_S:-150}
+CHECK_CAP_S=${CHECK_CAP_S:-60}
+E2E_CAP_S=${E2E_CAP_S:-75}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export PYTHONUNBUFFERED=1
+
+CARD=$(python -c "import torch; from scsa_kernels.bench.environment import results_folder_name as f; \
+print(f(torch.device('cuda')) if torch.cuda.is_available() else f(torch.device('cpu')))")
+RESULTS=benchmarks/results/$CARD
+mkdir -p "$RESULTS"
+SUMMARY=$RESULTS/summary.txt
+echo "run_gpu.sh on $(hostname), $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS" | tee "$SUMMARY"
+FAILED=0
+
+remaining() { echo $(( TOTAL_BUDGET_S - SECONDS )); }
+cap() { local want=$1 left; left=$(remaining); (( left < want )) && want=$left; (( want < 10 )) && want=10; echo "$want"; }
+
+# step NAME CAP_S COMMAND...: runs COMMAND under `timeout`, log in $RESULTS/NAME.log, status in summary.txt
+step() {
+  local name=$1 limit=$2 start=$SECONDS rc; shift 2
+  echo "[$(date -u +%H:%M:%S)] $name: $* (cap ${limit}s)" | tee -a "$SUMMARY"
+  timeout --kill-after=10 "$limit" "$@" > "$RESULTS/$name.log" 2>&1
+  rc=$?
+  (( rc != 0 )) && FAILED=1
+  echo "[$(date -u +%H:%M:%S)] $name: exit $rc$( (( rc == 124 )) && echo ' (time cap hit)') after $((SECONDS - start))s" \
+    | tee -a "$SUMMARY"
+  tail -n 3 "$RESULTS/$name.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+}
+
+step build "$(cap "$BUILD_CAP_S")" pip install --no-build-isolation --no-deps -e .
+step pytest "$(cap "$TEST_CAP_S")" python -m pytest -q -ra -p no:cacheprovider
+step check "$(cap "$CHECK_CAP_S")" python -m scsa_kernels.check
+BENCH_S=$(( $(remaining) - E2E_CAP_S - 30 ))
+(( BENCH_S > BENCH_BUDGET_S )) && BENCH_S=$BENCH_BUDGET_S
+(( BENCH_S < 30 )) && BENCH_S=30
+# --time-budget stops starting new cases; the cap leaves room for the case in flight and the plots
+step bench $(( BENCH_S + 60 )) python -m scsa_kernels.bench --time-budget "$BENCH_S" --out "$RESULTS"
+step e2e "$(cap "$E2E_CAP_S")" python -m scsa_kernels.bench --e2e --dtype float32 --dtype bfloat16 --out "$RESULTS"
+echo "total ${SECONDS}s; failed steps: $FAILED" | tee -a "$SUMMARY"
+
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT"
+  tar czf "$OUT/results-$CARD.tar.gz" "$RESULTS"
+  cp "$SUMMARY" "$OUT/"
+  for f in microbench.csv e2e.csv; do [[ -f "$RESULTS/$f" ]] && cp "$RESULTS/$f" "$OUT/"; done
+fi
+exit $FAILED

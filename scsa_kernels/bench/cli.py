@@ -1,0 +1,148 @@
+"""``scsa-bench``: the SCSA microbenchmark suite (and ``--e2e``, the ResNet-50 benchmark).
+
+With no arguments: the default suite of the present device (CUDA if available, else CPU),
+every available provider, CSV + PNG under benchmarks/results/<device>/.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import torch
+
+from .. import backends
+from .environment import environment, results_folder_name
+from .plots import plot_all
+from .providers import COMPILE_MODES, available_fused_backends, make_providers
+from .report import MICRO_COLUMNS, CsvWriter, micro_table
+from .runner import Settings, log, run_suite
+from .shapes import parse_dtype, parse_shape
+from .suites import Case, custom_suite, default_suite
+from .traffic import MODES, copy_bandwidth
+
+COMPILE_CHOICES = {"none": (), "default": ("compile",), "max-autotune": ("compile-max-autotune",),
+                   "all": tuple(COMPILE_MODES)}
+# (warm-up ms, measured ms) per provider and measurement
+TIME_PER_MEASUREMENT = {("cuda", False): (10.0, 50.0), ("cuda", True): (5.0, 20.0),
+                        ("cpu", False): (50.0, 300.0), ("cpu", True): (10.0, 60.0)}
+
+
+def fused_backend_names():
+    """Every fused backend the registry knows, available or not."""
+    return tuple(b for b in backends.BACKENDS if b != "reference")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scsa-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", action="append", type=parse_shape, metavar="B,C,H,W",
+                   help="benchmark this input shape (repeatable); replaces the default suite's shapes")
+    p.add_argument("--dtype", action="append", type=parse_dtype,
+                   help="float32 / float16 / bfloat16 / float64 (repeatable); default: the suite's")
+    p.add_argument("--mode", action="append", choices=MODES, help="repeatable; default: every mode")
+    p.add_argument("--backend", action="append", choices=fused_backend_names(),
+                   help="fused backend to include (repeatable); default: every available one")
+    p.add_argument("--compile", choices=tuple(COMPILE_CHOICES),
+                   help="torch.compile(reference) providers; default: all on CUDA, default on CPU, none with --quick")
+    p.add_argument("--compile-budget", type=float, default=None, metavar="S",
+                   help="seconds each compile provider may spend compiling before it skips new cases "
+                        "(each; default 60 on CUDA, 150 on CPU)")
+    p.add_argument("--quick", action="store_true", help="a tiny run: two small shapes, short timings")
+    p.add_argument("--e2e", action="store_true", help="run the end-to-end ResNet-50 benchmark instead")
+    p.add_argument("--e2e-batch", type=int, default=None, help="e2e batch size (default 32 on CUDA, 4 on CPU)")
+    p.add_argument("--e2e-image-size", type=int, default=None, help="e2e image size (default 224; 64 with --quick)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every provider (default: torch's)")
+    p.add_argument("--warmup-ms", type=float, default=None, help="warm-up time per provider and measurement")
+    p.add_argument("--rep-ms", type=float, default=None, help="measured time per provider and measurement")
+    p.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="stop starting new cases after S seconds (results so far are kept)")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>, "
+                                               "benchmarks/results/tmp-quick/<device> with --quick)")
+    return p
+
+
+def select_cases(args, device: torch.device) -> List[Case]:
+    """The default suite, or --shape; narrowed by --dtype and --mode."""
+    modes = tuple(args.mode) if args.mode else MODES
+    if args.shape:
+        return custom_suite(args.shape, args.dtype or [torch.float32], modes)
+    cases = []
+    for case in default_suite(device, args.quick):
+        kept = tuple(m for m in case.modes if m in modes)
+        for dtype in (args.dtype or [case.dtype]):
+            if kept and Case(case.shape, dtype, kept) not in cases:
+                cases.append(Case(case.shape, dtype, kept))
+    return cases
+
+
+def last_level_cache_bytes(device: torch.device) -> int:
+    """L2 of the GPU; L3 (else the largest cache sysfs reports, else 32 MiB) of the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        text = open(path).read().strip()
+        sizes.append(int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text))
+    return max(sizes, default=32 << 20)
+
+
+def resolve_device(args) -> torch.device:
+    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("scsa-bench: --device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name, torch.cuda.current_device()) if name == "cuda" else torch.device("cpu")
+
+
+def output_folder(args, device: torch.device) -> str:
+    if args.out:
+        return args.out
+    base = os.path.join("benchmarks", "results")
+    return os.path.join(base, "tmp-quick", results_folder_name(device)) if args.quick else os.path.join(
+        base, results_folder_name(device))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args)
+    out = output_folder(args, device)
+    env = environment(device)
+    fused = [b for b in (args.backend or fused_backend_names()) if b in available_fused_backends()]
+    for name in set(args.backend or ()) - set(fused):
+        log(f"backend {name!r} skipped: {backends.unavailable_reason(name)}")
+    log(f"{env['device_name']} ({device}), {env['threads']} threads, torch {env['torch']}, "
+        f"triton {env['triton'] or '-'}; fused backends available: {', '.join(fused) or 'none'}")
+    if args.e2e:
+        from .e2e import run_e2e
+
+        return run_e2e(args, device, env, fused, out)
+    return run_micro(args, device, env, fused, out)
+
+
+def run_micro(args, device: torch.device, env, fused: Sequence[str], out: str) -> int:
+    cases = select_cases(args, device)
+    compile_choice = args.compile or ("none" if args.quick else "all" if device.type == "cuda" else "default")
+    budget = args.compile_budget if args.compile_budget is not None else (60.0 if device.type == "cuda" else 150.0)
+    providers = make_providers(fused, COMPILE_CHOICES[compile_choice], budget)
+    warmup_ms, rep_ms = TIME_PER_MEASUREMENT[(device.type, args.quick)]
+    cache = last_level_cache_bytes(device)
+    copy_gbps = copy_bandwidth(device, max(4 * cache, 128 << 20))
+    settings = Settings(device, args.warmup_ms or warmup_ms, args.rep_ms or rep_ms, cache, copy_gbps,
+                        args.time_budget)
+    log(f"copy bandwidth {copy_gbps:.1f} GB/s; {len(cases)} cases; providers: "
+        f"{', '.join(p.name for p in providers)}; results -> {out}")
+    writer = CsvWriter(os.path.join(out, "microbench.csv"), MICRO_COLUMNS)
+    rows = run_suite(cases, providers, settings, env, writer)
+    print(micro_table(rows))
+    for path in [writer.path] + plot_all(rows, out, "microbench"):
+        log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

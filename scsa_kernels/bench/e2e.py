@@ -1,0 +1,92 @@
+"""End-to-end benchmark: ResNet-50 with SCSA in every bottleneck (resnet.py), images/s for a
+training step (forward, cross-entropy, backward, SGD step) and for inference, with the
+reference SCSA vs each fused backend. ``plain`` (no SCSA at all) shows what SCSA costs."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .report import E2E_COLUMNS, CsvWriter, e2e_table
+from .resnet import RESNET50_STAGES, ResNet
+from .runner import log
+from .shapes import dtype_name
+from .timing import Workload, time_workloads
+
+PHASES = ("train", "inference")
+MODEL_STAGES = RESNET50_STAGES  # tests swap in a smaller network
+ROUNDS = 5
+# (warm-up ms, measured ms) per provider and phase
+E2E_TIME_PER_MEASUREMENT = {("cuda", False): (300.0, 1500.0), ("cuda", True): (100.0, 300.0),
+                            ("cpu", False): (500.0, 3000.0), ("cpu", True): (100.0, 300.0)}
+
+
+def min_image_size(stages) -> int:
+    """Smallest input whose last stage map still holds one 7x7 SCSA pooling window (stem: /4)."""
+    return 7 * 4 * math.prod(stride for _, _, stride in stages)
+
+
+def build_models(fused: Sequence[str], dtype: torch.dtype, device: torch.device) -> Dict[str, torch.nn.Module]:
+    """provider -> ResNet-50; every SCSA model starts from the reference model's weights."""
+    torch.manual_seed(0)
+    reference = ResNet("reference", MODEL_STAGES)
+    models = {"plain": ResNet(None, MODEL_STAGES), "reference": reference}
+    for name in fused:
+        models[name] = ResNet(name, MODEL_STAGES)
+        models[name].load_state_dict(reference.state_dict())
+    return {name: m.to(device=device, dtype=dtype) for name, m in models.items()}
+
+
+def phase_workload(model: torch.nn.Module, phase: str, images: torch.Tensor, labels: torch.Tensor) -> Workload:
+    """(prepare, run): "train" = one SGD step on (images, labels); "inference" = eval forward, no grad."""
+    if phase == "inference":
+        model.eval()
+
+        def infer(_):
+            with torch.no_grad():
+                model(images)
+
+        return (lambda: None, infer)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step(_):
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    return (lambda: optimizer.zero_grad(set_to_none=True), step)
+
+
+def run_e2e(args, device: torch.device, env: Dict[str, str], fused: Sequence[str], out: str) -> int:
+    batch = args.e2e_batch or (1 if args.quick else 32 if device.type == "cuda" else 4)
+    smallest = min_image_size(MODEL_STAGES)
+    size = args.e2e_image_size or max(224, smallest)
+    if size < smallest:
+        raise SystemExit(f"scsa-bench: --e2e-image-size must be >= {smallest} (SCSA needs 7x7 maps), got {size}")
+    warmup_ms, rep_ms = E2E_TIME_PER_MEASUREMENT[(device.type, args.quick)]
+    warmup_ms, rep_ms = args.warmup_ms or warmup_ms, args.rep_ms or rep_ms
+    torch.backends.cudnn.benchmark = True  # as training scripts do; a no-op on CPU
+    writer = CsvWriter(os.path.join(out, "e2e.csv"), E2E_COLUMNS)
+    rows: List[Dict] = []
+    for dtype in args.dtype or [torch.float32]:
+        models = build_models(fused, dtype, device)
+        images = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+        labels = torch.randint(0, 1000, (batch,), device=device)
+        for phase in PHASES:
+            log(f"e2e ResNet-50 {phase}, batch {batch}, {size}x{size}, {dtype_name(dtype)}: {', '.join(models)}")
+            works = {name: phase_workload(m, phase, images, labels) for name, m in models.items()}
+            timings = time_workloads(device, works, warmup_ms, rep_ms, ROUNDS)
+            phase_rows = [dict(env, model="resnet50-scsa" if name != "plain" else "resnet50", batch=batch,
+                               image_size=size, dtype=dtype_name(dtype), phase=phase, provider=name, status="ok",
+                               median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, samples=t.samples,
+                               images_per_s=batch / (t.median_ms * 1e-3),
+                               speedup_vs_reference=timings["reference"].median_ms / t.median_ms)
+                          for name, t in timings.items()]
+            writer.write(phase_rows)
+            rows += phase_rows
+    print(e2e_table(rows))
+    log(f"wrote {writer.path}")
+    return 0

@@ -1,0 +1,180 @@
+"""What gets benchmarked: providers (implementations of SCSA) and their per-mode workloads.
+
+Providers: ``eager`` (the reference through ``scsa(backend="reference")``),
+``compile`` / ``compile-max-autotune`` (``torch.compile`` of the reference, static shapes),
+and every fused backend of ``backends.BACKENDS`` that is available on this machine.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .. import backends
+from ..config import SCSAConfig
+from ..functional import scsa
+from ..reference import scsa_reference
+from ..weights import SCSAWeights
+from .timing import Workload
+
+Tensor = torch.Tensor
+ScsaFn = Callable[[Tensor, SCSAWeights, SCSAConfig, bool], Tensor]
+COMPILE_MODES = {"compile": "default", "compile-max-autotune": "max-autotune"}
+MAX_ROTATED_BYTES = 1 << 30
+
+
+def allow_many_recompiles() -> None:
+    """Every benchmark shape is a static-shape recompile of the same function: lift dynamo's limit
+    (and fail loudly rather than fall back to eager if it is ever hit)."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, 4096)
+    if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+        dynamo_config.fail_on_recompile_limit_hit = True
+
+
+@dataclass
+class Provider:
+    """One implementation under test. ``compile_budget_s``: compile providers stop taking new
+    cases once their first calls (compilations) have used this many seconds."""
+
+    name: str
+    fn: ScsaFn
+    backend: Optional[str] = None  # the fused backend's registry name
+    compile_budget_s: Optional[float] = None
+    compile_s: float = field(default=0.0)
+
+    @property
+    def is_compiled(self) -> bool:
+        return self.compile_budget_s is not None
+
+    def why_not(self, x: Tensor, config: SCSAConfig, training: bool) -> Optional[str]:
+        """Why this provider skips this input, or None."""
+        if self.backend is not None:
+            return backends.why_not(self.backend, x, config, training)
+        if self.is_compiled and self.compile_s > self.compile_budget_s:
+            return f"compile budget spent ({self.compile_s:.0f} s > {self.compile_budget_s:.0f} s)"
+        return None
+
+
+def reference_call(x: Tensor, weights: SCSAWeights, config: SCSAConfig, training: bool) -> Tensor:
+    return scsa_reference(x, weights, config, training)
+
+
+def make_providers(fused: Sequence[str], compile_modes: Sequence[str],
+                   compile_budget_s: float) -> List[Provider]:
+    """eager first (the baseline), then the compile providers in ``compile_modes`` (keys of
+    COMPILE_MODES), then the fused backends in ``fused`` that are available on this machine."""
+    providers = [Provider("eager", lambda x, w, c, t: scsa(x, w, c, t, backend="reference"))]
+    if compile_modes:
+        allow_many_recompiles()
+    for name in compile_modes:
+        compiled = torch.compile(reference_call, dynamic=False, mode=COMPILE_MODES[name])
+        providers.append(Provider(name, compiled, compile_budget_s=compile_budget_s))
+    for name in fused:
+        if backends.unavailable_reason(name) is None:
+            providers.append(Provider(name, lambda x, w, c, t, b=name: scsa(x, w, c, t, backend=b), backend=name))
+    return providers
+
+
+def available_fused_backends() -> List[str]:
+    """Registry names of the fused backends that can run on this machine now."""
+    return [name for name in backends.BACKENDS if name != "reference" and backends.unavailable_reason(name) is None]
+
+
+class RotatingInputs:
+    """``count`` independent (x, grad_out) buffer pairs used in turn, so that together they exceed
+    the last-level cache. x: (B, C, H, W) leaf of ``dtype`` on ``device``, requires grad."""
+
+    def __init__(self, dims, dtype: torch.dtype, device: torch.device, cache_bytes: int):
+        x_bytes = math.prod(dims) * dtype.itemsize
+        count = max(1, min(math.ceil(2 * cache_bytes / max(x_bytes, 1)), MAX_ROTATED_BYTES // max(x_bytes, 1), 64))
+        self.xs = [torch.randn(dims, dtype=dtype, device=device).requires_grad_() for _ in range(count)]
+        self.grads = [torch.randn(dims, dtype=dtype, device=device) for _ in range(count)]
+        self.position = 0
+
+    def next(self):
+        """The next (x, grad_out) pair, with x.grad cleared."""
+        self.position = (self.position + 1) % len(self.xs)
+        x = self.xs[self.position]
+        x.grad = None
+        return x, self.grads[self.position]
+
+
+def clear_grads(weights: SCSAWeights) -> None:
+    for t in weights.tensors():
+        t.grad = None
+
+
+def workload(fn: ScsaFn, mode: str, inputs: RotatingInputs, weights: SCSAWeights, config: SCSAConfig) -> Workload:
+    """(prepare, run) of one provider in ``mode``: "forward" (inference, no autograd graph),
+    "backward" (the forward is untimed, in prepare) or "forward+backward"."""
+    training = mode != "forward"
+
+    def prepare_inputs():
+        clear_grads(weights)
+        return inputs.next()
+
+    def forward(state):
+        with torch.no_grad():
+            return fn(state[0], weights, config, False)
+
+    def prepare_backward():
+        x, grad_out = prepare_inputs()
+        return fn(x, weights, config, training), grad_out
+
+    def backward(state):
+        out, grad_out = state
+        out.backward(grad_out)
+
+    def forward_backward(state):
+        x, grad_out = state
+        fn(x, weights, config, training).backward(grad_out)
+
+    return {"forward": (prepare_inputs, forward), "backward": (prepare_backward, backward),
+            "forward+backward": (prepare_inputs, forward_backward)}[mode]
+
+
+def first_call_seconds(work: Workload, device: torch.device) -> float:
+    """Wall time of one complete iteration: for a compile provider, its compilation for this case."""
+    prepare, run = work
+    start = time.perf_counter()
+    run(prepare())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def saved_tensor_bytes(fn: ScsaFn, x: Tensor, weights: SCSAWeights, config: SCSAConfig) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one training forward (x and
+    the parameters included when saved): the memory a forward+backward holds between the passes."""
+    storages: Dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(x, weights, config, True)
+    del out
+    return sum(storages.values())
+
+
+def cuda_peak_bytes(fn: ScsaFn, x: Tensor, grad_out: Tensor, weights: SCSAWeights, config: SCSAConfig) -> int:
+    """torch.cuda.max_memory_allocated during one forward+backward, minus what was allocated before
+    (inputs, parameters and their existing gradients)."""
+    clear_grads(weights)
+    x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn(x, weights, config, True).backward(grad_out)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before

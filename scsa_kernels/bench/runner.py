@@ -1,0 +1,125 @@
+"""The microbenchmark loop: every case, every mode, every provider side by side."""
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..config import SCSAConfig
+from ..testing import random_weights
+from .providers import (Provider, RotatingInputs, cuda_peak_bytes, first_call_seconds, saved_tensor_bytes,
+                        workload)
+from .report import CsvWriter
+from .shapes import dtype_name
+from .suites import Case
+from .timing import Timing, time_workloads
+from .traffic import floor_bytes, gigabytes_per_second
+
+
+@dataclass
+class Settings:
+    """How to measure: per-provider warm-up and measured time (ms), the last-level cache size to
+    exceed with rotated inputs, the measured copy bandwidth, and a wall-clock budget for the suite."""
+
+    device: torch.device
+    warmup_ms: float
+    rep_ms: float
+    cache_bytes: int
+    copy_gbps: float
+    time_budget_s: Optional[float] = None
+
+
+def log(message: str) -> None:
+    """A timestamped progress line that does not break the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"[{datetime.datetime.now().strftime('%H:%M:%S')}] {message}")
+
+
+def run_suite(cases: Sequence[Case], providers: Sequence[Provider], settings: Settings, env: Dict[str, str],
+              writer: CsvWriter) -> List[Dict]:
+    """Measure every case; rows go to ``writer`` as each mode finishes. Stops starting new cases
+    once ``settings.time_budget_s`` has passed (the cut is logged)."""
+    from tqdm import tqdm
+
+    rows: List[Dict] = []
+    start = time.perf_counter()
+    with tqdm(total=sum(len(c.modes) for c in cases), unit="measurement", mininterval=2.0) as bar:
+        for index, case in enumerate(cases):
+            elapsed = time.perf_counter() - start
+            if settings.time_budget_s is not None and elapsed > settings.time_budget_s:
+                log(f"time budget of {settings.time_budget_s:.0f} s spent: skipped the last {len(cases) - index} cases")
+                break
+            for mode in case.modes:
+                bar.set_description(f"{case.shape} {dtype_name(case.dtype)} {mode}")
+                mode_rows = run_mode(case, mode, providers, settings, env)
+                writer.write(mode_rows)
+                rows += mode_rows
+                bar.update()
+            log(f"{case.shape} {dtype_name(case.dtype)} done ({time.perf_counter() - start:.0f} s)")
+    return rows
+
+
+def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Settings,
+             env: Dict[str, str]) -> List[Dict]:
+    """One row per provider for ``case`` in ``mode``."""
+    device = settings.device
+    config = SCSAConfig(case.shape.channels)
+    weights = random_weights(config, case.dtype, device).map(lambda t: t.requires_grad_())
+    inputs = RotatingInputs(case.shape.dims, case.dtype, device, settings.cache_bytes)
+    training = mode != "forward"
+    works, first_calls, skipped = {}, {}, {}
+    for provider in providers:
+        reason = provider.why_not(inputs.xs[0], config, training)
+        if reason is None:
+            work = workload(provider.fn, mode, inputs, weights, config)
+            try:
+                first_calls[provider.name] = first_call_seconds(work, device)
+                works[provider.name] = work
+            except Exception as exc:  # one broken provider must not end the suite: its row says why
+                reason = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if provider.is_compiled:
+                provider.compile_s += first_calls.get(provider.name, 0.0)
+        if reason is not None:
+            skipped[provider.name] = reason
+    timings = time_workloads(device, works, settings.warmup_ms, settings.rep_ms) if works else {}
+    memory = {}
+    if mode == "forward+backward":
+        memory = {p.name: measure_memory(p, inputs, weights, config, device) for p in providers if p.name in works}
+    model_bytes = floor_bytes(mode, case.shape.numel, case.dtype)
+    rows = []
+    for provider in providers:
+        row = dict(env, shape=str(case.shape), source=case.shape.source, batch=case.shape.batch,
+                   channels=case.shape.channels, height=case.shape.height, width=case.shape.width,
+                   dtype=dtype_name(case.dtype), mode=mode, provider=provider.name, model_bytes=model_bytes,
+                   copy_gbps=settings.copy_gbps, status=skipped.get(provider.name, "ok"))
+        if provider.name in timings:
+            row.update(timing_columns(timings[provider.name], timings, model_bytes, settings.copy_gbps))
+            row.update(memory.get(provider.name, {}), first_call_s=first_calls[provider.name])
+        rows.append(row)
+    return rows
+
+
+def timing_columns(timing: Timing, all_timings: Dict[str, Timing], model_bytes: int, copy_gbps: float) -> Dict:
+    achieved = gigabytes_per_second(model_bytes, timing.median_ms)
+    speedup = lambda base: all_timings[base].median_ms / timing.median_ms if base in all_timings else None
+    return {"median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
+            "samples": timing.samples, "speedup_vs_eager": speedup("eager"), "speedup_vs_compile": speedup("compile"),
+            "achieved_gbps": achieved, "pct_of_copy_bw": 100.0 * achieved / copy_gbps}
+
+
+def measure_memory(provider: Provider, inputs: RotatingInputs, weights, config: SCSAConfig,
+                   device: torch.device) -> Dict:
+    """saved_bytes on every device; peak_mem_bytes (max_memory_allocated above the inputs) on CUDA."""
+    x, grad_out = inputs.next()
+    try:
+        columns = {"saved_bytes": saved_tensor_bytes(provider.fn, x, weights, config)}
+        if device.type == "cuda":
+            columns["peak_mem_bytes"] = cuda_peak_bytes(provider.fn, x, grad_out, weights, config)
+    except Exception as exc:  # the timing stands; only the memory columns stay empty
+        log(f"{provider.name}: memory not measured: {type(exc).__name__}: {exc}")
+        return {}
+    return columns

@@ -1,0 +1,144 @@
+"""scsa-bench plumbing on CPU: shape parsing, the bandwidth model, CSV schema, plots, a tiny run."""
+import os
+
+import pytest
+import torch
+
+from fake_backends import install_backend
+from scsa_kernels.bench import cli
+from scsa_kernels.bench.plots import plot_all
+from scsa_kernels.bench.report import E2E_COLUMNS, ENVIRONMENT_COLUMNS, MICRO_COLUMNS, read_csv
+from scsa_kernels.bench import e2e
+from scsa_kernels.bench.resnet import ResNet
+from scsa_kernels.bench.shapes import FEATURE_MAPS, Shape, feature_map_shapes, parse_dtype, parse_shape
+from scsa_kernels.bench.timing import Timing
+from scsa_kernels.bench.traffic import floor_bytes
+from scsa_kernels.module import SCSA
+
+TINY_TIMING = ["--warmup-ms", "1", "--rep-ms", "2"]
+TINY_CPU_RUN = ["--device", "cpu", "--compile", "none", "--backend", "fake", *TINY_TIMING]
+
+
+@pytest.mark.parametrize("text", ["8,64,56,56", "8x64x56x56", " 8, 64,56 ,56 "])
+def test_parse_shape_accepts_comma_or_x(text):
+    assert parse_shape(text) == Shape(8, 64, 56, 56)
+
+
+@pytest.mark.parametrize("text, rule", [("8,64,56", "four"), ("8,64,56,a", "four"), ("0,64,56,56", ">= 1"),
+                                        ("8,66,56,56", "multiple of 4")])
+def test_parse_shape_names_the_rule(text, rule):
+    with pytest.raises(ValueError, match=rule):
+        parse_shape(text)
+
+
+def test_parse_dtype_aliases():
+    assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("float32") is torch.float32
+    with pytest.raises(ValueError, match="--dtype"):
+        parse_dtype("int8")
+
+
+def test_feature_maps_are_the_design_list():
+    shapes = feature_map_shapes(32)
+    assert len(shapes) == sum(map(len, FEATURE_MAPS.values())) == 12
+    assert shapes[0] == Shape(32, 64, 56, 56, "resnet50") and str(shapes[0]) == "32x64x56x56"
+
+
+def test_bandwidth_model_byte_counts():
+    numel = 8 * 64 * 56 * 56
+    assert floor_bytes("forward", numel, torch.float32) == 2 * 4 * numel == 12_845_056
+    assert floor_bytes("backward", numel, torch.float32) == 3 * 4 * numel
+    assert floor_bytes("forward+backward", numel, torch.bfloat16) == 5 * 2 * numel
+    with pytest.raises(ValueError, match="--mode"):
+        floor_bytes("sideways", numel, torch.float32)
+
+
+def test_timing_quantiles():
+    timing = Timing.from_samples([float(v) for v in range(1, 102)])
+    assert (timing.p20_ms, timing.median_ms, timing.p80_ms, timing.samples) == (21.0, 51.0, 81.0, 101)
+
+
+def test_select_cases_narrows_the_default_suite():
+    args = cli.build_parser().parse_args(["--dtype", "bf16", "--mode", "forward"])
+    cases = cli.select_cases(args, torch.device("cuda"))
+    assert cases and all(c.dtype is torch.bfloat16 and c.modes == ("forward",) for c in cases)
+    assert len({c.shape for c in cases}) == len(cases) == 24  # 12 maps at batch 32, 12 at batch 1
+
+
+def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
+    install_backend(monkeypatch, "fake")
+    out = str(tmp_path / "results")
+    assert cli.main(["--shape", "1,16,14,14", "--out", out, *TINY_CPU_RUN]) == 0
+    rows = read_csv(os.path.join(out, "microbench.csv"))
+    assert list(rows[0]) == list(MICRO_COLUMNS)
+    assert {(r["mode"], r["provider"]) for r in rows} == {
+        (m, p) for m in ("forward", "backward", "forward+backward") for p in ("eager", "fake")}
+    for row in rows:
+        assert row["status"] == "ok"
+        assert all(row[c] for c in ("date", "machine", "device", "device_name", "torch", "threads"))
+        assert float(row["median_ms"]) > 0 and float(row["p20_ms"]) <= float(row["p80_ms"])
+        assert int(row["model_bytes"]) == {"forward": 2, "backward": 3, "forward+backward": 5}[row["mode"]] * 4 * 16 * 196
+        assert float(row["achieved_gbps"]) > 0 and float(row["copy_gbps"]) > 0
+        assert (row["saved_bytes"] != "") == (row["mode"] == "forward+backward")
+    assert sorted(os.listdir(out)) == ["microbench.csv", "microbench_memory.png", "microbench_speedup.png"]
+
+
+def test_unsupported_provider_gets_a_skip_row(tmp_path, monkeypatch):
+    fake = install_backend(monkeypatch, "fake")
+    fake.unsupported_reason = lambda x, config, training: "fake does not do this"
+    out = str(tmp_path)
+    cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
+    rows = {r["provider"]: r for r in read_csv(os.path.join(out, "microbench.csv"))}
+    assert rows["fake"]["status"] == "fake does not do this" and rows["fake"]["median_ms"] == ""
+    assert rows["eager"]["status"] == "ok"
+
+
+def test_plots_from_rows(tmp_path):
+    rows = [dict(shape=s, dtype="float32", mode=m, provider=p, speedup_vs_eager=str(v), saved_bytes="1048576",
+                 peak_mem_bytes="")
+            for s in ("1x64x56x56", "1x512x7x7") for m in ("forward", "forward+backward")
+            for p, v in (("eager", 1.0), ("cpu", 3.0))]
+    paths = plot_all(rows, str(tmp_path), "microbench")
+    assert [os.path.basename(p) for p in paths] == ["microbench_speedup.png", "microbench_memory.png"]
+    assert all(os.path.getsize(p) > 1000 for p in paths)
+
+
+def test_resnet50_places_scsa_after_conv1_on_mid_channels():
+    model = ResNet("reference")
+    dims = [m.config.dim for m in model.modules() if isinstance(m, SCSA)]
+    assert dims == [64] * 3 + [128] * 4 + [256] * 6 + [512] * 3
+    assert model.blocks[0].scsa is not None and sum(p.numel() for p in ResNet(None).parameters()) == 25_557_032
+
+
+def test_e2e_run_writes_csv(tmp_path, monkeypatch):
+    install_backend(monkeypatch, "fake")
+    monkeypatch.setattr(e2e, "MODEL_STAGES", ((16, 1, 1), (32, 1, 2)))  # a two-block network: seconds, not minutes
+    out = str(tmp_path)
+    assert cli.main(["--e2e", "--quick", "--e2e-image-size", "56", "--out", out, *TINY_CPU_RUN]) == 0
+    rows = read_csv(os.path.join(out, "e2e.csv"))
+    assert list(rows[0]) == list(E2E_COLUMNS) and all(r[c] for r in rows for c in ENVIRONMENT_COLUMNS if c not in (
+        "driver", "cuda", "triton"))
+    assert {(r["phase"], r["provider"]) for r in rows} == {(p, m) for p in ("train", "inference")
+                                                          for m in ("plain", "reference", "fake")}
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+
+def test_console_scripts_point_at_mains():
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert set(scripts) == {"scsa-bench", "scsa-check"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_gpu_script_is_valid_bash():
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run_gpu.sh")
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", script]).returncode == 0

@@ -1,0 +1,82 @@
+"""scsa-check: passes on the reference, fails on deliberately broken backends injected here."""
+import pytest
+import torch
+
+from fake_backends import install_backend
+from scsa_kernels import backends, check
+from scsa_kernels.reference import scsa_reference
+
+
+class ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` (a backward bug)."""
+
+    @staticmethod
+    def forward(ctx, t, scale):
+        ctx.scale = scale
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def output_off_by_1e3(x, weights, config, training):
+    return scsa_reference(x, weights, config, training) * (1 + 1e-3)
+
+
+def norm_weight_grad_off_by_1_percent(x, weights, config, training):
+    return scsa_reference(x, weights._replace(norm_weight=ScaleGrad.apply(weights.norm_weight, 1.01)), config,
+                          training)
+
+
+def crashes(x, weights, config, training):
+    raise RuntimeError("kernel launch failed")
+
+
+def test_passes_on_the_reference(capsys):
+    assert check.main(["--backend", "reference", "--quick", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "20 passed, 0 failed" in out
+
+
+def test_default_checks_every_available_fused_backend(monkeypatch, capsys):
+    monkeypatch.setattr(backends, "BACKENDS", ("reference", "unbuilt"))
+    install_backend(monkeypatch, "unbuilt").unavailable_reason = lambda: "not built"
+    install_backend(monkeypatch, "fake")
+    assert check.main(["--quick", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fake = [l for l in lines if l.startswith("fake ")]
+    assert len(fake) == 20 and all(" PASS " in l for l in fake)
+    assert not any(l.startswith(("unbuilt", "reference")) for l in lines)
+
+
+@pytest.mark.parametrize("broken, worst", [(output_off_by_1e3, "out"),
+                                           (norm_weight_grad_off_by_1_percent, "grad norm.weight"),
+                                           (crashes, "")])
+def test_fails_on_a_broken_backend(monkeypatch, capsys, broken, worst):
+    install_backend(monkeypatch, "broken", broken)
+    assert check.main(["--backend", "broken", "--quick", "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    failing = [l for l in out.splitlines() if " FAIL " in l]
+    assert failing and all(worst in l for l in failing)
+    assert any("float32" in l for l in failing)
+    if broken is crashes:
+        assert "kernel launch failed" in failing[0]
+
+
+def test_skips_are_reported_and_nothing_run_is_a_failure(monkeypatch, capsys):
+    fake = install_backend(monkeypatch, "fake")
+    fake.unavailable_reason = lambda: "fake needs hardware we do not have"
+    assert check.main(["--backend", "fake", "--quick"]) == 1
+    assert "fake needs hardware we do not have" in capsys.readouterr().out
+
+
+def test_permuted_layout_is_not_contiguous():
+    x = check.make_input((2, 16, 5, 7), torch.float32, "cpu", "permuted")
+    assert x.shape == (2, 16, 5, 7) and not x.is_contiguous() and not x.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+def test_unknown_backend_name_is_an_error():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        check.main(["--backend", "nonesuch"])
