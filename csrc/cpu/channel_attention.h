@@ -8,6 +8,8 @@
 #include "common.h"
 #include "spatial_gate.h"  // normal_stats, kGroupNormEps
 
+#include <limits>
+
 namespace scsa_kernels::cpu {
 
 // Per-sample buffers of the channel branch, all (B, ...) contiguous compute type.
@@ -69,29 +71,38 @@ void project_qkv(const ChannelAttentionBuffers<T>& buf, const PackedParams<T>& w
 }
 
 // scores[j] = scale * sum_n a[n] * b_t[n * d + j]: one row (or column) of a head's
-// score matrix, vectorised over j.
+// score matrix, vectorised over j with the sum over n kept in a register.
+// Returns max_j scores[j].
 template <typename T>
-void score_vector(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scores) {
-  std::fill(scores, scores + d, T(0));
-  for (int64_t n = 0; n < N; ++n) axpy(scores, a[n], b_t + n * d, d);
-  scale(scores, scale_, d);
+T score_vector(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scores) {
+  using V = Vectorized<T>;
+  const V vscale(scale_);
+  V vmax(-std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {
+    V acc(T(0));
+    for (int64_t n = 0; n < N; ++n) acc = at::vec::fmadd(V(a[n]), V::loadu(b_t + n * d + j), acc);
+    acc = acc * vscale;
+    acc.store(scores + j);
+    vmax = at::vec::maximum(vmax, acc);
+  }
+  alignas(64) T lanes[V::size()];
+  vmax.store(lanes);
+  T m = lanes[0];
+  for (int64_t i = 1; i < V::size(); ++i) m = std::max(m, lanes[i]);
+  for (; j < d; ++j) {
+    T acc = 0;
+    for (int64_t n = 0; n < N; ++n) acc += a[n] * b_t[n * d + j];
+    scores[j] = acc * scale_;
+    m = std::max(m, scores[j]);
+  }
+  return m;
 }
 
-// In place: v[j] = exp(v[j] - shift[j] or shift0); returns the sum.
+// exp for softmax weights: PyTorch's fast vectorised exp (<= 2 ulp), as its own softmax uses.
 template <typename T>
-T exp_shifted(T* v, int64_t n, T shift) {
-  using V = Vectorized<T>;
-  const V vs(shift);
-  int64_t j = 0;
-  V acc(T(0));
-  for (; j + V::size() <= n; j += V::size()) {
-    const V e = (V::loadu(v + j) - vs).exp();
-    e.store(v + j);
-    acc += e;
-  }
-  T total = horizontal_sum(acc);
-  for (; j < n; ++j) total += (v[j] = std::exp(v[j] - shift));
-  return total;
+inline Vectorized<T> softmax_exp(const Vectorized<T>& v) {
+  return v.exp_u20();
 }
 
 // Row c of sample b: o = softmax(S row) . v_mean over the head, and the row's lse.
@@ -99,13 +110,27 @@ T exp_shifted(T* v, int64_t n, T shift) {
 template <typename T>
 void attention_row_forward(const ChannelAttentionBuffers<T>& buf, const ChannelGeometry& g, int64_t b,
                            int64_t c, T* scratch) {
+  using V = Vectorized<T>;
   const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
   const T scale_ = T(1) / std::sqrt(T(d));
-  score_vector(buf.q + (b * C + c) * N, buf.k_t + (b * C + head * d) * N, N, d, scale_, scratch);
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < d; ++j) m = std::max(m, scratch[j]);
-  const T total = exp_shifted(scratch, d, m);
-  buf.attn_out[b * C + c] = dot(scratch, buf.v_mean + b * C + head * d, d) / total;
+  const T m = score_vector(buf.q + (b * C + c) * N, buf.k_t + (b * C + head * d) * N, N, d, scale_, scratch);
+  const T* v_mean = buf.v_mean + b * C + head * d;
+  // One pass: sum of exp(S - m) and its dot with v_mean.
+  const V vm(m);
+  V vtotal(T(0)), vdot(T(0));
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {
+    const V e = softmax_exp(V::loadu(scratch + j) - vm);
+    vtotal += e;
+    vdot = at::vec::fmadd(e, V::loadu(v_mean + j), vdot);
+  }
+  T total = horizontal_sum(vtotal), weighted = horizontal_sum(vdot);
+  for (; j < d; ++j) {
+    const T e = std::exp(scratch[j] - m);
+    total += e;
+    weighted += e * v_mean[j];
+  }
+  buf.attn_out[b * C + c] = weighted / total;
   buf.attn_lse[b * C + c] = m + std::log(total);
 }
 
@@ -129,14 +154,21 @@ struct ChannelAttentionGrads {
 template <typename T>
 void attention_row_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
                             const ChannelGeometry& g, int64_t b, int64_t c, T* scratch) {
+  using V = Vectorized<T>;
   const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
   const T scale_ = T(1) / std::sqrt(T(d));
   const T* k_t = buf.k_t + (b * C + head * d) * N;
   score_vector(buf.q + (b * C + c) * N, k_t, N, d, scale_, scratch);
-  exp_shifted(scratch, d, buf.attn_lse[b * C + c]);  // P row
-  const T do_i = gr.d_out[b * C + c], o_i = buf.attn_out[b * C + c];
+  const T lse = buf.attn_lse[b * C + c], o_i = buf.attn_out[b * C + c];
+  const T coef = gr.d_out[b * C + c] * scale_;
   const T* v_mean = buf.v_mean + b * C + head * d;
-  for (int64_t j = 0; j < d; ++j) scratch[j] *= do_i * (v_mean[j] - o_i) * scale_;
+  const V vlse(lse), vo(o_i), vcoef(coef);
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {
+    const V p = softmax_exp(V::loadu(scratch + j) - vlse);
+    (p * (V::loadu(v_mean + j) - vo) * vcoef).store(scratch + j);
+  }
+  for (; j < d; ++j) scratch[j] = std::exp(scratch[j] - lse) * (v_mean[j] - o_i) * coef;
   T* dq = gr.dq + (b * C + c) * N;
   for (int64_t n = 0; n < N; ++n) dq[n] = dot(scratch, k_t + n * d, d);
 }
@@ -147,17 +179,29 @@ void attention_row_backward(const ChannelAttentionBuffers<T>& buf, const Channel
 template <typename T>
 void attention_column_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
                                const ChannelGeometry& g, int64_t b, int64_t c, T* scratch) {
+  using V = Vectorized<T>;
   const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
   const T scale_ = T(1) / std::sqrt(T(d));
   const T* q_t = buf.q_t + (b * C + head * d) * N;
   score_vector(buf.k + (b * C + c) * N, q_t, N, d, scale_, scratch);
   const int64_t row0 = b * C + head * d;
+  const T* lse = buf.attn_lse + row0;
+  const T* o = buf.attn_out + row0;
+  const T* d_out = gr.d_out + row0;
   const T v_j = buf.v_mean[b * C + c];
-  T dv = 0;
-  for (int64_t i = 0; i < d; ++i) {
-    const T w = std::exp(scratch[i] - buf.attn_lse[row0 + i]) * gr.d_out[row0 + i];
+  const V vv(v_j), vscale(scale_);
+  V vdv(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= d; i += V::size()) {
+    const V w = softmax_exp(V::loadu(scratch + i) - V::loadu(lse + i)) * V::loadu(d_out + i);
+    vdv += w;
+    (w * (vv - V::loadu(o + i)) * vscale).store(scratch + i);
+  }
+  T dv = horizontal_sum(vdv);
+  for (; i < d; ++i) {
+    const T w = std::exp(scratch[i] - lse[i]) * d_out[i];
     dv += w;
-    scratch[i] = w * (v_j - buf.attn_out[row0 + i]) * scale_;
+    scratch[i] = w * (v_j - o[i]) * scale_;
   }
   gr.dv_mean[b * C + c] = dv;
   T* dk = gr.dk + (b * C + c) * N;
