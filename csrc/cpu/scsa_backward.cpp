@@ -181,9 +181,10 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
                                         d_pooled.data_ptr<acc_t>(), g_norm_w.data_ptr<acc_t>(),
                                         g_norm_b.data_ptr<acc_t>(), g_qkv_w.data_ptr<acc_t>(),
                                         g_qkv_b.data_ptr<acc_t>()};
+  const acc_t *ca_data = ptr(ca), *d_ca_data = ptr(d_ca);
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b)
-      gate_backward(ptr(ca) + b * C, ptr(d_ca) + b * C, cg.d_out + b * C, C, opt.softmax_gate);
+      gate_backward(ca_data + b * C, d_ca_data + b * C, cg.d_out + b * C, C, opt.softmax_gate);
   });
   state.project(w, B);
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
@@ -209,24 +210,36 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
   Tensor g_conv_w = per_sample_zeros<acc_t>(a_h, B, {C, K}), g_conv_b = per_sample_zeros<acc_t>(a_h, B, {C});
   Tensor g_nh_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nh_b = per_sample_zeros<acc_t>(a_h, B, {C});
   Tensor g_nw_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nw_b = per_sample_zeros<acc_t>(a_h, B, {C});
+  // Raw pointers hoisted out of the loops (Tensor accessors are out-of-line calls).
+  struct Direction {
+    const acc_t *means, *r, *t;
+    acc_t *dm, *g_norm_w, *g_norm_b;
+    int64_t len;
+  };
+  const Direction directions[2] = {
+      {ptr(x_h), ptr(r_h), ptr(t_h), dm_h.data_ptr<acc_t>(), g_nh_w.data_ptr<acc_t>(), g_nh_b.data_ptr<acc_t>(), H},
+      {ptr(x_w), ptr(r_w), ptr(t_w), dm_w.data_ptr<acc_t>(), g_nw_w.data_ptr<acc_t>(), g_nw_b.data_ptr<acc_t>(), W}};
+  const acc_t* ca_ptr = ptr(ca);
+  acc_t* g_conv_w_ptr = g_conv_w.data_ptr<acc_t>();
+  acc_t* g_conv_b_ptr = g_conv_b.data_ptr<acc_t>();
   at::parallel_for(0, B * kGroups, 1, [&](int64_t begin, int64_t end) {
     const int64_t L = std::max(H, W);
     std::vector<acc_t> da(g * L), scratch(3 * g * L);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
-      for (const bool w_dir : {false, true}) {
-        const int64_t len = w_dir ? W : H;
-        const acc_t* r = ptr(w_dir ? r_w : r_h) + c0 * len;
-        const acc_t* t = ptr(w_dir ? t_w : t_h) + c0 * len;
+      for (const int dir : {0, 1}) {
+        const Direction& D = directions[dir];
+        const int64_t len = D.len;
+        const acc_t* r = D.r + c0 * len;
+        const acc_t* t = D.t + c0 * len;
         // d(a) = ca * (grad_out share) + (pooling share)
         for (int64_t c = 0; c < g; ++c)
-          for (int64_t l = 0; l < len; ++l) da[c * len + l] = ptr(ca)[c0 + c] * r[c * len + l] + t[c * len + l];
-        const SpatialGateGrads<acc_t> grads{g_conv_w.data_ptr<acc_t>() + c0 * K, g_conv_b.data_ptr<acc_t>() + c0,
-                                            (w_dir ? g_nw_w : g_nh_w).data_ptr<acc_t>() + c0,
-                                            (w_dir ? g_nw_b : g_nh_b).data_ptr<acc_t>() + c0};
-        spatial_gate_backward(ptr(w_dir ? x_w : x_h) + c0 * len, da.data(), g, len,
-                              direction_params(w, group, g, w_dir, opt.softmax_gate), grads,
-                              (w_dir ? dm_w : dm_h).data_ptr<acc_t>() + c0 * len, scratch.data());
+          for (int64_t l = 0; l < len; ++l) da[c * len + l] = ca_ptr[c0 + c] * r[c * len + l] + t[c * len + l];
+        const SpatialGateGrads<acc_t> grads{g_conv_w_ptr + c0 * K, g_conv_b_ptr + c0, D.g_norm_w + c0,
+                                            D.g_norm_b + c0};
+        spatial_gate_backward(D.means + c0 * len, da.data(), g, len,
+                              direction_params(w, group, g, dir == 1, opt.softmax_gate), grads, D.dm + c0 * len,
+                              scratch.data());
       }
     }
   });

@@ -61,8 +61,9 @@ T spatial_gate_forward(const T* m, int64_t channels, int64_t length, const Spati
       f_hat[i] = (f_hat[i] - mean) * rstd;
       a[i] = f_hat[i] * p.norm_weight[c] + p.norm_bias[c];
     }
-    gate_forward(a + c * length, length, p.softmax_gate);
+    if (p.softmax_gate) gate_forward(a + c * length, length, true);  // softmax along the length axis
   }
+  if (!p.softmax_gate) sigmoid_inplace(a, n);  // elementwise: one flat vectorised pass over the group
   return rstd;
 }
 
@@ -89,10 +90,11 @@ void spatial_gate_backward(const T* m, const T* da, int64_t channels, int64_t le
   const T rstd = spatial_gate_forward(m, channels, length, p, f_hat, a);
 
   T mean_d = 0, mean_d_fhat = 0;
+  if (!p.softmax_gate) gate_backward(a, da, d, n, false);  // elementwise: one flat pass
   for (int64_t c = 0; c < channels; ++c) {
     T* dc = d + c * length;
     const T* fc = f_hat + c * length;
-    gate_backward(a + c * length, da + c * length, dc, length, p.softmax_gate);
+    if (p.softmax_gate) gate_backward(a + c * length, da + c * length, dc, length, true);
     grads.norm_weight[c] += dot(dc, fc, length);
     grads.norm_bias[c] += sum(dc, length);
     scale(dc, p.norm_weight[c], length);  // d(f_hat)
