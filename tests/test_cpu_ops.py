@@ -308,3 +308,36 @@ def test_missing_extension_gives_a_clear_reason():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "clear error" in result.stdout
+
+
+@needs_ext
+def test_inference_pack_cache_sees_weight_updates():
+    """Inference reuses packed weights; every kind of weight update must invalidate them."""
+    module = SCSA(16, head_num=2, qkv_bias=True, backend="cpu").eval()
+    x = torch.randn(2, 16, 14, 14)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), scsa_reference(x, module.weights(), module.config))
+
+    check()
+    with torch.no_grad():
+        module.q.weight.mul_(-2.0)          # in place: version counter
+        module.norm_h.bias.add_(0.5)
+    check()
+    module.local_dwc.weight.data = torch.randn_like(module.local_dwc.weight)  # new storage
+    check()
+    module.load_state_dict({k: torch.randn_like(v) for k, v in module.state_dict().items()})
+    check()
+    for _ in range(3):  # fresh modules may reuse ids and memory of freed ones
+        module = SCSA(16, head_num=2, qkv_bias=True, backend="cpu").eval()
+        with torch.no_grad():
+            for prm in module.parameters():
+                prm.copy_(torch.randn_like(prm))
+        check()
+        del module
+        module = SCSA(16, head_num=2, qkv_bias=True, backend="cpu").eval()
+    # with autograd on, weights get gradients (no cache)
+    out = module(x)
+    out.sum().backward()
+    assert all(prm.grad is not None for prm in module.parameters())

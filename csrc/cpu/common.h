@@ -65,9 +65,13 @@ struct Planes {
   explicit Planes(const Tensor& t)
       : data(static_cast<T*>(t.data_ptr())), C(t.size(1)), stride_b(t.stride(0)),
         stride_c(t.stride(1)), stride_h(t.stride(2)), stride_w(t.stride(3)) {}
-  T* row(int64_t plane, int64_t h) const {
-    return data + (plane / C) * stride_b + (plane % C) * stride_c + h * stride_h;
-  }
+  // One plane's rows; taken once per plane so the row loop does no divisions.
+  struct Plane {
+    T* base;
+    int64_t stride_h;
+    T* row(int64_t h) const { return base + h * stride_h; }
+  };
+  Plane plane(int64_t p) const { return {data + (p / C) * stride_b + (p % C) * stride_c, stride_h}; }
 };
 
 // Reads rows of x (any dtype, any stride) as contiguous compute-type arrays. A

@@ -61,12 +61,14 @@ void grad_products(const Tensor& grad_out, const Tensor& x, const acc_t* a_h, co
   at::parallel_for(0, x.size(0) * x.size(1), plane_grain(H * W), [&](int64_t begin, int64_t end) {
     RowReader<scalar_t, acc_t> x_rows(W), g_rows(W);
     for (int64_t p = begin; p < end; ++p) {
+      const auto g_plane = gs.plane(p);
+      const auto x_plane = xs.plane(p);
       acc_t* rw = r_w + p * W;
       std::fill(rw, rw + W, acc_t(0));
       acc_t dca = 0;
       for (int64_t h = 0; h < H; ++h) {
-        const acc_t* xr = x_rows.read(xs.row(p, h), xs.stride_w, W);
-        const acc_t* gr = g_rows.read(gs.row(p, h), gs.stride_w, W);
+        const acc_t* xr = x_rows.read(x_plane.row(h), xs.stride_w, W);
+        const acc_t* gr = g_rows.read(g_plane.row(h), gs.stride_w, W);
         const acc_t ah = a_h[p * H + h];
         r_h[p * H + h] = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
         dca += ah * r_h[p * H + h];
@@ -86,6 +88,7 @@ void pool_grad_products(const Tensor& x, const acc_t* a_h, const acc_t* a_w, con
     RowReader<scalar_t, acc_t> x_rows(W);
     std::vector<acc_t> s(W);
     for (int64_t p = begin; p < end; ++p) {
+      const auto x_plane = xs.plane(p);
       acc_t* tw = t_w + p * W;
       std::fill(tw, tw + W, acc_t(0));
       for (int64_t h = 0; h < H; ++h) {
@@ -94,7 +97,7 @@ void pool_grad_products(const Tensor& x, const acc_t* a_h, const acc_t* a_w, con
           continue;
         }
         pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
-        const acc_t* xr = x_rows.read(xs.row(p, h), xs.stride_w, W);
+        const acc_t* xr = x_rows.read(x_plane.row(h), xs.stride_w, W);
         t_h[p * H + h] = modulated_products(s.data(), xr, a_w + p * W, a_h[p * H + h], tw, W);
       }
     }
@@ -114,13 +117,15 @@ void input_grad(const Tensor& grad_out, const acc_t* a_h, const acc_t* a_w, cons
     RowWriter<scalar_t, acc_t> writer(W);
     std::vector<acc_t> s(W), mean_w_grad(W);
     for (int64_t p = begin; p < end; ++p) {
+      const auto out_plane = dst.plane(p);
+      const auto g_plane = gs.plane(p);
       const acc_t* aw = a_w + p * W;
       for (int64_t w = 0; w < W; ++w) mean_w_grad[w] = dm_w[p * W + w] / acc_t(H);
       const V vca(ca[p]);
       for (int64_t h = 0; h < H; ++h) {
         pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
-        const acc_t* gr = g_rows.read(gs.row(p, h), gs.stride_w, W);
-        scalar_t* d_row = dst.row(p, h);
+        const acc_t* gr = g_rows.read(g_plane.row(h), gs.stride_w, W);
+        scalar_t* d_row = out_plane.row(h);
         acc_t* o = writer.target(d_row, dst.stride_w);
         const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] / acc_t(W);
         const V vah(ah), vmh(mean_h_grad);

@@ -17,11 +17,12 @@ void row_col_means(const Tensor& x, acc_t* x_h, acc_t* x_w) {
   at::parallel_for(0, x.size(0) * x.size(1), plane_grain(H * W), [&](int64_t begin, int64_t end) {
     RowReader<scalar_t, acc_t> rows(W);
     for (int64_t p = begin; p < end; ++p) {
+      const auto x_plane = planes.plane(p);
       acc_t* mh = x_h + p * H;
       acc_t* mw = x_w + p * W;
       std::fill(mw, mw + W, acc_t(0));
       for (int64_t h = 0; h < H; ++h) {
-        const acc_t* r = rows.read(planes.row(p, h), planes.stride_w, W);
+        const acc_t* r = rows.read(x_plane.row(h), planes.stride_w, W);
         mh[h] = sum(r, W) / acc_t(W);
         axpy(mw, acc_t(1), r, W);
       }
@@ -44,6 +45,7 @@ void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const P
     std::vector<acc_t> band(W);
     const int64_t covered_w = pg.wp * pg.kw;
     for (int64_t p = begin; p < end; ++p) {
+      const auto x_plane = planes.plane(p);
       const acc_t* ah = a_h + p * H;
       const acc_t* aw = a_w + p * W;
       acc_t* out = pooled + p * N;
@@ -51,7 +53,7 @@ void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const P
         if (!pg.max_pool) {
           std::fill(band.begin(), band.begin() + covered_w, acc_t(0));
           for (int64_t h = hn * pg.kh; h < (hn + 1) * pg.kh; ++h)
-            axpy(band.data(), ah[h], rows.read(planes.row(p, h), planes.stride_w, W), covered_w);
+            axpy(band.data(), ah[h], rows.read(x_plane.row(h), planes.stride_w, W), covered_w);
           const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
           for (int64_t wn = 0; wn < pg.wp; ++wn)
             out[hn * pg.wp + wn] = dot(band.data() + wn * pg.kw, aw + wn * pg.kw, pg.kw) * inv_area;
@@ -64,7 +66,7 @@ void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const P
           where[wn] = hn * pg.kh * W + wn * pg.kw;
         }
         for (int64_t h = hn * pg.kh; h < (hn + 1) * pg.kh; ++h) {
-          const acc_t* r = rows.read(planes.row(p, h), planes.stride_w, W);
+          const acc_t* r = rows.read(x_plane.row(h), planes.stride_w, W);
           for (int64_t wn = 0; wn < pg.wp; ++wn) {
             for (int64_t w = wn * pg.kw; w < (wn + 1) * pg.kw; ++w) {
               const acc_t v = r[w] * ah[h] * aw[w];  // x_s rounded as the reference forms it
@@ -91,10 +93,12 @@ void apply_gates(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const acc_
     RowReader<scalar_t, acc_t> rows(W);
     RowWriter<scalar_t, acc_t> writer(W);
     for (int64_t p = begin; p < end; ++p) {
+      const auto out_plane = dst.plane(p);
+      const auto x_plane = in.plane(p);
       const acc_t* aw = a_w + p * W;
       for (int64_t h = 0; h < H; ++h) {
-        const acc_t* r = rows.read(in.row(p, h), in.stride_w, W);
-        scalar_t* o_row = dst.row(p, h);
+        const acc_t* r = rows.read(x_plane.row(h), in.stride_w, W);
+        scalar_t* o_row = out_plane.row(h);
         acc_t* o = writer.target(o_row, dst.stride_w);
         const acc_t s = a_h[p * H + h] * ca[p];
         const V vs(s);
