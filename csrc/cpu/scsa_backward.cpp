@@ -6,6 +6,7 @@
 // spatial gates after (b). Only x and small tensors are saved by the forward.
 #include "scsa_cpu.h"
 
+#include "row_visitor.h"
 #include "small_stages.h"
 
 namespace scsa_kernels::cpu {
@@ -56,25 +57,21 @@ T modulated_products(const T* u, const T* x, const T* a_w, T a_h, T* r_w, int64_
 template <typename scalar_t, typename acc_t>
 void grad_products(const Tensor& grad_out, const Tensor& x, const acc_t* a_h, const acc_t* a_w, acc_t* r_h,
                    acc_t* r_w, acc_t* d_ca) {
-  const int64_t H = x.size(2), W = x.size(3);
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x), gs(grad_out);
-  at::parallel_for(0, x.size(0) * x.size(1), plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    RowReader<scalar_t, acc_t> x_rows(W), g_rows(W);
-    for (int64_t p = begin; p < end; ++p) {
-      const auto g_plane = gs.plane(p);
-      const auto x_plane = xs.plane(p);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
       acc_t* rw = r_w + p * W;
-      std::fill(rw, rw + W, acc_t(0));
-      acc_t dca = 0;
-      for (int64_t h = 0; h < H; ++h) {
-        const acc_t* xr = x_rows.read(x_plane.row(h), xs.stride_w, W);
-        const acc_t* gr = g_rows.read(g_plane.row(h), gs.stride_w, W);
-        const acc_t ah = a_h[p * H + h];
-        r_h[p * H + h] = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
-        dca += ah * r_h[p * H + h];
+      if (h == 0) {
+        std::fill(rw, rw + W, acc_t(0));
+        d_ca[p] = 0;
       }
-      d_ca[p] = dca;
-    }
+      const acc_t ah = a_h[p * H + h];
+      const acc_t rh = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
+      r_h[p * H + h] = rh;
+      d_ca[p] += ah * rh;
+    });
   });
 }
 
@@ -82,25 +79,21 @@ void grad_products(const Tensor& grad_out, const Tensor& x, const acc_t* a_h, co
 template <typename scalar_t, typename acc_t>
 void pool_grad_products(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const acc_t* d_pooled,
                         const int64_t* argmax, const PoolGeometry& pg, acc_t* t_h, acc_t* t_w) {
-  const int64_t H = x.size(2), W = x.size(3), N = pg.positions();
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
   const Planes<const scalar_t> xs(x);
-  at::parallel_for(0, x.size(0) * x.size(1), plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    RowReader<scalar_t, acc_t> x_rows(W);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> s(W);
-    for (int64_t p = begin; p < end; ++p) {
-      const auto x_plane = xs.plane(p);
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
       acc_t* tw = t_w + p * W;
-      std::fill(tw, tw + W, acc_t(0));
-      for (int64_t h = 0; h < H; ++h) {
-        if (h >= pg.hp * pg.kh) {  // below every window: no pooling gradient
-          t_h[p * H + h] = 0;
-          continue;
-        }
-        pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
-        const acc_t* xr = x_rows.read(x_plane.row(h), xs.stride_w, W);
-        t_h[p * H + h] = modulated_products(s.data(), xr, a_w + p * W, a_h[p * H + h], tw, W);
+      if (h == 0) std::fill(tw, tw + W, acc_t(0));
+      if (h >= pg.hp * pg.kh) {  // below every window: no pooling gradient
+        t_h[p * H + h] = 0;
+        return;
       }
-    }
+      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
+      t_h[p * H + h] = modulated_products(s.data(), xr, a_w + p * W, a_h[p * H + h], tw, W);
+    });
   });
 }
 
@@ -109,35 +102,26 @@ template <typename scalar_t, typename acc_t>
 void input_grad(const Tensor& grad_out, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, const acc_t* d_pooled,
                 const int64_t* argmax, const PoolGeometry& pg, const acc_t* dm_h, const acc_t* dm_w, Tensor& dx) {
   using V = Vectorized<acc_t>;
-  const int64_t H = dx.size(2), W = dx.size(3), N = pg.positions();
+  const int64_t C = dx.size(1), H = dx.size(2), W = dx.size(3), N = pg.positions();
   const Planes<const scalar_t> gs(grad_out);
   const Planes<scalar_t> dst(dx);
-  at::parallel_for(0, dx.size(0) * dx.size(1), plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    RowReader<scalar_t, acc_t> g_rows(W);
-    RowWriter<scalar_t, acc_t> writer(W);
-    std::vector<acc_t> s(W), mean_w_grad(W);
-    for (int64_t p = begin; p < end; ++p) {
-      const auto out_plane = dst.plane(p);
-      const auto g_plane = gs.plane(p);
+  const RowVisitor<scalar_t, acc_t> rows(&gs, nullptr, &dst, C, H, W);
+  const acc_t inv_h = acc_t(1) / acc_t(H), inv_w = acc_t(1) / acc_t(W);
+  at::parallel_for(0, dx.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> s(W);
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* gr, const acc_t*, acc_t* o) {
+      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
       const acc_t* aw = a_w + p * W;
-      for (int64_t w = 0; w < W; ++w) mean_w_grad[w] = dm_w[p * W + w] / acc_t(H);
-      const V vca(ca[p]);
-      for (int64_t h = 0; h < H; ++h) {
-        pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
-        const acc_t* gr = g_rows.read(g_plane.row(h), gs.stride_w, W);
-        scalar_t* d_row = out_plane.row(h);
-        acc_t* o = writer.target(d_row, dst.stride_w);
-        const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] / acc_t(W);
-        const V vah(ah), vmh(mean_h_grad);
-        int64_t w = 0;
-        for (; w + V::size() <= W; w += V::size()) {
-          const V e = at::vec::fmadd(V::loadu(gr + w), vca, V::loadu(s.data() + w));
-          (at::vec::fmadd(e * V::loadu(aw + w), vah, vmh) + V::loadu(mean_w_grad.data() + w)).store(o + w);
-        }
-        for (; w < W; ++w) o[w] = (gr[w] * ca[p] + s[w]) * aw[w] * ah + mean_h_grad + mean_w_grad[w];
-        writer.commit(d_row, dst.stride_w, W);
+      const acc_t* mw = dm_w + p * W;
+      const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] * inv_w, cap = ca[p];
+      const V vca(cap), vah(ah), vmh(mean_h_grad), vih(inv_h);
+      int64_t w = 0;
+      for (; w + V::size() <= W; w += V::size()) {
+        const V e = at::vec::fmadd(V::loadu(gr + w), vca, V::loadu(s.data() + w));
+        at::vec::fmadd(V::loadu(mw + w), vih, at::vec::fmadd(e * V::loadu(aw + w), vah, vmh)).store(o + w);
       }
-    }
+      for (; w < W; ++w) o[w] = (gr[w] * cap + s[w]) * aw[w] * ah + mean_h_grad + mw[w] * inv_h;
+    });
   });
 }
 

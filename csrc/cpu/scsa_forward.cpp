@@ -4,110 +4,92 @@
 
 #include <limits>
 
+#include "row_visitor.h"
 #include "small_stages.h"
 
 namespace scsa_kernels::cpu {
 namespace {
 
-// Pass 1: x_h[p, h] = mean_w x, x_w[p, w] = mean_h x, one plane per task.
+// Pass 1: x_h[p, h] = mean_w x, x_w[p, w] = mean_h x.
 template <typename scalar_t, typename acc_t>
 void row_col_means(const Tensor& x, acc_t* x_h, acc_t* x_w) {
-  const int64_t H = x.size(2), W = x.size(3);
-  const Planes<const scalar_t> planes(x);
-  at::parallel_for(0, x.size(0) * x.size(1), plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    RowReader<scalar_t, acc_t> rows(W);
-    for (int64_t p = begin; p < end; ++p) {
-      const auto x_plane = planes.plane(p);
-      acc_t* mh = x_h + p * H;
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const Planes<const scalar_t> xs(x);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
+  const acc_t inv_w = acc_t(1) / acc_t(W), inv_h = acc_t(1) / acc_t(H);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
       acc_t* mw = x_w + p * W;
-      std::fill(mw, mw + W, acc_t(0));
-      for (int64_t h = 0; h < H; ++h) {
-        const acc_t* r = rows.read(x_plane.row(h), planes.stride_w, W);
-        mh[h] = sum(r, W) / acc_t(W);
-        axpy(mw, acc_t(1), r, W);
-      }
-      scale(mw, acc_t(1) / acc_t(H), W);
-    }
+      if (h == 0) std::fill(mw, mw + W, acc_t(0));
+      x_h[p * H + h] = sum(r, W) * inv_w;
+      axpy(mw, acc_t(1), r, W);
+      if (h == H - 1) scale(mw, inv_h, W);
+    });
   });
 }
 
 // Pass 3: pooled[p, n] = pool over window n of x * a_h * a_w, formed on the fly.
-// Average: a band of kh rows is folded as sum_h a_h[h] x[h, :] (one axpy per row),
-// then each window's dot with a_w. Max: scans each window in (h, w) order with
-// PyTorch's rule (first maximum wins, NaN wins), recording the plane offset.
+// Average: each row adds a_h[h] * (x row . a_w) over every window it crosses.
+// Max: scans each window in (h, w) order with PyTorch's rule (first maximum wins,
+// NaN wins), recording the plane offset. Rows below the last window are skipped.
 template <typename scalar_t, typename acc_t>
 void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const PoolGeometry& pg, acc_t* pooled,
                     int64_t* argmax) {
-  const int64_t H = x.size(2), W = x.size(3), N = pg.positions();
-  const Planes<const scalar_t> planes(x);
-  at::parallel_for(0, x.size(0) * x.size(1), plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    RowReader<scalar_t, acc_t> rows(W);
-    std::vector<acc_t> band(W);
-    const int64_t covered_w = pg.wp * pg.kw;
-    for (int64_t p = begin; p < end; ++p) {
-      const auto x_plane = planes.plane(p);
-      const acc_t* ah = a_h + p * H;
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
+  const Planes<const scalar_t> xs(x);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
+  const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
+      if (h >= pg.hp * pg.kh) return;
+      const int64_t hn = h / pg.kh;
+      const bool first_row = h % pg.kh == 0, last_row = h % pg.kh == pg.kh - 1;
+      const acc_t ah = a_h[p * H + h];
       const acc_t* aw = a_w + p * W;
-      acc_t* out = pooled + p * N;
-      for (int64_t hn = 0; hn < pg.hp; ++hn) {
-        if (!pg.max_pool) {
-          std::fill(band.begin(), band.begin() + covered_w, acc_t(0));
-          for (int64_t h = hn * pg.kh; h < (hn + 1) * pg.kh; ++h)
-            axpy(band.data(), ah[h], rows.read(x_plane.row(h), planes.stride_w, W), covered_w);
-          const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
-          for (int64_t wn = 0; wn < pg.wp; ++wn)
-            out[hn * pg.wp + wn] = dot(band.data() + wn * pg.kw, aw + wn * pg.kw, pg.kw) * inv_area;
-          continue;
-        }
-        acc_t* best = out + hn * pg.wp;
-        int64_t* where = argmax + p * N + hn * pg.wp;
+      acc_t* out = pooled + p * N + hn * pg.wp;
+      if (!pg.max_pool) {
         for (int64_t wn = 0; wn < pg.wp; ++wn) {
-          best[wn] = -std::numeric_limits<acc_t>::infinity();
-          where[wn] = hn * pg.kh * W + wn * pg.kw;
+          const acc_t s = ah * dot(r + wn * pg.kw, aw + wn * pg.kw, pg.kw);
+          out[wn] = first_row ? s : out[wn] + s;
+          if (last_row) out[wn] *= inv_area;
         }
-        for (int64_t h = hn * pg.kh; h < (hn + 1) * pg.kh; ++h) {
-          const acc_t* r = rows.read(x_plane.row(h), planes.stride_w, W);
-          for (int64_t wn = 0; wn < pg.wp; ++wn) {
-            for (int64_t w = wn * pg.kw; w < (wn + 1) * pg.kw; ++w) {
-              const acc_t v = r[w] * ah[h] * aw[w];  // x_s rounded as the reference forms it
-              if (v > best[wn] || std::isnan(v)) {
-                best[wn] = v;
-                where[wn] = h * W + w;
-              }
-            }
+        return;
+      }
+      int64_t* where = argmax + p * N + hn * pg.wp;
+      for (int64_t wn = 0; wn < pg.wp; ++wn) {
+        if (first_row) {
+          out[wn] = -std::numeric_limits<acc_t>::infinity();
+          where[wn] = h * W + wn * pg.kw;
+        }
+        for (int64_t w = wn * pg.kw; w < (wn + 1) * pg.kw; ++w) {
+          const acc_t v = r[w] * ah * aw[w];  // x_s rounded as the reference forms it
+          if (v > out[wn] || std::isnan(v)) {
+            out[wn] = v;
+            where[wn] = h * W + w;
           }
         }
       }
-    }
+    });
   });
 }
 
-// Pass 5: out = x * a_w * (a_h * ca), one plane per task.
+// Pass 5: out = x * a_w * (a_h * ca).
 template <typename scalar_t, typename acc_t>
 void apply_gates(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, Tensor& out) {
   using V = Vectorized<acc_t>;
-  const int64_t H = x.size(2), W = x.size(3);
-  const Planes<const scalar_t> in(x);
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const Planes<const scalar_t> xs(x);
   const Planes<scalar_t> dst(out);
-  at::parallel_for(0, x.size(0) * x.size(1), plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    RowReader<scalar_t, acc_t> rows(W);
-    RowWriter<scalar_t, acc_t> writer(W);
-    for (int64_t p = begin; p < end; ++p) {
-      const auto out_plane = dst.plane(p);
-      const auto x_plane = in.plane(p);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, &dst, C, H, W);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t* o) {
       const acc_t* aw = a_w + p * W;
-      for (int64_t h = 0; h < H; ++h) {
-        const acc_t* r = rows.read(x_plane.row(h), in.stride_w, W);
-        scalar_t* o_row = out_plane.row(h);
-        acc_t* o = writer.target(o_row, dst.stride_w);
-        const acc_t s = a_h[p * H + h] * ca[p];
-        const V vs(s);
-        int64_t w = 0;
-        for (; w + V::size() <= W; w += V::size()) (V::loadu(r + w) * V::loadu(aw + w) * vs).store(o + w);
-        for (; w < W; ++w) o[w] = r[w] * aw[w] * s;
-        writer.commit(o_row, dst.stride_w, W);
-      }
-    }
+      const acc_t s = a_h[p * H + h] * ca[p];
+      const V vs(s);
+      int64_t w = 0;
+      for (; w + V::size() <= W; w += V::size()) (V::loadu(r + w) * V::loadu(aw + w) * vs).store(o + w);
+      for (; w < W; ++w) o[w] = r[w] * aw[w] * s;
+    });
   });
 }
 
