@@ -77,15 +77,16 @@ class PackedWeights(NamedTuple):
     qkv_bias: Tensor       # (3, C): zeros when the module has no q/k/v bias
 
 
-def pack_weights(weights: SCSAWeights, config: SCSAConfig) -> PackedWeights:
-    """Differentiable packing of ``weights`` into ``PackedWeights`` (float32)."""
+def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = torch.float32) -> PackedWeights:
+    """Differentiable packing of ``weights`` into ``PackedWeights`` (float32, or ``dtype``: float64 for
+    float64 inputs, so gradcheck sees full precision)."""
     kmax = config.max_kernel_size
     rows = []
     for weight, k in zip(weights.conv_weights, config.group_kernel_sizes):
         pad = (kmax - k) // 2
-        rows.append(F.pad(weight.reshape(weight.shape[0], k).float(), (pad, pad)))
+        rows.append(F.pad(weight.reshape(weight.shape[0], k).to(dtype), (pad, pad)))
     conv_weight = torch.cat(rows).contiguous()
-    conv_bias = torch.cat([b.float() for b in weights.conv_biases])
+    conv_bias = torch.cat([b.to(dtype) for b in weights.conv_biases])
     scales = torch.stack([w.reshape(-1) for w in (weights.q_weight, weights.k_weight, weights.v_weight)])
     if config.qkv_bias:
         biases = torch.stack([weights.q_bias, weights.k_bias, weights.v_bias])
@@ -93,8 +94,8 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig) -> PackedWeights:
         biases = scales.new_zeros(scales.shape)
     return PackedWeights(
         conv_weight, conv_bias,
-        weights.norm_h_weight.float(), weights.norm_h_bias.float(),
-        weights.norm_w_weight.float(), weights.norm_w_bias.float(),
-        weights.norm_weight.float(), weights.norm_bias.float(),
-        scales.float().contiguous(), biases.float().contiguous(),
+        weights.norm_h_weight.to(dtype), weights.norm_h_bias.to(dtype),
+        weights.norm_w_weight.to(dtype), weights.norm_w_bias.to(dtype),
+        weights.norm_weight.to(dtype), weights.norm_bias.to(dtype),
+        scales.to(dtype).contiguous(), biases.to(dtype).contiguous(),
     )

@@ -1,0 +1,256 @@
+// PCSA small stage: GroupNorm(1) over the pooled map, per-channel q/k/v scales,
+// channel attention per head, gate. Flash style: scores are formed one row (or,
+// in the backward, one column) of d values at a time against a transposed
+// operand, and the mean over positions is taken before P multiplies v
+// (mean_N(P v) = P mean_N(v)), so neither the d x d matrix nor P v ever exists.
+#pragma once
+
+#include "common.h"
+#include "spatial_gate.h"  // normal_stats, kGroupNormEps
+
+#include <limits>
+
+namespace scsa_kernels::cpu {
+
+// Per-sample buffers of the channel branch, all (B, ...) contiguous compute type.
+template <typename T>
+struct ChannelAttentionBuffers {
+  const T* pooled;  // (B, C, N)
+  T* y;             // (B, C, N) GroupNorm(1) output
+  T* q;             // (B, C, N)
+  T* k;             // (B, C, N)
+  T* q_t;           // (B, heads, N, d): q transposed per head (backward only)
+  T* k_t;           // (B, heads, N, d)
+  T* v_mean;        // (B, C): mean over positions of v
+  T* attn_out;      // (B, C): o = P v_mean (saved for the backward)
+  T* attn_lse;      // (B, C): log-sum-exp of each score row (saved for the backward)
+  T* ca;            // (B, C): gate
+};
+
+struct ChannelGeometry {
+  int64_t C, N, heads, d;
+  int64_t head_of(int64_t c) const { return c / d; }
+};
+
+// GroupNorm(1) statistics of one sample's pooled map: (mean, rstd).
+template <typename T>
+std::pair<T, T> pooled_stats(const T* pooled, int64_t n) {
+  return normal_stats(pooled, n);
+}
+
+// y, q, k (and their per-head transposes), v_mean of sample b.
+template <typename T>
+void project_qkv(const ChannelAttentionBuffers<T>& buf, const PackedParams<T>& w, const ChannelGeometry& g,
+                 int64_t b, bool transpose_q) {
+  const int64_t C = g.C, N = g.N, d = g.d;
+  const T* p = buf.pooled + b * C * N;
+  const auto [mean, rstd] = pooled_stats(p, C * N);
+  T* y = buf.y + b * C * N;
+  T* q = buf.q + b * C * N;
+  T* k = buf.k + b * C * N;
+  T* q_t = buf.q_t ? buf.q_t + b * C * N : nullptr;
+  T* k_t = buf.k_t + b * C * N;
+  for (int64_t c = 0; c < C; ++c) {
+    const T gw = w.norm_weight[c], gb = w.norm_bias[c];
+    const T wq = w.qkv_weight[c], wk = w.qkv_weight[C + c], wv = w.qkv_weight[2 * C + c];
+    const T bq = w.qkv_bias[c], bk = w.qkv_bias[C + c], bv = w.qkv_bias[2 * C + c];
+    const int64_t head = g.head_of(c), i = c - head * d;
+    T y_sum = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const T yv = (p[c * N + n] - mean) * rstd * gw + gb;
+      y[c * N + n] = yv;
+      y_sum += yv;
+      const T qv = wq * yv + bq, kv = wk * yv + bk;
+      q[c * N + n] = qv;
+      k[c * N + n] = kv;
+      k_t[(head * N + n) * d + i] = kv;
+      if (transpose_q) q_t[(head * N + n) * d + i] = qv;
+    }
+    buf.v_mean[b * C + c] = wv * (y_sum / T(N)) + bv;
+  }
+}
+
+// scores[j] = scale * sum_n a[n] * b_t[n * d + j]: one row (or column) of a head's
+// score matrix, vectorised over j with the sum over n kept in a register.
+// Returns max_j scores[j].
+template <typename T>
+T score_vector(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scores) {
+  using V = Vectorized<T>;
+  const V vscale(scale_);
+  V vmax(-std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {
+    V acc(T(0));
+    for (int64_t n = 0; n < N; ++n) acc = at::vec::fmadd(V(a[n]), V::loadu(b_t + n * d + j), acc);
+    acc = acc * vscale;
+    acc.store(scores + j);
+    vmax = at::vec::maximum(vmax, acc);
+  }
+  alignas(64) T lanes[V::size()];
+  vmax.store(lanes);
+  T m = lanes[0];
+  for (int64_t i = 1; i < V::size(); ++i) m = std::max(m, lanes[i]);
+  for (; j < d; ++j) {
+    T acc = 0;
+    for (int64_t n = 0; n < N; ++n) acc += a[n] * b_t[n * d + j];
+    scores[j] = acc * scale_;
+    m = std::max(m, scores[j]);
+  }
+  return m;
+}
+
+// exp for softmax weights: PyTorch's fast vectorised exp (<= 2 ulp), as its own softmax uses.
+template <typename T>
+inline Vectorized<T> softmax_exp(const Vectorized<T>& v) {
+  return v.exp_u20();
+}
+
+// Row c of sample b: o = softmax(S row) . v_mean over the head, and the row's lse.
+// scratch: d values.
+template <typename T>
+void attention_row_forward(const ChannelAttentionBuffers<T>& buf, const ChannelGeometry& g, int64_t b,
+                           int64_t c, T* scratch) {
+  using V = Vectorized<T>;
+  const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
+  const T scale_ = T(1) / std::sqrt(T(d));
+  const T m = score_vector(buf.q + (b * C + c) * N, buf.k_t + (b * C + head * d) * N, N, d, scale_, scratch);
+  const T* v_mean = buf.v_mean + b * C + head * d;
+  // One pass: sum of exp(S - m) and its dot with v_mean.
+  const V vm(m);
+  V vtotal(T(0)), vdot(T(0));
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {
+    const V e = softmax_exp(V::loadu(scratch + j) - vm);
+    vtotal += e;
+    vdot = at::vec::fmadd(e, V::loadu(v_mean + j), vdot);
+  }
+  T total = horizontal_sum(vtotal), weighted = horizontal_sum(vdot);
+  for (; j < d; ++j) {
+    const T e = std::exp(scratch[j] - m);
+    total += e;
+    weighted += e * v_mean[j];
+  }
+  buf.attn_out[b * C + c] = weighted / total;
+  buf.attn_lse[b * C + c] = m + std::log(total);
+}
+
+// Gradient buffers of the channel branch.
+template <typename T>
+struct ChannelAttentionGrads {
+  T* d_out;     // (B, C): d(o), from d(ca) through the gate
+  T* dq;        // (B, C, N)
+  T* dk;        // (B, C, N)
+  T* dv_mean;   // (B, C)
+  T* d_pooled;  // (B, C, N)
+  // per-sample parameter gradients
+  T* norm_weight;  // (B, C)
+  T* norm_bias;    // (B, C)
+  T* qkv_weight;   // (B, 3, C)
+  T* qkv_bias;     // (B, 3, C)
+};
+
+// dS_ij = P_ij * do_i * (v_mean_j - o_i) (softmax backward with dP_ij = do_i v_mean_j).
+// Row i: dq_i[n] = scale * sum_j dS_ij k_j[n].  scratch: d values.
+template <typename T>
+void attention_row_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
+                            const ChannelGeometry& g, int64_t b, int64_t c, T* scratch) {
+  using V = Vectorized<T>;
+  const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
+  const T scale_ = T(1) / std::sqrt(T(d));
+  const T* k_t = buf.k_t + (b * C + head * d) * N;
+  score_vector(buf.q + (b * C + c) * N, k_t, N, d, scale_, scratch);
+  const T lse = buf.attn_lse[b * C + c], o_i = buf.attn_out[b * C + c];
+  const T coef = gr.d_out[b * C + c] * scale_;
+  const T* v_mean = buf.v_mean + b * C + head * d;
+  const V vlse(lse), vo(o_i), vcoef(coef);
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {
+    const V p = softmax_exp(V::loadu(scratch + j) - vlse);
+    (p * (V::loadu(v_mean + j) - vo) * vcoef).store(scratch + j);
+  }
+  for (; j < d; ++j) scratch[j] = std::exp(scratch[j] - lse) * (v_mean[j] - o_i) * coef;
+  T* dq = gr.dq + (b * C + c) * N;
+  for (int64_t n = 0; n < N; ++n) dq[n] = dot(scratch, k_t + n * d, d);
+}
+
+// Column j: dk_j[n] = scale * sum_i dS_ij q_i[n]; dv_mean_j = sum_i P_ij do_i.
+// Computed by columns so rows and columns both run in parallel without races.
+// scratch: d values.
+template <typename T>
+void attention_column_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
+                               const ChannelGeometry& g, int64_t b, int64_t c, T* scratch) {
+  using V = Vectorized<T>;
+  const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
+  const T scale_ = T(1) / std::sqrt(T(d));
+  const T* q_t = buf.q_t + (b * C + head * d) * N;
+  score_vector(buf.k + (b * C + c) * N, q_t, N, d, scale_, scratch);
+  const int64_t row0 = b * C + head * d;
+  const T* lse = buf.attn_lse + row0;
+  const T* o = buf.attn_out + row0;
+  const T* d_out = gr.d_out + row0;
+  const T v_j = buf.v_mean[b * C + c];
+  const V vv(v_j), vscale(scale_);
+  V vdv(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= d; i += V::size()) {
+    const V w = softmax_exp(V::loadu(scratch + i) - V::loadu(lse + i)) * V::loadu(d_out + i);
+    vdv += w;
+    (w * (vv - V::loadu(o + i)) * vscale).store(scratch + i);
+  }
+  T dv = horizontal_sum(vdv);
+  for (; i < d; ++i) {
+    const T w = std::exp(scratch[i] - lse[i]) * d_out[i];
+    dv += w;
+    scratch[i] = w * (v_j - o[i]) * scale_;
+  }
+  gr.dv_mean[b * C + c] = dv;
+  T* dk = gr.dk + (b * C + c) * N;
+  for (int64_t n = 0; n < N; ++n) dk[n] = dot(scratch, q_t + n * d, d);
+}
+
+// From dq, dk, dv_mean of sample b: q/k/v parameter grads, back through GroupNorm(1)
+// to d_pooled. dv[c, n] = dv_mean[c] / N for every n.
+template <typename T>
+void channel_projection_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
+                                 const PackedParams<T>& w, const ChannelGeometry& g, int64_t b) {
+  const int64_t C = g.C, N = g.N, CN = C * N;
+  const T* p = buf.pooled + b * CN;
+  const T* y = buf.y + b * CN;
+  const T* dq = gr.dq + b * CN;
+  const T* dk = gr.dk + b * CN;
+  T* dp = gr.d_pooled + b * CN;  // holds d(x_hat) until the last loop
+  const auto [mean, rstd] = pooled_stats(p, CN);
+  T mean_d = 0, mean_d_xhat = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const T wq = w.qkv_weight[c], wk = w.qkv_weight[C + c], wv = w.qkv_weight[2 * C + c];
+    const T dv = gr.dv_mean[b * C + c] / T(N);
+    const T* yc = y + c * N;
+    gr.qkv_weight[b * 3 * C + c] = dot(dq + c * N, yc, N);
+    gr.qkv_weight[b * 3 * C + C + c] = dot(dk + c * N, yc, N);
+    gr.qkv_weight[b * 3 * C + 2 * C + c] = dv * sum(yc, N);
+    gr.qkv_bias[b * 3 * C + c] = sum(dq + c * N, N);
+    gr.qkv_bias[b * 3 * C + C + c] = sum(dk + c * N, N);
+    gr.qkv_bias[b * 3 * C + 2 * C + c] = gr.dv_mean[b * C + c];
+    T dgw = 0, dgb = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const T dy = wq * dq[c * N + n] + wk * dk[c * N + n] + wv * dv;
+      const T x_hat = (p[c * N + n] - mean) * rstd;
+      dgw += dy * x_hat;
+      dgb += dy;
+      const T dx_hat = dy * w.norm_weight[c];
+      dp[c * N + n] = dx_hat;
+      mean_d += dx_hat;
+      mean_d_xhat += dx_hat * x_hat;
+    }
+    gr.norm_weight[b * C + c] = dgw;
+    gr.norm_bias[b * C + c] = dgb;
+  }
+  mean_d /= T(CN);
+  mean_d_xhat /= T(CN);
+  for (int64_t i = 0; i < CN; ++i) {
+    const T x_hat = (p[i] - mean) * rstd;
+    dp[i] = rstd * (dp[i] - mean_d - x_hat * mean_d_xhat);
+  }
+}
+
+}  // namespace scsa_kernels::cpu

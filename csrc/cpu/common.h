@@ -1,0 +1,241 @@
+// Shared building blocks of the CPU kernels: geometry, strided row access in the
+// compute type, and the few vector loops every pass is made of.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace scsa_kernels::cpu {
+
+using at::Tensor;
+using at::vec::Vectorized;
+
+// Options of one call, as the kernels need them.
+struct Options {
+  int64_t head_num;
+  int64_t window_size;  // -1: global average pooling
+  bool max_pool;        // ignored for window_size == -1 (SPEC: adaptive average, any mode)
+  bool softmax_gate;
+};
+
+// Pooling windows. Global pooling is one window of the whole plane, so every
+// pass treats all three modes alike; rows >= hp*kh and columns >= wp*kw lie
+// outside every window (SPEC: floor mode drops them).
+struct PoolGeometry {
+  int64_t kh, kw;  // window size
+  int64_t hp, wp;  // pooled map size
+  bool max_pool;
+  int64_t positions() const { return hp * wp; }
+};
+
+inline PoolGeometry pool_geometry(int64_t H, int64_t W, const Options& opt) {
+  if (opt.window_size == -1) return {H, W, 1, 1, false};
+  return {opt.window_size, opt.window_size, H / opt.window_size, W / opt.window_size, opt.max_pool};
+}
+
+// The packed parameters (weights.py PackedWeights), as raw pointers in the compute type.
+template <typename acc_t>
+struct PackedParams {
+  const acc_t* conv_weight;  // (C, K)
+  const acc_t* conv_bias;    // (C)
+  const acc_t* norm_h_weight;
+  const acc_t* norm_h_bias;
+  const acc_t* norm_w_weight;
+  const acc_t* norm_w_bias;
+  const acc_t* norm_weight;
+  const acc_t* norm_bias;
+  const acc_t* qkv_weight;  // (3, C)
+  const acc_t* qkv_bias;    // (3, C)
+  int64_t kernel_size;      // K
+};
+
+// A (B, C, H, W) tensor with arbitrary strides, addressed by plane p = b * C + c.
+template <typename T>
+struct Planes {
+  T* data;
+  int64_t C, stride_b, stride_c, stride_h, stride_w;
+  explicit Planes(const Tensor& t)
+      : data(static_cast<T*>(t.data_ptr())), C(t.size(1)), stride_b(t.stride(0)),
+        stride_c(t.stride(1)), stride_h(t.stride(2)), stride_w(t.stride(3)) {}
+  // One plane's rows; taken once per plane so the row loop does no divisions.
+  struct Plane {
+    T* base;
+    int64_t stride_h;
+    T* row(int64_t h) const { return base + h * stride_h; }
+  };
+  Plane plane(int64_t p) const { return {data + (p / C) * stride_b + (p % C) * stride_c, stride_h}; }
+};
+
+// Reads rows of x (any dtype, any stride) as contiguous compute-type arrays. A
+// unit-stride row already in the compute type is used in place (the fp32/fp64
+// NCHW fast path); anything else is converted into a per-thread buffer.
+template <typename scalar_t, typename acc_t>
+class RowReader {
+ public:
+  explicit RowReader(int64_t n) : buffer_(n) {}
+  const acc_t* read(const scalar_t* src, int64_t stride, int64_t n) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (stride == 1) return src;
+    }
+    acc_t* dst = buffer_.data();
+    if (stride == 1) {
+      at::vec::convert(src, dst, n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i * stride]);
+    }
+    return dst;
+  }
+
+ private:
+  std::vector<acc_t> buffer_;
+};
+
+// Writes rows: compute into target(), then commit() converts/scatters when the
+// destination is not a unit-stride row of the compute type.
+template <typename scalar_t, typename acc_t>
+class RowWriter {
+ public:
+  explicit RowWriter(int64_t n) : buffer_(n) {}
+  acc_t* target(scalar_t* dst, int64_t stride) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (stride == 1) return dst;
+    }
+    return buffer_.data();
+  }
+  void commit(scalar_t* dst, int64_t stride, int64_t n) {
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (stride == 1) return;
+    }
+    const acc_t* src = buffer_.data();
+    if (stride == 1) {
+      at::vec::convert(src, dst, n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) dst[i * stride] = static_cast<scalar_t>(src[i]);
+    }
+  }
+
+ private:
+  std::vector<acc_t> buffer_;
+};
+
+// ---- vector loops over contiguous compute-type arrays ----------------------
+// Lane sums are folded in a fixed order, so results never depend on threads.
+
+template <typename T>
+inline T horizontal_sum(const Vectorized<T>& v) {
+  alignas(64) T lanes[Vectorized<T>::size()];
+  v.store(lanes);
+  T s = 0;
+  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) s += lanes[i];
+  return s;
+}
+
+template <typename T>
+inline T sum(const T* a, int64_t n) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) acc += V::loadu(a + i);
+  T s = horizontal_sum(acc);
+  for (; i < n; ++i) s += a[i];
+  return s;
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) acc = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc);
+  T s = horizontal_sum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y += alpha * x
+template <typename T>
+inline void axpy(T* y, T alpha, const T* x, int64_t n) {
+  using V = Vectorized<T>;
+  const V va(alpha);
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) at::vec::fmadd(va, V::loadu(x + i), V::loadu(y + i)).store(y + i);
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+template <typename T>
+inline void scale(T* y, T alpha, int64_t n) {
+  using V = Vectorized<T>;
+  const V va(alpha);
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) (V::loadu(y + i) * va).store(y + i);
+  for (; i < n; ++i) y[i] *= alpha;
+}
+
+// Chunk size for at::parallel_for over planes: about 16K elements per task.
+inline int64_t plane_grain(int64_t plane_elements) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_elements));
+}
+
+template <typename T>
+inline T sigmoid(T v) {
+  return T(1) / (T(1) + std::exp(-v));
+}
+
+// Gate backward, elementwise sigmoid: dn = da * a * (1 - a).
+// Softmax over n entries: dn = a * (da - sum(a * da)).
+template <typename T>
+inline void gate_backward(const T* a, const T* da, T* dn, int64_t n, bool softmax) {
+  if (softmax) {
+    const T s = dot(a, da, n);
+    for (int64_t i = 0; i < n; ++i) dn[i] = a[i] * (da[i] - s);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dn[i] = da[i] * a[i] * (T(1) - a[i]);
+  }
+}
+
+// Elementwise sigmoid in place, vectorised (the gates are the one place with many exps).
+template <typename T>
+inline void sigmoid_inplace(T* v, int64_t n) {
+  using V = Vectorized<T>;
+  const V one(T(1));
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) (one / (one + V::loadu(v + i).neg().exp())).store(v + i);
+  for (; i < n; ++i) v[i] = sigmoid(v[i]);
+}
+
+// Gate forward in place over n entries: sigmoid, or a softmax over all of them.
+template <typename T>
+inline void gate_forward(T* v, int64_t n, bool softmax) {
+  if (softmax) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < n; ++i) m = std::max(m, v[i]);
+    T total = 0;
+    for (int64_t i = 0; i < n; ++i) total += (v[i] = std::exp(v[i] - m));
+    scale(v, T(1) / total, n);
+  } else {
+    sigmoid_inplace(v, n);
+  }
+}
+
+// Sums per-sample parameter gradients (B, n) over the batch in a fixed order
+// (deterministic, unlike atomics or thread-count dependent reductions).
+template <typename T>
+inline void sum_over_batch(const T* per_sample, int64_t batch, int64_t n, T* out) {
+  at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) out[i] = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      const T* row = per_sample + b * n;
+      for (int64_t i = begin; i < end; ++i) out[i] += row[i];
+    }
+  });
+}
+
+}  // namespace scsa_kernels::cpu

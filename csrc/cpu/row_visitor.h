@@ -1,0 +1,100 @@
+// The one loop every full-size pass is built on: visit each row of each plane in
+// increasing h, as a contiguous compute-type array, reading up to two inputs and
+// writing at most one output, whatever their dtype and strides.
+//
+// Planar rows (unit stride along W, e.g. NCHW): plane by plane, rows read in place
+// when the dtype is the compute type. Otherwise (channels_last and other strided
+// layouts): a block of up to kBlock neighbouring channels of one sample is swept
+// row by row, each row of the block gathered into a (channels x W) tile with
+// contiguous reads along C, so memory is streamed once instead of C times.
+// Each plane sees its rows in the same order in both modes, so per-plane results
+// are bitwise identical across layouts.
+#pragma once
+
+#include "common.h"
+
+namespace scsa_kernels::cpu {
+
+constexpr int64_t kBlock = 16;  // channels per tile in the strided mode
+
+template <typename scalar_t, typename acc_t>
+class RowVisitor {
+ public:
+  // in1 and out may be null.
+  RowVisitor(const Planes<const scalar_t>* in0, const Planes<const scalar_t>* in1, const Planes<scalar_t>* out,
+             int64_t C, int64_t H, int64_t W)
+      : in0_(in0), in1_(in1), out_(out), C_(C), H_(H), W_(W),
+        blocked_(in0->stride_w != 1 || (in1 && in1->stride_w != 1) || (out && out->stride_w != 1)) {}
+
+  // body(p, h, row0, row1, out_row): row1 / out_row are null when absent.
+  template <typename Body>
+  void run(int64_t begin, int64_t end, Body&& body) const {
+    if (blocked_) {
+      run_blocked(begin, end, body);
+    } else {
+      run_planar(begin, end, body);
+    }
+  }
+
+ private:
+  template <typename Body>
+  void run_planar(int64_t begin, int64_t end, Body& body) const {
+    RowReader<scalar_t, acc_t> read0(W_), read1(W_);
+    RowWriter<scalar_t, acc_t> writer(W_);
+    for (int64_t p = begin; p < end; ++p) {
+      const auto plane0 = in0_->plane(p);
+      const auto plane1 = in1_ ? in1_->plane(p) : decltype(plane0){nullptr, 0};
+      const auto plane_out = out_ ? out_->plane(p) : typename Planes<scalar_t>::Plane{nullptr, 0};
+      for (int64_t h = 0; h < H_; ++h) {
+        const acc_t* r0 = read0.read(plane0.row(h), 1, W_);
+        const acc_t* r1 = in1_ ? read1.read(plane1.row(h), 1, W_) : nullptr;
+        acc_t* o = out_ ? writer.target(plane_out.row(h), 1) : nullptr;
+        body(p, h, r0, r1, o);
+        if (out_) writer.commit(plane_out.row(h), 1, W_);
+      }
+    }
+  }
+
+  // tile[c * W + w] = src[h, w] of channel c of the block
+  void gather(const Planes<const scalar_t>& src, int64_t p0, int64_t nb, int64_t h, acc_t* tile) const {
+    const scalar_t* row = src.plane(p0).row(h);
+    for (int64_t w = 0; w < W_; ++w) {
+      const scalar_t* cell = row + w * src.stride_w;
+      for (int64_t c = 0; c < nb; ++c) tile[c * W_ + w] = static_cast<acc_t>(cell[c * src.stride_c]);
+    }
+  }
+
+  void scatter(const Planes<scalar_t>& dst, int64_t p0, int64_t nb, int64_t h, const acc_t* tile) const {
+    scalar_t* row = dst.plane(p0).row(h);
+    for (int64_t w = 0; w < W_; ++w) {
+      scalar_t* cell = row + w * dst.stride_w;
+      for (int64_t c = 0; c < nb; ++c) cell[c * dst.stride_c] = static_cast<scalar_t>(tile[c * W_ + w]);
+    }
+  }
+
+  template <typename Body>
+  void run_blocked(int64_t begin, int64_t end, Body& body) const {
+    std::vector<acc_t> tile0(kBlock * W_), tile1(in1_ ? kBlock * W_ : 0), tile_out(out_ ? kBlock * W_ : 0);
+    for (int64_t p0 = begin; p0 < end;) {
+      // neighbouring channels of one sample
+      const int64_t nb = std::min({kBlock, end - p0, C_ - p0 % C_});
+      for (int64_t h = 0; h < H_; ++h) {
+        gather(*in0_, p0, nb, h, tile0.data());
+        if (in1_) gather(*in1_, p0, nb, h, tile1.data());
+        for (int64_t c = 0; c < nb; ++c)
+          body(p0 + c, h, tile0.data() + c * W_, in1_ ? tile1.data() + c * W_ : nullptr,
+               out_ ? tile_out.data() + c * W_ : nullptr);
+        if (out_) scatter(*out_, p0, nb, h, tile_out.data());
+      }
+      p0 += nb;
+    }
+  }
+
+  const Planes<const scalar_t>* in0_;
+  const Planes<const scalar_t>* in1_;
+  const Planes<scalar_t>* out_;
+  int64_t C_, H_, W_;
+  bool blocked_;
+};
+
+}  // namespace scsa_kernels::cpu

@@ -1,0 +1,292 @@
+// Backward: three passes over full-size tensors (DESIGN.md "Backward"):
+//   (a) read x and grad_out: per-plane sums feeding d(ca), d(a_h), d(a_w);
+//   (b) read x: the pooling path's share of d(a_h), d(a_w);
+//   (c) read grad_out, write dx.
+// Between them the small stages run backwards: channel attention after (a),
+// spatial gates after (b). Only x and small tensors are saved by the forward.
+#include "scsa_cpu.h"
+
+#include "row_visitor.h"
+#include "small_stages.h"
+
+namespace scsa_kernels::cpu {
+namespace {
+
+// Row h of S = d(x_s) through the pool (zero outside every window):
+// average: the window's gradient spread over its kh*kw cells; max: at the argmax.
+template <typename T>
+void pool_scatter_row(const T* d_pooled, const int64_t* argmax, const PoolGeometry& pg, int64_t h, int64_t W,
+                      T* s) {
+  std::fill(s, s + W, T(0));
+  if (h >= pg.hp * pg.kh) return;
+  const int64_t hn = h / pg.kh;
+  const T* dp = d_pooled + hn * pg.wp;
+  if (!pg.max_pool) {
+    const T inv_area = T(1) / T(pg.kh * pg.kw);
+    for (int64_t wn = 0; wn < pg.wp; ++wn) std::fill(s + wn * pg.kw, s + (wn + 1) * pg.kw, dp[wn] * inv_area);
+    return;
+  }
+  const int64_t* where = argmax + hn * pg.wp;
+  for (int64_t wn = 0; wn < pg.wp; ++wn)
+    if (where[wn] / W == h) s[where[wn] % W] = dp[wn];
+}
+
+// For one row: r_w[w] += u[w] x[w] a_h; returns sum_w u[w] x[w] a_w[w].
+// (u = grad_out in pass (a), u = pool scatter S in pass (b).)
+template <typename T>
+T modulated_products(const T* u, const T* x, const T* a_w, T a_h, T* r_w, int64_t W) {
+  using V = Vectorized<T>;
+  const V vh(a_h);
+  V acc(T(0));
+  int64_t w = 0;
+  for (; w + V::size() <= W; w += V::size()) {
+    const V t = V::loadu(u + w) * V::loadu(x + w);
+    acc = at::vec::fmadd(t, V::loadu(a_w + w), acc);
+    at::vec::fmadd(t, vh, V::loadu(r_w + w)).store(r_w + w);
+  }
+  T s = horizontal_sum(acc);
+  for (; w < W; ++w) {
+    const T t = u[w] * x[w];
+    s += t * a_w[w];
+    r_w[w] += t * a_h;
+  }
+  return s;
+}
+
+// Pass (a): r_h = sum_w g x a_w, r_w = sum_h g x a_h, d_ca = sum_hw g x_s.
+template <typename scalar_t, typename acc_t>
+void grad_products(const Tensor& grad_out, const Tensor& x, const acc_t* a_h, const acc_t* a_w, acc_t* r_h,
+                   acc_t* r_w, acc_t* d_ca) {
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const Planes<const scalar_t> xs(x), gs(grad_out);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
+      acc_t* rw = r_w + p * W;
+      if (h == 0) {
+        std::fill(rw, rw + W, acc_t(0));
+        d_ca[p] = 0;
+      }
+      const acc_t ah = a_h[p * H + h];
+      const acc_t rh = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
+      r_h[p * H + h] = rh;
+      d_ca[p] += ah * rh;
+    });
+  });
+}
+
+// Pass (b): t_h = sum_w S x a_w, t_w = sum_h S x a_h (S: pool scatter of d_pooled).
+template <typename scalar_t, typename acc_t>
+void pool_grad_products(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const acc_t* d_pooled,
+                        const int64_t* argmax, const PoolGeometry& pg, acc_t* t_h, acc_t* t_w) {
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
+  const Planes<const scalar_t> xs(x);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> s(W);
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
+      acc_t* tw = t_w + p * W;
+      if (h == 0) std::fill(tw, tw + W, acc_t(0));
+      if (h >= pg.hp * pg.kh) {  // below every window: no pooling gradient
+        t_h[p * H + h] = 0;
+        return;
+      }
+      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
+      t_h[p * H + h] = modulated_products(s.data(), xr, a_w + p * W, a_h[p * H + h], tw, W);
+    });
+  });
+}
+
+// Pass (c): dx = (g ca + S) a_h a_w + d(x_h)/W + d(x_w)/H.
+template <typename scalar_t, typename acc_t>
+void input_grad(const Tensor& grad_out, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, const acc_t* d_pooled,
+                const int64_t* argmax, const PoolGeometry& pg, const acc_t* dm_h, const acc_t* dm_w, Tensor& dx) {
+  using V = Vectorized<acc_t>;
+  const int64_t C = dx.size(1), H = dx.size(2), W = dx.size(3), N = pg.positions();
+  const Planes<const scalar_t> gs(grad_out);
+  const Planes<scalar_t> dst(dx);
+  const RowVisitor<scalar_t, acc_t> rows(&gs, nullptr, &dst, C, H, W);
+  const acc_t inv_h = acc_t(1) / acc_t(H), inv_w = acc_t(1) / acc_t(W);
+  at::parallel_for(0, dx.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> s(W);
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* gr, const acc_t*, acc_t* o) {
+      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
+      const acc_t* aw = a_w + p * W;
+      const acc_t* mw = dm_w + p * W;
+      const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] * inv_w, cap = ca[p];
+      const V vca(cap), vah(ah), vmh(mean_h_grad), vih(inv_h);
+      int64_t w = 0;
+      for (; w + V::size() <= W; w += V::size()) {
+        const V e = at::vec::fmadd(V::loadu(gr + w), vca, V::loadu(s.data() + w));
+        at::vec::fmadd(V::loadu(mw + w), vih, at::vec::fmadd(e * V::loadu(aw + w), vah, vmh)).store(o + w);
+      }
+      for (; w < W; ++w) o[w] = (gr[w] * cap + s[w]) * aw[w] * ah + mean_h_grad + mw[w] * inv_h;
+    });
+  });
+}
+
+template <typename T>
+Tensor per_sample_zeros(const Tensor& like, int64_t B, at::IntArrayRef shape) {
+  std::vector<int64_t> full{B};
+  full.insert(full.end(), shape.begin(), shape.end());
+  return at::zeros(full, like.options());
+}
+
+// (B, ...) per-sample gradients -> (...) summed over the batch in a fixed order.
+template <typename T>
+Tensor reduce_batch(const Tensor& per_sample) {
+  Tensor out = at::empty(per_sample.sizes().slice(1), per_sample.options());
+  sum_over_batch(per_sample.const_data_ptr<T>(), per_sample.size(0), out.numel(), out.data_ptr<T>());
+  return out;
+}
+
+template <typename scalar_t>
+std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, const PackedWeightArgs& weights,
+                                     const Tensor& x_h, const Tensor& x_w, const Tensor& a_h, const Tensor& a_w,
+                                     const Tensor& pooled, const Tensor& argmax, const Tensor& attn_out,
+                                     const Tensor& attn_lse, const Tensor& ca, const Options& opt) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weights.conv_weight().size(1);
+  const PoolGeometry pg = pool_geometry(H, W, opt);
+  const PackedParams<acc_t> w = packed_params<acc_t>(weights);
+  const auto small = a_h.options();
+  auto ptr = [](const Tensor& t) { return t.const_data_ptr<acc_t>(); };
+  const int64_t* argmax_ptr = pg.max_pool ? argmax.const_data_ptr<int64_t>() : nullptr;
+
+  // (a)
+  Tensor r_h = at::empty({B, C, H}, small), r_w = at::empty({B, C, W}, small), d_ca = at::empty({B, C}, small);
+  grad_products<scalar_t>(grad_out, x, ptr(a_h), ptr(a_w), r_h.data_ptr<acc_t>(), r_w.data_ptr<acc_t>(),
+                          d_ca.data_ptr<acc_t>());
+
+  // Channel branch backward -> d_pooled and its parameter gradients.
+  const int64_t N = pg.positions();
+  ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num, /*need_q_t=*/true);
+  Tensor d_out = at::empty({B, C}, small), dq = at::empty({B, C, N}, small), dk = at::empty({B, C, N}, small);
+  Tensor dv_mean = at::empty({B, C}, small), d_pooled = at::empty({B, C, N}, small);
+  Tensor g_norm_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_norm_b = per_sample_zeros<acc_t>(a_h, B, {C});
+  Tensor g_qkv_w = per_sample_zeros<acc_t>(a_h, B, {3, C}), g_qkv_b = per_sample_zeros<acc_t>(a_h, B, {3, C});
+  const ChannelAttentionGrads<acc_t> cg{d_out.data_ptr<acc_t>(),    dq.data_ptr<acc_t>(),
+                                        dk.data_ptr<acc_t>(),       dv_mean.data_ptr<acc_t>(),
+                                        d_pooled.data_ptr<acc_t>(), g_norm_w.data_ptr<acc_t>(),
+                                        g_norm_b.data_ptr<acc_t>(), g_qkv_w.data_ptr<acc_t>(),
+                                        g_qkv_b.data_ptr<acc_t>()};
+  const acc_t *ca_data = ptr(ca), *d_ca_data = ptr(d_ca);
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      gate_backward(ca_data + b * C, d_ca_data + b * C, cg.d_out + b * C, C, opt.softmax_gate);
+  });
+  state.project(w, B);
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(state.geom.d);
+    for (int64_t row = begin; row < end; ++row) {
+      attention_row_backward(state.buf, cg, state.geom, row / C, row % C, scratch.data());
+      attention_column_backward(state.buf, cg, state.geom, row / C, row % C, scratch.data());
+    }
+  });
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) channel_projection_backward(state.buf, cg, w, state.geom, b);
+  });
+
+  // (b)
+  Tensor t_h = at::empty({B, C, H}, small), t_w = at::empty({B, C, W}, small);
+  pool_grad_products<scalar_t>(x, ptr(a_h), ptr(a_w), ptr(d_pooled), argmax_ptr, pg, t_h.data_ptr<acc_t>(),
+                               t_w.data_ptr<acc_t>());
+
+  // Spatial gates backward, both directions per (sample, group) so the shared conv
+  // gradients accumulate in a fixed order (H then W).
+  const int64_t g = C / kGroups;
+  Tensor dm_h = at::empty({B, C, H}, small), dm_w = at::empty({B, C, W}, small);
+  Tensor g_conv_w = per_sample_zeros<acc_t>(a_h, B, {C, K}), g_conv_b = per_sample_zeros<acc_t>(a_h, B, {C});
+  Tensor g_nh_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nh_b = per_sample_zeros<acc_t>(a_h, B, {C});
+  Tensor g_nw_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nw_b = per_sample_zeros<acc_t>(a_h, B, {C});
+  // Raw pointers hoisted out of the loops (Tensor accessors are out-of-line calls).
+  struct Direction {
+    const acc_t *means, *r, *t;
+    acc_t *dm, *g_norm_w, *g_norm_b;
+    int64_t len;
+  };
+  const Direction directions[2] = {
+      {ptr(x_h), ptr(r_h), ptr(t_h), dm_h.data_ptr<acc_t>(), g_nh_w.data_ptr<acc_t>(), g_nh_b.data_ptr<acc_t>(), H},
+      {ptr(x_w), ptr(r_w), ptr(t_w), dm_w.data_ptr<acc_t>(), g_nw_w.data_ptr<acc_t>(), g_nw_b.data_ptr<acc_t>(), W}};
+  const acc_t* ca_ptr = ptr(ca);
+  acc_t* g_conv_w_ptr = g_conv_w.data_ptr<acc_t>();
+  acc_t* g_conv_b_ptr = g_conv_b.data_ptr<acc_t>();
+  at::parallel_for(0, B * kGroups, 1, [&](int64_t begin, int64_t end) {
+    const int64_t L = std::max(H, W);
+    std::vector<acc_t> da(g * L), scratch(3 * g * L);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
+      for (const int dir : {0, 1}) {
+        const Direction& D = directions[dir];
+        const int64_t len = D.len;
+        const acc_t* r = D.r + c0 * len;
+        const acc_t* t = D.t + c0 * len;
+        // d(a) = ca * (grad_out share) + (pooling share)
+        for (int64_t c = 0; c < g; ++c)
+          for (int64_t l = 0; l < len; ++l) da[c * len + l] = ca_ptr[c0 + c] * r[c * len + l] + t[c * len + l];
+        const SpatialGateGrads<acc_t> grads{g_conv_w_ptr + c0 * K, g_conv_b_ptr + c0, D.g_norm_w + c0,
+                                            D.g_norm_b + c0};
+        spatial_gate_backward(D.means + c0 * len, da.data(), g, len,
+                              direction_params(w, group, g, dir == 1, opt.softmax_gate), grads, D.dm + c0 * len,
+                              scratch.data());
+      }
+    }
+  });
+
+  // (c)
+  Tensor dx = at::empty_like(x, at::MemoryFormat::Preserve);
+  input_grad<scalar_t>(grad_out, ptr(a_h), ptr(a_w), ptr(ca), ptr(d_pooled), argmax_ptr, pg, ptr(dm_h), ptr(dm_w),
+                       dx);
+
+  return {dx,
+          reduce_batch<acc_t>(g_conv_w),
+          reduce_batch<acc_t>(g_conv_b),
+          reduce_batch<acc_t>(g_nh_w),
+          reduce_batch<acc_t>(g_nh_b),
+          reduce_batch<acc_t>(g_nw_w),
+          reduce_batch<acc_t>(g_nw_b),
+          reduce_batch<acc_t>(g_norm_w),
+          reduce_batch<acc_t>(g_norm_b),
+          reduce_batch<acc_t>(g_qkv_w),
+          reduce_batch<acc_t>(g_qkv_b)};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scsa_backward(
+    const Tensor& grad_out, const Tensor& x, const Tensor& conv_weight, const Tensor& conv_bias,
+    const Tensor& norm_h_weight, const Tensor& norm_h_bias, const Tensor& norm_w_weight,
+    const Tensor& norm_w_bias, const Tensor& norm_weight, const Tensor& norm_bias, const Tensor& qkv_weight,
+    const Tensor& qkv_bias, const Tensor& x_h, const Tensor& x_w, const Tensor& a_h, const Tensor& a_w,
+    const Tensor& pooled, const Tensor& argmax, const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
+    int64_t head_num, int64_t window_size, bool max_pool, bool softmax_gate) {
+  PackedWeightArgs weights{{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias,
+                            norm_weight, norm_bias, qkv_weight, qkv_bias}};
+  check_forward_args(x, weights, head_num, window_size);
+  TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
+              "scsa_kernels: grad_out must match x in shape and dtype, got ", grad_out.sizes(), " ",
+              grad_out.scalar_type(), " for x ", x.sizes(), " ", x.scalar_type());
+  for (auto& t : weights.tensors) t = t.contiguous();
+  const Options opt{head_num, window_size, max_pool, softmax_gate};
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const PoolGeometry pg = pool_geometry(H, W, opt);
+  const auto dt = weights.conv_weight().scalar_type();
+  check_saved(x_h, "x_h", {B, C, H}, dt);
+  check_saved(x_w, "x_w", {B, C, W}, dt);
+  check_saved(a_h, "a_h", {B, C, H}, dt);
+  check_saved(a_w, "a_w", {B, C, W}, dt);
+  check_saved(pooled, "pooled", {B, C, pg.positions()}, dt);
+  check_saved(argmax, "argmax", {pg.max_pool ? B : 0, C, pg.positions()}, at::kLong);
+  check_saved(attn_out, "attn_out", {B, C}, dt);
+  check_saved(attn_lse, "attn_lse", {B, C}, dt);
+  check_saved(ca, "ca", {B, C}, dt);
+  std::array<Tensor, 11> r;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scsa_backward_cpu", [&] {
+    r = backward_impl<scalar_t>(grad_out, x, weights, x_h.contiguous(), x_w.contiguous(), a_h.contiguous(),
+                                a_w.contiguous(), pooled.contiguous(), argmax.contiguous(), attn_out.contiguous(),
+                                attn_lse.contiguous(), ca.contiguous(), opt);
+  });
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]};
+}
+
+}  // namespace scsa_kernels::cpu

@@ -1,0 +1,160 @@
+// Forward: three passes over x (means, pooled modulated map, apply) around two
+// small stages (spatial gates, channel attention). See DESIGN.md "Kernel plan".
+#include "scsa_cpu.h"
+
+#include <limits>
+
+#include "row_visitor.h"
+#include "small_stages.h"
+
+namespace scsa_kernels::cpu {
+namespace {
+
+// Pass 1: x_h[p, h] = mean_w x, x_w[p, w] = mean_h x.
+template <typename scalar_t, typename acc_t>
+void row_col_means(const Tensor& x, acc_t* x_h, acc_t* x_w) {
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const Planes<const scalar_t> xs(x);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
+  const acc_t inv_w = acc_t(1) / acc_t(W), inv_h = acc_t(1) / acc_t(H);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
+      acc_t* mw = x_w + p * W;
+      if (h == 0) std::fill(mw, mw + W, acc_t(0));
+      x_h[p * H + h] = sum(r, W) * inv_w;
+      axpy(mw, acc_t(1), r, W);
+      if (h == H - 1) scale(mw, inv_h, W);
+    });
+  });
+}
+
+// Pass 3: pooled[p, n] = pool over window n of x * a_h * a_w, formed on the fly.
+// Average: each row adds a_h[h] * (x row . a_w) over every window it crosses.
+// Max: scans each window in (h, w) order with PyTorch's rule (first maximum wins,
+// NaN wins), recording the plane offset. Rows below the last window are skipped.
+template <typename scalar_t, typename acc_t>
+void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const PoolGeometry& pg, acc_t* pooled,
+                    int64_t* argmax) {
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
+  const Planes<const scalar_t> xs(x);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
+  const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
+      if (h >= pg.hp * pg.kh) return;
+      const int64_t hn = h / pg.kh;
+      const bool first_row = h % pg.kh == 0, last_row = h % pg.kh == pg.kh - 1;
+      const acc_t ah = a_h[p * H + h];
+      const acc_t* aw = a_w + p * W;
+      acc_t* out = pooled + p * N + hn * pg.wp;
+      if (!pg.max_pool) {
+        for (int64_t wn = 0; wn < pg.wp; ++wn) {
+          const acc_t s = ah * dot(r + wn * pg.kw, aw + wn * pg.kw, pg.kw);
+          out[wn] = first_row ? s : out[wn] + s;
+          if (last_row) out[wn] *= inv_area;
+        }
+        return;
+      }
+      int64_t* where = argmax + p * N + hn * pg.wp;
+      for (int64_t wn = 0; wn < pg.wp; ++wn) {
+        if (first_row) {
+          out[wn] = -std::numeric_limits<acc_t>::infinity();
+          where[wn] = h * W + wn * pg.kw;
+        }
+        for (int64_t w = wn * pg.kw; w < (wn + 1) * pg.kw; ++w) {
+          const acc_t v = r[w] * ah * aw[w];  // x_s rounded as the reference forms it
+          if (v > out[wn] || std::isnan(v)) {
+            out[wn] = v;
+            where[wn] = h * W + w;
+          }
+        }
+      }
+    });
+  });
+}
+
+// Pass 5: out = x * a_w * (a_h * ca).
+template <typename scalar_t, typename acc_t>
+void apply_gates(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, Tensor& out) {
+  using V = Vectorized<acc_t>;
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
+  const Planes<const scalar_t> xs(x);
+  const Planes<scalar_t> dst(out);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, &dst, C, H, W);
+  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t* o) {
+      const acc_t* aw = a_w + p * W;
+      const acc_t s = a_h[p * H + h] * ca[p];
+      const V vs(s);
+      int64_t w = 0;
+      for (; w + V::size() <= W; w += V::size()) (V::loadu(r + w) * V::loadu(aw + w) * vs).store(o + w);
+      for (; w < W; ++w) o[w] = r[w] * aw[w] * s;
+    });
+  });
+}
+
+template <typename scalar_t>
+void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Options& opt, Tensor& out, Tensor& x_h,
+                  Tensor& x_w, Tensor& a_h, Tensor& a_w, Tensor& pooled, Tensor& argmax, Tensor& attn_out,
+                  Tensor& attn_lse, Tensor& ca) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const PoolGeometry pg = pool_geometry(H, W, opt);
+  const PackedParams<acc_t> w = packed_params<acc_t>(weights);
+
+  row_col_means<scalar_t>(x, x_h.data_ptr<acc_t>(), x_w.data_ptr<acc_t>());
+  spatial_gates_forward(x_h.const_data_ptr<acc_t>(), x_w.const_data_ptr<acc_t>(), w, B, C, H, W, opt.softmax_gate,
+                        a_h.data_ptr<acc_t>(), a_w.data_ptr<acc_t>());
+  pool_modulated<scalar_t>(x, a_h.const_data_ptr<acc_t>(), a_w.const_data_ptr<acc_t>(), pg,
+                           pooled.data_ptr<acc_t>(), pg.max_pool ? argmax.data_ptr<int64_t>() : nullptr);
+
+  ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num, /*need_q_t=*/false);
+  state.project(w, B);
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(state.geom.d);
+    for (int64_t row = begin; row < end; ++row)
+      attention_row_forward(state.buf, state.geom, row / C, row % C, scratch.data());
+  });
+  acc_t* ca_ptr = ca.data_ptr<acc_t>();
+  const acc_t* o_ptr = attn_out.const_data_ptr<acc_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      std::copy(o_ptr + b * C, o_ptr + (b + 1) * C, ca_ptr + b * C);
+      gate_forward(ca_ptr + b * C, C, opt.softmax_gate);
+    }
+  });
+
+  apply_gates<scalar_t>(x, a_h.const_data_ptr<acc_t>(), a_w.const_data_ptr<acc_t>(), ca.const_data_ptr<acc_t>(),
+                        out);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scsa_forward(
+    const Tensor& x, const Tensor& conv_weight, const Tensor& conv_bias, const Tensor& norm_h_weight,
+    const Tensor& norm_h_bias, const Tensor& norm_w_weight, const Tensor& norm_w_bias, const Tensor& norm_weight,
+    const Tensor& norm_bias, const Tensor& qkv_weight, const Tensor& qkv_bias, int64_t head_num,
+    int64_t window_size, bool max_pool, bool softmax_gate) {
+  PackedWeightArgs weights{{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias,
+                            norm_weight, norm_bias, qkv_weight, qkv_bias}};
+  check_forward_args(x, weights, head_num, window_size);
+  for (auto& t : weights.tensors) t = t.contiguous();
+  const Options opt{head_num, window_size, max_pool, softmax_gate};
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const PoolGeometry pg = pool_geometry(H, W, opt);
+  const auto small = x.options().dtype(weights.conv_weight().scalar_type());
+
+  // Same strides as x for dense layouts (NCHW, channels_last), like the reference's elementwise ops.
+  Tensor out = at::empty_like(x, at::MemoryFormat::Preserve);
+  Tensor x_h = at::empty({B, C, H}, small), x_w = at::empty({B, C, W}, small);
+  Tensor a_h = at::empty({B, C, H}, small), a_w = at::empty({B, C, W}, small);
+  Tensor pooled = at::empty({B, C, pg.positions()}, small);
+  Tensor argmax = at::empty({pg.max_pool ? B : 0, C, pg.positions()}, x.options().dtype(at::kLong));
+  Tensor attn_out = at::empty({B, C}, small), attn_lse = at::empty({B, C}, small), ca = at::empty({B, C}, small);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scsa_forward_cpu", [&] {
+    forward_impl<scalar_t>(x, weights, opt, out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out, attn_lse, ca);
+  });
+  return {out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out, attn_lse, ca};
+}
+
+}  // namespace scsa_kernels::cpu

@@ -1,0 +1,79 @@
+// The small middle stages shared by the forward and the backward: building the
+// per-group SMSA parameters and the channel-branch buffers from tensors.
+#pragma once
+
+#include "channel_attention.h"
+#include "common.h"
+#include "spatial_gate.h"
+#include "../shape_checks.h"
+
+namespace scsa_kernels::cpu {
+
+constexpr int64_t kGroups = 4;  // SMSA conv groups == GroupNorm(4) groups
+
+template <typename T>
+PackedParams<T> packed_params(const PackedWeightArgs& w) {
+  auto p = [&](size_t i) { return w.tensors[i].template const_data_ptr<T>(); };
+  return {p(0), p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), w.conv_weight().size(1)};
+}
+
+// Parameters of group `group` for the H direction (horizontal=false: x_h, norm_h)
+// or the W direction (x_w, norm_w).
+template <typename T>
+SpatialGateParams<T> direction_params(const PackedParams<T>& w, int64_t group, int64_t g, bool w_direction,
+                                      bool softmax_gate) {
+  const int64_t c0 = group * g;
+  return {w.conv_weight + c0 * w.kernel_size, w.conv_bias + c0,
+          (w_direction ? w.norm_w_weight : w.norm_h_weight) + c0,
+          (w_direction ? w.norm_w_bias : w.norm_h_bias) + c0, w.kernel_size, softmax_gate};
+}
+
+// a_h, a_w (B, C, H|W) from the means x_h, x_w; parallel over (sample, group).
+template <typename T>
+void spatial_gates_forward(const T* x_h, const T* x_w, const PackedParams<T>& w, int64_t B, int64_t C, int64_t H,
+                           int64_t W, bool softmax_gate, T* a_h, T* a_w) {
+  const int64_t g = C / kGroups;
+  at::parallel_for(0, B * kGroups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> f_hat(g * std::max(H, W));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
+      spatial_gate_forward(x_h + c0 * H, g, H, direction_params(w, group, g, false, softmax_gate), f_hat.data(),
+                           a_h + c0 * H);
+      spatial_gate_forward(x_w + c0 * W, g, W, direction_params(w, group, g, true, softmax_gate), f_hat.data(),
+                           a_w + c0 * W);
+    }
+  });
+}
+
+// Owns the channel-branch work buffers of one call.
+template <typename T>
+struct ChannelAttentionState {
+  Tensor y, q, k, q_t, k_t, v_mean;
+  ChannelAttentionBuffers<T> buf;
+  ChannelGeometry geom;
+
+  ChannelAttentionState(const Tensor& pooled, const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
+                        int64_t head_num, bool need_q_t) {
+    const int64_t B = pooled.size(0), C = pooled.size(1), N = pooled.size(2);
+    geom = {C, N, head_num, C / head_num};
+    auto opts = pooled.options();
+    y = at::empty({B, C, N}, opts);
+    q = at::empty({B, C, N}, opts);
+    k = at::empty({B, C, N}, opts);
+    k_t = at::empty({B, C, N}, opts);
+    if (need_q_t) q_t = at::empty({B, C, N}, opts);
+    v_mean = at::empty({B, C}, opts);
+    buf = {pooled.const_data_ptr<T>(), y.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(),
+           need_q_t ? q_t.data_ptr<T>() : nullptr, k_t.data_ptr<T>(), v_mean.data_ptr<T>(),
+           const_cast<T*>(attn_out.const_data_ptr<T>()), const_cast<T*>(attn_lse.const_data_ptr<T>()),
+           const_cast<T*>(ca.const_data_ptr<T>())};
+  }
+
+  void project(const PackedParams<T>& w, int64_t B) {
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) project_qkv(buf, w, geom, b, buf.q_t != nullptr);
+    });
+  }
+};
+
+}  // namespace scsa_kernels::cpu

@@ -1,0 +1,140 @@
+"""The C++ CPU backend: fused kernels in ``scsa_kernels._C`` (csrc/cpu), exposed as
+``torch.ops.scsa_kernels.scsa_forward`` / ``scsa_backward``.
+
+This module adds what the C++ side does not: fake (meta) implementations, so the
+ops trace under ``torch.compile`` and ``opcheck``, and the autograd formula
+(forward saves x and small tensors only; ``scsa_backward`` computes every
+gradient). Options the kernels do not implement are reported by
+``unsupported_reason`` and "auto" then falls back to the reference:
+
+- ``down_sample_mode="recombination"`` with a real window (its ``conv_d``
+  projection is a dense dim*ws*ws -> dim matmul; not fused on CPU);
+- attention dropout (``attn_drop_ratio > 0``) in training mode.
+
+Numerics: float16/bfloat16/float32 inputs are computed in float32, float64 in
+float64. Every reduction runs inside one task in a fixed order (per-plane sums,
+per-sample parameter gradients summed over the batch in order), so results are
+bitwise identical for any thread count.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+
+from ..reference import compute_dtype
+from ..weights import pack_weights
+
+NAME = "cpu"
+
+try:
+    from .. import _C  # noqa: F401  (loading the library registers torch.ops.scsa_kernels)
+    _IMPORT_ERROR: Optional[str] = None
+except Exception as exc:  # missing or broken build: report it, never crash at import
+    _IMPORT_ERROR = (f"the C++ extension scsa_kernels._C could not be imported ({type(exc).__name__}: {exc}); "
+                     "build it with `pip install --no-build-isolation -e .` after installing torch")
+
+
+def unavailable_reason() -> Optional[str]:
+    return _IMPORT_ERROR
+
+
+def unsupported_reason(x, config, training) -> Optional[str]:
+    if x.device.type != "cpu":
+        return f"the cpu backend runs on CPU tensors, got a tensor on {x.device}"
+    if config.uses_conv_d:
+        return "down_sample_mode='recombination' (conv_d projection) is not implemented by the CPU kernels"
+    if training and config.attn_drop_ratio > 0:
+        return "attention dropout (attn_drop_ratio > 0 in training mode) is not implemented by the CPU kernels"
+    return None
+
+
+def _options(config):
+    return (config.head_num, config.window_size,
+            config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
+
+
+class _InferencePackCache:
+    """Packed weights of recent inference calls. Packing is ~15 small torch ops (about
+    70 us), several times the fused kernel itself at batch 1; without autograd it
+    only needs redoing when a weight changes. An entry is reused only while every
+    weight is the very same live tensor (weak references), with the same version
+    counter (in-place updates) and data pointer (``.data`` reassignment)."""
+
+    def __init__(self, size: int = 32):
+        self.size = size
+        self.entries = {}
+
+    @staticmethod
+    def _state(tensors):
+        return tuple((t._version, t.data_ptr()) for t in tensors)
+
+    def get(self, weights, config, dtype):
+        tensors = weights.tensors()
+        key = (tuple(map(id, tensors)), config, dtype)
+        entry = self.entries.get(key)
+        if entry is not None:
+            refs, state, packed = entry
+            if all(r() is t for r, t in zip(refs, tensors)) and state == self._state(tensors):
+                return packed
+        with torch.no_grad():
+            packed = pack_weights(weights, config, dtype=dtype)
+        if len(self.entries) >= self.size:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = ([weakref.ref(t) for t in tensors], self._state(tensors), packed)
+        return packed
+
+
+_PACK_CACHE = _InferencePackCache()
+
+
+def _packed_weights(weights, config, dtype):
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in weights.tensors())
+    if needs_graph or torch.compiler.is_compiling():
+        return pack_weights(weights, config, dtype=dtype)  # differentiable / traced
+    return _PACK_CACHE.get(weights, config, dtype)
+
+
+def scsa(x, weights, config, training):
+    packed = _packed_weights(weights, config, compute_dtype(x.dtype))
+    return torch.ops.scsa_kernels.scsa_forward(x, *packed, *_options(config))[0]
+
+
+if _IMPORT_ERROR is None:
+    _lib_forward = "scsa_kernels::scsa_forward"
+    _lib_backward = "scsa_kernels::scsa_backward"
+
+    @torch.library.register_fake(_lib_forward)
+    def _forward_fake(x, conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias,
+                      norm_weight, norm_bias, qkv_weight, qkv_bias, head_num, window_size, max_pool, softmax_gate):
+        batch, channels, height, width = x.shape
+        positions = 1 if window_size == -1 else (height // window_size) * (width // window_size)
+        small = lambda *shape: x.new_empty(shape, dtype=conv_weight.dtype)
+        argmax = x.new_empty((batch if max_pool and window_size != -1 else 0, channels, positions),
+                             dtype=torch.long)
+        return (torch.empty_like(x), small(batch, channels, height), small(batch, channels, width),
+                small(batch, channels, height), small(batch, channels, width), small(batch, channels, positions),
+                argmax, small(batch, channels), small(batch, channels), small(batch, channels))
+
+    @torch.library.register_fake(_lib_backward)
+    def _backward_fake(grad_out, x, conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight,
+                       norm_w_bias, norm_weight, norm_bias, qkv_weight, qkv_bias, *saved_and_options):
+        weights = (conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias, norm_weight,
+                   norm_bias, qkv_weight, qkv_bias)
+        return (torch.empty_like(x), *(torch.empty_like(w, memory_format=torch.contiguous_format)
+                                      for w in weights))
+
+    def _setup_context(ctx, inputs, output):
+        x, *weights = inputs[:11]
+        ctx.options = inputs[11:]
+        ctx.save_for_backward(x, *weights, *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+
+    def _backward(ctx, grad_out, *unused_small_grads):
+        x, *rest = ctx.saved_tensors
+        weights, saved = rest[:10], rest[10:]
+        grads = torch.ops.scsa_kernels.scsa_backward(grad_out, x, *weights, *saved, *ctx.options)
+        return (*grads, None, None, None, None)
+
+    torch.library.register_autograd(_lib_forward, _backward, setup_context=_setup_context)

@@ -1,0 +1,364 @@
+"""The C++ CPU backend (csrc/cpu, scsa_kernels/ops/cpu.py) against the reference.
+
+Every comparison uses the tolerance rule of scsa_kernels.testing (error of the fused
+result <= 2x the reference's own error in that dtype + a small floor, both measured
+against the reference in float64), on fresh random inputs per test.
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from scsa_kernels import SCSA, BackendUnavailableError, SCSAConfig, scsa
+from scsa_kernels import backends
+from scsa_kernels.ops import cpu as cpu_backend
+from scsa_kernels.reference import scsa_reference
+from scsa_kernels.testing import compare_backend, random_weights
+from scsa_kernels.weights import pack_weights
+
+needs_ext = pytest.mark.skipif(cpu_backend.unavailable_reason() is not None,
+                               reason=f"{cpu_backend.unavailable_reason()} (test_extension_is_built fails)")
+
+
+def assert_matches(results):
+    bad = [f"{r.name}: error {r.error:.3g} > bound {r.bound:.3g}" for r in results if not r.ok]
+    assert not bad, "\n".join(bad)
+
+
+def test_extension_is_built():
+    assert cpu_backend.unavailable_reason() is None
+
+
+# (config kwargs, input shape): every SPEC option the CPU kernels implement, odd shapes.
+CONFIGS = [
+    pytest.param(dict(), (2, 16, 14, 14), id="default"),
+    pytest.param(dict(), (3, 8, 23, 17), id="default-remainder"),
+    pytest.param(dict(head_num=2, qkv_bias=True), (2, 16, 15, 9), id="heads2-qkvbias"),
+    pytest.param(dict(head_num=4, window_size=3), (2, 16, 10, 11), id="heads4-ws3"),
+    pytest.param(dict(down_sample_mode="max_pool"), (2, 8, 15, 22), id="maxpool"),
+    pytest.param(dict(down_sample_mode="max_pool", window_size=2, head_num=2), (2, 8, 9, 7), id="maxpool-ws2"),
+    pytest.param(dict(window_size=-1), (2, 8, 5, 6), id="global"),
+    pytest.param(dict(window_size=-1, down_sample_mode="max_pool"), (2, 8, 7, 3), id="global-maxmode"),
+    pytest.param(dict(window_size=-1, down_sample_mode="recombination"), (1, 8, 4, 5), id="global-recombmode"),
+    pytest.param(dict(gate_layer="softmax"), (2, 16, 14, 13), id="softmax-gate"),
+    pytest.param(dict(gate_layer="softmax", head_num=2, down_sample_mode="max_pool", qkv_bias=True),
+                 (2, 16, 12, 12), id="softmax-max-heads-bias"),
+    pytest.param(dict(group_kernel_sizes=(1, 3, 11, 5), window_size=3), (2, 8, 9, 10), id="kernels-1-3-11-5"),
+    pytest.param(dict(group_kernel_sizes=(3, 3, 3, 3), window_size=1), (1, 4, 3, 5), id="ws1-tiny"),
+    pytest.param(dict(group_kernel_sizes=(13, 9, 7, 1)), (2, 8, 7, 30), id="kernels-longer-than-H"),
+    pytest.param(dict(attn_drop_ratio=0.1), (2, 8, 14, 14), id="dropout-eval"),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs,shape", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference(kwargs, shape, dtype):
+    config = SCSAConfig(dim=shape[1], **kwargs)
+    x = torch.randn(shape, dtype=dtype)
+    assert_matches(compare_backend("cpu", x, random_weights(config, dtype=dtype), config))
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kwargs", [dict(), dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax")],
+                         ids=["default", "max-softmax-heads"])
+def test_reduced_precision(dtype, kwargs):
+    config = SCSAConfig(dim=16, **kwargs)
+    x = torch.randn(2, 16, 15, 17).to(dtype)
+    assert_matches(compare_backend("cpu", x, random_weights(config), config))
+
+
+def _layouts(dtype):
+    base = lambda *s: torch.randn(*s).to(dtype)
+    return {
+        "channels_last": lambda: base(2, 16, 15, 13).to(memory_format=torch.channels_last),
+        "sliced": lambda: base(3, 20, 19, 25)[1:, 2:18, 1:-2, ::2],
+        "hw-transposed": lambda: base(2, 16, 13, 15).transpose(2, 3),
+        "channels_last-sliced": lambda: base(2, 16, 16, 16).to(memory_format=torch.channels_last)[:, :, 1:, :15],
+    }
+
+
+@needs_ext
+@pytest.mark.parametrize("layout", list(_layouts(torch.float32)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_inputs(layout, dtype):
+    x = _layouts(dtype)[layout]()
+    assert not x.is_contiguous()
+    config = SCSAConfig(dim=16, head_num=2, down_sample_mode="max_pool" if layout == "sliced" else "avg_pool")
+    # compare_backend also checks that the output keeps the reference's (= x's) memory format
+    assert_matches(compare_backend("cpu", x, random_weights(config), config,
+                                   grad_out=torch.randn(x.shape, dtype=torch.float64).transpose(0, 1).contiguous()
+                                   .transpose(0, 1)))
+
+
+@needs_ext
+def test_output_poisoning_and_format():
+    """Every output element is written: results do not depend on what the allocator hands out."""
+    config = SCSAConfig(dim=8)
+    w = random_weights(config)
+    x = torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last)
+    first = scsa(x, w, config, backend="cpu")
+    garbage = [torch.full((2, 8, 9, 9), float("nan")).to(memory_format=torch.channels_last) for _ in range(8)]
+    del garbage
+    second = scsa(x, w, config, backend="cpu")
+    assert torch.equal(first, second)
+    assert second.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_ext
+def test_gradcheck_float64():
+    config = SCSAConfig(dim=8, head_num=2, qkv_bias=True, window_size=3, group_kernel_sizes=(1, 3, 5, 7))
+    weights = random_weights(config, dtype=torch.float64).map(lambda t: t.requires_grad_())
+    x = torch.randn(2, 8, 7, 8, dtype=torch.float64, requires_grad=True)
+    names = weights.names()
+
+    def fn(x, *flat):
+        w = weights.map(lambda t: flat[[id(u) for u in weights.tensors()].index(id(t))])
+        return scsa(x, w, config, backend="cpu")
+
+    assert len(names) == len(weights.tensors())
+    assert torch.autograd.gradcheck(fn, (x, *weights.tensors()), eps=1e-6, atol=1e-7)
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs", [dict(down_sample_mode="max_pool", gate_layer="softmax"), dict(window_size=-1)],
+                         ids=["max-softmax", "global"])
+def test_gradcheck_float64_options(kwargs):
+    config = SCSAConfig(dim=8, window_size=kwargs.pop("window_size", 3), **kwargs)
+    w = random_weights(config, dtype=torch.float64)
+    packed = [t.detach().requires_grad_() for t in pack_weights(w, config, dtype=torch.float64)]
+    x = torch.randn(1, 8, 7, 6, dtype=torch.float64, requires_grad=True)
+    options = cpu_backend._options(config)
+    fn = lambda x, *p: torch.ops.scsa_kernels.scsa_forward(x, *p, *options)[0]
+    assert torch.autograd.gradcheck(fn, (x, *packed), eps=1e-6, atol=1e-7)
+
+
+def _op_args(config, shape, dtype=torch.float32, requires_grad=False, channels_last=False):
+    from scsa_kernels.reference import compute_dtype
+    x = torch.randn(shape, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    packed = [t.detach() for t in pack_weights(random_weights(config), config, dtype=compute_dtype(dtype))]
+    if requires_grad:
+        x.requires_grad_()
+        packed = [t.requires_grad_() for t in packed]
+    return (x, *packed, *cpu_backend._options(config))
+
+
+OPCHECK_CASES = [
+    pytest.param(dict(), (2, 8, 9, 10), {}, id="default"),
+    pytest.param(dict(down_sample_mode="max_pool", head_num=2, gate_layer="softmax"), (2, 8, 9, 10), {},
+                 id="max-softmax"),
+    pytest.param(dict(window_size=-1), (1, 8, 5, 6), dict(channels_last=True), id="global-cl"),
+    pytest.param(dict(), (2, 8, 9, 10), dict(dtype=torch.bfloat16), id="bf16"),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs,shape,extra", OPCHECK_CASES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_forward(kwargs, shape, extra, requires_grad):
+    config = SCSAConfig(dim=shape[1], window_size=kwargs.pop("window_size", 3), **kwargs)
+    args = _op_args(config, shape, requires_grad=requires_grad, **extra)
+    torch.library.opcheck(torch.ops.scsa_kernels.scsa_forward.default, args)
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs,shape,extra", OPCHECK_CASES)
+def test_opcheck_backward(kwargs, shape, extra):
+    config = SCSAConfig(dim=shape[1], window_size=kwargs.pop("window_size", 3), **kwargs)
+    args = _op_args(config, shape, **extra)
+    x, weights, options = args[0], args[1:11], args[11:]
+    saved = torch.ops.scsa_kernels.scsa_forward(*args)[1:]
+    grad_out = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.scsa_kernels.scsa_backward.default, (grad_out, x, *weights, *saved, *options))
+
+
+@needs_ext
+def test_op_rejects_bad_arguments():
+    config = SCSAConfig(dim=8)
+    args = list(_op_args(config, (1, 8, 9, 9)))
+    bad_dtype = list(args)
+    bad_dtype[1] = bad_dtype[1].double()
+    with pytest.raises(RuntimeError, match="conv_weight must be Float"):
+        torch.ops.scsa_kernels.scsa_forward(*bad_dtype)
+    bad_heads = list(args)
+    bad_heads[11] = 3
+    with pytest.raises(RuntimeError, match="head_num must divide channels"):
+        torch.ops.scsa_kernels.scsa_forward(*bad_heads)
+    bad_shape = list(args)
+    bad_shape[9] = bad_shape[9][:2]
+    with pytest.raises(RuntimeError, match="qkv_weight must have shape"):
+        torch.ops.scsa_kernels.scsa_forward(*bad_shape)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, **scsa_kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.attn = SCSA(16, backend="cpu", **scsa_kwargs)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.attn(self.conv(x))))
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs", [dict(head_num=2), dict(down_sample_mode="max_pool", gate_layer="softmax")],
+                         ids=["avg", "max-softmax"])
+def test_torch_compile_fullgraph(kwargs):
+    torch._dynamo.reset()
+    model = TinyNet(**kwargs)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 14, 15, requires_grad=True)
+    out_eager = model(x)
+    grads_eager = torch.autograd.grad(out_eager.square().sum(), [x, *model.parameters()])
+    out_compiled = compiled(x)
+    grads_compiled = torch.autograd.grad(out_compiled.square().sum(), [x, *model.parameters()])
+    torch.testing.assert_close(out_compiled, out_eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_compiled, grads_eager):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_ext
+@pytest.mark.parametrize("kwargs", [dict(head_num=2, qkv_bias=True), dict(down_sample_mode="max_pool",
+                                                                            gate_layer="softmax")],
+                         ids=["avg", "max-softmax"])
+def test_thread_count_independent(kwargs):
+    """Every reduction runs inside one task in a fixed order: 1 and 2 threads agree bitwise."""
+    config = SCSAConfig(dim=32, **kwargs)
+    w = random_weights(config)
+    x = torch.randn(3, 32, 21, 19)
+    g = torch.randn_like(x)
+
+    def run(threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            xx = x.clone().requires_grad_()
+            ww = w.map(lambda t: t.clone().requires_grad_())
+            out = scsa(xx, ww, config, backend="cpu")
+            return [out, *torch.autograd.grad(out, [xx, *ww.tensors()], g)]
+        finally:
+            torch.set_num_threads(previous)
+
+    for a, b in zip(run(1), run(2)):
+        assert torch.equal(a, b)
+
+
+@needs_ext
+def test_auto_picks_cpu_for_supported_configs():
+    x = torch.randn(1, 8, 7, 7)
+    assert backends.auto_choice(x, SCSAConfig(dim=8)) == "cpu"
+    assert backends.auto_choice(x, SCSAConfig(dim=8, attn_drop_ratio=0.2), training=False) == "cpu"
+
+
+UNSUPPORTED = [
+    pytest.param(SCSAConfig(dim=8, window_size=3, down_sample_mode="recombination"), False, "recombination",
+                 id="recombination"),
+    pytest.param(SCSAConfig(dim=8, window_size=3, attn_drop_ratio=0.25), True, "dropout", id="dropout-training"),
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("config,training,word", UNSUPPORTED)
+def test_unsupported_options_are_clear_and_auto_still_works(config, training, word):
+    w = random_weights(config)
+    x = torch.randn(2, 8, 9, 9)
+    with pytest.raises(BackendUnavailableError, match=word):
+        scsa(x, w, config, training=training, backend="cpu")
+    assert backends.auto_choice(x, config, training) == "reference"
+    torch.manual_seed(0)
+    out = scsa(x, w, config, training=training, backend="auto")
+    torch.manual_seed(0)
+    torch.testing.assert_close(out, scsa_reference(x, w, config, training))
+
+
+@needs_ext
+def test_empty_batch_and_nonfinite_inputs():
+    config = SCSAConfig(dim=8)
+    w = random_weights(config)
+    assert scsa(torch.randn(0, 8, 9, 9), w, config, backend="cpu").shape == (0, 8, 9, 9)
+    x = torch.randn(3, 8, 9, 9)
+    x[1, 2, 4, 5] = float("nan")
+    x[2, 0, 0, 0] = float("inf")
+    out = scsa(x, w, config, backend="cpu")
+    ref = scsa_reference(x, w, config)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    torch.testing.assert_close(out[0], ref[0])
+
+
+def test_missing_extension_gives_a_clear_reason():
+    code = (
+        "import sys; sys.modules['scsa_kernels._C'] = None\n"
+        "import torch, scsa_kernels as s\n"
+        "from scsa_kernels import backends\n"
+        "from scsa_kernels.testing import random_weights\n"
+        "r = backends.unavailable_reason('cpu'); assert r and 'scsa_kernels._C' in r, r\n"
+        "c = s.SCSAConfig(dim=8); x = torch.randn(1, 8, 7, 7)\n"
+        "assert backends.auto_choice(x, c) == 'reference'\n"
+        "try:\n"
+        "    s.scsa(x, random_weights(c), c, backend='cpu')\n"
+        "except s.BackendUnavailableError as e:\n"
+        "    assert 'pip install' in str(e), e; print('clear error')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "clear error" in result.stdout
+
+
+@needs_ext
+def test_inference_pack_cache_sees_weight_updates():
+    """Inference reuses packed weights; every kind of weight update must invalidate them."""
+    module = SCSA(16, head_num=2, qkv_bias=True, backend="cpu").eval()
+    x = torch.randn(2, 16, 14, 14)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), scsa_reference(x, module.weights(), module.config))
+
+    check()
+    with torch.no_grad():
+        module.q.weight.mul_(-2.0)          # in place: version counter
+        module.norm_h.bias.add_(0.5)
+    check()
+    module.local_dwc.weight.data = torch.randn_like(module.local_dwc.weight)  # new storage
+    check()
+    module.load_state_dict({k: torch.randn_like(v) for k, v in module.state_dict().items()})
+    check()
+    for _ in range(3):  # fresh modules may reuse ids and memory of freed ones
+        module = SCSA(16, head_num=2, qkv_bias=True, backend="cpu").eval()
+        with torch.no_grad():
+            for prm in module.parameters():
+                prm.copy_(torch.randn_like(prm))
+        check()
+        del module
+        module = SCSA(16, head_num=2, qkv_bias=True, backend="cpu").eval()
+    # with autograd on, weights get gradients (no cache)
+    out = module(x)
+    out.sum().backward()
+    assert all(prm.grad is not None for prm in module.parameters())
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_channels_last_matches_nchw_bitwise(dtype):
+    """Strided layouts are swept in channel tiles, but every plane sees its rows in the same
+    order as in NCHW, so results agree bitwise (output and every gradient)."""
+    config = SCSAConfig(dim=40, head_num=2, down_sample_mode="max_pool")
+    w = random_weights(config)
+    x = torch.randn(3, 40, 17, 15).to(dtype)
+    g = torch.randn_like(x)
+
+    def run(xx, gg):
+        xx = xx.clone().requires_grad_()
+        ww = w.map(lambda t: t.clone().requires_grad_())
+        out = scsa(xx, ww, config, backend="cpu")
+        return [out, *torch.autograd.grad(out, [xx, *ww.tensors()], gg)]
+
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
+    for a, b in zip(run(x, g), run(cl(x), cl(g))):
+        assert torch.equal(a, b)
