@@ -29,12 +29,16 @@ from typing import Tuple
 
 import torch
 
+from ..config import GROUP_NORM_EPS
 from ..weights import pack_weights
 
 NAME = "triton"
 MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SPATIAL_TILE = 4096    # elements of one (channels x length) tile of the spatial gate kernels
+SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
+# Channels per program (= score tile side) of the channel attention kernels; the backward
+# holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
+ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
 Tensor = torch.Tensor
 
 
@@ -98,11 +102,12 @@ def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def _attention_blocks(dim: int, heads: int, n: int):
-    """(D, BLOCK_D, BLOCK_N, NBLK): tl.dot needs tiles of at least 16."""
+def _attention_blocks(dim: int, heads: int, n: int, direction: str):
+    """(D, BLOCK_D, BLOCK_N, NBLK) of the channel attention kernels: BLOCK_D x BLOCK_D score tiles,
+    BLOCK_D x BLOCK_N tiles of the final backward loop."""
     d = dim // heads
-    block_d = min(64, max(16, _pow2(d)))
-    return d, block_d, min(64, max(16, _pow2(n))), -(-d // block_d)
+    block_d = min(ATTENTION_BLOCK_D[direction], _pow2(d))
+    return d, block_d, min(32, _pow2(n)), -(-d // block_d)
 
 
 # Every buffer a kernel writes is allocated here (tests swap in NaN-filled allocators).
@@ -120,128 +125,143 @@ def _launch(kernel, grid, *args, **kwargs):
 # The ops
 
 
+def _kernels():
+    """The kernel modules (imported lazily: importing this file must not need triton)."""
+    from ..triton import apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
+    return apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
+
+
+def plane_block_w(width: int) -> int:
+    from ..triton._common import plane_block_w as block_w
+    return block_w(width)
+
+
+def _forward_impl(
+        x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
+        n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor,
+        head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (out, means, gates, spatial_stats, pooled, argmax, gn1_stats, z, m, l, ca); all but out are
+    the small tensors the backward needs (shapes in the kernels' docstrings)."""
+    B, C, H, W = x.shape
+    K = conv_w.shape[1]
+    apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
+    HP, WP, WH, WW = _windows(H, W, window_size)
+    N = HP * WP
+    f32 = dict(device=x.device, dtype=torch.float32)
+    means = _empty(B, C, H + W, **f32)
+    gates = _empty(B, C, H + W, **f32)
+    sp_stats = _empty(B, 2, 4, 2, **f32)
+    pooled = _empty(B, C, N, **f32)
+    argmax = _empty(B, C, N if max_pool else 0, device=x.device, dtype=torch.int32)
+    gn = _empty(B, 2, **f32)
+    z, m, l, ca = (_empty(B, C, **f32) for _ in range(4))
+    out = _empty_like(x)
+    planes = (B * C,)
+    block_w = plane_block_w(W)
+    _launch(plane_stats.plane_row_col_sums_kernel, planes,
+            x, x, gates, means, ca, C, H, W, *x.stride(), *x.stride(),
+            HAS_GRAD=False, BLOCK_W=block_w, H_POW2=_pow2(H))
+    block_l = _pow2(max(H, W))
+    _launch(spatial_gates.spatial_gates_fwd_kernel, (B * 4, 2),
+            means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, C, H, W, GROUP_NORM_EPS,
+            GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
+            BLOCK_L=block_l, num_warps=8)
+    if WW <= plane_block_w(WP * WW):
+        per_block = WW * min(WP, plane_block_w(WP * WW) // WW)
+    else:
+        per_block = WW
+    _launch(pooling.pool_fwd_kernel, planes,
+            x, gates, pooled, argmax, C, H, W, *x.stride(), HP, WP, WH, WW, per_block,
+            IS_MAX=max_pool, BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW), WH_POW2=_pow2(WH))
+    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
+    _launch(channel_attention.channel_attention_fwd_kernel, (B, head_num * nblk),
+            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5,
+            GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024, num_warps=8)
+    if gate_softmax:
+        _launch(channel_attention.channel_softmax_gate_kernel, (B,), z, ca, C,
+                BLOCK_C=min(1024, _pow2(C)), num_warps=4)
+    _launch(apply.apply_gates_kernel, planes,
+            x, out, gates, ca, C, H, W, *x.stride(), *out.stride(), BLOCK_W=block_w, H_POW2=_pow2(H))
+    return out, means, gates, sp_stats, pooled, argmax, gn, z, m, l, ca
+
+def _backward_impl(
+        grad_out: Tensor, x: Tensor, means: Tensor, gates: Tensor, sp_stats: Tensor, pooled: Tensor,
+        argmax: Tensor, gn: Tensor, z: Tensor, m: Tensor, l: Tensor, ca: Tensor,
+        conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nw_w: Tensor, n_w: Tensor, n_b: Tensor,
+        qkv_w: Tensor, qkv_b: Tensor, head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (dx, conv grads (C*K + C,) = weight (C, K) then bias, small grads (12*C,) = norm_h w, b,
+    norm_w w, b, norm w, b, qkv weight (3, C), qkv bias (3, C))."""
+    B, C, H, W = x.shape
+    K = conv_w.shape[1]
+    apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
+    HP, WP, WH, WW = _windows(H, W, window_size)
+    N = HP * WP
+    f32 = dict(device=x.device, dtype=torch.float32)
+    planes = (B * C,)
+    block_w = plane_block_w(W)
+    rsum = _empty(B, C, H + W, **f32)
+    dca = _empty(B, C, **f32)
+    _launch(plane_stats.plane_row_col_sums_kernel, planes,
+            x, grad_out, gates, rsum, dca, C, H, W, *x.stride(), *grad_out.stride(),
+            HAS_GRAD=True, BLOCK_W=block_w, H_POW2=_pow2(H))
+    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
+    dy = _empty(B, C, N, **f32)
+    dq = _empty(B, C, N, **f32)
+    dk = _empty(B, C, N, **f32)
+    small_part = _empty(B, 12 * C, **f32)
+    gnsum = _empty(B, head_num * nblk, 2, **f32)
+    _launch(channel_attention.channel_attention_bwd_kernel, (B, head_num * nblk),
+            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, dca, dq, dk, dy, small_part, gnsum,
+            C, N, D, nblk, D ** -0.5,
+            GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_C=min(1024, _pow2(C)),
+            num_warps=8)
+    psum = _empty(B, C, H + W, **f32)
+    pool_geom = (HP, WP, WH, WW, head_num * nblk)
+    pool_meta = dict(IS_MAX=max_pool, BLOCK_W=block_w, WH_POW2=_pow2(WH), BLOCK_P=_pow2(head_num * nblk))
+    _launch(input_grad.pool_grad_sums_kernel, planes,
+            x, gates, dy, pooled, argmax, gn, gnsum, n_w, psum, C, H, W, *x.stride(), *pool_geom,
+            **pool_meta)
+    block_l = _pow2(max(H, W))
+    dt = _empty(B, C, H + W, **f32)
+    dmeans = _empty(B, C, H + W, **f32)
+    conv_part = _empty(B, 2, C * K + C, **f32)
+    _launch(spatial_gates.spatial_gates_bwd_kernel, (B * 4, 2),
+            means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
+            dt, dmeans, conv_part, small_part, C, H, W,
+            GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
+            BLOCK_L=block_l, num_warps=8)
+    dx = _empty_like(x)
+    _launch(input_grad.input_grad_kernel, planes,
+            grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w,
+            C, H, W, *grad_out.stride(), *dx.stride(), *pool_geom, **pool_meta)
+    return dx, conv_part.sum(dim=(0, 1)), small_part.sum(dim=0)
+
+
 def _define_ops():
     from torch.library import triton_op
-
-    from ..triton import apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
-    from ..triton._common import plane_block_w
-    from ..config import GROUP_NORM_EPS
-
-    @triton_op("scsa_kernels::triton_scsa_forward", mutates_args=())
-    def triton_scsa_forward(
-            x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
-            n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor,
-            head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """-> (out, means, gates, spatial_stats, pooled, argmax, gn1_stats, z, m, l, ca); all but out are
-        the small tensors the backward needs (shapes in the kernels' docstrings)."""
-        B, C, H, W = x.shape
-        K = conv_w.shape[1]
-        HP, WP, WH, WW = _windows(H, W, window_size)
-        N = HP * WP
-        f32 = dict(device=x.device, dtype=torch.float32)
-        means = _empty(B, C, H + W, **f32)
-        gates = _empty(B, C, H + W, **f32)
-        sp_stats = _empty(B, 2, 4, 2, **f32)
-        pooled = _empty(B, C, N, **f32)
-        argmax = _empty(B, C, N if max_pool else 0, device=x.device, dtype=torch.int32)
-        gn = _empty(B, 2, **f32)
-        z, m, l, ca = (_empty(B, C, **f32) for _ in range(4))
-        out = _empty_like(x)
-        planes = (B * C,)
-        block_w = plane_block_w(W)
-        _launch(plane_stats.plane_row_col_sums_kernel, planes,
-                x, x, gates, means, ca, C, H, W, *x.stride(), *x.stride(),
-                HAS_GRAD=False, BLOCK_W=block_w, H_POW2=_pow2(H))
-        block_l = _pow2(max(H, W))
-        _launch(spatial_gates.spatial_gates_fwd_kernel, (B * 4, 2),
-                means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, C, H, W, GROUP_NORM_EPS,
-                GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
-                BLOCK_L=block_l, num_warps=4)
-        if WW <= plane_block_w(WP * WW):
-            per_block = WW * min(WP, plane_block_w(WP * WW) // WW)
-        else:
-            per_block = WW
-        _launch(pooling.pool_fwd_kernel, planes,
-                x, gates, pooled, argmax, C, H, W, *x.stride(), HP, WP, WH, WW, per_block,
-                IS_MAX=max_pool, BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW), WH_POW2=_pow2(WH))
-        D, block_d, block_n, nblk = _attention_blocks(C, head_num, N)
-        _launch(channel_attention.channel_attention_fwd_kernel, (B, head_num * nblk),
-                pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5,
-                GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_F=1024, num_warps=4)
-        if gate_softmax:
-            _launch(channel_attention.channel_softmax_gate_kernel, (B,), z, ca, C,
-                    BLOCK_C=min(1024, _pow2(C)), num_warps=4)
-        _launch(apply.apply_gates_kernel, planes,
-                x, out, gates, ca, C, H, W, *x.stride(), *out.stride(), BLOCK_W=block_w, H_POW2=_pow2(H))
-        return out, means, gates, sp_stats, pooled, argmax, gn, z, m, l, ca
-
-    @triton_op("scsa_kernels::triton_scsa_backward", mutates_args=())
-    def triton_scsa_backward(
-            grad_out: Tensor, x: Tensor, means: Tensor, gates: Tensor, sp_stats: Tensor, pooled: Tensor,
-            argmax: Tensor, gn: Tensor, z: Tensor, m: Tensor, l: Tensor, ca: Tensor,
-            conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nw_w: Tensor, n_w: Tensor, n_b: Tensor,
-            qkv_w: Tensor, qkv_b: Tensor, head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """-> (dx, conv grads (C*K + C,) = weight (C, K) then bias, small grads (12*C,) = norm_h w, b,
-        norm_w w, b, norm w, b, qkv weight (3, C), qkv bias (3, C))."""
-        B, C, H, W = x.shape
-        K = conv_w.shape[1]
-        HP, WP, WH, WW = _windows(H, W, window_size)
-        N = HP * WP
-        f32 = dict(device=x.device, dtype=torch.float32)
-        planes = (B * C,)
-        block_w = plane_block_w(W)
-        rsum = _empty(B, C, H + W, **f32)
-        dca = _empty(B, C, **f32)
-        _launch(plane_stats.plane_row_col_sums_kernel, planes,
-                x, grad_out, gates, rsum, dca, C, H, W, *x.stride(), *grad_out.stride(),
-                HAS_GRAD=True, BLOCK_W=block_w, H_POW2=_pow2(H))
-        D, block_d, block_n, nblk = _attention_blocks(C, head_num, N)
-        dy = _empty(B, C, N, **f32)
-        small_part = _empty(B, 12 * C, **f32)
-        gnsum = _empty(B, head_num * nblk, 2, **f32)
-        _launch(channel_attention.channel_attention_bwd_kernel, (B, head_num * nblk),
-                pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, dca, dy, small_part, gnsum,
-                C, N, D, nblk, D ** -0.5,
-                GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_C=min(1024, _pow2(C)),
-                num_warps=8)
-        psum = _empty(B, C, H + W, **f32)
-        pool_geom = (HP, WP, WH, WW, head_num * nblk)
-        pool_meta = dict(IS_MAX=max_pool, BLOCK_W=block_w, WH_POW2=_pow2(WH), BLOCK_P=_pow2(head_num * nblk))
-        _launch(input_grad.pool_grad_sums_kernel, planes,
-                x, gates, dy, pooled, argmax, gn, gnsum, n_w, psum, C, H, W, *x.stride(), *pool_geom,
-                **pool_meta)
-        block_l = _pow2(max(H, W))
-        dt = _empty(B, C, H + W, **f32)
-        dmeans = _empty(B, C, H + W, **f32)
-        conv_part = _empty(B, 2, C * K + C, **f32)
-        _launch(spatial_gates.spatial_gates_bwd_kernel, (B * 4, 2),
-                means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
-                dt, dmeans, conv_part, small_part, C, H, W,
-                GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
-                BLOCK_L=block_l, num_warps=4)
-        dx = _empty_like(x)
-        _launch(input_grad.input_grad_kernel, planes,
-                grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w,
-                C, H, W, *grad_out.stride(), *dx.stride(), *pool_geom, **pool_meta)
-        return dx, conv_part.sum(dim=(0, 1)), small_part.sum(dim=0)
 
     def setup_context(ctx, inputs, output):
         x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = inputs[:11]
         ctx.options = inputs[11:]
+        ctx.set_materialize_grads(False)  # the 10 small outputs get no gradient: no zeros launches
         ctx.save_for_backward(x, *output[1:], conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b)
 
     def backward(ctx, grad_out, *unused):
         saved = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(saved[0])
         C, K = saved[11].shape  # conv_w (after x and the 10 small forward outputs)
-        dx, dconv, dsmall = triton_scsa_backward(grad_out, *saved, *ctx.options)
+        dx, dconv, dsmall = backward_op(grad_out, *saved, *ctx.options)
         s = dsmall.view(12, C)
         return (dx, dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5],
                 s[6:9], s[9:12], None, None, None, None)
 
-    triton_scsa_forward.register_autograd(backward, setup_context=setup_context)
-    return triton_scsa_forward, triton_scsa_backward
+    forward_op = triton_op("scsa_kernels::triton_scsa_forward", mutates_args=())(_forward_impl)
+    backward_op = triton_op("scsa_kernels::triton_scsa_backward", mutates_args=())(_backward_impl)
+    forward_op.register_autograd(backward, setup_context=setup_context)
+    return forward_op, backward_op
 
 
 if unavailable_reason() is None:

@@ -6,9 +6,13 @@ length N: S = q k^T * D**-0.5 (D x D), P = softmax(S), z = P vbar with vbar = me
 a block of BLOCK_D channels and walks the head's column blocks with an online softmax, so
 only BLOCK_D x BLOCK_D score tiles ever exist (registers), never the D x D matrix.
 
+Score tiles are built from rank-1 updates, one pooled position at a time, in exact float32:
+tl.dot in "ieee" precision makes every thread hold whole operand rows (hundreds of
+registers, spills), and TF32 misses the float32 tolerance. These tiles are tiny next to the
+full-size passes, so the FMA loop costs little.
+
 Every program recomputes the GroupNorm(1) statistics of its sample (C*N values, a few KB)
-instead of waiting for another launch. Dots use input_precision="ieee": TF32 would miss
-the float32 tolerance.
+instead of waiting for another launch.
 """
 import triton
 import triton.language as tl
@@ -43,28 +47,34 @@ def _normalized(base, chans, cmask, ns, nmask, N, mean, rstd, nw_ptr, nb_ptr):
 
 
 @triton.jit
-def _project(y, chans, cmask, nmask, which, C, qkv_w_ptr, qkv_b_ptr):
-    """q, k or v (which = 0, 1, 2) = w * y + b per channel, 0 outside the mask."""
-    w = tl.load(qkv_w_ptr + which * C + chans, mask=cmask, other=0.0)
-    bias = tl.load(qkv_b_ptr + which * C + chans, mask=cmask, other=0.0)
-    return tl.where(cmask[:, None] & nmask[None, :], w[:, None] * y + bias[:, None], 0.0)
+def _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, chans, cmask):
+    """(gamma, beta, wq, bq, wk, bk) of channels chans: GroupNorm(1) affine, q and k scales/biases."""
+    return (tl.load(nw_ptr + chans, mask=cmask, other=0.0), tl.load(nb_ptr + chans, mask=cmask, other=0.0),
+            tl.load(qkv_w_ptr + chans, mask=cmask, other=0.0), tl.load(qkv_b_ptr + chans, mask=cmask, other=0.0),
+            tl.load(qkv_w_ptr + C + chans, mask=cmask, other=0.0),
+            tl.load(qkv_b_ptr + C + chans, mask=cmask, other=0.0))
+
+
+@triton.jit
+def _y_column(base, chans, cmask, n, N, mean, rstd, gamma, beta):
+    """y = GroupNorm1(pooled) of channels chans at position n (0 outside the mask)."""
+    p = tl.load(base + chans * N + n, mask=cmask, other=0.0)
+    return tl.where(cmask, (p - mean) * rstd * gamma + beta, 0.0)
 
 
 @triton.jit
 def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr,
-            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+            BLOCK_D: tl.constexpr):
     """(q_rows k_cols^T unscaled (BLOCK_D, BLOCK_D), vbar of the columns (BLOCK_D,)), over all N."""
+    gamma_r, beta_r, wq, bq, _, _ = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, rows, rmask)
+    gamma_c, beta_c, _, _, wk, bk = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
     s = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
     ysum = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        ns = n0 + tl.arange(0, BLOCK_N)
-        nmask = ns < N
-        q = _project(_normalized(base, rows, rmask, ns, nmask, N, mean, rstd, nw_ptr, nb_ptr),
-                     rows, rmask, nmask, 0, C, qkv_w_ptr, qkv_b_ptr)
-        y_cols = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, nw_ptr, nb_ptr)
-        k = _project(y_cols, cols, cmask, nmask, 1, C, qkv_w_ptr, qkv_b_ptr)
-        s += tl.dot(q, tl.trans(k), input_precision="ieee")
-        ysum += tl.sum(y_cols, axis=1)
+    for n in range(0, N):
+        q = tl.where(rmask, wq * _y_column(base, rows, rmask, n, N, mean, rstd, gamma_r, beta_r) + bq, 0.0)
+        y = _y_column(base, cols, cmask, n, N, mean, rstd, gamma_c, beta_c)
+        s += q[:, None] * tl.where(cmask, wk * y + bk, 0.0)[None, :]
+        ysum += y
     wv = tl.load(qkv_w_ptr + 2 * C + cols, mask=cmask, other=0.0)
     bv = tl.load(qkv_b_ptr + 2 * C + cols, mask=cmask, other=0.0)
     return s, wv * ysum / N + bv
@@ -83,7 +93,7 @@ def _head_block(D, NBLK, BLOCK_D: tl.constexpr):
 def channel_attention_fwd_kernel(
         pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr,
         C, N, D, NBLK, eps, scale,
-        GATE_SOFTMAX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
+        GATE_SOFTMAX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr):
     """Forward of PCSA steps 2-6 for one block of BLOCK_D channels.
 
     pooled: (B, C, N) fp32; nw, nb: GroupNorm(1) params (C,); qkv_w, qkv_b: (3, C). All fp32.
@@ -104,7 +114,7 @@ def channel_attention_fwd_kernel(
         cj = j0 + tl.arange(0, BLOCK_D)
         cmask = cj < D
         s, vbar = _scores(base, rows, rmask, head * D + cj, cmask, C, N, mean, rstd,
-                          nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_N)
+                          nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
         s = tl.where(cmask[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
@@ -175,29 +185,55 @@ def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar):
 @triton.jit
 def channel_attention_bwd_kernel(
         pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr, dca_ptr,
-        dy_ptr, part_ptr, gnsum_ptr,
+        dq_ptr, dk_ptr, dy_ptr, part_ptr, gnsum_ptr,
         C, N, D, NBLK, scale,
         GATE_SOFTMAX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Backward of PCSA steps 2-6 for one block T of BLOCK_D channels, without atomics.
 
-    T is both a row block (it gets dq_T = scale * sum_j dS_Tj k_j) and a column block
-    (dk_T = scale * sum_i dS_iT q_i, dvbar_T = sum_i P_iT dz_i). Output positions are walked
-    in chunks of BLOCK_N, recomputing score tiles, so no accumulator grows with N.
+    T is both a row block (dq_T = scale * sum_j dS_Tj k_j) and a column block
+    (dk_T = scale * sum_i dS_iT q_i, dvbar_T = sum_i P_iT dz_i), with
+    dS_ij = P_ij dz_i (vbar_j - z_i), the softmax backward of z = P vbar. dS tiles do not
+    depend on the position n, so each column block's contribution to dq_T[:, n], dk_T[:, n]
+    is added into this program's own rows of the dq/dk scratch, one position at a time.
     In: pooled (B, C, N); params as in the forward; gn (B, 2); z, m, l, ca (B, C) from the
     forward; dca (B, C) = sum over the plane of grad_out * x_s. All fp32.
-    Out (fp32): dy (B, C, N) = gradient of the GroupNorm(1) output y;
-    part (B, 12*C): writes [4C, 12C) = norm weight, norm bias, qkv weight (3C), qkv bias (3C) of
-    this sample; gnsum (B, heads*NBLK, 2) = this block's sums of gamma*dy and gamma*dy*yhat.
+    Scratch: dq, dk (B, C, N) fp32 (unscaled). Out (fp32): dy (B, C, N) = gradient of the GroupNorm(1)
+    output y; part (B, 12*C): writes [4C, 12C) = norm weight, norm bias, qkv weight (3C), qkv bias (3C)
+    of this sample; gnsum (B, heads*NBLK, 2) = this block's sums of gamma*dy and gamma*dy*yhat.
     """
     b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
     base = pooled_ptr + b.to(tl.int64) * C * N
+    plane = b.to(tl.int64) * C * N
     mean = tl.load(gn_ptr + b * 2)
     rstd = tl.load(gn_ptr + b * 2 + 1)
     dot = _gate_dot(ca_ptr, dca_ptr, b, C, GATE_SOFTMAX, BLOCK_C)
     dz_t, z_t, m_t, l_t = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, rows, rmask, dot, GATE_SOFTMAX)
     dvbar = tl.zeros([BLOCK_D], dtype=tl.float32)
-    # per-channel parameter partials, summed over this sample's positions
-    g_nw = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for j0 in range(0, D, BLOCK_D):
+        cj = j0 + tl.arange(0, BLOCK_D)
+        cmask = cj < D
+        cols = head * D + cj
+        s, vbar_j = _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd,
+                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
+        ds_tj, p = _score_grad(s, scale, rmask, cmask, dz_t, z_t, m_t, l_t, vbar_j)
+        s, vbar_t = _scores(base, cols, cmask, rows, rmask, C, N, mean, rstd,
+                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
+        dz_j, z_j, m_j, l_j = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, cols, cmask, dot, GATE_SOFTMAX)
+        ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t)
+        dvbar += tl.sum(p * dz_j[:, None], axis=0)
+        gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
+        tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
+        for n in range(0, N):
+            y = _y_column(base, cols, cmask, n, N, mean, rstd, gamma_c, beta_c)
+            dq = tl.sum(ds_tj * tl.where(cmask, wk_c * y + bk_c, 0.0)[None, :], axis=1)
+            dk = tl.sum(ds_jt * tl.where(cmask, wq_c * y + bq_c, 0.0)[:, None], axis=0)
+            idx = plane + rows * N + n
+            dq += tl.load(dq_ptr + idx, mask=rmask & (j0 > 0), other=0.0)
+            dk += tl.load(dk_ptr + idx, mask=rmask & (j0 > 0), other=0.0)
+            tl.store(dq_ptr + idx, dq, mask=rmask)
+            tl.store(dk_ptr + idx, dk, mask=rmask)
+    tl.debug_barrier()  # dq/dk complete: read back as tiles below
+    g_nw = tl.zeros([BLOCK_D], dtype=tl.float32)  # per-channel parameter partials of this sample
     g_nb = tl.zeros([BLOCK_D], dtype=tl.float32)
     g_wq = tl.zeros([BLOCK_D], dtype=tl.float32)
     g_wk = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -207,44 +243,21 @@ def channel_attention_bwd_kernel(
     s1 = tl.full([], 0.0, tl.float32)
     s2 = tl.full([], 0.0, tl.float32)
     gamma = tl.load(nw_ptr + rows, mask=rmask, other=0.0)
-    dy_base = dy_ptr + b.to(tl.int64) * C * N
+    wq = tl.load(qkv_w_ptr + rows, mask=rmask, other=0.0)
+    wk = tl.load(qkv_w_ptr + C + rows, mask=rmask, other=0.0)
+    wv = tl.load(qkv_w_ptr + 2 * C + rows, mask=rmask, other=0.0)
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
-        nmask = ns < N
-        dq = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        dk = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        for j0 in range(0, D, BLOCK_D):
-            cj = j0 + tl.arange(0, BLOCK_D)
-            cmask = cj < D
-            cols = head * D + cj
-            y_j = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, nw_ptr, nb_ptr)
-            # T as rows: dq_T += dS_Tj k_j
-            s, vbar_j = _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd,
-                                nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_N)
-            ds, p = _score_grad(s, scale, rmask, cmask, dz_t, z_t, m_t, l_t, vbar_j)
-            dq += tl.dot(ds, _project(y_j, cols, cmask, nmask, 1, C, qkv_w_ptr, qkv_b_ptr), input_precision="ieee")
-            # T as columns: dk_T += dS_jT^T q_j; dvbar_T += P_jT^T dz_j (once, it does not depend on n)
-            s, vbar_t = _scores(base, cols, cmask, rows, rmask, C, N, mean, rstd,
-                                nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_N)
-            dz_j, z_j, m_j, l_j = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, cols, cmask, dot,
-                                             GATE_SOFTMAX)
-            ds, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t)
-            dk += tl.dot(tl.trans(ds), _project(y_j, cols, cmask, nmask, 0, C, qkv_w_ptr, qkv_b_ptr),
-                         input_precision="ieee")
-            if n0 == 0:
-                dvbar += tl.sum(p * dz_j[:, None], axis=0)
-        mask = rmask[:, None] & nmask[None, :]
-        dq = tl.where(mask, dq * scale, 0.0)
-        dk = tl.where(mask, dk * scale, 0.0)
+        mask = rmask[:, None] & (ns < N)[None, :]
+        idx = plane + rows[:, None] * N + ns[None, :]
+        dq = tl.load(dq_ptr + idx, mask=mask, other=0.0) * scale
+        dk = tl.load(dk_ptr + idx, mask=mask, other=0.0) * scale
         dv = tl.where(mask, (dvbar / N)[:, None], 0.0)
-        y = _normalized(base, rows, rmask, ns, nmask, N, mean, rstd, nw_ptr, nb_ptr)
-        wq = tl.load(qkv_w_ptr + rows, mask=rmask, other=0.0)
-        wk = tl.load(qkv_w_ptr + C + rows, mask=rmask, other=0.0)
-        wv = tl.load(qkv_w_ptr + 2 * C + rows, mask=rmask, other=0.0)
+        y = _normalized(base, rows, rmask, ns, ns < N, N, mean, rstd, nw_ptr, nb_ptr)
         dy = wq[:, None] * dq + wk[:, None] * dk + wv[:, None] * dv
-        tl.store(dy_base + rows[:, None] * N + ns[None, :], dy, mask=mask)
-        pooled = tl.load(base + rows[:, None] * N + ns[None, :], mask=mask, other=0.0)
-        yhat = tl.where(mask, (pooled - mean) * rstd, 0.0)
+        tl.store(dy_ptr + idx, dy, mask=mask)
+        yhat = tl.where(mask, (tl.load(base + rows[:, None] * N + ns[None, :], mask=mask, other=0.0) - mean) * rstd,
+                        0.0)
         g_nw += tl.sum(dy * yhat, axis=1)
         g_nb += tl.sum(dy, axis=1)
         g_wq += tl.sum(dq * y, axis=1)

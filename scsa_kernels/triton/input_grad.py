@@ -18,26 +18,34 @@ from ._common import PLANE_CONFIGS, autotune, plane_index
 
 
 @triton.jit
-def _group_norm1_grad_terms(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, N, NPROG, BLOCK_P: tl.constexpr):
-    """(mean, rstd, gamma_c, k1, k2): dp = rstd * (gamma_c * dy - k1 - yhat * k2) for channel c."""
+def _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, N, NPROG, BLOCK_P: tl.constexpr):
+    """(A, P, Q) with dp = A * dy + P * pooled + Q for channel c of sample b.
+
+    The GroupNorm(1) backward dp = rstd * (gamma * dy - k1 - yhat * k2), yhat = (pooled - mean) * rstd,
+    k1, k2 = sample means of gamma*dy and gamma*dy*yhat (summed from the attention programs' gnsum),
+    is linear in (dy, pooled): three scalars stay live in the loops instead of five.
+    """
     ps = tl.arange(0, BLOCK_P)
     sums = gnsum_ptr + (b * NPROG + ps) * 2
     k1 = tl.sum(tl.load(sums, mask=ps < NPROG, other=0.0)) / (C * N)
     k2 = tl.sum(tl.load(sums + 1, mask=ps < NPROG, other=0.0)) / (C * N)
-    return tl.load(gn_ptr + b * 2), tl.load(gn_ptr + b * 2 + 1), tl.load(nw_ptr + c), k1, k2
+    mean = tl.load(gn_ptr + b * 2)
+    rstd = tl.load(gn_ptr + b * 2 + 1)
+    q = -rstd * rstd * k2
+    return rstd * tl.load(nw_ptr + c), q, -rstd * k1 - mean * q
 
 
 @triton.jit
 def _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols, valid, WP, WW, WH,
-                      mean, rstd, gamma, k1, k2, IS_MAX: tl.constexpr):
+                      coef_a, coef_p, coef_q, IS_MAX: tl.constexpr):
     """(dp, argmax) of window row i under each column (BLOCK_W,); dp already / (WH*WW) for avg.
 
     plane_n: offset of this plane in the (B, C, N) buffers; valid: columns inside the grid.
     """
     idx = plane_n + i * WP + cols // WW
     dy = tl.load(dy_ptr + idx, mask=valid, other=0.0)
-    yhat = (tl.load(pooled_ptr + idx, mask=valid, other=0.0) - mean) * rstd
-    dp = tl.where(valid, rstd * (gamma * dy - k1 - yhat * k2), 0.0)
+    pooled = tl.load(pooled_ptr + idx, mask=valid, other=0.0)
+    dp = tl.where(valid, coef_a * dy + coef_p * pooled + coef_q, 0.0)
     if IS_MAX:
         return dp, tl.load(argmax_ptr + idx, mask=valid, other=-1)
     else:
@@ -71,7 +79,7 @@ def pool_grad_sums_kernel(
     x_base = x_ptr + b * sx_b + c * sx_c
     small = (b * C + c) * (H + W)
     plane_n = (b * C + c) * HP * WP
-    mean, rstd, gamma, k1, k2 = _group_norm1_grad_terms(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
+    coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
     for w0 in range(0, W, BLOCK_W):
         tl.debug_barrier()  # row sums stored by the previous column block are re-read below
         cols = w0 + tl.arange(0, BLOCK_W)
@@ -80,7 +88,7 @@ def pool_grad_sums_kernel(
         cols_acc = tl.zeros([BLOCK_W], dtype=tl.float32)
         for i in range(0, HP):
             dp, arg = _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols, inside, WP, WW, WH,
-                                        mean, rstd, gamma, k1, k2, IS_MAX)
+                                        coef_a, coef_p, coef_q, IS_MAX)
             for r0 in range(0, WH, BLOCK_R):
                 rr = r0 + tl.arange(0, BLOCK_R)
                 rows = i * WH + rr
@@ -118,7 +126,7 @@ def input_grad_kernel(
     small = (b * C + c) * (H + W)
     plane_n = (b * C + c) * HP * WP
     ca = tl.load(ca_ptr + b * C + c)
-    mean, rstd, gamma, k1, k2 = _group_norm1_grad_terms(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
+    coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
     for w0 in range(0, W, BLOCK_W):
         cols = w0 + tl.arange(0, BLOCK_W)
         cmask = cols < W
@@ -126,7 +134,7 @@ def input_grad_kernel(
         dm_w = tl.load(dmeans_ptr + small + H + cols, mask=cmask, other=0.0)
         for i in range(0, HP + 1):
             dp, arg = _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols,
-                                        (cols < WP * WW) & (i < HP), WP, WW, WH, mean, rstd, gamma, k1, k2, IS_MAX)
+                                        (cols < WP * WW) & (i < HP), WP, WW, WH, coef_a, coef_p, coef_q, IS_MAX)
             for r0 in range(0, tl.minimum(WH, H - i * WH), BLOCK_R):
                 rr = r0 + tl.arange(0, BLOCK_R)
                 rows = i * WH + rr
