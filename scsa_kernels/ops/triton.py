@@ -1,0 +1,268 @@
+"""The Triton backend: fused SCSA forward and backward (kernels in ``scsa_kernels/triton``).
+
+Forward, 5 launches (6 with the softmax channel gate); x read 3 times, out written once:
+  1. ``plane_row_col_sums`` (reads x)     -> x_h, x_w                  (B, C, H+W)
+  2. ``spatial_gates_fwd``                -> a_h, a_w + GroupNorm(4) stats
+  3. ``pool_fwd`` (reads x)               -> pooled (B, C, N) (+ argmax for max pooling)
+  4. ``channel_attention_fwd``            -> ca (B, C), softmax row stats, GroupNorm(1) stats
+     (+ ``channel_softmax_gate`` when gate_layer="softmax")
+  5. ``apply_gates`` (reads x, writes out)
+Backward, 5 Triton launches + 2 tiny torch sums (parameter gradients over the batch):
+  (a) ``plane_row_col_sums`` with grad (reads x and grad_out) -> sum_w g x a_w, sum_h g x a_h, d(ca)
+      ``channel_attention_bwd``          -> dy (B, C, N), parameter partials
+  (b) ``pool_grad_sums`` (reads x)       -> pooling-path sums for d(a_h), d(a_w)
+      ``spatial_gates_bwd``              -> d(x_h)/W, d(x_w)/H, parameter partials
+  (c) ``input_grad`` (reads grad_out, writes dx)
+No atomics: every reduction belongs to one program, partials are summed by torch.sum,
+so results are bitwise reproducible. Saved for backward: x itself (no copy) and small
+tensors only: means and gates (B, C, H+W), pooled (B, C, N), per-channel and per-group stats.
+
+Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
+``down_sample_mode="recombination"`` (its conv_d projection), attention dropout in
+training (no in-kernel Philox RNG), float64 (kernels compute in float32), window or
+plane sides > 4096, planes of 2**31 elements or more.
+"""
+from __future__ import annotations
+
+import os
+from typing import Tuple
+
+import torch
+
+from ..config import GROUP_NORM_EPS
+from ..weights import pack_weights
+
+NAME = "triton"
+MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
+# Channels per program (= score tile side) of the channel attention kernels; the backward
+# holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
+ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
+Tensor = torch.Tensor
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason():
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not installed ({exc})"
+    if not hasattr(torch.library, "triton_op"):
+        return f"torch {torch.__version__} has no torch.library.triton_op (needs torch >= 2.6)"
+    if not torch.cuda.is_available() and not _interpret():
+        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors, slowly)"
+    return None
+
+
+def unsupported_reason(x, config, training):
+    if x.device.type == "cpu" and not _interpret():
+        return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)"
+    if x.device.type == "cuda" and _interpret():
+        return "TRITON_INTERPRET=1 is set: the interpreter runs CPU tensors only"
+    if x.device.type not in ("cpu", "cuda"):
+        return f"device {x.device.type} is not supported (CUDA tensors only)"
+    if x.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {x.dtype} is not supported (float32/float16/bfloat16; kernels compute in float32)"
+    if config.down_sample_mode == "recombination" and not config.global_pool:
+        return "down_sample_mode='recombination' (the conv_d projection) is not implemented in Triton"
+    if training and config.attn_drop_ratio > 0:
+        return "attention dropout in training is not implemented in the Triton kernels (no in-kernel RNG)"
+    height, width = x.shape[2], x.shape[3]
+    if max(height, width) > MAX_SIDE:
+        return f"H and W must be <= {MAX_SIDE} for the Triton kernels, got {height}x{width}"
+    if height * width >= 2 ** 31:
+        return "planes of 2**31 elements or more are not supported (int32 in-plane argmax)"
+    return None
+
+
+def scsa(x, weights, config, training):
+    p = pack_weights(weights, config)
+    max_pool = config.down_sample_mode == "max_pool" and not config.global_pool
+    return torch.ops.scsa_kernels.triton_scsa_forward(
+        x, *p, config.head_num, config.window_size, max_pool, config.gate_layer == "softmax")[0]
+
+
+# ----------------------------------------------------------------------------------------
+# Launch geometry
+
+
+def _windows(height: int, width: int, window_size: int):
+    """(HP, WP, WH, WW): pooled grid and window sides; window_size=-1 is one whole-plane window."""
+    if window_size == -1:
+        return 1, 1, height, width
+    return height // window_size, width // window_size, window_size, window_size
+
+
+def _pow2(n: int) -> int:
+    import triton
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _attention_blocks(dim: int, heads: int, n: int, direction: str):
+    """(D, BLOCK_D, BLOCK_N, NBLK) of the channel attention kernels: BLOCK_D x BLOCK_D score tiles,
+    BLOCK_D x BLOCK_N tiles of the final backward loop."""
+    d = dim // heads
+    block_d = min(ATTENTION_BLOCK_D[direction], _pow2(d))
+    return d, block_d, min(32, _pow2(n)), -(-d // block_d)
+
+
+# Every buffer a kernel writes is allocated here (tests swap in NaN-filled allocators).
+_empty = torch.empty
+_empty_like = torch.empty_like
+
+
+def _launch(kernel, grid, *args, **kwargs):
+    """Every kernel launch goes through here (tests record them)."""
+    from torch.library import wrap_triton
+    wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------
+# The ops
+
+
+def _kernels():
+    """The kernel modules (imported lazily: importing this file must not need triton)."""
+    from ..triton import apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
+    return apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
+
+
+def plane_block_w(width: int) -> int:
+    from ..triton._common import plane_block_w as block_w
+    return block_w(width)
+
+
+def _forward_impl(
+        x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
+        n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor,
+        head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (out, means, gates, spatial_stats, pooled, argmax, gn1_stats, z, m, l, ca); all but out are
+    the small tensors the backward needs (shapes in the kernels' docstrings)."""
+    B, C, H, W = x.shape
+    K = conv_w.shape[1]
+    apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
+    HP, WP, WH, WW = _windows(H, W, window_size)
+    N = HP * WP
+    f32 = dict(device=x.device, dtype=torch.float32)
+    means = _empty(B, C, H + W, **f32)
+    gates = _empty(B, C, H + W, **f32)
+    sp_stats = _empty(B, 2, 4, 2, **f32)
+    pooled = _empty(B, C, N, **f32)
+    argmax = _empty(B, C, N if max_pool else 0, device=x.device, dtype=torch.int32)
+    gn = _empty(B, 2, **f32)
+    z, m, l, ca = (_empty(B, C, **f32) for _ in range(4))
+    out = _empty_like(x)
+    planes = (B * C,)
+    block_w = plane_block_w(W)
+    _launch(plane_stats.plane_row_col_sums_kernel, planes,
+            x, x, gates, means, ca, C, H, W, *x.stride(), *x.stride(),
+            HAS_GRAD=False, BLOCK_W=block_w, H_POW2=_pow2(H))
+    block_l = _pow2(max(H, W))
+    _launch(spatial_gates.spatial_gates_fwd_kernel, (B * 4, 2),
+            means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, C, H, W, GROUP_NORM_EPS,
+            GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
+            BLOCK_L=block_l, num_warps=8)
+    if WW <= plane_block_w(WP * WW):
+        per_block = WW * min(WP, plane_block_w(WP * WW) // WW)
+    else:
+        per_block = WW
+    _launch(pooling.pool_fwd_kernel, planes,
+            x, gates, pooled, argmax, C, H, W, *x.stride(), HP, WP, WH, WW, per_block,
+            IS_MAX=max_pool, BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW), WH_POW2=_pow2(WH))
+    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
+    _launch(channel_attention.channel_attention_fwd_kernel, (B, head_num * nblk),
+            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5,
+            GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024, num_warps=8)
+    if gate_softmax:
+        _launch(channel_attention.channel_softmax_gate_kernel, (B,), z, ca, C,
+                BLOCK_C=min(1024, _pow2(C)), num_warps=4)
+    _launch(apply.apply_gates_kernel, planes,
+            x, out, gates, ca, C, H, W, *x.stride(), *out.stride(), BLOCK_W=block_w, H_POW2=_pow2(H))
+    return out, means, gates, sp_stats, pooled, argmax, gn, z, m, l, ca
+
+def _backward_impl(
+        grad_out: Tensor, x: Tensor, means: Tensor, gates: Tensor, sp_stats: Tensor, pooled: Tensor,
+        argmax: Tensor, gn: Tensor, z: Tensor, m: Tensor, l: Tensor, ca: Tensor,
+        conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nw_w: Tensor, n_w: Tensor, n_b: Tensor,
+        qkv_w: Tensor, qkv_b: Tensor, head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (dx, conv grads (C*K + C,) = weight (C, K) then bias, small grads (12*C,) = norm_h w, b,
+    norm_w w, b, norm w, b, qkv weight (3, C), qkv bias (3, C))."""
+    B, C, H, W = x.shape
+    K = conv_w.shape[1]
+    apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
+    HP, WP, WH, WW = _windows(H, W, window_size)
+    N = HP * WP
+    f32 = dict(device=x.device, dtype=torch.float32)
+    planes = (B * C,)
+    block_w = plane_block_w(W)
+    rsum = _empty(B, C, H + W, **f32)
+    dca = _empty(B, C, **f32)
+    _launch(plane_stats.plane_row_col_sums_kernel, planes,
+            x, grad_out, gates, rsum, dca, C, H, W, *x.stride(), *grad_out.stride(),
+            HAS_GRAD=True, BLOCK_W=block_w, H_POW2=_pow2(H))
+    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
+    dy = _empty(B, C, N, **f32)
+    dq = _empty(B, C, N, **f32)
+    dk = _empty(B, C, N, **f32)
+    small_part = _empty(B, 12 * C, **f32)
+    gnsum = _empty(B, head_num * nblk, 2, **f32)
+    _launch(channel_attention.channel_attention_bwd_kernel, (B, head_num * nblk),
+            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, dca, dq, dk, dy, small_part, gnsum,
+            C, N, D, nblk, D ** -0.5,
+            GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_C=min(1024, _pow2(C)),
+            num_warps=8)
+    psum = _empty(B, C, H + W, **f32)
+    pool_geom = (HP, WP, WH, WW, head_num * nblk)
+    pool_meta = dict(IS_MAX=max_pool, BLOCK_W=block_w, WH_POW2=_pow2(WH), BLOCK_P=_pow2(head_num * nblk))
+    _launch(input_grad.pool_grad_sums_kernel, planes,
+            x, gates, dy, pooled, argmax, gn, gnsum, n_w, psum, C, H, W, *x.stride(), *pool_geom,
+            **pool_meta)
+    block_l = _pow2(max(H, W))
+    dt = _empty(B, C, H + W, **f32)
+    dmeans = _empty(B, C, H + W, **f32)
+    conv_part = _empty(B, 2, C * K + C, **f32)
+    _launch(spatial_gates.spatial_gates_bwd_kernel, (B * 4, 2),
+            means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
+            dt, dmeans, conv_part, small_part, C, H, W,
+            GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
+            BLOCK_L=block_l, num_warps=8)
+    dx = _empty_like(x)
+    _launch(input_grad.input_grad_kernel, planes,
+            grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w,
+            C, H, W, *grad_out.stride(), *dx.stride(), *pool_geom, **pool_meta)
+    return dx, conv_part.sum(dim=(0, 1)), small_part.sum(dim=0)
+
+
+def _define_ops():
+    from torch.library import triton_op
+
+    def setup_context(ctx, inputs, output):
+        x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = inputs[:11]
+        ctx.options = inputs[11:]
+        ctx.set_materialize_grads(False)  # the 10 small outputs get no gradient: no zeros launches
+        ctx.save_for_backward(x, *output[1:], conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b)
+
+    def backward(ctx, grad_out, *unused):
+        saved = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros_like(saved[0])
+        C, K = saved[11].shape  # conv_w (after x and the 10 small forward outputs)
+        dx, dconv, dsmall = backward_op(grad_out, *saved, *ctx.options)
+        s = dsmall.view(12, C)
+        return (dx, dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5],
+                s[6:9], s[9:12], None, None, None, None)
+
+    forward_op = triton_op("scsa_kernels::triton_scsa_forward", mutates_args=())(_forward_impl)
+    backward_op = triton_op("scsa_kernels::triton_scsa_backward", mutates_args=())(_backward_impl)
+    forward_op.register_autograd(backward, setup_context=setup_context)
+    return forward_op, backward_op
+
+
+if unavailable_reason() is None:
+    triton_scsa_forward, triton_scsa_backward = _define_ops()

@@ -1,0 +1,64 @@
+"""Shared pieces of the SCSA Triton kernels: autotune wrapper, small @triton.jit helpers."""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def autotune(configs, key):
+    """``triton.autotune`` over ``configs``; the interpreter gets only ``configs[0]``.
+
+    The interpreter has no benchmarker, and a single config is never benchmarked.
+    ``configs[0]`` is by convention the smallest tile, so interpreter tests walk the
+    multi-block loop paths. The full list stays on ``kernel.all_configs`` for the
+    ahead-of-time compile test.
+    """
+    def wrap(fn):
+        tuned = triton.autotune(configs=configs[:1] if INTERPRET else configs, key=key)(fn)
+        tuned.all_configs = list(configs)
+        return tuned
+    return wrap
+
+
+# Plane passes (one program per (b, c) plane, tiles of BLOCK_H x BLOCK_W): TILE is the
+# element count of one tile. 7x7 planes fit one 8x8 tile; 56x56 planes take 64-wide rows;
+# 160x160 planes 256-wide rows. Tiles stop at 2048 elements: 4096 spilled in the
+# backward passes (AOT test). The smallest tile comes first (see ``autotune``).
+PLANE_CONFIGS = [
+    triton.Config({"TILE": 256}, num_warps=2),
+    triton.Config({"TILE": 1024}, num_warps=4),
+    triton.Config({"TILE": 2048}, num_warps=4),
+]
+PLANE_KEY = ["H", "W"]
+MAX_BLOCK_W = 256  # widest row tile; wider planes loop over column blocks
+
+
+def plane_block_w(width: int) -> int:
+    """Row-tile width of the plane passes for planes ``width`` wide."""
+    return min(triton.next_power_of_2(max(width, 1)), MAX_BLOCK_W)
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def plane_index(C):
+    """(b, c) of this plane program as int64 (so that b * stride never overflows)."""
+    pid = tl.program_id(0).to(tl.int64)
+    return pid // C, pid % C
+
+
+@triton.jit
+def tile_offsets(h0, w0, H, W, s_h, s_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Rows hs (BLOCK_H), columns ws (BLOCK_W), int64 element offsets and mask of one plane tile."""
+    hs = h0 + tl.arange(0, BLOCK_H)
+    ws = w0 + tl.arange(0, BLOCK_W)
+    offs = hs.to(tl.int64)[:, None] * s_h + ws.to(tl.int64)[None, :] * s_w
+    mask = (hs < H)[:, None] & (ws < W)[None, :]
+    return hs, ws, offs, mask

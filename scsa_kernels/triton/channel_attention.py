@@ -1,0 +1,281 @@
+"""PCSA small stage: GroupNorm(1) + q/k/v + flash-style channel attention + gate, forward and backward.
+
+pooled: (B, C, N) float32, N = pooled positions. Per head (channels h*D ... h*D+D-1), rows of
+length N: S = q k^T * D**-0.5 (D x D), P = softmax(S), z = P vbar with vbar = mean_N(v)
+(mean_N(P v) = P mean_N(v)), ca = gate(z). Grid (B, heads * cdiv(D, BLOCK_D)): a program owns
+a block of BLOCK_D channels and walks the head's column blocks with an online softmax, so
+only BLOCK_D x BLOCK_D score tiles ever exist (registers), never the D x D matrix.
+
+Score tiles are built from rank-1 updates, one pooled position at a time, in exact float32:
+tl.dot in "ieee" precision makes every thread hold whole operand rows (hundreds of
+registers, spills), and TF32 misses the float32 tolerance. These tiles are tiny next to the
+full-size passes, so the FMA loop costs little.
+
+Every program recomputes the GroupNorm(1) statistics of its sample (C*N values, a few KB)
+instead of waiting for another launch.
+"""
+import triton
+import triton.language as tl
+
+from ._common import sigmoid
+
+
+@triton.jit
+def _group_norm1_stats(base, count, eps, BLOCK_F: tl.constexpr):
+    """(mean, rstd) of the count values at base (fp32), two passes (no cancellation)."""
+    total = tl.full([], 0.0, tl.float32)
+    for f0 in range(0, count, BLOCK_F):
+        fs = f0 + tl.arange(0, BLOCK_F)
+        total += tl.sum(tl.load(base + fs, mask=fs < count, other=0.0))
+    mean = total / count
+    sq = tl.full([], 0.0, tl.float32)
+    for f0 in range(0, count, BLOCK_F):
+        fs = f0 + tl.arange(0, BLOCK_F)
+        v = tl.load(base + fs, mask=fs < count, other=0.0) - mean
+        sq += tl.sum(tl.where(fs < count, v * v, 0.0))
+    return mean, 1.0 / tl.sqrt(sq / count + eps)
+
+
+@triton.jit
+def _normalized(base, chans, cmask, ns, nmask, N, mean, rstd, nw_ptr, nb_ptr):
+    """y = GroupNorm1(pooled) at channels chans x positions ns -> (len(chans), len(ns)), 0 outside."""
+    mask = cmask[:, None] & nmask[None, :]
+    p = tl.load(base + chans[:, None] * N + ns[None, :], mask=mask, other=0.0)
+    gamma = tl.load(nw_ptr + chans, mask=cmask, other=0.0)
+    beta = tl.load(nb_ptr + chans, mask=cmask, other=0.0)
+    return tl.where(mask, (p - mean) * rstd * gamma[:, None] + beta[:, None], 0.0)
+
+
+@triton.jit
+def _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, chans, cmask):
+    """(gamma, beta, wq, bq, wk, bk) of channels chans: GroupNorm(1) affine, q and k scales/biases."""
+    return (tl.load(nw_ptr + chans, mask=cmask, other=0.0), tl.load(nb_ptr + chans, mask=cmask, other=0.0),
+            tl.load(qkv_w_ptr + chans, mask=cmask, other=0.0), tl.load(qkv_b_ptr + chans, mask=cmask, other=0.0),
+            tl.load(qkv_w_ptr + C + chans, mask=cmask, other=0.0),
+            tl.load(qkv_b_ptr + C + chans, mask=cmask, other=0.0))
+
+
+@triton.jit
+def _y_column(base, chans, cmask, n, N, mean, rstd, gamma, beta):
+    """y = GroupNorm1(pooled) of channels chans at position n (0 outside the mask)."""
+    p = tl.load(base + chans * N + n, mask=cmask, other=0.0)
+    return tl.where(cmask, (p - mean) * rstd * gamma + beta, 0.0)
+
+
+@triton.jit
+def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr,
+            BLOCK_D: tl.constexpr):
+    """(q_rows k_cols^T unscaled (BLOCK_D, BLOCK_D), vbar of the columns (BLOCK_D,)), over all N."""
+    gamma_r, beta_r, wq, bq, _, _ = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, rows, rmask)
+    gamma_c, beta_c, _, _, wk, bk = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
+    s = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    ysum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for n in range(0, N):
+        q = tl.where(rmask, wq * _y_column(base, rows, rmask, n, N, mean, rstd, gamma_r, beta_r) + bq, 0.0)
+        y = _y_column(base, cols, cmask, n, N, mean, rstd, gamma_c, beta_c)
+        s += q[:, None] * tl.where(cmask, wk * y + bk, 0.0)[None, :]
+        ysum += y
+    wv = tl.load(qkv_w_ptr + 2 * C + cols, mask=cmask, other=0.0)
+    bv = tl.load(qkv_b_ptr + 2 * C + cols, mask=cmask, other=0.0)
+    return s, wv * ysum / N + bv
+
+
+@triton.jit
+def _head_block(D, NBLK, BLOCK_D: tl.constexpr):
+    """(b, head, channel indices, in-head mask) of this program's channel block."""
+    b = tl.program_id(0)
+    head = tl.program_id(1) // NBLK
+    r = (tl.program_id(1) % NBLK) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return b, head, head * D + r, r < D
+
+
+@triton.jit
+def channel_attention_fwd_kernel(
+        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr,
+        C, N, D, NBLK, eps, scale,
+        GATE_SOFTMAX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr):
+    """Forward of PCSA steps 2-6 for one block of BLOCK_D channels.
+
+    pooled: (B, C, N) fp32; nw, nb: GroupNorm(1) params (C,); qkv_w, qkv_b: (3, C). All fp32.
+    Out (fp32): gn (B, 2) = (mean, rstd) of GroupNorm(1); z (B, C) = P vbar (pre-gate);
+    m, l (B, C) = row max and row sum of exp of the scaled scores (softmax statistics);
+    ca (B, C) = sigmoid(z), written here unless GATE_SOFTMAX (then by channel_softmax_gate_kernel).
+    """
+    b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
+    base = pooled_ptr + b.to(tl.int64) * C * N
+    mean, rstd = _group_norm1_stats(base, C * N, eps, BLOCK_F)
+    if (head == 0) & (tl.program_id(1) == 0):
+        tl.store(gn_ptr + b * 2, mean)
+        tl.store(gn_ptr + b * 2 + 1, rstd)
+    m_i = tl.full([BLOCK_D], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for j0 in range(0, D, BLOCK_D):
+        cj = j0 + tl.arange(0, BLOCK_D)
+        cmask = cj < D
+        s, vbar = _scores(base, rows, rmask, head * D + cj, cmask, C, N, mean, rstd,
+                          nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
+        s = tl.where(cmask[None, :], s * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha + tl.sum(p * vbar[None, :], axis=1)
+        m_i = m_new
+    z = acc / l_i
+    out = b * C + rows
+    tl.store(z_ptr + out, z, mask=rmask)
+    tl.store(m_ptr + out, m_i, mask=rmask)
+    tl.store(l_ptr + out, l_i, mask=rmask)
+    if not GATE_SOFTMAX:
+        tl.store(ca_ptr + out, sigmoid(z), mask=rmask)
+
+
+@triton.jit
+def channel_softmax_gate_kernel(z_ptr, ca_ptr, C, BLOCK_C: tl.constexpr):
+    """ca[b] = softmax over channels of z[b]. z, ca: (B, C) fp32. Grid (B,)."""
+    base = tl.program_id(0).to(tl.int64) * C
+    top = tl.full([], float("-inf"), tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        top = tl.maximum(top, tl.max(tl.load(z_ptr + base + cs, mask=cs < C, other=float("-inf"))))
+    total = tl.full([], 0.0, tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        total += tl.sum(tl.exp(tl.load(z_ptr + base + cs, mask=cs < C, other=float("-inf")) - top))
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        e = tl.exp(tl.load(z_ptr + base + cs, mask=cs < C, other=float("-inf")) - top)
+        tl.store(ca_ptr + base + cs, e / total, mask=cs < C)
+
+
+@triton.jit
+def _gate_dot(ca_ptr, dca_ptr, b, C, GATE_SOFTMAX: tl.constexpr, BLOCK_C: tl.constexpr):
+    """sum_c ca * d(ca) of sample b (the softmax gate's backward needs it); 0 for sigmoid."""
+    total = tl.full([], 0.0, tl.float32)
+    if GATE_SOFTMAX:
+        for c0 in range(0, C, BLOCK_C):
+            cs = c0 + tl.arange(0, BLOCK_C)
+            total += tl.sum(tl.load(ca_ptr + b * C + cs, mask=cs < C, other=0.0)
+                            * tl.load(dca_ptr + b * C + cs, mask=cs < C, other=0.0))
+    return total
+
+
+@triton.jit
+def _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, chans, cmask, dot, GATE_SOFTMAX: tl.constexpr):
+    """(dz, z, m, l) of channels chans: dz = gradient of the pre-gate z."""
+    idx = b * C + chans
+    ca = tl.load(ca_ptr + idx, mask=cmask, other=0.0)
+    dca = tl.load(dca_ptr + idx, mask=cmask, other=0.0)
+    if GATE_SOFTMAX:
+        dz = ca * (dca - dot)
+    else:
+        dz = dca * ca * (1.0 - ca)
+    return (dz, tl.load(z_ptr + idx, mask=cmask, other=0.0), tl.load(m_ptr + idx, mask=cmask, other=0.0),
+            tl.load(l_ptr + idx, mask=cmask, other=1.0))
+
+
+@triton.jit
+def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar):
+    """dS = P * dz_i * (vbar_j - z_i) (the softmax backward of z = P vbar), and P."""
+    p = tl.where(rmask[:, None] & cmask[None, :], tl.exp(s * scale - m[:, None]) / l[:, None], 0.0)
+    return p * dz[:, None] * (vbar[None, :] - z[:, None]), p
+
+
+@triton.jit
+def channel_attention_bwd_kernel(
+        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr, dca_ptr,
+        dq_ptr, dk_ptr, dy_ptr, part_ptr, gnsum_ptr,
+        C, N, D, NBLK, scale,
+        GATE_SOFTMAX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Backward of PCSA steps 2-6 for one block T of BLOCK_D channels, without atomics.
+
+    T is both a row block (dq_T = scale * sum_j dS_Tj k_j) and a column block
+    (dk_T = scale * sum_i dS_iT q_i, dvbar_T = sum_i P_iT dz_i), with
+    dS_ij = P_ij dz_i (vbar_j - z_i), the softmax backward of z = P vbar. dS tiles do not
+    depend on the position n, so each column block's contribution to dq_T[:, n], dk_T[:, n]
+    is added into this program's own rows of the dq/dk scratch, one position at a time.
+    In: pooled (B, C, N); params as in the forward; gn (B, 2); z, m, l, ca (B, C) from the
+    forward; dca (B, C) = sum over the plane of grad_out * x_s. All fp32.
+    Scratch: dq, dk (B, C, N) fp32 (unscaled). Out (fp32): dy (B, C, N) = gradient of the GroupNorm(1)
+    output y; part (B, 12*C): writes [4C, 12C) = norm weight, norm bias, qkv weight (3C), qkv bias (3C)
+    of this sample; gnsum (B, heads*NBLK, 2) = this block's sums of gamma*dy and gamma*dy*yhat.
+    """
+    b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
+    base = pooled_ptr + b.to(tl.int64) * C * N
+    plane = b.to(tl.int64) * C * N
+    mean = tl.load(gn_ptr + b * 2)
+    rstd = tl.load(gn_ptr + b * 2 + 1)
+    dot = _gate_dot(ca_ptr, dca_ptr, b, C, GATE_SOFTMAX, BLOCK_C)
+    dz_t, z_t, m_t, l_t = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, rows, rmask, dot, GATE_SOFTMAX)
+    dvbar = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for j0 in range(0, D, BLOCK_D):
+        cj = j0 + tl.arange(0, BLOCK_D)
+        cmask = cj < D
+        cols = head * D + cj
+        s, vbar_j = _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd,
+                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
+        ds_tj, p = _score_grad(s, scale, rmask, cmask, dz_t, z_t, m_t, l_t, vbar_j)
+        s, vbar_t = _scores(base, cols, cmask, rows, rmask, C, N, mean, rstd,
+                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
+        dz_j, z_j, m_j, l_j = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, cols, cmask, dot, GATE_SOFTMAX)
+        ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t)
+        dvbar += tl.sum(p * dz_j[:, None], axis=0)
+        gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
+        tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
+        for n in range(0, N):
+            y = _y_column(base, cols, cmask, n, N, mean, rstd, gamma_c, beta_c)
+            dq = tl.sum(ds_tj * tl.where(cmask, wk_c * y + bk_c, 0.0)[None, :], axis=1)
+            dk = tl.sum(ds_jt * tl.where(cmask, wq_c * y + bq_c, 0.0)[:, None], axis=0)
+            idx = plane + rows * N + n
+            dq += tl.load(dq_ptr + idx, mask=rmask & (j0 > 0), other=0.0)
+            dk += tl.load(dk_ptr + idx, mask=rmask & (j0 > 0), other=0.0)
+            tl.store(dq_ptr + idx, dq, mask=rmask)
+            tl.store(dk_ptr + idx, dk, mask=rmask)
+    tl.debug_barrier()  # dq/dk complete: read back as tiles below
+    g_nw = tl.zeros([BLOCK_D], dtype=tl.float32)  # per-channel parameter partials of this sample
+    g_nb = tl.zeros([BLOCK_D], dtype=tl.float32)
+    g_wq = tl.zeros([BLOCK_D], dtype=tl.float32)
+    g_wk = tl.zeros([BLOCK_D], dtype=tl.float32)
+    g_wv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    g_bq = tl.zeros([BLOCK_D], dtype=tl.float32)
+    g_bk = tl.zeros([BLOCK_D], dtype=tl.float32)
+    s1 = tl.full([], 0.0, tl.float32)
+    s2 = tl.full([], 0.0, tl.float32)
+    gamma = tl.load(nw_ptr + rows, mask=rmask, other=0.0)
+    wq = tl.load(qkv_w_ptr + rows, mask=rmask, other=0.0)
+    wk = tl.load(qkv_w_ptr + C + rows, mask=rmask, other=0.0)
+    wv = tl.load(qkv_w_ptr + 2 * C + rows, mask=rmask, other=0.0)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        mask = rmask[:, None] & (ns < N)[None, :]
+        idx = plane + rows[:, None] * N + ns[None, :]
+        dq = tl.load(dq_ptr + idx, mask=mask, other=0.0) * scale
+        dk = tl.load(dk_ptr + idx, mask=mask, other=0.0) * scale
+        dv = tl.where(mask, (dvbar / N)[:, None], 0.0)
+        y = _normalized(base, rows, rmask, ns, ns < N, N, mean, rstd, nw_ptr, nb_ptr)
+        dy = wq[:, None] * dq + wk[:, None] * dk + wv[:, None] * dv
+        tl.store(dy_ptr + idx, dy, mask=mask)
+        yhat = tl.where(mask, (tl.load(base + rows[:, None] * N + ns[None, :], mask=mask, other=0.0) - mean) * rstd,
+                        0.0)
+        g_nw += tl.sum(dy * yhat, axis=1)
+        g_nb += tl.sum(dy, axis=1)
+        g_wq += tl.sum(dq * y, axis=1)
+        g_wk += tl.sum(dk * y, axis=1)
+        g_wv += tl.sum(dv * y, axis=1)
+        g_bq += tl.sum(dq, axis=1)
+        g_bk += tl.sum(dk, axis=1)
+        s1 += tl.sum(gamma[:, None] * dy)
+        s2 += tl.sum(gamma[:, None] * dy * yhat)
+    part = part_ptr + b.to(tl.int64) * 12 * C + rows
+    tl.store(part + 4 * C, g_nw, mask=rmask)
+    tl.store(part + 5 * C, g_nb, mask=rmask)
+    tl.store(part + 6 * C, g_wq, mask=rmask)
+    tl.store(part + 7 * C, g_wk, mask=rmask)
+    tl.store(part + 8 * C, g_wv, mask=rmask)
+    tl.store(part + 9 * C, g_bq, mask=rmask)
+    tl.store(part + 10 * C, g_bk, mask=rmask)
+    tl.store(part + 11 * C, dvbar, mask=rmask)  # d(bv) = sum_n dv = dvbar
+    gs = gnsum_ptr + (b * tl.num_programs(1) + tl.program_id(1)) * 2
+    tl.store(gs, s1)
+    tl.store(gs + 1, s2)

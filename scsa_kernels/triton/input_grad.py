@@ -1,0 +1,150 @@
+"""Backward full-size passes after the small PCSA backward.
+
+Pass (b), ``pool_grad_sums_kernel``: reads x (inside the window grid only) and sums the
+pooling path's gradient P (the pooled gradient dp scattered back over its window) into
+psum_h[h] = sum_w P * x * a_w and psum_w[w] = sum_h P * x * a_h.
+Pass (c), ``input_grad_kernel``: reads grad_out g, writes
+dx = (g * ca + P) * a_h * a_w + d(x_h)[h] / W + d(x_w)[w] / H; no read of x.
+
+Both walk each plane by window rows (rows i*WH ... i*WH+WH-1), so the gradient dp of the
+windows under a column block is one vector per window row, not a gather per element.
+dp is recomputed from the GroupNorm(1) backward (dy, pooled, the per-sample sums) in
+both passes instead of being stored: it is a handful of loads per window.
+"""
+import triton
+import triton.language as tl
+
+from ._common import PLANE_CONFIGS, autotune, plane_index
+
+
+@triton.jit
+def _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, N, NPROG, BLOCK_P: tl.constexpr):
+    """(A, P, Q) with dp = A * dy + P * pooled + Q for channel c of sample b.
+
+    The GroupNorm(1) backward dp = rstd * (gamma * dy - k1 - yhat * k2), yhat = (pooled - mean) * rstd,
+    k1, k2 = sample means of gamma*dy and gamma*dy*yhat (summed from the attention programs' gnsum),
+    is linear in (dy, pooled): three scalars stay live in the loops instead of five.
+    """
+    ps = tl.arange(0, BLOCK_P)
+    sums = gnsum_ptr + (b * NPROG + ps) * 2
+    k1 = tl.sum(tl.load(sums, mask=ps < NPROG, other=0.0)) / (C * N)
+    k2 = tl.sum(tl.load(sums + 1, mask=ps < NPROG, other=0.0)) / (C * N)
+    mean = tl.load(gn_ptr + b * 2)
+    rstd = tl.load(gn_ptr + b * 2 + 1)
+    q = -rstd * rstd * k2
+    return rstd * tl.load(nw_ptr + c), q, -rstd * k1 - mean * q
+
+
+@triton.jit
+def _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols, valid, WP, WW, WH,
+                      coef_a, coef_p, coef_q, IS_MAX: tl.constexpr):
+    """(dp, argmax) of window row i under each column (BLOCK_W,); dp already / (WH*WW) for avg.
+
+    plane_n: offset of this plane in the (B, C, N) buffers; valid: columns inside the grid.
+    """
+    idx = plane_n + i * WP + cols // WW
+    dy = tl.load(dy_ptr + idx, mask=valid, other=0.0)
+    pooled = tl.load(pooled_ptr + idx, mask=valid, other=0.0)
+    dp = tl.where(valid, coef_a * dy + coef_p * pooled + coef_q, 0.0)
+    if IS_MAX:
+        return dp, tl.load(argmax_ptr + idx, mask=valid, other=-1)
+    else:
+        return dp / (WH * WW), cols
+
+
+@triton.jit
+def _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX: tl.constexpr):
+    """The pooling gradient at rows x cols: dp spread over the window (avg) or on its argmax (max)."""
+    if IS_MAX:
+        return tl.where((rows[:, None] * W + cols[None, :]) == arg[None, :], dp[None, :], 0.0)
+    else:
+        return dp[None, :]
+
+
+@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW"])
+@triton.jit
+def pool_grad_sums_kernel(
+        x_ptr, gates_ptr, dy_ptr, pooled_ptr, argmax_ptr, gn_ptr, gnsum_ptr, nw_ptr, psum_ptr,
+        C, H, W, sx_b, sx_c, sx_h, sx_w, HP, WP, WH, WW, NPROG,
+        IS_MAX: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr,
+        TILE: tl.constexpr):
+    """Backward pass (b), one program per plane (grid B*C).
+
+    x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32. dy, pooled: (B, C, N)
+    fp32, argmax (B, C, N) int32 (IS_MAX), N = HP*WP. gn (B, 2), gnsum (B, NPROG, 2), nw (C,) fp32.
+    psum: (B, C, H+W) fp32 out (psum_h | psum_w), zero outside the window grid.
+    """
+    BLOCK_R: tl.constexpr = 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
+    b, c = plane_index(C)
+    x_base = x_ptr + b * sx_b + c * sx_c
+    small = (b * C + c) * (H + W)
+    plane_n = (b * C + c) * HP * WP
+    coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
+    for w0 in range(0, W, BLOCK_W):
+        tl.debug_barrier()  # row sums stored by the previous column block are re-read below
+        cols = w0 + tl.arange(0, BLOCK_W)
+        inside = cols < WP * WW
+        a_w = tl.load(gates_ptr + small + H + cols, mask=inside, other=0.0)
+        cols_acc = tl.zeros([BLOCK_W], dtype=tl.float32)
+        for i in range(0, HP):
+            dp, arg = _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols, inside, WP, WW, WH,
+                                        coef_a, coef_p, coef_q, IS_MAX)
+            for r0 in range(0, WH, BLOCK_R):
+                rr = r0 + tl.arange(0, BLOCK_R)
+                rows = i * WH + rr
+                mask = (rr < WH)[:, None] & inside[None, :]
+                offs = rows.to(tl.int64)[:, None] * sx_h + cols.to(tl.int64)[None, :] * sx_w
+                x = tl.load(x_base + offs, mask=mask, other=0.0).to(tl.float32)
+                v = _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX) * x
+                a_h = tl.load(gates_ptr + small + rows, mask=rr < WH, other=0.0)
+                cols_acc += tl.sum(v * a_h[:, None], axis=0)
+                prev = tl.load(psum_ptr + small + rows, mask=(rr < WH) & (w0 > 0), other=0.0)
+                tl.store(psum_ptr + small + rows, prev + tl.sum(v * a_w[None, :], axis=1), mask=rr < WH)
+        tl.store(psum_ptr + small + H + cols, cols_acc, mask=cols < W)
+    for h0 in range(HP * WH, H, BLOCK_W):  # rows below the window grid get no pooling gradient
+        hs = h0 + tl.arange(0, BLOCK_W)
+        tl.store(psum_ptr + small + hs, tl.zeros([BLOCK_W], dtype=tl.float32), mask=hs < H)
+
+
+@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW"])
+@triton.jit
+def input_grad_kernel(
+        g_ptr, dx_ptr, gates_ptr, ca_ptr, dmeans_ptr, dy_ptr, pooled_ptr, argmax_ptr, gn_ptr, gnsum_ptr, nw_ptr,
+        C, H, W, sg_b, sg_c, sg_h, sg_w, sd_b, sd_c, sd_h, sd_w, HP, WP, WH, WW, NPROG,
+        IS_MAX: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr,
+        TILE: tl.constexpr):
+    """Backward pass (c), one program per plane (grid B*C).
+
+    g: grad_out (B, C, H, W), strides sg_*; dx: (B, C, H, W) out in x's dtype, strides sd_*.
+    gates, dmeans: (B, C, H+W) fp32 (dmeans = d(x_h)/W | d(x_w)/H); ca: (B, C) fp32; the pooling
+    inputs as in pool_grad_sums_kernel. Window row HP is the remainder below the grid (no dp).
+    """
+    BLOCK_R: tl.constexpr = 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
+    b, c = plane_index(C)
+    g_base = g_ptr + b * sg_b + c * sg_c
+    d_base = dx_ptr + b * sd_b + c * sd_c
+    small = (b * C + c) * (H + W)
+    plane_n = (b * C + c) * HP * WP
+    ca = tl.load(ca_ptr + b * C + c)
+    coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
+    for w0 in range(0, W, BLOCK_W):
+        cols = w0 + tl.arange(0, BLOCK_W)
+        cmask = cols < W
+        a_w = tl.load(gates_ptr + small + H + cols, mask=cmask, other=0.0)
+        dm_w = tl.load(dmeans_ptr + small + H + cols, mask=cmask, other=0.0)
+        for i in range(0, HP + 1):
+            dp, arg = _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols,
+                                        (cols < WP * WW) & (i < HP), WP, WW, WH, coef_a, coef_p, coef_q, IS_MAX)
+            for r0 in range(0, tl.minimum(WH, H - i * WH), BLOCK_R):
+                rr = r0 + tl.arange(0, BLOCK_R)
+                rows = i * WH + rr
+                rmask = (rr < WH) & (rows < H)
+                mask = rmask[:, None] & cmask[None, :]
+                g_offs = rows.to(tl.int64)[:, None] * sg_h + cols.to(tl.int64)[None, :] * sg_w
+                g = tl.load(g_base + g_offs, mask=mask, other=0.0).to(tl.float32)
+                a_h = tl.load(gates_ptr + small + rows, mask=rmask, other=0.0)
+                dm_h = tl.load(dmeans_ptr + small + rows, mask=rmask, other=0.0)
+                e = g * ca + _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX)
+                dx = e * a_h[:, None] * a_w[None, :] + dm_h[:, None] + dm_w[None, :]
+                d_offs = rows.to(tl.int64)[:, None] * sd_h + cols.to(tl.int64)[None, :] * sd_w
+                tl.store(d_base + d_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)

@@ -1,0 +1,203 @@
+"""SMSA small stage: depthwise convs + GroupNorm(4) + gate, both directions, forward and backward.
+
+Grid (B * 4, 2): program (b * 4 + j, d) handles conv/GroupNorm group j of sample b in
+direction d (0: along H, the row means x_h; 1: along W, the column means x_w). The
+GroupNorm groups coincide with the conv groups, so one program owns one whole
+normalisation group and needs no cross-program reduction.
+
+Small buffers share one layout, (B, C, H + W) float32: direction 0 in [:H], 1 in [H:].
+The conv is recomputed from the means in every loop instead of being kept in a
+scratch buffer: K loads of a tiny, cached tensor are cheaper than a round trip.
+"""
+import triton
+import triton.language as tl
+
+from ._common import sigmoid
+
+
+@triton.jit
+def _direction(C, H, W):
+    """(b, j, d, length L, offset of the direction in the H+W axis) of this program."""
+    b = tl.program_id(0) // 4
+    j = tl.program_id(0) % 4
+    d = tl.program_id(1)
+    return b, j, d, H + d * (W - H), d * H
+
+
+@triton.jit
+def _group_block(b, j, g0, C, H, W, off, BLOCK_G: tl.constexpr):
+    """Channels cs (BLOCK_G) of group j from g0 on, their mask, and their int64 row offsets."""
+    G = C // 4
+    gi = g0 + tl.arange(0, BLOCK_G)
+    cs = j * G + gi
+    row = (b * C + cs).to(tl.int64) * (H + W) + off
+    return cs, gi < G, row
+
+
+@triton.jit
+def _select(p_h_ptr, p_w_ptr, cs, cmask, d):
+    """Per-channel parameter of direction d: p_h for d == 0, p_w for d == 1 (one load each)."""
+    return (tl.load(p_h_ptr + cs, mask=cmask & (d == 0), other=0.0)
+            + tl.load(p_w_ptr + cs, mask=cmask & (d == 1), other=0.0))
+
+
+@triton.jit
+def _conv(m_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Depthwise conv (K taps, zero padding K//2) of the means rows -> (BLOCK_G, BLOCK_L) fp32.
+
+    m: means rows at m_ptr + row (int64, BLOCK_G); cw: (C, K) fp32; cb: (C,) fp32.
+    """
+    acc = tl.zeros([BLOCK_G, BLOCK_L], dtype=tl.float32)
+    acc += tl.load(cb_ptr + cs, mask=cmask, other=0.0)[:, None]
+    for k in tl.static_range(K):
+        src = ls + (k - K // 2)
+        valid = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
+        m = tl.load(m_ptr + row[:, None] + src[None, :], mask=valid, other=0.0)
+        acc += tl.load(cw_ptr + cs * K + k, mask=cmask, other=0.0)[:, None] * m
+    return acc
+
+
+@triton.jit
+def _gate(u, valid, GATE_SOFTMAX: tl.constexpr):
+    """sigmoid(u), or softmax of u along axis 1 over the valid positions."""
+    if GATE_SOFTMAX:
+        u = tl.where(valid, u, float("-inf"))
+        e = tl.exp(u - tl.max(u, axis=1)[:, None])
+        e = tl.where(valid, e, 0.0)
+        return e / tl.sum(e, axis=1)[:, None]
+    else:
+        return sigmoid(u)
+
+
+@triton.jit
+def _gate_grad(a, da, GATE_SOFTMAX: tl.constexpr):
+    """d(pre-gate) from the gate output a and its gradient da (both zero outside the valid area)."""
+    if GATE_SOFTMAX:
+        return a * (da - tl.sum(a * da, axis=1)[:, None])
+    else:
+        return da * a * (1.0 - a)
+
+
+@triton.jit
+def spatial_gates_fwd_kernel(
+        means_ptr, cw_ptr, cb_ptr, nh_w_ptr, nh_b_ptr, nw_w_ptr, nw_b_ptr, gates_ptr, stats_ptr,
+        C, H, W, eps,
+        GATE_SOFTMAX: tl.constexpr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr):
+    """a = gate(GroupNorm4(conv(means))) for one (sample, group, direction).
+
+    means: (B, C, H+W) fp32 (x_h | x_w). cw: (C, K), cb: (C,), norm params (C,), all fp32.
+    gates: (B, C, H+W) fp32 out (a_h | a_w). stats: (B, 2, 4, 2) fp32 out, (mean, rstd) per group.
+    BLOCK_L >= max(H, W) (softmax gates need whole rows); BLOCK_G channels per step.
+    """
+    b, j, d, L, off = _direction(C, H, W)
+    ls = tl.arange(0, BLOCK_L)
+    G = C // 4
+    n = G * L
+    total = tl.full([], 0.0, tl.float32)
+    for g0 in range(0, G, BLOCK_G):
+        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
+        t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
+        total += tl.sum(tl.where(valid, t, 0.0))
+    mean = total / n
+    sq = tl.full([], 0.0, tl.float32)  # second pass for the variance: no cancellation
+    for g0 in range(0, G, BLOCK_G):
+        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
+        t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
+        sq += tl.sum(tl.where(valid, (t - mean) * (t - mean), 0.0))
+    rstd = 1.0 / tl.sqrt(sq / n + eps)
+    for g0 in range(0, G, BLOCK_G):
+        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
+        t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
+        gamma = _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)
+        beta = _select(nh_b_ptr, nw_b_ptr, cs, cmask, d)
+        a = _gate((t - mean) * rstd * gamma[:, None] + beta[:, None], valid, GATE_SOFTMAX)
+        tl.store(gates_ptr + row[:, None] + ls[None, :], a, mask=valid)
+    stat = stats_ptr + ((b * 2 + d) * 4 + j) * 2
+    tl.store(stat, mean)
+    tl.store(stat + 1, rstd)
+
+
+@triton.jit
+def _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
+                   cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX: tl.constexpr, K: tl.constexpr,
+                   BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr):
+    """(normalised conv output tn, gradient du of the pre-gate values) of one channel block.
+
+    d(a) = ca * rsum + psum: rsum = sum of grad_out * x * (other gate) from backward pass (a),
+    psum = the pooling path's sum from backward pass (b).
+    """
+    tn = (_conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L) - mean) * rstd
+    idx = row[:, None] + ls[None, :]
+    a = tl.load(gates_ptr + idx, mask=valid, other=0.0)
+    ca = tl.load(ca_ptr + b * C + cs, mask=cmask, other=0.0)
+    da = ca[:, None] * tl.load(rsum_ptr + idx, mask=valid, other=0.0) + tl.load(psum_ptr + idx, mask=valid, other=0.0)
+    return tn, _gate_grad(a, da, GATE_SOFTMAX)
+
+
+@triton.jit
+def spatial_gates_bwd_kernel(
+        means_ptr, gates_ptr, stats_ptr, rsum_ptr, psum_ptr, ca_ptr,
+        cw_ptr, cb_ptr, nh_w_ptr, nw_w_ptr,
+        dt_ptr, dmeans_ptr, conv_part_ptr, norm_part_ptr,
+        C, H, W,
+        GATE_SOFTMAX: tl.constexpr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Backward of spatial_gates_fwd_kernel for one (sample, group, direction).
+
+    In (fp32): means, gates, rsum, psum (B, C, H+W); stats (B, 2, 4, 2); ca (B, C); cw (C, K);
+    cb, norm weights (C,).
+    dt: (B, C, H+W) fp32 scratch (gradient of the conv output, re-read shifted by the conv backward).
+    dmeans: (B, C, H+W) fp32 out: d(x_h) / W | d(x_w) / H, ready to broadcast into dx.
+    conv_part: (B, 2, C*K + C) fp32 out: this sample's and direction's conv weight and bias gradients.
+    norm_part: (B, 12*C) fp32: writes [2dC, 2dC + 2C) = GroupNorm weight and bias gradients of direction d.
+    """
+    b, j, d, L, off = _direction(C, H, W)
+    ls = tl.arange(0, BLOCK_L)
+    G = C // 4
+    n = G * L
+    stat = stats_ptr + ((b * 2 + d) * 4 + j) * 2
+    mean = tl.load(stat)
+    rstd = tl.load(stat + 1)
+    s1 = tl.full([], 0.0, tl.float32)
+    s2 = tl.full([], 0.0, tl.float32)
+    for g0 in range(0, G, BLOCK_G):  # GroupNorm affine gradients and the group sums of its backward
+        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
+        tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
+                                cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
+        part = norm_part_ptr + b * 12 * C + d * 2 * C
+        tl.store(part + cs, tl.sum(du * tn, axis=1), mask=cmask)
+        tl.store(part + C + cs, tl.sum(du, axis=1), mask=cmask)
+        dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
+        s1 += tl.sum(dtn)
+        s2 += tl.sum(dtn * tn)
+    for g0 in range(0, G, BLOCK_G):  # gradient of the conv output
+        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
+        tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
+                                cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
+        dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
+        dt = rstd * (dtn - s1 / n - tn * (s2 / n))
+        tl.store(dt_ptr + row[:, None] + ls[None, :], dt, mask=valid)
+    tl.debug_barrier()  # the conv backward reads dt shifted: other threads' stores must be visible
+    scale = 1.0 / (W + d * (H - W))  # x_h is a mean over W columns, x_w over H rows
+    for g0 in range(0, G, BLOCK_G):  # conv backward: input, weight and bias gradients
+        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
+        dt = tl.load(dt_ptr + row[:, None] + ls[None, :], mask=valid, other=0.0)
+        dm = tl.zeros([BLOCK_G, BLOCK_L], dtype=tl.float32)
+        part = conv_part_ptr + (b * 2 + d) * (C * K + C)
+        for k in tl.static_range(K):
+            shift = k - K // 2
+            w_k = tl.load(cw_ptr + cs * K + k, mask=cmask, other=0.0)
+            src = ls - shift  # dm[l] += w[k] * dt[l - shift]
+            ok = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
+            dm += w_k[:, None] * tl.load(dt_ptr + row[:, None] + src[None, :], mask=ok, other=0.0)
+            src = ls + shift  # dw[k] = sum_l dt[l] * m[l + shift]
+            ok = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
+            m = tl.load(means_ptr + row[:, None] + src[None, :], mask=ok, other=0.0)
+            tl.store(part + cs * K + k, tl.sum(dt * m, axis=1), mask=cmask)
+        tl.store(part + C * K + cs, tl.sum(dt, axis=1), mask=cmask)
+        tl.store(dmeans_ptr + row[:, None] + ls[None, :], dm * scale, mask=valid)

@@ -1,0 +1,203 @@
+"""Triton backend vs the reference: forward, dx and every parameter gradient (tolerance rule).
+
+Without a GPU the kernels run under TRITON_INTERPRET=1 on CPU tensors (conftest.py sets it),
+so shapes stay small. Every buffer the kernels write is allocated NaN-filled here (poison):
+an element a kernel forgets to write shows up as a NaN mismatch.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import HAS_CUDA, requires_cuda
+from scsa_kernels import backends
+from scsa_kernels.config import SCSAConfig
+from scsa_kernels.functional import scsa
+from scsa_kernels.module import SCSA
+from scsa_kernels.testing import compare_backend, random_weights
+
+REASON = backends.unavailable_reason("triton")
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"triton backend unavailable: {REASON}")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _poisoned(alloc):
+    def wrapped(*args, **kwargs):
+        t = alloc(*args, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else -7)
+    return wrapped
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "_empty", _poisoned(torch.empty))
+    monkeypatch.setattr(ops, "_empty_like", _poisoned(torch.empty_like))
+
+
+def assert_matches(x, config, weights=None, grad_out=None):
+    weights = random_weights(config, device=x.device) if weights is None else weights
+    results = compare_backend("triton", x, weights, config, grad_out=grad_out)
+    bad = [f"{r.name}: error {r.error:.3g} > bound {r.bound:.3g}" for r in results if not r.ok]
+    assert not bad, "\n".join(bad)
+
+
+OPTIONS = {
+    "default": dict(),
+    "softmax_gates_maxpool_heads_bias": dict(head_num=2, qkv_bias=True, down_sample_mode="max_pool",
+                                             gate_layer="softmax"),
+    "global_pool_softmax": dict(window_size=-1, gate_layer="softmax"),
+    "global_pool_maxpool_mode": dict(window_size=-1, down_sample_mode="max_pool", head_num=4),
+    "odd_kernels": dict(group_kernel_sizes=(1, 3, 11, 5), qkv_bias=True),
+    "many_heads_tiny_d": dict(head_num=8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_options(name):
+    config = SCSAConfig(32, **{"window_size": 3, **OPTIONS[name]})
+    assert_matches(torch.randn(2, 32, 7, 8, device=DEVICE), config)
+
+
+@pytest.mark.parametrize("shape,window", [((1, 8, 5, 5), 5), ((2, 8, 11, 7), 3), ((1, 8, 3, 300), 3),
+                                          ((1, 8, 9, 4), 4)])
+def test_shapes(shape, window):
+    """H = W = window, odd sides not divisible by the window, rows wider than one tile (300)."""
+    assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(shape[1], window_size=window))
+
+
+def test_large_head_and_many_positions():
+    """D = 80 > BLOCK_D (column blocks of the online softmax) and N = 81 > BLOCK_N (chunks)."""
+    config = SCSAConfig(80, window_size=3, gate_layer="softmax", qkv_bias=True)
+    assert_matches(torch.randn(1, 80, 27, 27, device=DEVICE), config)
+
+
+def test_spatial_gates_loop_over_channel_blocks(monkeypatch):
+    """Force several channel blocks per GroupNorm group in the spatial gate kernels."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "SPATIAL_TILE", 16)
+    config = SCSAConfig(32, window_size=2, gate_layer="softmax")
+    assert_matches(torch.randn(2, 32, 6, 5, device=DEVICE), config)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "permuted"])
+def test_memory_layouts(layout):
+    config = SCSAConfig(16, head_num=2, window_size=3, down_sample_mode="max_pool")
+    x = torch.randn(2, 16, 9, 10, device=DEVICE)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = torch.randn(3, 20, 12, 21, device=DEVICE)[1:, 2:18, 1:-2, ::2]
+    else:
+        x = torch.randn(9, 10, 2, 16, device=DEVICE).permute(2, 3, 0, 1)
+    grad_out = torch.randn(x.shape, dtype=torch.float64, device=DEVICE).transpose(2, 3).contiguous().transpose(2, 3)
+    assert_matches(x, config, grad_out=grad_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types(dtype):
+    config = SCSAConfig(16, head_num=2, window_size=3, qkv_bias=True, gate_layer="softmax")
+    x = torch.randn(2, 16, 8, 7, device=DEVICE, dtype=dtype)
+    assert_matches(x, config, weights=random_weights(config, dtype=dtype, device=DEVICE))
+
+
+def test_max_pool_ties_go_to_the_first_element():
+    """ReLU-like input: whole windows of zeros tie; PyTorch sends the gradient to the first one."""
+    config = SCSAConfig(8, window_size=3, down_sample_mode="max_pool")
+    x = torch.randn(2, 8, 7, 7, device=DEVICE).clamp_min(0.8) - 0.8
+    assert (x == 0).float().mean() > 0.5
+    assert_matches(x, config)
+
+
+def test_module_and_determinism():
+    module = SCSA(16, head_num=2, window_size=3, backend="triton").to(DEVICE)
+    x = torch.randn(2, 16, 7, 7, device=DEVICE, requires_grad=True)
+    grads = []
+    for _ in range(2):
+        module.zero_grad()
+        x.grad = None
+        (module(x) * torch.arange(7.0, device=DEVICE)).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in module.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b), "two identical backward runs differ (non-deterministic reduction?)"
+
+
+@pytest.mark.parametrize("change,training,expected", [
+    (dict(down_sample_mode="recombination"), False, "recombination"),
+    (dict(attn_drop_ratio=0.1), True, "dropout"),
+])
+def test_unsupported_options_have_reasons(change, training, expected):
+    config = SCSAConfig(8, window_size=2, **change)
+    x = torch.randn(1, 8, 4, 4, device=DEVICE)
+    reason = backends.why_not("triton", x, config, training)
+    assert reason is not None and expected in reason
+    with pytest.raises(backends.BackendUnavailableError, match=expected):
+        scsa(x, random_weights(config, device=DEVICE), config, training=training, backend="triton")
+
+
+def test_float64_is_unsupported_not_downcast():
+    config = SCSAConfig(8, window_size=2)
+    reason = backends.why_not("triton", torch.randn(1, 8, 4, 4, dtype=torch.float64, device=DEVICE), config, False)
+    assert reason is not None and "float64" in reason
+
+
+def test_dropout_in_eval_is_supported():
+    config = SCSAConfig(8, window_size=2, attn_drop_ratio=0.5)
+    assert backends.why_not("triton", torch.randn(1, 8, 4, 4, device=DEVICE), config, False) is None
+    assert_matches(torch.randn(1, 8, 4, 4, device=DEVICE), config)
+
+
+# ---------------------------------------------------------------------------------- GPU only
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(8, 64, 56, 56), (8, 512, 7, 7), (2, 128, 160, 160)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_large_shapes(shape, dtype):
+    config = SCSAConfig(shape[1], head_num=2 if shape[1] > 64 else 1)
+    x = torch.randn(*shape, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+    assert_matches(x, config, weights=random_weights(config, dtype=dtype, device="cuda"))
+
+
+@requires_cuda
+def test_gpu_auto_picks_triton():
+    config = SCSAConfig(16)
+    assert backends.auto_choice(torch.randn(1, 16, 14, 14, device="cuda"), config) == "triton"
+
+
+@requires_cuda
+def test_gpu_torch_compile_fullgraph():
+    module = SCSA(64, head_num=2, backend="triton").cuda()
+    compiled = torch.compile(module, fullgraph=True)
+    x = torch.randn(4, 64, 28, 28, device="cuda", requires_grad=True)
+    out = compiled(x)
+    out.square().sum().backward()
+    ref = module(x.detach())
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@requires_cuda
+def test_gpu_opcheck():
+    from scsa_kernels.ops import triton as ops
+    from scsa_kernels.weights import pack_weights
+    config = SCSAConfig(16, window_size=3)
+    p = pack_weights(random_weights(config, device="cuda"), config)
+    x = torch.randn(2, 16, 9, 9, device="cuda", requires_grad=True)
+    torch.library.opcheck(ops.triton_scsa_forward, (x, *p, 1, 3, False, False))
+
+
+@requires_cuda
+@pytest.mark.slow
+def test_gpu_more_than_2_31_elements():
+    """2**31 + a plane's worth of elements in bf16 (4 GiB): 64-bit offsets."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2 ** 30:
+        pytest.skip("needs about 40 GiB of free GPU memory")
+    config = SCSAConfig(64)
+    x = torch.randn(1, 64, 5800, 5800, device="cuda", dtype=torch.bfloat16)
+    assert x.numel() > 2 ** 31
+    w = random_weights(config, dtype=torch.bfloat16, device="cuda")
+    out = scsa(x, w, config, backend="triton")
+    ref = scsa(x, w, config, backend="reference")
+    assert (out.float() - ref.float()).abs().max().item() < 0.05

@@ -1,0 +1,168 @@
+"""Memory traffic and launch budget of the Triton backend, counted under the interpreter.
+
+Every load and store of an interpreted kernel goes through
+``InterpreterBuilder.create_masked_load/create_masked_store``; wrapping them and summing the
+active lanes times the element size counts the bytes each kernel moves, exactly (caches
+aside: on a GPU the small tensors are re-read from L1/L2). Bytes are attributed to the
+full-size tensors (x, out, grad_out, dx) by address; everything else is "small".
+
+Budgets held here (the design of scsa_kernels/ops/triton.py):
+- forward: x read <= 3 |x|, out written <= |x|; 5 Triton launches (6 with the softmax gate);
+- backward: x read <= 2 |x|, grad_out read <= 2 |x|, dx written <= |x|; 5 Triton launches;
+- small tensors, both directions: <= (6K + 30) * 4 bytes * B*C*(H+W)
+  + SMALL_PER_POOLED * 4 bytes * B*C*N*(1 + D/32) (N pooled positions, D channels per head).
+  The spatial gate kernels recompute the K-tap conv of the (B, C, H+W) means in each of their
+  passes instead of keeping scratch copies, hence the K-sized factor.
+"""
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import HAS_CUDA
+from scsa_kernels import backends
+from scsa_kernels.config import SCSAConfig
+from scsa_kernels.functional import scsa
+from scsa_kernels.testing import random_weights
+
+pytestmark = [
+    pytest.mark.skipif(HAS_CUDA, reason="counts bytes in the Triton interpreter (CPU only)"),
+    pytest.mark.skipif(backends.unavailable_reason("triton") is not None, reason="triton backend unavailable"),
+]
+
+FORWARD_LAUNCHES = {"sigmoid": 5, "softmax": 6}
+BACKWARD_LAUNCHES = 5
+# Outside the Triton kernels: pack_weights (pads, cats, stack, and casts of half parameters to
+# float32: 24 ops for bfloat16 parameters, 8 for float32), the op itself, and in the backward the
+# two gradient sums plus pack_weights' backward (casts back, pad slices).
+TORCH_OPS = {"forward": 25, "backward": 21}
+SMALL_PER_POOLED = 24
+
+
+class Traffic:
+    """Bytes loaded/stored per named region, and launches, while active."""
+
+    def __init__(self, **regions):
+        self.regions = {n: (t.data_ptr(), t.data_ptr() + t.untyped_storage().nbytes()) for n, t in regions.items()}
+        self.loads, self.stores, self.launches = {}, {}, 0
+
+    def _add(self, table, ptrs, mask):
+        addrs = ptrs.data[mask.data.astype(bool)] if mask is not None else ptrs.data.ravel()
+        size = ptrs.get_element_ty().primitive_bitwidth // 8
+        rest = np.ones(addrs.shape, dtype=bool)
+        for name, (lo, hi) in self.regions.items():
+            inside = (addrs >= lo) & (addrs < hi)
+            table[name] = table.get(name, 0) + int(inside.sum()) * size
+            rest &= ~inside
+        table["small"] = table.get("small", 0) + int(rest.sum()) * size
+
+    def __enter__(self):
+        from triton.runtime import interpreter
+        self._patch = interpreter
+        self._load = interpreter.InterpreterBuilder.create_masked_load
+        self._store = interpreter.InterpreterBuilder.create_masked_store
+        self._run = interpreter.InterpretedFunction.run
+        traffic = self
+
+        def load(builder, ptrs, mask, *args):
+            traffic._add(traffic.loads, ptrs, mask)
+            return traffic._load(builder, ptrs, mask, *args)
+
+        def store(builder, ptrs, value, mask, *args):
+            traffic._add(traffic.stores, ptrs, mask)
+            return traffic._store(builder, ptrs, value, mask, *args)
+
+        def run(fn, *args, **kwargs):
+            traffic.launches += 1
+            return traffic._run(fn, *args, **kwargs)
+
+        interpreter.InterpreterBuilder.create_masked_load = load
+        interpreter.InterpreterBuilder.create_masked_store = store
+        interpreter.InterpretedFunction.run = run
+        return self
+
+    def __exit__(self, *exc):
+        self._patch.InterpreterBuilder.create_masked_load = self._load
+        self._patch.InterpreterBuilder.create_masked_store = self._store
+        self._patch.InterpretedFunction.run = self._run
+
+
+class TorchOps(TorchDispatchMode):
+    """Counts aten ops that launch work (allocations and views excluded)."""
+    FREE = ("empty", "view", "_unsafe_view", "as_strided", "detach", "alias", "t", "transpose", "select",
+            "slice", "unsqueeze", "squeeze", "permute", "expand", "split", "lift_fresh", "_to_copy_noop")
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not any(name == f or name.startswith(f + "_") and f == "empty" for f in self.FREE):
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def measure(shape, config, dtype=torch.bfloat16):
+    x = torch.randn(shape, dtype=dtype)
+    weights = random_weights(config, dtype=dtype).map(lambda t: t.requires_grad_())
+    x.requires_grad_()
+    out_holder = {}
+    with TorchOps() as fwd_ops:
+        with Traffic(x=x) as fwd:
+            out = scsa(x, weights, config, backend="triton")
+    grad_out = torch.randn_like(out)
+    with Traffic(x=x, grad_out=grad_out) as bwd:
+        with TorchOps() as bwd_ops:
+            torch.autograd.grad(out, [x, *weights.tensors()], grad_out)
+    out_holder["out"] = out
+    return x, fwd, bwd, fwd_ops, bwd_ops
+
+
+def small_bound(shape, config):
+    B, C, H, W = shape
+    hp, wp = config.pooled_size(H, W)
+    n = hp * wp
+    per_line = 6 * config.max_kernel_size + 30
+    return 4 * (per_line * B * C * (H + W) + SMALL_PER_POOLED * B * C * n * (1 + config.head_dim / 32))
+
+
+def report(label, shape, config, x, fwd, bwd, fwd_ops, bwd_ops):
+    nx = x.numel() * x.element_size()
+    f = lambda d, k: d.get(k, 0) / nx
+    print(f"\n{label} {tuple(shape)} {x.dtype}: |x| = {nx} bytes, small-tensor bound {small_bound(shape, config):.0f} B")
+    print(f"  forward : x read {f(fwd.loads, 'x'):.3f}|x|, out write {f(fwd.stores, 'small'):.3f}|x| (out is"
+          f" unregistered), small read {fwd.loads.get('small', 0)} B, {fwd.launches} Triton launches,"
+          f" torch ops {len(fwd_ops.ops)}: {fwd_ops.ops}")
+    print(f"  backward: x read {f(bwd.loads, 'x'):.3f}|x|, grad_out read {f(bwd.loads, 'grad_out'):.3f}|x|,"
+          f" small read {bwd.loads.get('small', 0)} B, small write {bwd.stores.get('small', 0)} B,"
+          f" {bwd.launches} Triton launches, torch ops {len(bwd_ops.ops)}: {bwd_ops.ops}")
+
+
+CASES = {
+    "resnet50_layer1_batch1": ((1, 64, 56, 56), SCSAConfig(64)),
+    "softmax_maxpool_heads": ((2, 32, 15, 17), SCSAConfig(32, head_num=2, window_size=3, down_sample_mode="max_pool",
+                                                          gate_layer="softmax", qkv_bias=True)),
+    "global_pool": ((1, 16, 20, 24), SCSAConfig(16, window_size=-1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_traffic_and_launches(name):
+    shape, config = CASES[name]
+    x, fwd, bwd, fwd_ops, bwd_ops = measure(shape, config)
+    report(name, shape, config, x, fwd, bwd, fwd_ops, bwd_ops)
+    nx = x.numel() * x.element_size()
+    assert fwd.loads["x"] > 0 and bwd.loads["x"] > 0, "address attribution failed"
+    assert fwd.loads["x"] <= 3 * nx
+    assert fwd.stores.get("x", 0) == 0
+    assert bwd.loads["x"] <= 2 * nx
+    assert bwd.loads["grad_out"] <= 2 * nx
+    assert bwd.stores.get("x", 0) == 0 and bwd.stores.get("grad_out", 0) == 0
+    assert fwd.launches == FORWARD_LAUNCHES[config.gate_layer]
+    assert bwd.launches == BACKWARD_LAUNCHES
+    assert len(fwd_ops.ops) <= TORCH_OPS["forward"] and len(bwd_ops.ops) <= TORCH_OPS["backward"]
+    bound = small_bound(shape, config)
+    # out (forward) and dx (backward) are not registered regions: they land in "small" with |x| bytes
+    assert fwd.stores["small"] - nx <= bound and fwd.loads["small"] <= bound
+    assert bwd.stores["small"] - nx <= bound and bwd.loads["small"] <= bound

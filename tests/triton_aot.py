@@ -1,0 +1,129 @@
+"""Ahead-of-time compile of every SCSA Triton kernel, every autotune config, for sm_80 and sm_90.
+
+Run as a script (``python tests/triton_aot.py``) with TRITON_INTERPRET unset: under the
+interpreter ``@triton.jit`` returns interpreted functions that cannot be compiled. The
+launches are recorded from the real op bodies (forward and backward) on meta tensors, so
+the compiled signatures and constexprs are exactly the ones the ops use. Prints one row per
+(kernel, variant, config, arch) and a JSON summary on the last line.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "unset TRITON_INTERPRET to compile"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
+
+from scsa_kernels.config import SCSAConfig  # noqa: E402
+from scsa_kernels.ops import triton as ops  # noqa: E402
+
+# (shape, dtype, options): together every constexpr branch (HAS_GRAD, GATE_SOFTMAX, IS_MAX),
+# every dtype, and 7x7, 56x56, 160x160 planes (row tiles 8, 64, 256 wide).
+SCENARIOS = [
+    ((2, 64, 56, 56), torch.bfloat16, dict()),
+    ((2, 512, 7, 7), torch.float32, dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax")),
+    ((1, 128, 160, 160), torch.float16, dict(head_num=4, window_size=-1, qkv_bias=True)),
+]
+ARCHS = (80, 90)
+PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32"}
+
+
+def record_launches():
+    launches = []
+    ops._launch = lambda kernel, grid, *args, **kwargs: launches.append((kernel, args, kwargs))
+    for shape, dtype, options in SCENARIOS:
+        config = SCSAConfig(shape[1], **options)
+        B, C, H, W = shape
+        K = config.max_kernel_size
+        meta = lambda *s, dt=torch.float32: torch.empty(*s, device="meta", dtype=dt)
+        x = meta(*shape, dt=dtype)
+        params = [meta(C, K), meta(C)] + [meta(C) for _ in range(6)] + [meta(3, C), meta(3, C)]
+        flags = (config.head_num, config.window_size,
+                 config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
+        out, *saved = ops._forward_impl(x, *params, *flags)
+        keep = [params[i] for i in (0, 1, 2, 4, 6, 7, 8, 9)]  # conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b
+        ops._backward_impl(out, x, *saved, *keep, *flags)
+    return launches
+
+
+def variants(launches):
+    """Unique (fn, signature, constexprs, compile options) to compile."""
+    seen, jobs = set(), []
+    for kernel, args, kwargs in launches:
+        fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+        configs = getattr(kernel, "all_configs", None) or [triton.Config({}, num_warps=kwargs.get("num_warps", 4))]
+        launch_constexprs = {k: v for k, v in kwargs.items() if k not in ("num_warps", "num_stages")}
+        runtime = [n for i, n in enumerate(fn.arg_names) if not fn.params[i].is_constexpr]
+        signature = {}
+        for name, value in zip(runtime, args):
+            if isinstance(value, torch.Tensor):
+                signature[name] = PTR[value.dtype]
+            elif isinstance(value, float):
+                signature[name] = "fp32"
+            else:
+                signature[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+        for config in configs:
+            constexprs = {**launch_constexprs, **config.kwargs}
+            for name in constexprs:
+                signature[name] = "constexpr"
+            key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), config.num_warps)
+            if key not in seen:
+                seen.add(key)
+                jobs.append((fn.__name__, fn.__module__, dict(signature), constexprs, config.num_warps,
+                             config.num_stages or 3))
+    return jobs
+
+
+def compile_one(job):
+    name, module, signature, constexprs, num_warps, num_stages = job
+    fn = getattr(__import__(module, fromlist=[name]), name)
+    fn = fn.fn if isinstance(fn, Autotuner) else fn
+    rows = []
+    for arch in ARCHS:
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(compiled.asm["ptx"])
+        gpu = "sm_90a" if arch == 90 else f"sm_{arch}"
+        res = subprocess.run([ptxas(), "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
+                             capture_output=True, text=True)
+        os.unlink(f.name)
+        if res.returncode:
+            raise RuntimeError(f"ptxas failed for {name} sm_{arch}: {res.stderr}")
+        regs = int(re.search(r"Used (\d+) registers", res.stderr).group(1))
+        spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", res.stderr))
+        variant = ",".join(f"{k}={v}" for k, v in sorted(constexprs.items()))
+        dtype = next((t for t in signature.values() if t in ("*fp16", "*bf16")), "*fp32")[1:]
+        rows.append(dict(kernel=name, variant=variant, dtype=dtype, num_warps=num_warps, arch=f"sm_{arch}",
+                         registers=regs, spill_bytes=spills, shared=compiled.metadata.shared))
+    return rows
+
+
+def ptxas():
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    return path if os.path.exists(path) else "ptxas"
+
+
+def main():
+    jobs = variants(record_launches())
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        rows = [r for rs in pool.map(compile_one, jobs) for r in rs]
+    print(f"{'kernel':34} {'arch':6} {'dtype':5} {'warps':5} {'regs':>4} {'spill':>5} {'smem':>6}  constexprs")
+    for r in rows:
+        print(f"{r['kernel']:34} {r['arch']:6} {r['dtype']:5} {r['num_warps']:5} {r['registers']:4} "
+              f"{r['spill_bytes']:5} {r['shared']:6}  {r['variant']}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
