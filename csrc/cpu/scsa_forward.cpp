@@ -41,12 +41,13 @@ void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const P
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
   const int64_t covered_w = pg.wp * pg.kw;
+  const PoolRows pool_rows(pg, H);
   at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> bands(pg.max_pool ? 0 : kBlock * W);
     rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
-      if (h >= pg.hp * pg.kh) return;
-      const int64_t hn = h / pg.kh;
-      const bool first_row = h % pg.kh == 0, last_row = h % pg.kh == pg.kh - 1;
+      const int64_t hn = pool_rows.window[h];
+      if (hn < 0) return;
+      const bool first_row = pool_rows.first[h], last_row = pool_rows.last[h];
       const acc_t ah = a_h[p * H + h];
       const acc_t* aw = a_w + p * W;
       acc_t* out = pooled + p * N + hn * pg.wp;
@@ -54,7 +55,7 @@ void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const P
         // band = sum over the window rows so far of a_h[h] * x[h, :]; one band per
         // plane of the tile (the visitor keeps at most kBlock planes in flight,
         // consecutive in p). Windows are closed with a dot against a_w.
-        acc_t* band = bands.data() + (p % kBlock) * W;
+        acc_t* band = bands.data() + (p & (kBlock - 1)) * W;
         if (first_row) std::fill(band, band + covered_w, acc_t(0));
         axpy(band, ah, r, covered_w);
         if (last_row)
