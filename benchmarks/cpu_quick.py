@@ -7,6 +7,10 @@ ResNet-50 bottleneck mid-channel shapes (DESIGN.md). Times are medians of
 repeated runs after warm-up. GB/s is for the fused backend against the bytes its
 passes must move: forward 3 reads + 1 write of x (4|x|), backward 2 reads of x,
 2 of grad_out, 1 write of dx (5|x|), so forward+backward 9|x|.
+
+On a shared machine, prefer --threads 1: an OpenMP team of 2 threads on 2 cores that
+other processes also use stalls for whole scheduler slices (~10 ms), which swamps
+every provider's timings.
 """
 from __future__ import annotations
 

@@ -362,3 +362,25 @@ def test_channels_last_matches_nchw_bitwise(dtype):
     cl = lambda t: t.contiguous(memory_format=torch.channels_last)
     for a, b in zip(run(x, g), run(cl(x), cl(g))):
         assert torch.equal(a, b)
+
+
+@needs_ext
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("SCSA_RUN_HUGE"),
+                    reason="needs ~9 GB of memory; set SCSA_RUN_HUGE=1 to run")
+def test_more_than_2_31_elements():
+    """64-bit indexing: a float16 input of more than 2**31 elements; checks the last plane's
+    means and output against values computed directly from x."""
+    config = SCSAConfig(dim=4, window_size=-1)
+    w = random_weights(config)
+    height, width = 23171, 23171  # 4 * 23171**2 = 2.15e9 > 2**31
+    x = torch.empty(1, 4, height, width, dtype=torch.float16).uniform_(-1, 1)
+    assert x.numel() > 2 ** 31
+    packed = pack_weights(w, config)
+    out, x_h, x_w, a_h, a_w, _, _, _, _, ca = torch.ops.scsa_kernels.scsa_forward(x, *packed,
+                                                                                *cpu_backend._options(config))
+    last = x[0, 3]
+    torch.testing.assert_close(x_h[0, 3, -5:], last[-5:].float().mean(dim=1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(x_w[0, 3, -5:], last[:, -5:].float().mean(dim=0), rtol=1e-4, atol=1e-6)
+    expected = last[-3:, -3:].float() * a_h[0, 3, -3:, None] * a_w[0, 3, None, -3:] * ca[0, 3]
+    torch.testing.assert_close(out[0, 3, -3:, -3:].float(), expected, rtol=2e-3, atol=1e-5)

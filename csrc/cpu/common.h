@@ -36,6 +36,20 @@ struct PoolGeometry {
   int64_t positions() const { return hp * wp; }
 };
 
+// Window row of each image row (-1 below the last window) and whether the row opens /
+// closes its window: tables, so per-row code does no integer division.
+struct PoolRows {
+  std::vector<int64_t> window;
+  std::vector<uint8_t> first, last;
+  PoolRows(const PoolGeometry& pg, int64_t H) : window(H, -1), first(H, 0), last(H, 0) {
+    for (int64_t h = 0; h < pg.hp * pg.kh; ++h) {
+      window[h] = h / pg.kh;
+      first[h] = h % pg.kh == 0;
+      last[h] = h % pg.kh == pg.kh - 1;
+    }
+  }
+};
+
 inline PoolGeometry pool_geometry(int64_t H, int64_t W, const Options& opt) {
   if (opt.window_size == -1) return {H, W, 1, 1, false};
   return {opt.window_size, opt.window_size, H / opt.window_size, W / opt.window_size, opt.max_pool};
@@ -141,6 +155,11 @@ inline T horizontal_sum(const Vectorized<T>& v) {
 template <typename T>
 inline T sum(const T* a, int64_t n) {
   using V = Vectorized<T>;
+  if (n < V::size()) {  // short rows and pooling windows: skip the lane fold
+    T s = 0;
+    for (int64_t i = 0; i < n; ++i) s += a[i];
+    return s;
+  }
   V acc(T(0));
   int64_t i = 0;
   for (; i + V::size() <= n; i += V::size()) acc += V::loadu(a + i);
@@ -152,6 +171,11 @@ inline T sum(const T* a, int64_t n) {
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t n) {
   using V = Vectorized<T>;
+  if (n < V::size()) {
+    T s = 0;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+  }
   V acc(T(0));
   int64_t i = 0;
   for (; i + V::size() <= n; i += V::size()) acc = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc);

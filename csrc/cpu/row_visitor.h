@@ -15,7 +15,9 @@
 
 namespace scsa_kernels::cpu {
 
-constexpr int64_t kBlock = 16;  // channels per tile in the strided mode
+// Channels per tile in the strided mode. A power of two: passes keep per-plane
+// state in slot p & (kBlock - 1), distinct for the <= kBlock consecutive planes in flight.
+constexpr int64_t kBlock = 16;
 
 template <typename scalar_t, typename acc_t>
 class RowVisitor {

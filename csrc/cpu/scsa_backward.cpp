@@ -14,12 +14,12 @@ namespace {
 
 // Row h of S = d(x_s) through the pool (zero outside every window):
 // average: the window's gradient spread over its kh*kw cells; max: at the argmax.
+// hn: the window row of h (PoolRows), -1 below the last window.
 template <typename T>
-void pool_scatter_row(const T* d_pooled, const int64_t* argmax, const PoolGeometry& pg, int64_t h, int64_t W,
-                      T* s) {
+void pool_scatter_row(const T* d_pooled, const int64_t* argmax, const PoolGeometry& pg, int64_t hn, int64_t h,
+                      int64_t W, T* s) {
   std::fill(s, s + W, T(0));
-  if (h >= pg.hp * pg.kh) return;
-  const int64_t hn = h / pg.kh;
+  if (hn < 0) return;
   const T* dp = d_pooled + hn * pg.wp;
   if (!pg.max_pool) {
     const T inv_area = T(1) / T(pg.kh * pg.kw);
@@ -82,16 +82,18 @@ void pool_grad_products(const Tensor& x, const acc_t* a_h, const acc_t* a_w, con
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
+  const PoolRows pool_rows(pg, H);
   at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> s(W);
     rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
       acc_t* tw = t_w + p * W;
       if (h == 0) std::fill(tw, tw + W, acc_t(0));
-      if (h >= pg.hp * pg.kh) {  // below every window: no pooling gradient
+      const int64_t hn = pool_rows.window[h];
+      if (hn < 0) {  // below every window: no pooling gradient
         t_h[p * H + h] = 0;
         return;
       }
-      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
+      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, hn, h, W, s.data());
       t_h[p * H + h] = modulated_products(s.data(), xr, a_w + p * W, a_h[p * H + h], tw, W);
     });
   });
@@ -107,10 +109,12 @@ void input_grad(const Tensor& grad_out, const acc_t* a_h, const acc_t* a_w, cons
   const Planes<scalar_t> dst(dx);
   const RowVisitor<scalar_t, acc_t> rows(&gs, nullptr, &dst, C, H, W);
   const acc_t inv_h = acc_t(1) / acc_t(H), inv_w = acc_t(1) / acc_t(W);
+  const PoolRows pool_rows(pg, H);
   at::parallel_for(0, dx.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> s(W);
     rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* gr, const acc_t*, acc_t* o) {
-      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, h, W, s.data());
+      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, pool_rows.window[h], h, W,
+                       s.data());
       const acc_t* aw = a_w + p * W;
       const acc_t* mw = dm_w + p * W;
       const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] * inv_w, cap = ca[p];

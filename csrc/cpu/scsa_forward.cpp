@@ -29,7 +29,8 @@ void row_col_means(const Tensor& x, acc_t* x_h, acc_t* x_w) {
 }
 
 // Pass 3: pooled[p, n] = pool over window n of x * a_h * a_w, formed on the fly.
-// Average: each row adds a_h[h] * (x row . a_w) over every window it crosses.
+// Average: rows are folded into a band as sum_h a_h[h] x[h, :] (one axpy per
+// row), then each window's dot with a_w.
 // Max: scans each window in (h, w) order with PyTorch's rule (first maximum wins,
 // NaN wins), recording the plane offset. Rows below the last window are skipped.
 template <typename scalar_t, typename acc_t>
@@ -39,20 +40,27 @@ void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const P
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
+  const int64_t covered_w = pg.wp * pg.kw;
+  const PoolRows pool_rows(pg, H);
   at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> bands(pg.max_pool ? 0 : kBlock * W);
     rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
-      if (h >= pg.hp * pg.kh) return;
-      const int64_t hn = h / pg.kh;
-      const bool first_row = h % pg.kh == 0, last_row = h % pg.kh == pg.kh - 1;
+      const int64_t hn = pool_rows.window[h];
+      if (hn < 0) return;
+      const bool first_row = pool_rows.first[h], last_row = pool_rows.last[h];
       const acc_t ah = a_h[p * H + h];
       const acc_t* aw = a_w + p * W;
       acc_t* out = pooled + p * N + hn * pg.wp;
       if (!pg.max_pool) {
-        for (int64_t wn = 0; wn < pg.wp; ++wn) {
-          const acc_t s = ah * dot(r + wn * pg.kw, aw + wn * pg.kw, pg.kw);
-          out[wn] = first_row ? s : out[wn] + s;
-          if (last_row) out[wn] *= inv_area;
-        }
+        // band = sum over the window rows so far of a_h[h] * x[h, :]; one band per
+        // plane of the tile (the visitor keeps at most kBlock planes in flight,
+        // consecutive in p). Windows are closed with a dot against a_w.
+        acc_t* band = bands.data() + (p & (kBlock - 1)) * W;
+        if (first_row) std::fill(band, band + covered_w, acc_t(0));
+        axpy(band, ah, r, covered_w);
+        if (last_row)
+          for (int64_t wn = 0; wn < pg.wp; ++wn)
+            out[wn] = dot(band + wn * pg.kw, aw + wn * pg.kw, pg.kw) * inv_area;
         return;
       }
       int64_t* where = argmax + p * N + hn * pg.wp;
