@@ -46,7 +46,7 @@ step() {
   (( rc != 0 )) && FAILED=1
   echo "[$(date -u +%H:%M:%S)] $name: exit $rc$( (( rc == 124 )) && echo ' (time cap hit)') after $((SECONDS - start))s" \
     | tee -a "$SUMMARY"
-  tail -n 3 "$RESULTS/$name.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+  tail -n 3 "$RESULTS/$name.log" | awk '{print "    " $0}' | tee -a "$SUMMARY"
 }
 
 step build "$(cap "$BUILD_CAP_S")" pip install --no-build-isolation --no-deps -e .

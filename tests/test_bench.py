@@ -15,6 +15,7 @@ from scsa_kernels.bench.timing import Timing
 from scsa_kernels.bench.traffic import floor_bytes
 from scsa_kernels.module import SCSA
 
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TINY_TIMING = ["--warmup-ms", "1", "--rep-ms", "2"]
 TINY_CPU_RUN = ["--device", "cpu", "--compile", "none", "--backend", "fake", *TINY_TIMING]
 
@@ -82,6 +83,18 @@ def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
     assert sorted(os.listdir(out)) == ["microbench.csv", "microbench_memory.png", "microbench_speedup.png"]
 
 
+@requires_cuda
+def test_tiny_cuda_run_measures_peak_memory(tmp_path, monkeypatch):
+    install_backend(monkeypatch, "fake")
+    out = str(tmp_path)
+    args = ["--device", "cuda", "--shape", "2,16,14,14", "--out", out, "--compile", "none", "--backend", "fake"]
+    assert cli.main(args + TINY_TIMING) == 0
+    rows = read_csv(os.path.join(out, "microbench.csv"))
+    assert {r["provider"] for r in rows} == {"eager", "fake"} and all(r["status"] == "ok" for r in rows)
+    assert all(r["device"] == "cuda" and r["cuda"] for r in rows)
+    assert all((r["peak_mem_bytes"] != "") == (r["mode"] == "forward+backward") for r in rows)
+
+
 def test_unsupported_provider_gets_a_skip_row(tmp_path, monkeypatch):
     fake = install_backend(monkeypatch, "fake")
     fake.unsupported_reason = lambda x, config, training: "fake does not do this"
@@ -90,6 +103,17 @@ def test_unsupported_provider_gets_a_skip_row(tmp_path, monkeypatch):
     rows = {r["provider"]: r for r in read_csv(os.path.join(out, "microbench.csv"))}
     assert rows["fake"]["status"] == "fake does not do this" and rows["fake"]["median_ms"] == ""
     assert rows["eager"]["status"] == "ok"
+
+
+def test_crashing_provider_gets_an_error_row(tmp_path, monkeypatch):
+    def crashes(x, weights, config, training):
+        raise RuntimeError("kernel launch failed")
+
+    install_backend(monkeypatch, "fake", crashes)
+    out = str(tmp_path)
+    cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
+    rows = {r["provider"]: r for r in read_csv(os.path.join(out, "microbench.csv"))}
+    assert rows["fake"]["status"] == "error: RuntimeError: kernel launch failed" and rows["eager"]["status"] == "ok"
 
 
 def test_plots_from_rows(tmp_path):

@@ -82,7 +82,7 @@ def select_cases(args, device: torch.device) -> List[Case]:
 def last_level_cache_bytes(device: torch.device) -> int:
     """L2 of the GPU; L3 (else the largest cache sysfs reports, else 32 MiB) of the CPU."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).L2_cache_size
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 64 << 20
     sizes = []
     for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
         text = open(path).read().strip()
