@@ -17,7 +17,16 @@ from scsa_kernels.module import SCSA
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TINY_TIMING = ["--warmup-ms", "1", "--rep-ms", "2"]
-TINY_CPU_RUN = ["--device", "cpu", "--compile", "none", "--backend", "fake", *TINY_TIMING]
+# one thread: with other processes on the cores, OpenMP barriers make multi-threaded aten ops crawl
+TINY_CPU_RUN = ["--device", "cpu", "--threads", "1", "--compile", "none", "--backend", "fake", *TINY_TIMING]
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_count():
+    """cli.main(["--threads", ...]) sets torch's process-wide thread count; give it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("text", ["8,64,56,56", "8x64x56x56", " 8, 64,56 ,56 "])

@@ -7,6 +7,15 @@ from scsa_kernels import backends, check
 from scsa_kernels.reference import scsa_reference
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and immune to OpenMP barrier stalls on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ScaleGrad(torch.autograd.Function):
     """Identity forward; multiplies the gradient by ``scale`` (a backward bug)."""
 
