@@ -61,7 +61,11 @@ def run_suite(cases: Sequence[Case], providers: Sequence[Provider], settings: Se
                 break
             for mode in case.modes:
                 bar.set_description(f"{case.shape} {dtype_name(case.dtype)} {mode}")
-                mode_rows = run_mode(case, mode, providers, settings, env)
+                try:
+                    mode_rows = run_mode(case, mode, providers, settings, env)
+                except Exception as exc:  # e.g. the inputs themselves do not fit: log it, go on
+                    log(f"{case.shape} {dtype_name(case.dtype)} {mode} not measured: {error_status(exc)}")
+                    mode_rows = []
                 writer.write(mode_rows)
                 rows += mode_rows
                 bar.update()
