@@ -32,6 +32,10 @@ RESULTS=benchmarks/results/$CARD
 mkdir -p "$RESULTS"
 SUMMARY=$RESULTS/summary.txt
 echo "run_gpu.sh on $(hostname), $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS" | tee "$SUMMARY"
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+  | tee -a "$SUMMARY"
+python -c "import torch, importlib.metadata as m; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'triton', m.version('triton'))" 2>&1 | tee -a "$SUMMARY"
 FAILED=0
 
 remaining() { echo $(( TOTAL_BUDGET_S - SECONDS )); }
