@@ -106,12 +106,20 @@ def test_tiny_cuda_run_measures_peak_memory(tmp_path, monkeypatch):
 
 def test_unsupported_provider_gets_a_skip_row(tmp_path, monkeypatch):
     fake = install_backend(monkeypatch, "fake")
-    fake.unsupported_reason = lambda x, config, training: "fake does not do this"
+    fake.unsupported_reason = lambda x, config, training: "fake does C <= 16 only" if config.dim > 16 else None
+    out = str(tmp_path)
+    cli.main(["--shape", "1,32,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
+    rows = {r["provider"]: r for r in read_csv(os.path.join(out, "microbench.csv"))}
+    assert rows["fake"]["status"] == "fake does C <= 16 only" and rows["fake"]["median_ms"] == ""
+    assert rows["eager"]["status"] == "ok"
+
+
+def test_backend_that_cannot_take_the_device_is_left_out(tmp_path, monkeypatch):
+    fake = install_backend(monkeypatch, "fake")
+    fake.unsupported_reason = lambda x, config, training: "fake takes CUDA tensors only"
     out = str(tmp_path)
     cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
-    rows = {r["provider"]: r for r in read_csv(os.path.join(out, "microbench.csv"))}
-    assert rows["fake"]["status"] == "fake does not do this" and rows["fake"]["median_ms"] == ""
-    assert rows["eager"]["status"] == "ok"
+    assert {r["provider"] for r in read_csv(os.path.join(out, "microbench.csv"))} == {"eager"}
 
 
 def test_crashing_provider_gets_an_error_row(tmp_path, monkeypatch):

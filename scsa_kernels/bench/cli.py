@@ -14,9 +14,10 @@ from typing import List, Optional, Sequence
 import torch
 
 from .. import backends
+from ..config import SCSAConfig
 from .environment import environment, results_folder_name
 from .plots import plot_all
-from .providers import COMPILE_MODES, available_fused_backends, make_providers
+from .providers import COMPILE_MODES, make_providers
 from .report import MICRO_COLUMNS, CsvWriter, micro_table
 from .runner import Settings, log, run_suite
 from .shapes import parse_dtype, parse_shape
@@ -33,6 +34,20 @@ TIME_PER_MEASUREMENT = {("cuda", False): (10.0, 50.0), ("cuda", True): (5.0, 20.
 def fused_backend_names():
     """Every fused backend the registry knows, available or not."""
     return tuple(b for b in backends.BACKENDS if b != "reference")
+
+
+def fused_backends_for(device: torch.device, names: Sequence[str]) -> List[str]:
+    """The backends of ``names`` that run on this machine and take a float32 input on ``device``
+    (the CPU backend on a GPU machine is left out of a CUDA run, with one log line)."""
+    probe = torch.randn(1, 16, 14, 14, device=device)
+    usable = []
+    for name in names:
+        reason = backends.why_not(name, probe, SCSAConfig(16), False)
+        if reason is None:
+            usable.append(name)
+        else:
+            log(f"backend {name!r} left out: {reason}")
+    return usable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,9 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = resolve_device(args)
     out = output_folder(args, device)
     env = environment(device)
-    fused = [b for b in (args.backend or fused_backend_names()) if b in available_fused_backends()]
-    for name in set(args.backend or ()) - set(fused):
-        log(f"backend {name!r} skipped: {backends.unavailable_reason(name)}")
+    fused = fused_backends_for(device, args.backend or fused_backend_names())
     log(f"{env['device_name']} ({device}), {env['threads']} threads, torch {env['torch']}, "
         f"triton {env['triton'] or '-'}; fused backends available: {', '.join(fused) or 'none'}")
     if args.e2e:

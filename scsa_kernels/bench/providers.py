@@ -83,11 +83,6 @@ def make_providers(fused: Sequence[str], compile_modes: Sequence[str],
     return providers
 
 
-def available_fused_backends() -> List[str]:
-    """Registry names of the fused backends that can run on this machine now."""
-    return [name for name in backends.BACKENDS if name != "reference" and backends.unavailable_reason(name) is None]
-
-
 class RotatingInputs:
     """``count`` independent (x, grad_out) buffer pairs used in turn, so that together they exceed
     the last-level cache. x: (B, C, H, W) leaf of ``dtype`` on ``device``, requires grad."""
