@@ -99,6 +99,14 @@ def check_one(backend: str, case: CheckCase, dtype: torch.dtype, layout: str, de
     return result
 
 
+def device_reason(backend: str, device: str) -> Optional[str]:
+    """Why ``backend`` takes no input at all on ``device`` (probed with the default options), or None."""
+    from . import backends
+    from .config import SCSAConfig
+
+    return backends.why_not(backend, torch.randn(1, 16, 14, 14, device=device), SCSAConfig(16), False)
+
+
 def backends_to_check(requested: Sequence[str]) -> List[str]:
     """--backend as given, else every available fused backend (the reference when there is none)."""
     from . import backends
@@ -135,6 +143,11 @@ def run_checks(names: Sequence[str], devices: Sequence[str], quick: bool, stream
             print(format_result(results[-1]), file=stream, flush=True)
             continue
         for device in devices:
+            reason = device_reason(name, device)
+            if reason is not None:  # e.g. the CPU backend and CUDA tensors: one line, not one per case
+                results.append(CheckResult(name, device, "(all)", "-", "-", "SKIP", detail=reason))
+                print(format_result(results[-1]), file=stream, flush=True)
+                continue
             for case in cases:
                 for dtype in dtypes:
                     for layout in layouts:

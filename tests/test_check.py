@@ -80,6 +80,14 @@ def test_skips_are_reported_and_nothing_run_is_a_failure(monkeypatch, capsys):
     assert "fake needs hardware we do not have" in capsys.readouterr().out
 
 
+def test_a_device_the_backend_cannot_take_is_one_skip_line(monkeypatch, capsys):
+    fake = install_backend(monkeypatch, "fake")
+    fake.unsupported_reason = lambda x, config, training: "CUDA tensors only" if x.device.type == "cpu" else None
+    assert check.main(["--backend", "fake", "--backend", "reference", "--quick", "--device", "cpu"]) == 0
+    skips = [l for l in capsys.readouterr().out.splitlines() if " SKIP " in l]
+    assert len(skips) == 1 and "(all)" in skips[0] and "CUDA tensors only" in skips[0]
+
+
 def test_permuted_layout_is_not_contiguous():
     x = check.make_input((2, 16, 5, 7), torch.float32, "cpu", "permuted")
     assert x.shape == (2, 16, 5, 7) and not x.is_contiguous() and not x.is_contiguous(
