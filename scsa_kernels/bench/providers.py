@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -48,7 +48,7 @@ class Provider:
     fn: ScsaFn
     backend: Optional[str] = None  # the fused backend's registry name
     compile_budget_s: Optional[float] = None
-    compile_s: float = field(default=0.0)
+    compile_s: float = 0.0  # seconds spent in first calls so far
 
     @property
     def is_compiled(self) -> bool:
