@@ -3,8 +3,8 @@
 For each backend, device, SPEC.md option set, dtype and memory layout it runs forward and
 backward (eval mode) and compares the output, dx and every parameter gradient with
 ``testing.compare_backend``. One line per case with the worst tensor (largest error/bound);
-exit status 1 when any case fails. Without a CUDA GPU, Triton kernels run under
-TRITON_INTERPRET=1 on CPU tensors (set here unless already set).
+exit status 1 when any case fails. Without a CUDA GPU, ``--triton-interpret`` checks the
+Triton kernels on CPU tensors under TRITON_INTERPRET=1 (slow: minutes for the full set).
 """
 from __future__ import annotations
 
@@ -169,9 +169,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", action="append", choices=("cpu", "cuda"),
                         help="repeatable; default: cpu, and cuda when available")
     parser.add_argument("--quick", action="store_true", help="5 option sets x float32/bfloat16 x 2 layouts")
+    parser.add_argument("--triton-interpret", action="store_true",
+                        help="run Triton kernels on CPU tensors under TRITON_INTERPRET=1 (no GPU needed; slow)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available() and "triton" not in sys.modules:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
+    if args.triton_interpret:
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("scsa-check: --triton-interpret must be set before triton is imported")
+        os.environ["TRITON_INTERPRET"] = "1"
     from . import backends
 
     for name in args.backend or ():
