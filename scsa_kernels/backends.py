@@ -34,9 +34,15 @@ def check_backend_name(backend: str) -> str:
     return backend
 
 
+_LOADED = {}  # name -> module; a dict lookup (not an import) is what torch.compile traces
+
+
 def load(name: str):
     """The ops module of backend ``name``."""
-    return importlib.import_module(f"scsa_kernels.ops.{name}")
+    module = _LOADED.get(name)
+    if module is None:
+        module = _LOADED[name] = importlib.import_module(f"scsa_kernels.ops.{name}")
+    return module
 
 
 def unavailable_reason(name: str) -> Optional[str]:
