@@ -1,5 +1,6 @@
 """scsa-bench plumbing on CPU: shape parsing, the bandwidth model, CSV schema, plots, a tiny run."""
 import os
+import re
 
 import pytest
 import torch
@@ -71,7 +72,30 @@ def test_select_cases_narrows_the_default_suite():
     args = cli.build_parser().parse_args(["--dtype", "bf16", "--mode", "forward"])
     cases = cli.select_cases(args, torch.device("cuda"))
     assert cases and all(c.dtype is torch.bfloat16 and c.modes == ("forward",) for c in cases)
-    assert len({c.shape for c in cases}) == len(cases) == 24  # 12 maps at batch 32, 12 at batch 1
+    assert len({c.shape for c in cases}) == len(cases) == 24  # 12 maps at batch 64, 12 at batch 1
+
+
+def test_cuda_suite_puts_resnet50_bf16_training_batch_first():
+    cases = cli.select_cases(cli.build_parser().parse_args([]), torch.device("cuda"))
+    first = [(str(c.shape), c.dtype, c.modes) for c in cases[:5]]
+    assert first == [(f"64x{c}x{h}x{h}", torch.bfloat16, ("forward", "forward+backward"))
+                     for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))] + [
+        ("1x64x56x56", torch.bfloat16, ("forward",))]
+    assert {str(c.shape) for c in cases} >= {str(s) for s in feature_map_shapes(64) + feature_map_shapes(1)}
+
+
+def test_max_autotune_takes_its_first_measurement_only_by_default():
+    from scsa_kernels.bench.providers import make_providers
+    from scsa_kernels.config import SCSAConfig
+
+    x = torch.randn(1, 16, 7, 7)
+    for limit in (1, None):
+        providers = {p.name: p for p in make_providers([], ("compile", "compile-max-autotune"), 60.0, limit)}
+        for p in providers.values():
+            p.compiles = 1
+        assert providers["compile"].why_not(x, SCSAConfig(16), False) is None
+        reason = providers["compile-max-autotune"].why_not(x, SCSAConfig(16), False)
+        assert (reason is not None and "--autotune-all" in reason) == (limit == 1)
 
 
 def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
@@ -183,3 +207,8 @@ def test_gpu_script_is_valid_bash():
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run_gpu.sh")
     assert os.access(script, os.X_OK)
     assert subprocess.run(["bash", "-n", script]).returncode == 0
+    commands = [l.split("#")[0] for l in open(script).read().splitlines()]
+    # one interpreter: `pip` and `python` on PATH may belong to another one than the one with torch
+    assert not any(re.search(r"(?<!-m )\bpip3? install", l) or re.search(r"(^|[\s(])python3? -[cm]\b", l)
+                   for l in commands)
+    assert any('"$PY" -m pip install' in l for l in commands)

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-budget", type=float, default=None, metavar="S",
                    help="seconds each compile provider may spend compiling before it skips new cases "
                         "(each; default 60 on CUDA, 150 on CPU)")
+    p.add_argument("--autotune-all", action="store_true",
+                   help="compile-max-autotune on every case (within --compile-budget); default: its first "
+                        "measurement only (the first case's first mode: 64x64x56x56 bfloat16 forward in the "
+                        "CUDA suite), as each case costs a long autotuning compile")
     p.add_argument("--quick", action="store_true", help="a tiny run: two small shapes, short timings")
     p.add_argument("--e2e", action="store_true", help="run the end-to-end ResNet-50 benchmark instead")
     p.add_argument("--e2e-batch", type=int, default=None, help="e2e batch size (default 32 on CUDA, 4 on CPU, 1 with --quick)")
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ms", type=float, default=None, help="warm-up time per provider and measurement")
     p.add_argument("--rep-ms", type=float, default=None, help="measured time per provider and measurement")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
-                   help="stop starting new cases after S seconds (results so far are kept)")
+                   help="stop starting new cases (e2e: phases) after S seconds (results so far are kept)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>, "
                                                "benchmarks/results/tmp-quick/<device> with --quick)")
     return p
@@ -141,7 +145,8 @@ def run_micro(args, device: torch.device, env, fused: Sequence[str], out: str) -
     cases = select_cases(args, device)
     compile_choice = args.compile or ("none" if args.quick else "all" if device.type == "cuda" else "default")
     budget = args.compile_budget if args.compile_budget is not None else (60.0 if device.type == "cuda" else 150.0)
-    providers = make_providers(fused, COMPILE_CHOICES[compile_choice], budget)
+    providers = make_providers(fused, COMPILE_CHOICES[compile_choice], budget,
+                               None if args.autotune_all else 1)
     warmup_ms, rep_ms = TIME_PER_MEASUREMENT[(device.type, args.quick)]
     cache = last_level_cache_bytes(device)
     copy_gbps = copy_bandwidth(device, max(4 * cache, 128 << 20))

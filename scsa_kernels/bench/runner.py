@@ -93,6 +93,7 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
                 reason = error_status(exc)
             if provider.is_compiled:
                 provider.compile_s += first_calls.get(provider.name, 0.0)
+                provider.compiles += 1
         if reason is not None:
             skipped[provider.name] = reason
     try:
