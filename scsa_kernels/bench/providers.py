@@ -63,7 +63,8 @@ class Provider:
         if self.is_compiled and self.compile_s > self.compile_budget_s:
             return f"compile budget spent ({self.compile_s:.0f} s > {self.compile_budget_s:.0f} s)"
         if self.is_compiled and self.max_compiles is not None and self.compiles >= self.max_compiles:
-            return f"{self.name}: first {self.max_compiles} measurement(s) only (--autotune-all for all)"
+            return (f"{self.name} measures its first {self.max_compiles} case/mode only "
+                    "(--autotune-all for every one)")
         return None
 
 
