@@ -8,30 +8,47 @@
 # and leaves logs, CSV and PNG under benchmarks/results/<card-name>/. If $OUT is set, a tarball of
 # that folder plus the CSVs and summary.txt are copied there too.
 #
-# Every step has a time cap so that the whole run ends in about TOTAL_BUDGET_S seconds (default 480)
-# even when a step hangs; scsa-bench gets what is left (at most BENCH_BUDGET_S, default 240) and
-# writes its CSV row by row, so a cut run keeps its results. Caps: BUILD_CAP_S, TEST_CAP_S,
-# CHECK_CAP_S, E2E_CAP_S. Step exit codes and durations go to summary.txt; the script exits
+# Every step has a time cap so that the whole run ends within TOTAL_BUDGET_S seconds (default 540)
+# even when a step hangs; scsa-bench gets what is left (at most BENCH_BUDGET_S, default 150) and
+# writes its CSV row by row, so a cut run keeps its results. Caps: BUILD_CAP_S (120), TEST_CAP_S (210),
+# CHECK_CAP_S (40), E2E_CAP_S (60). Step exit codes and durations go to summary.txt; the script exits
 # non-zero when a step failed.
+#
+# One interpreter for everything: $PYTHON, else the first of python3 / python that imports torch
+# (`pip` on PATH may belong to another interpreter, so the build runs `$PY -m pip`). pytest runs with
+# `-n $TEST_WORKERS` (default 8) when pytest-xdist is importable.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-480}
-BENCH_BUDGET_S=${BENCH_BUDGET_S:-240}
-BUILD_CAP_S=${BUILD_CAP_S:-240}
-TEST_CAP_S=${TEST_CAP_S:-150}
-CHECK_CAP_S=${CHECK_CAP_S:-60}
-E2E_CAP_S=${E2E_CAP_S:-75}
+TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-540}
+BENCH_BUDGET_S=${BENCH_BUDGET_S:-150}
+BUILD_CAP_S=${BUILD_CAP_S:-120}
+TEST_CAP_S=${TEST_CAP_S:-210}
+CHECK_CAP_S=${CHECK_CAP_S:-40}
+E2E_CAP_S=${E2E_CAP_S:-60}
+TEST_WORKERS=${TEST_WORKERS:-8}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export PYTHONUNBUFFERED=1
 
-CARD=$(python -c "import torch; from scsa_kernels.bench.environment import results_folder_name as f; \
+if [[ -z "${PYTHON:-}" ]]; then
+  for candidate in python3 python; do
+    command -v "$candidate" > /dev/null && "$candidate" -c "import torch" 2> /dev/null && PYTHON=$candidate && break
+  done
+fi
+PY=${PYTHON:-python3}
+
+CARD=$("$PY" -c "import torch; from scsa_kernels.bench.environment import results_folder_name as f; \
 print(f(torch.device('cuda')) if torch.cuda.is_available() else f(torch.device('cpu')))")
 RESULTS=benchmarks/results/$CARD
 mkdir -p "$RESULTS"
 SUMMARY=$RESULTS/summary.txt
-echo "run_gpu.sh on $(hostname), $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS" | tee "$SUMMARY"
+echo "run_gpu.sh on $(hostname), $(date -u +%Y-%m-%dT%H:%M:%SZ), results in $RESULTS, python $(command -v "$PY")" \
+  | tee "$SUMMARY"
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+  | tee -a "$SUMMARY"
+"$PY" -c "import torch, importlib.metadata as m; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'triton', m.version('triton'))" 2>&1 | tee -a "$SUMMARY"
 FAILED=0
 
 remaining() { echo $(( TOTAL_BUDGET_S - SECONDS )); }
@@ -46,18 +63,24 @@ step() {
   (( rc != 0 )) && FAILED=1
   echo "[$(date -u +%H:%M:%S)] $name: exit $rc$( (( rc == 124 )) && echo ' (time cap hit)') after $((SECONDS - start))s" \
     | tee -a "$SUMMARY"
-  tail -n 3 "$RESULTS/$name.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+  tail -n 3 "$RESULTS/$name.log" | awk '{print "    " $0}' | tee -a "$SUMMARY"
 }
 
-step build "$(cap "$BUILD_CAP_S")" pip install --no-build-isolation --no-deps -e .
-step pytest "$(cap "$TEST_CAP_S")" python -m pytest -q -ra -p no:cacheprovider
-step check "$(cap "$CHECK_CAP_S")" python -m scsa_kernels.check
-BENCH_S=$(( $(remaining) - E2E_CAP_S - 30 ))
+step build "$(cap "$BUILD_CAP_S")" "$PY" -m pip install --no-build-isolation --no-deps -e .
+XDIST=()
+"$PY" -c "import xdist" 2> /dev/null && (( TEST_WORKERS > 1 )) && XDIST=(-n "$TEST_WORKERS")
+step pytest "$(cap "$TEST_CAP_S")" "$PY" -m pytest -q -ra -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
+step check "$(cap "$CHECK_CAP_S")" "$PY" -m scsa_kernels.check --quick
+# bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
+# new cases, the cap (25 s more) leaves room for the case in flight and the plots
+BENCH_S=$(( $(remaining) - E2E_CAP_S - 25 - 15 ))
 (( BENCH_S > BENCH_BUDGET_S )) && BENCH_S=$BENCH_BUDGET_S
-(( BENCH_S < 30 )) && BENCH_S=30
-# --time-budget stops starting new cases; the cap leaves room for the case in flight and the plots
-step bench $(( BENCH_S + 60 )) python -m scsa_kernels.bench --time-budget "$BENCH_S" --out "$RESULTS"
-step e2e "$(cap "$E2E_CAP_S")" python -m scsa_kernels.bench --e2e --dtype float32 --dtype bfloat16 --out "$RESULTS"
+(( BENCH_S < 20 )) && BENCH_S=20
+step bench $(( BENCH_S + 25 )) "$PY" -m scsa_kernels.bench --time-budget "$BENCH_S" --out "$RESULTS"
+# e2e: bfloat16 first (the case that matters on GPU), then float32; rows are written as they finish
+E2E_S=$(cap "$E2E_CAP_S")
+step e2e "$E2E_S" "$PY" -m scsa_kernels.bench --e2e --dtype bfloat16 --dtype float32 --time-budget $(( E2E_S * 3 / 5 )) \
+  --out "$RESULTS"
 echo "total ${SECONDS}s; failed steps: $FAILED" | tee -a "$SUMMARY"
 
 if [[ -n "${OUT:-}" ]]; then

@@ -3,8 +3,8 @@
 For each backend, device, SPEC.md option set, dtype and memory layout it runs forward and
 backward (eval mode) and compares the output, dx and every parameter gradient with
 ``testing.compare_backend``. One line per case with the worst tensor (largest error/bound);
-exit status 1 when any case fails. Without a CUDA GPU, Triton kernels run under
-TRITON_INTERPRET=1 on CPU tensors (set here unless already set).
+exit status 1 when any case fails. Without a CUDA GPU, ``--triton-interpret`` checks the
+Triton kernels on CPU tensors under TRITON_INTERPRET=1 (slow: minutes for the full set).
 """
 from __future__ import annotations
 
@@ -99,6 +99,14 @@ def check_one(backend: str, case: CheckCase, dtype: torch.dtype, layout: str, de
     return result
 
 
+def device_reason(backend: str, device: str) -> Optional[str]:
+    """Why ``backend`` takes no input at all on ``device`` (probed with the default options), or None."""
+    from . import backends
+    from .config import SCSAConfig
+
+    return backends.why_not(backend, torch.randn(1, 16, 14, 14, device=device), SCSAConfig(16), False)
+
+
 def backends_to_check(requested: Sequence[str]) -> List[str]:
     """--backend as given, else every available fused backend (the reference when there is none)."""
     from . import backends
@@ -135,6 +143,11 @@ def run_checks(names: Sequence[str], devices: Sequence[str], quick: bool, stream
             print(format_result(results[-1]), file=stream, flush=True)
             continue
         for device in devices:
+            reason = device_reason(name, device)
+            if reason is not None:  # e.g. the CPU backend and CUDA tensors: one line, not one per case
+                results.append(CheckResult(name, device, "(all)", "-", "-", "SKIP", detail=reason))
+                print(format_result(results[-1]), file=stream, flush=True)
+                continue
             for case in cases:
                 for dtype in dtypes:
                     for layout in layouts:
@@ -156,9 +169,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", action="append", choices=("cpu", "cuda"),
                         help="repeatable; default: cpu, and cuda when available")
     parser.add_argument("--quick", action="store_true", help="5 option sets x float32/bfloat16 x 2 layouts")
+    parser.add_argument("--triton-interpret", action="store_true",
+                        help="run Triton kernels on CPU tensors under TRITON_INTERPRET=1 (no GPU needed; slow)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available() and "triton" not in sys.modules:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
+    if args.triton_interpret:
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("scsa-check: --triton-interpret must be set before triton is imported")
+        os.environ["TRITON_INTERPRET"] = "1"
     from . import backends
 
     for name in args.backend or ():

@@ -18,6 +18,8 @@ def install_backend(monkeypatch, name, scsa_fn=scsa_reference):
     module.unsupported_reason = lambda x, config, training: None
     module.scsa = scsa_fn
     monkeypatch.setitem(sys.modules, module.__name__, module)
+    if hasattr(backends, "_LOADED"):  # the registry's module cache, where it has one
+        monkeypatch.setitem(backends._LOADED, name, module)
     monkeypatch.setattr(backends, "BACKENDS", backends.BACKENDS + (name,))
     monkeypatch.setattr(backends, "BACKEND_CHOICES", backends.BACKEND_CHOICES + (name,))
     return module

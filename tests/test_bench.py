@@ -1,5 +1,6 @@
 """scsa-bench plumbing on CPU: shape parsing, the bandwidth model, CSV schema, plots, a tiny run."""
 import os
+import re
 
 import pytest
 import torch
@@ -15,8 +16,18 @@ from scsa_kernels.bench.timing import Timing
 from scsa_kernels.bench.traffic import floor_bytes
 from scsa_kernels.module import SCSA
 
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TINY_TIMING = ["--warmup-ms", "1", "--rep-ms", "2"]
-TINY_CPU_RUN = ["--device", "cpu", "--compile", "none", "--backend", "fake", *TINY_TIMING]
+# one thread: with other processes on the cores, OpenMP barriers make multi-threaded aten ops crawl
+TINY_CPU_RUN = ["--device", "cpu", "--threads", "1", "--compile", "none", "--backend", "fake", *TINY_TIMING]
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_count():
+    """cli.main(["--threads", ...]) sets torch's process-wide thread count; give it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("text", ["8,64,56,56", "8x64x56x56", " 8, 64,56 ,56 "])
@@ -61,7 +72,30 @@ def test_select_cases_narrows_the_default_suite():
     args = cli.build_parser().parse_args(["--dtype", "bf16", "--mode", "forward"])
     cases = cli.select_cases(args, torch.device("cuda"))
     assert cases and all(c.dtype is torch.bfloat16 and c.modes == ("forward",) for c in cases)
-    assert len({c.shape for c in cases}) == len(cases) == 24  # 12 maps at batch 32, 12 at batch 1
+    assert len({c.shape for c in cases}) == len(cases) == 24  # 12 maps at batch 64, 12 at batch 1
+
+
+def test_cuda_suite_puts_resnet50_bf16_training_batch_first():
+    cases = cli.select_cases(cli.build_parser().parse_args([]), torch.device("cuda"))
+    first = [(str(c.shape), c.dtype, c.modes) for c in cases[:5]]
+    assert first == [(f"64x{c}x{h}x{h}", torch.bfloat16, ("forward", "forward+backward"))
+                     for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))] + [
+        ("1x64x56x56", torch.bfloat16, ("forward",))]
+    assert {str(c.shape) for c in cases} >= {str(s) for s in feature_map_shapes(64) + feature_map_shapes(1)}
+
+
+def test_max_autotune_takes_its_first_measurement_only_by_default():
+    from scsa_kernels.bench.providers import make_providers
+    from scsa_kernels.config import SCSAConfig
+
+    x = torch.randn(1, 16, 7, 7)
+    for limit in (1, None):
+        providers = {p.name: p for p in make_providers([], ("compile", "compile-max-autotune"), 60.0, limit)}
+        for p in providers.values():
+            p.compiles = 1
+        assert providers["compile"].why_not(x, SCSAConfig(16), False) is None
+        reason = providers["compile-max-autotune"].why_not(x, SCSAConfig(16), False)
+        assert (reason is not None and "--autotune-all" in reason) == (limit == 1)
 
 
 def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
@@ -82,14 +116,45 @@ def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
     assert sorted(os.listdir(out)) == ["microbench.csv", "microbench_memory.png", "microbench_speedup.png"]
 
 
+@requires_cuda
+def test_tiny_cuda_run_measures_peak_memory(tmp_path, monkeypatch):
+    install_backend(monkeypatch, "fake")
+    out = str(tmp_path)
+    args = ["--device", "cuda", "--shape", "2,16,14,14", "--out", out, "--compile", "none", "--backend", "fake"]
+    assert cli.main(args + TINY_TIMING) == 0
+    rows = read_csv(os.path.join(out, "microbench.csv"))
+    assert {r["provider"] for r in rows} == {"eager", "fake"} and all(r["status"] == "ok" for r in rows)
+    assert all(r["device"] == "cuda" and r["cuda"] for r in rows)
+    assert all((r["peak_mem_bytes"] != "") == (r["mode"] == "forward+backward") for r in rows)
+
+
 def test_unsupported_provider_gets_a_skip_row(tmp_path, monkeypatch):
     fake = install_backend(monkeypatch, "fake")
-    fake.unsupported_reason = lambda x, config, training: "fake does not do this"
+    fake.unsupported_reason = lambda x, config, training: "fake does C <= 16 only" if config.dim > 16 else None
+    out = str(tmp_path)
+    cli.main(["--shape", "1,32,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
+    rows = {r["provider"]: r for r in read_csv(os.path.join(out, "microbench.csv"))}
+    assert rows["fake"]["status"] == "fake does C <= 16 only" and rows["fake"]["median_ms"] == ""
+    assert rows["eager"]["status"] == "ok"
+
+
+def test_backend_that_cannot_take_the_device_is_left_out(tmp_path, monkeypatch):
+    fake = install_backend(monkeypatch, "fake")
+    fake.unsupported_reason = lambda x, config, training: "fake takes CUDA tensors only"
+    out = str(tmp_path)
+    cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
+    assert {r["provider"] for r in read_csv(os.path.join(out, "microbench.csv"))} == {"eager"}
+
+
+def test_crashing_provider_gets_an_error_row(tmp_path, monkeypatch):
+    def crashes(x, weights, config, training):
+        raise RuntimeError("kernel launch failed")
+
+    install_backend(monkeypatch, "fake", crashes)
     out = str(tmp_path)
     cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
     rows = {r["provider"]: r for r in read_csv(os.path.join(out, "microbench.csv"))}
-    assert rows["fake"]["status"] == "fake does not do this" and rows["fake"]["median_ms"] == ""
-    assert rows["eager"]["status"] == "ok"
+    assert rows["fake"]["status"] == "error: RuntimeError: kernel launch failed" and rows["eager"]["status"] == "ok"
 
 
 def test_plots_from_rows(tmp_path):
@@ -142,3 +207,8 @@ def test_gpu_script_is_valid_bash():
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run_gpu.sh")
     assert os.access(script, os.X_OK)
     assert subprocess.run(["bash", "-n", script]).returncode == 0
+    commands = [l.split("#")[0] for l in open(script).read().splitlines()]
+    # one interpreter: `pip` and `python` on PATH may belong to another one than the one with torch
+    assert not any(re.search(r"(?<!-m )\bpip3? install", l) or re.search(r"(^|[\s(])python3? -[cm]\b", l)
+                   for l in commands)
+    assert any('"$PY" -m pip install' in l for l in commands)

@@ -7,6 +7,15 @@ from scsa_kernels import backends, check
 from scsa_kernels.reference import scsa_reference
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and immune to OpenMP barrier stalls on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ScaleGrad(torch.autograd.Function):
     """Identity forward; multiplies the gradient by ``scale`` (a backward bug)."""
 
@@ -67,8 +76,27 @@ def test_fails_on_a_broken_backend(monkeypatch, capsys, broken, worst):
 def test_skips_are_reported_and_nothing_run_is_a_failure(monkeypatch, capsys):
     fake = install_backend(monkeypatch, "fake")
     fake.unavailable_reason = lambda: "fake needs hardware we do not have"
-    assert check.main(["--backend", "fake", "--quick"]) == 1
+    assert check.main(["--backend", "fake", "--quick", "--device", "cpu"]) == 1
     assert "fake needs hardware we do not have" in capsys.readouterr().out
+
+
+def test_a_device_the_backend_cannot_take_is_one_skip_line(monkeypatch, capsys):
+    fake = install_backend(monkeypatch, "fake")
+    fake.unsupported_reason = lambda x, config, training: "CUDA tensors only" if x.device.type == "cpu" else None
+    assert check.main(["--backend", "fake", "--backend", "reference", "--quick", "--device", "cpu"]) == 0
+    skips = [l for l in capsys.readouterr().out.splitlines() if " SKIP " in l]
+    assert len(skips) == 1 and "(all)" in skips[0] and "CUDA tensors only" in skips[0]
+
+
+def test_a_fake_backend_replaces_a_cached_module_of_the_same_name(monkeypatch, capsys):
+    """backends.load caches modules (main's _LOADED): a fake installed by one test must not be
+    what the next test with the same backend name runs."""
+    install_backend(monkeypatch, "broken", output_off_by_1e3)
+    assert backends.load("broken").scsa is output_off_by_1e3
+    monkeypatch.undo()
+    assert "broken" not in getattr(backends, "_LOADED", {})
+    install_backend(monkeypatch, "broken", crashes)
+    assert backends.load("broken").scsa is crashes
 
 
 def test_permuted_layout_is_not_contiguous():

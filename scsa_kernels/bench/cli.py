@@ -14,9 +14,10 @@ from typing import List, Optional, Sequence
 import torch
 
 from .. import backends
+from ..config import SCSAConfig
 from .environment import environment, results_folder_name
 from .plots import plot_all
-from .providers import COMPILE_MODES, available_fused_backends, make_providers
+from .providers import COMPILE_MODES, make_providers
 from .report import MICRO_COLUMNS, CsvWriter, micro_table
 from .runner import Settings, log, run_suite
 from .shapes import parse_dtype, parse_shape
@@ -35,6 +36,20 @@ def fused_backend_names():
     return tuple(b for b in backends.BACKENDS if b != "reference")
 
 
+def fused_backends_for(device: torch.device, names: Sequence[str]) -> List[str]:
+    """The backends of ``names`` that run on this machine and take a float32 input on ``device``
+    (the CPU backend on a GPU machine is left out of a CUDA run, with one log line)."""
+    probe = torch.randn(1, 16, 14, 14, device=device)
+    usable = []
+    for name in names:
+        reason = backends.why_not(name, probe, SCSAConfig(16), False)
+        if reason is None:
+            usable.append(name)
+        else:
+            log(f"backend {name!r} left out: {reason}")
+    return usable
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scsa-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,16 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-budget", type=float, default=None, metavar="S",
                    help="seconds each compile provider may spend compiling before it skips new cases "
                         "(each; default 60 on CUDA, 150 on CPU)")
+    p.add_argument("--autotune-all", action="store_true",
+                   help="compile-max-autotune on every case (within --compile-budget); default: its first "
+                        "measurement only (the first case's first mode: 64x64x56x56 bfloat16 forward in the "
+                        "CUDA suite), as each case costs a long autotuning compile")
     p.add_argument("--quick", action="store_true", help="a tiny run: two small shapes, short timings")
     p.add_argument("--e2e", action="store_true", help="run the end-to-end ResNet-50 benchmark instead")
-    p.add_argument("--e2e-batch", type=int, default=None, help="e2e batch size (default 32 on CUDA, 4 on CPU)")
-    p.add_argument("--e2e-image-size", type=int, default=None, help="e2e image size (default 224; 64 with --quick)")
+    p.add_argument("--e2e-batch", type=int, default=None, help="e2e batch size (default 32 on CUDA, 4 on CPU, 1 with --quick)")
+    p.add_argument("--e2e-image-size", type=int, default=None, help="e2e image size (default 224); --dtype applies to --e2e too")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every provider (default: torch's)")
     p.add_argument("--warmup-ms", type=float, default=None, help="warm-up time per provider and measurement")
     p.add_argument("--rep-ms", type=float, default=None, help="measured time per provider and measurement")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
-                   help="stop starting new cases after S seconds (results so far are kept)")
+                   help="stop starting new cases (e2e: phases) after S seconds (results so far are kept)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<device>, "
                                                "benchmarks/results/tmp-quick/<device> with --quick)")
     return p
@@ -82,7 +101,7 @@ def select_cases(args, device: torch.device) -> List[Case]:
 def last_level_cache_bytes(device: torch.device) -> int:
     """L2 of the GPU; L3 (else the largest cache sysfs reports, else 32 MiB) of the CPU."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).L2_cache_size
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 64 << 20
     sizes = []
     for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
         text = open(path).read().strip()
@@ -112,9 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = resolve_device(args)
     out = output_folder(args, device)
     env = environment(device)
-    fused = [b for b in (args.backend or fused_backend_names()) if b in available_fused_backends()]
-    for name in set(args.backend or ()) - set(fused):
-        log(f"backend {name!r} skipped: {backends.unavailable_reason(name)}")
+    fused = fused_backends_for(device, args.backend or fused_backend_names())
     log(f"{env['device_name']} ({device}), {env['threads']} threads, torch {env['torch']}, "
         f"triton {env['triton'] or '-'}; fused backends available: {', '.join(fused) or 'none'}")
     if args.e2e:
@@ -128,7 +145,8 @@ def run_micro(args, device: torch.device, env, fused: Sequence[str], out: str) -
     cases = select_cases(args, device)
     compile_choice = args.compile or ("none" if args.quick else "all" if device.type == "cuda" else "default")
     budget = args.compile_budget if args.compile_budget is not None else (60.0 if device.type == "cuda" else 150.0)
-    providers = make_providers(fused, COMPILE_CHOICES[compile_choice], budget)
+    providers = make_providers(fused, COMPILE_CHOICES[compile_choice], budget,
+                               None if args.autotune_all else 1)
     warmup_ms, rep_ms = TIME_PER_MEASUREMENT[(device.type, args.quick)]
     cache = last_level_cache_bytes(device)
     copy_gbps = copy_bandwidth(device, max(4 * cache, 128 << 20))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -48,7 +48,9 @@ class Provider:
     fn: ScsaFn
     backend: Optional[str] = None  # the fused backend's registry name
     compile_budget_s: Optional[float] = None
-    compile_s: float = field(default=0.0)
+    compile_s: float = 0.0  # seconds spent in first calls so far
+    max_compiles: Optional[int] = None  # compile providers: at most this many (case, mode) compilations
+    compiles: int = 0  # (case, mode) compilations so far
 
     @property
     def is_compiled(self) -> bool:
@@ -60,6 +62,9 @@ class Provider:
             return backends.why_not(self.backend, x, config, training)
         if self.is_compiled and self.compile_s > self.compile_budget_s:
             return f"compile budget spent ({self.compile_s:.0f} s > {self.compile_budget_s:.0f} s)"
+        if self.is_compiled and self.max_compiles is not None and self.compiles >= self.max_compiles:
+            return (f"{self.name} measures its first {self.max_compiles} case/mode only "
+                    "(--autotune-all for every one)")
         return None
 
 
@@ -67,25 +72,23 @@ def reference_call(x: Tensor, weights: SCSAWeights, config: SCSAConfig, training
     return scsa_reference(x, weights, config, training)
 
 
-def make_providers(fused: Sequence[str], compile_modes: Sequence[str],
-                   compile_budget_s: float) -> List[Provider]:
+def make_providers(fused: Sequence[str], compile_modes: Sequence[str], compile_budget_s: float,
+                   autotune_compiles: Optional[int] = None) -> List[Provider]:
     """eager first (the baseline), then the compile providers in ``compile_modes`` (keys of
-    COMPILE_MODES), then the fused backends in ``fused`` that are available on this machine."""
+    COMPILE_MODES), then the fused backends in ``fused`` that are available on this machine.
+    ``autotune_compiles``: compile-max-autotune measures only its first this many (case, mode)
+    pairs (each one is a long autotuning compile); None: every one, within the compile budget."""
     providers = [Provider("eager", lambda x, w, c, t: scsa(x, w, c, t, backend="reference"))]
     if compile_modes:
         allow_many_recompiles()
     for name in compile_modes:
         compiled = torch.compile(reference_call, dynamic=False, mode=COMPILE_MODES[name])
-        providers.append(Provider(name, compiled, compile_budget_s=compile_budget_s))
+        limit = autotune_compiles if COMPILE_MODES[name] == "max-autotune" else None
+        providers.append(Provider(name, compiled, compile_budget_s=compile_budget_s, max_compiles=limit))
     for name in fused:
         if backends.unavailable_reason(name) is None:
             providers.append(Provider(name, lambda x, w, c, t, b=name: scsa(x, w, c, t, backend=b), backend=name))
     return providers
-
-
-def available_fused_backends() -> List[str]:
-    """Registry names of the fused backends that can run on this machine now."""
-    return [name for name in backends.BACKENDS if name != "reference" and backends.unavailable_reason(name) is None]
 
 
 class RotatingInputs:

@@ -39,6 +39,12 @@ def log(message: str) -> None:
     tqdm.write(f"[{datetime.datetime.now().strftime('%H:%M:%S')}] {message}")
 
 
+def error_status(exc: BaseException) -> str:
+    """The status column of a provider that raised: type and first line of the message."""
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"error: {type(exc).__name__}: {message}"
+
+
 def run_suite(cases: Sequence[Case], providers: Sequence[Provider], settings: Settings, env: Dict[str, str],
               writer: CsvWriter) -> List[Dict]:
     """Measure every case; rows go to ``writer`` as each mode finishes. Stops starting new cases
@@ -55,7 +61,11 @@ def run_suite(cases: Sequence[Case], providers: Sequence[Provider], settings: Se
                 break
             for mode in case.modes:
                 bar.set_description(f"{case.shape} {dtype_name(case.dtype)} {mode}")
-                mode_rows = run_mode(case, mode, providers, settings, env)
+                try:
+                    mode_rows = run_mode(case, mode, providers, settings, env)
+                except Exception as exc:  # e.g. the inputs themselves do not fit: log it, go on
+                    log(f"{case.shape} {dtype_name(case.dtype)} {mode} not measured: {error_status(exc)}")
+                    mode_rows = []
                 writer.write(mode_rows)
                 rows += mode_rows
                 bar.update()
@@ -80,12 +90,17 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
                 first_calls[provider.name] = first_call_seconds(work, device)
                 works[provider.name] = work
             except Exception as exc:  # one broken provider must not end the suite: its row says why
-                reason = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                reason = error_status(exc)
             if provider.is_compiled:
                 provider.compile_s += first_calls.get(provider.name, 0.0)
+                provider.compiles += 1
         if reason is not None:
             skipped[provider.name] = reason
-    timings = time_workloads(device, works, settings.warmup_ms, settings.rep_ms) if works else {}
+    try:
+        timings = time_workloads(device, works, settings.warmup_ms, settings.rep_ms) if works else {}
+    except Exception as exc:  # e.g. out of memory after the first calls: keep the suite going
+        log(f"{case.shape} {dtype_name(case.dtype)} {mode}: timing failed: {error_status(exc)}")
+        timings, skipped = {}, dict(skipped, **{name: error_status(exc) for name in works})
     memory = {}
     if mode == "forward+backward":
         memory = {p.name: measure_memory(p, inputs, weights, config, device) for p in providers if p.name in works}

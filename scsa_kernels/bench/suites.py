@@ -6,11 +6,12 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from .shapes import Shape, feature_map_shapes
+from .shapes import FEATURE_MAPS, Shape, feature_map_shapes
 from .traffic import MODES
 
 LATENCY_BATCH = 1
-TRAINING_BATCH = {"cuda": 32, "cpu": 8}
+TRAINING_BATCH = {"cuda": 64, "cpu": 8}
+CUDA_TRAINING_MODES = ("forward", "forward+backward")
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,22 @@ class Case:
 
 
 def cuda_suite() -> List[Case]:
-    """Every DESIGN.md feature map: training batch in float32 and bfloat16 (all modes), then
-    batch-1 latency in bfloat16 (forward). Ordered by priority: a time budget cuts the tail."""
-    training = feature_map_shapes(TRAINING_BATCH["cuda"])
-    cases = [Case(s, dtype) for s in training for dtype in (torch.float32, torch.bfloat16)]
-    return cases + [Case(s, torch.bfloat16, ("forward",)) for s in feature_map_shapes(LATENCY_BATCH)]
+    """Most important first, so that a time budget cuts the tail (a cut run keeps its rows):
+    the ResNet-50 bottleneck maps at the training batch in bfloat16 (forward, forward+backward),
+    batch-1 bfloat16 forward latency of the ResNet-50 maps (64x56x56 first), the other DESIGN.md
+    models' maps likewise, then float32 of the ResNet-50 maps and the backward-only mode."""
+    batch = TRAINING_BATCH["cuda"]
+    bf16, fp32 = torch.bfloat16, torch.float32
+    resnet = feature_map_shapes(batch, ("resnet50",))
+    others = [m for m in FEATURE_MAPS if m != "resnet50"]
+    cases = [Case(s, bf16, CUDA_TRAINING_MODES) for s in resnet]
+    cases += [Case(s, bf16, ("forward",)) for s in feature_map_shapes(LATENCY_BATCH, ("resnet50",))]
+    for model in others:
+        cases += [Case(s, bf16, CUDA_TRAINING_MODES) for s in feature_map_shapes(batch, (model,))]
+        cases += [Case(s, bf16, ("forward",)) for s in feature_map_shapes(LATENCY_BATCH, (model,))]
+    cases += [Case(s, fp32, CUDA_TRAINING_MODES) for s in resnet]
+    cases += [Case(s, dtype, ("backward",)) for dtype in (bf16, fp32) for s in resnet]
+    return cases
 
 
 def cpu_suite() -> List[Case]:
