@@ -12,10 +12,7 @@ import sys
 
 import pytest
 
-from scsa_kernels import backends
-
-pytestmark = pytest.mark.skipif(backends.unavailable_reason("triton") is not None and not os.environ.get("CI"),
-                                reason="triton backend unavailable")
+pytest.importorskip("triton")
 KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "plane_stats", "pooling", "spatial_gates")
 
 
