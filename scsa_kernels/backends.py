@@ -34,9 +34,14 @@ def check_backend_name(backend: str) -> str:
     return backend
 
 
+_LOADED = {}
+
+
 def load(name: str):
-    """The ops module of backend ``name``."""
-    return importlib.import_module(f"scsa_kernels.ops.{name}")
+    """The ops module of backend ``name`` (imported once: import_module per call breaks torch.compile graphs)."""
+    if name not in _LOADED:
+        _LOADED[name] = importlib.import_module(f"scsa_kernels.ops.{name}")
+    return _LOADED[name]
 
 
 def unavailable_reason(name: str) -> Optional[str]:

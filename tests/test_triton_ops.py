@@ -159,6 +159,24 @@ def test_op_schema_and_autograd_registration():
                           test_utils=("test_schema", "test_autograd_registration"))
 
 
+def test_dynamo_traces_the_dispatch_path_without_graph_breaks():
+    """module -> functional -> backend selection -> pack_weights -> triton_op: one graph, no break.
+
+    backend="eager" runs the captured graph eagerly (the interpreter cannot run under
+    AOTAutograd's functional tracing; Inductor lowering is test_gpu_torch_compile_fullgraph).
+    """
+    import torch._dynamo
+    module = SCSA(8, window_size=2, backend="triton").to(DEVICE)
+    x = torch.randn(1, 8, 4, 5, device=DEVICE, requires_grad=True)
+    explained = torch._dynamo.explain(module)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
+    out = torch.compile(module, backend="eager", fullgraph=True)(x)
+    out.square().sum().backward()
+    expected = module(x.detach())
+    assert torch.allclose(out, expected, rtol=1e-6, atol=1e-6) and torch.isfinite(x.grad).all()
+
+
 # ---------------------------------------------------------------------------------- GPU only
 
 

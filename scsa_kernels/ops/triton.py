@@ -30,6 +30,7 @@ coalesces worse than NCHW on a GPU (not yet measured); a channel-tiled variant w
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Tuple
 
@@ -53,7 +54,7 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def unavailable_reason():
+def _find_unavailable_reason():
     try:
         import triton  # noqa: F401
     except ImportError as exc:
@@ -65,10 +66,20 @@ def unavailable_reason():
     return None
 
 
+# Decided once at import (TRITON_INTERPRET must be set before triton is imported anyway):
+# the per-call checks stay plain attribute reads that torch.compile traces without a break.
+_INTERPRET = _interpret()
+_UNAVAILABLE = _find_unavailable_reason()
+
+
+def unavailable_reason():
+    return _UNAVAILABLE
+
+
 def unsupported_reason(x, config, training):
-    if x.device.type == "cpu" and not _interpret():
+    if x.device.type == "cpu" and not _INTERPRET:
         return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)"
-    if x.device.type == "cuda" and _interpret():
+    if x.device.type == "cuda" and _INTERPRET:
         return "TRITON_INTERPRET=1 is set: the interpreter runs CPU tensors only"
     if x.device.type not in ("cpu", "cuda"):
         return f"device {x.device.type} is not supported (CUDA tensors only)"
@@ -105,8 +116,8 @@ def _windows(height: int, width: int, window_size: int):
 
 
 def _pow2(n: int) -> int:
-    import triton
-    return triton.next_power_of_2(max(int(n), 1))
+    """Next power of two >= n (plain Python: triton.next_power_of_2 costs microseconds per call)."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
 
 
 def _attention_blocks(dim: int, heads: int, n: int, direction: str):
@@ -131,13 +142,21 @@ def _wide(*tensors) -> bool:
 def _launch(kernel, grid, *args, **kwargs):
     """Every kernel launch goes through here (tests record them)."""
     from torch.library import wrap_triton
+    if _INTERPRET and _has_fake(args):
+        return  # the interpreter dereferences pointers; under fake tensors only the shapes matter
     wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def _has_fake(args) -> bool:
+    """Any tracing tensor (fake, functional, proxy) among the launch arguments."""
+    return any(isinstance(a, torch.Tensor) and type(a) not in (torch.Tensor, torch.nn.Parameter) for a in args)
 
 
 # ----------------------------------------------------------------------------------------
 # The ops
 
 
+@functools.lru_cache(maxsize=None)
 def _kernels():
     """The kernel modules (imported lazily: importing this file must not need triton)."""
     from ..triton import apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
@@ -145,8 +164,8 @@ def _kernels():
 
 
 def plane_block_w(width: int) -> int:
-    from ..triton._common import plane_block_w as block_w
-    return block_w(width)
+    """Row-tile width of the plane passes (scsa_kernels.triton._common.MAX_BLOCK_W = 256 at most)."""
+    return min(_pow2(width), 256)
 
 
 def _forward_impl(
