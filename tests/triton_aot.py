@@ -74,7 +74,7 @@ def variants(launches):
             if isinstance(value, torch.Tensor):
                 signature[name] = PTR[value.dtype]
             elif isinstance(value, float):
-                signature[name] = "fp32"
+                signature[name] = "fp64"  # as torch.compile passes Python floats (eager: fp32)
             else:
                 signature[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
         for config in configs:

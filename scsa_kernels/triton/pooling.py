@@ -6,12 +6,12 @@ on an HP x WP grid; rows and columns past HP*WH, WP*WW are dropped (floor) and n
 import triton
 import triton.language as tl
 
-from ._common import PLANE_CONFIGS, autotune, plane_index, plane_offsets
+from ._common import POOL_CONFIGS, autotune, plane_index, plane_offsets
 
 BIG_INDEX = tl.constexpr(2 ** 31 - 1)
 
 
-@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX"])
+@autotune(POOL_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX"])
 @triton.jit
 def pool_fwd_kernel(
         x_ptr, gates_ptr, pooled_ptr, argmax_ptr,
@@ -35,10 +35,6 @@ def pool_fwd_kernel(
         cols = w0 + tl.arange(0, BLOCK_W)
         cmask = (cols < w0 + cols_per_block) & (cols < WP * WW)
         a_w = tl.load(gates_ptr + small + H + cols, mask=cmask, other=0.0)
-        js = w0 // WW + tl.arange(0, BLOCK_J)
-        jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
-        in_window = (cols // WW)[None, :] == js[:, None]  # (BLOCK_J, BLOCK_W) column -> window map
-        in_window = in_window & cmask[None, :]
         for i in range(0, HP):
             if IS_MAX:
                 acc = tl.full([BLOCK_W], float("-inf"), tl.float32)
@@ -62,6 +58,10 @@ def pool_fwd_kernel(
                     acc = tl.where(better, top, acc)
                 else:
                     acc += tl.sum(v, axis=0)
+            # (BLOCK_J, BLOCK_W) column -> window map, built here rather than kept live through the row loop
+            js = w0 // WW + tl.arange(0, BLOCK_J)
+            jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
+            in_window = ((cols // WW)[None, :] == js[:, None]) & cmask[None, :]
             if IS_MAX:
                 wins = tl.where(in_window, acc[None, :], float("-inf"))
                 top = tl.max(wins, axis=1)
