@@ -12,10 +12,7 @@ import sys
 
 import pytest
 
-from scsa_kernels import backends
-
-pytestmark = pytest.mark.skipif(backends.unavailable_reason("triton") is not None and not os.environ.get("CI"),
-                                reason="triton backend unavailable")
+pytest.importorskip("triton")
 KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "plane_stats", "pooling", "spatial_gates")
 
 
@@ -44,13 +41,13 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled):
 
 
 def test_every_autotune_config_is_compiled(compiled):
-    from scsa_kernels.triton._common import PLANE_CONFIGS
-    tiles = {c.kwargs["TILE"] for c in PLANE_CONFIGS}
-    for kernel in ("plane_row_col_sums_kernel", "pool_fwd_kernel", "apply_gates_kernel", "pool_grad_sums_kernel",
-                   "input_grad_kernel"):
-        seen = {int(v.split("=")[1]) for r in compiled if r["kernel"] == kernel
+    from scsa_kernels.triton._common import PLANE_CONFIGS, POOL_CONFIGS
+    for kernel, configs in (("plane_row_col_sums_kernel", PLANE_CONFIGS), ("pool_fwd_kernel", POOL_CONFIGS),
+                            ("apply_gates_kernel", PLANE_CONFIGS), ("pool_grad_sums_kernel", PLANE_CONFIGS),
+                            ("input_grad_kernel", PLANE_CONFIGS)):
+        seen = {(int(v.split("=")[1]), r["num_warps"]) for r in compiled if r["kernel"] == kernel
                 for v in r["variant"].split(",") if v.startswith("TILE=")}
-        assert seen == tiles, kernel
+        assert seen == {(c.kwargs["TILE"], c.num_warps) for c in configs}, kernel
 
 
 def test_no_register_spills(compiled):

@@ -147,6 +147,36 @@ def test_dropout_in_eval_is_supported():
     assert_matches(torch.randn(1, 8, 4, 4, device=DEVICE), config)
 
 
+def test_op_schema_and_autograd_registration():
+    """torch.library.opcheck's schema and autograd checks (the fake-tensor ones need a GPU: the
+    interpreter reads data pointers, see test_gpu_opcheck)."""
+    from scsa_kernels.ops import triton as ops
+    from scsa_kernels.weights import pack_weights
+    config = SCSAConfig(8, window_size=2)
+    p = [t.detach().requires_grad_() for t in pack_weights(random_weights(config, device=DEVICE), config)]
+    x = torch.randn(1, 8, 4, 5, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(ops.triton_scsa_forward, (x, *p, 1, 2, False, False),
+                          test_utils=("test_schema", "test_autograd_registration"))
+
+
+def test_dynamo_traces_the_dispatch_path_without_graph_breaks():
+    """module -> functional -> backend selection -> pack_weights -> triton_op: one graph, no break.
+
+    backend="eager" runs the captured graph eagerly (the interpreter cannot run under
+    AOTAutograd's functional tracing; Inductor lowering is test_gpu_torch_compile_fullgraph).
+    """
+    import torch._dynamo
+    module = SCSA(8, window_size=2, backend="triton").to(DEVICE)
+    x = torch.randn(1, 8, 4, 5, device=DEVICE, requires_grad=True)
+    explained = torch._dynamo.explain(module)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
+    out = torch.compile(module, backend="eager", fullgraph=True)(x)
+    out.square().sum().backward()
+    expected = module(x.detach())
+    assert torch.allclose(out, expected, rtol=1e-6, atol=1e-6) and torch.isfinite(x.grad).all()
+
+
 # ---------------------------------------------------------------------------------- GPU only
 
 
@@ -183,6 +213,7 @@ def test_gpu_opcheck():
     from scsa_kernels.weights import pack_weights
     config = SCSAConfig(16, window_size=3)
     p = pack_weights(random_weights(config, device="cuda"), config)
+    p = [t.detach().requires_grad_() for t in p]
     x = torch.randn(2, 16, 9, 9, device="cuda", requires_grad=True)
     torch.library.opcheck(ops.triton_scsa_forward, (x, *p, 1, 3, False, False))
 
@@ -190,14 +221,16 @@ def test_gpu_opcheck():
 @requires_cuda
 @pytest.mark.slow
 def test_gpu_more_than_2_31_elements():
-    """2**31 + a plane's worth of elements in bf16 (4 GiB): 64-bit offsets."""
+    """9 x 64 x 2048 x 2048 bf16 = 2.4e9 elements (4.8 GB): 64-bit offsets, multi-block rows."""
     free, _ = torch.cuda.mem_get_info()
-    if free < 40 * 2 ** 30:
-        pytest.skip("needs about 40 GiB of free GPU memory")
+    if free < 48 * 2 ** 30:
+        pytest.skip("needs about 48 GiB of free GPU memory (the float32 reference dominates)")
     config = SCSAConfig(64)
-    x = torch.randn(1, 64, 5800, 5800, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(9, 64, 2048, 2048, device="cuda", dtype=torch.bfloat16)
     assert x.numel() > 2 ** 31
     w = random_weights(config, dtype=torch.bfloat16, device="cuda")
-    out = scsa(x, w, config, backend="triton")
-    ref = scsa(x, w, config, backend="reference")
-    assert (out.float() - ref.float()).abs().max().item() < 0.05
+    with torch.no_grad():
+        out = scsa(x, w, config, backend="triton")
+        ref = scsa(x, w, config, backend="reference")
+        worst = (out.float() - ref.float()).abs().max().item()
+    assert worst <= 2 * 2 ** -8 * max(1.0, ref.float().abs().max().item()), worst

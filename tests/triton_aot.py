@@ -27,11 +27,14 @@ from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.ops import triton as ops  # noqa: E402
 
 # (shape, dtype, options): together every constexpr branch (HAS_GRAD, GATE_SOFTMAX, IS_MAX),
-# every dtype, and 7x7, 56x56, 160x160 planes (row tiles 8, 64, 256 wide).
+# every dtype, 7x7, 56x56, 160x160 planes (row tiles 8, 64, 256 wide), rows wider than a tile
+# and planes spanning 2**31 elements (meta tensors: nothing is allocated).
 SCENARIOS = [
     ((2, 64, 56, 56), torch.bfloat16, dict()),
     ((2, 512, 7, 7), torch.float32, dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax")),
     ((1, 128, 160, 160), torch.float16, dict(head_num=4, window_size=-1, qkv_bias=True)),
+    ((1, 16, 12, 600), torch.float32, dict(down_sample_mode="max_pool")),  # rows wider than one tile
+    ((1, 256, 4096, 4096), "channels_last", dict()),  # 64-bit in-plane offsets (WIDE), longest gate rows
 ]
 ARCHS = (80, 90)
 PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32"}
@@ -45,7 +48,10 @@ def record_launches():
         B, C, H, W = shape
         K = config.max_kernel_size
         meta = lambda *s, dt=torch.float32: torch.empty(*s, device="meta", dtype=dt)
-        x = meta(*shape, dt=dtype)
+        if dtype == "channels_last":
+            x = meta(*shape, dt=torch.bfloat16).to(memory_format=torch.channels_last)
+        else:
+            x = meta(*shape, dt=dtype)
         params = [meta(C, K), meta(C)] + [meta(C) for _ in range(6)] + [meta(3, C), meta(3, C)]
         flags = (config.head_num, config.window_size,
                  config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
@@ -68,7 +74,7 @@ def variants(launches):
             if isinstance(value, torch.Tensor):
                 signature[name] = PTR[value.dtype]
             elif isinstance(value, float):
-                signature[name] = "fp32"
+                signature[name] = "fp64"  # as torch.compile passes Python floats (eager: fp32)
             else:
                 signature[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
         for config in configs:

@@ -15,15 +15,22 @@ Backward, 5 Triton launches + 2 tiny torch sums (parameter gradients over the ba
   (c) ``input_grad`` (reads grad_out, writes dx)
 No atomics: every reduction belongs to one program, partials are summed by torch.sum,
 so results are bitwise reproducible. Saved for backward: x itself (no copy) and small
-tensors only: means and gates (B, C, H+W), pooled (B, C, N), per-channel and per-group stats.
+tensors only: gates (B, C, H+W), pooled (B, C, N), per-channel and per-group stats (the
+backward's first pass recomputes the means from x while it reads x anyway).
 
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
 ``down_sample_mode="recombination"`` (its conv_d projection), attention dropout in
 training (no in-kernel Philox RNG), float64 (kernels compute in float32), window or
 plane sides > 4096, planes of 2**31 elements or more.
+
+Layout: one program per (b, c) plane with strided 2-D tiles, so channels_last and sliced
+inputs run without a copy (64-bit plane bases; in-plane offsets go 64-bit only when a
+plane spans 2**31 elements). channels_last is read with stride C inside a plane, which
+coalesces worse than NCHW on a GPU (not yet measured); a channel-tiled variant would fix it.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Tuple
 
@@ -35,6 +42,7 @@ from ..weights import pack_weights
 NAME = "triton"
 MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+POOL_WINDOWS_PER_BLOCK = 8  # windows per column block of pool_fwd (its window map is BLOCK_J x BLOCK_W)
 SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
@@ -46,7 +54,7 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def unavailable_reason():
+def _find_unavailable_reason():
     try:
         import triton  # noqa: F401
     except ImportError as exc:
@@ -58,10 +66,20 @@ def unavailable_reason():
     return None
 
 
+# Decided once at import (TRITON_INTERPRET must be set before triton is imported anyway):
+# the per-call checks stay plain attribute reads that torch.compile traces without a break.
+_INTERPRET = _interpret()
+_UNAVAILABLE = _find_unavailable_reason()
+
+
+def unavailable_reason():
+    return _UNAVAILABLE
+
+
 def unsupported_reason(x, config, training):
-    if x.device.type == "cpu" and not _interpret():
+    if x.device.type == "cpu" and not _INTERPRET:
         return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)"
-    if x.device.type == "cuda" and _interpret():
+    if x.device.type == "cuda" and _INTERPRET:
         return "TRITON_INTERPRET=1 is set: the interpreter runs CPU tensors only"
     if x.device.type not in ("cpu", "cuda"):
         return f"device {x.device.type} is not supported (CUDA tensors only)"
@@ -98,8 +116,8 @@ def _windows(height: int, width: int, window_size: int):
 
 
 def _pow2(n: int) -> int:
-    import triton
-    return triton.next_power_of_2(max(int(n), 1))
+    """Next power of two >= n (plain Python: triton.next_power_of_2 costs microseconds per call)."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
 
 
 def _attention_blocks(dim: int, heads: int, n: int, direction: str):
@@ -115,16 +133,30 @@ _empty = torch.empty
 _empty_like = torch.empty_like
 
 
+def _wide(*tensors) -> bool:
+    """Whether an in-plane element offset of any of these (B, C, H, W) tensors can reach 2**31."""
+    return any((t.shape[2] - 1) * abs(t.stride(2)) + (t.shape[3] - 1) * abs(t.stride(3)) >= 2 ** 31
+               for t in tensors)
+
+
 def _launch(kernel, grid, *args, **kwargs):
     """Every kernel launch goes through here (tests record them)."""
     from torch.library import wrap_triton
+    if _INTERPRET and _has_fake(args):
+        return  # the interpreter dereferences pointers; under fake tensors only the shapes matter
     wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def _has_fake(args) -> bool:
+    """Any tracing tensor (fake, functional, proxy) among the launch arguments."""
+    return any(isinstance(a, torch.Tensor) and type(a) not in (torch.Tensor, torch.nn.Parameter) for a in args)
 
 
 # ----------------------------------------------------------------------------------------
 # The ops
 
 
+@functools.lru_cache(maxsize=None)
 def _kernels():
     """The kernel modules (imported lazily: importing this file must not need triton)."""
     from ..triton import apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
@@ -132,16 +164,16 @@ def _kernels():
 
 
 def plane_block_w(width: int) -> int:
-    from ..triton._common import plane_block_w as block_w
-    return block_w(width)
+    """Row-tile width of the plane passes (scsa_kernels.triton._common.MAX_BLOCK_W = 256 at most)."""
+    return min(_pow2(width), 256)
 
 
 def _forward_impl(
         x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor,
         head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (out, means, gates, spatial_stats, pooled, argmax, gn1_stats, z, m, l, ca); all but out are
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> (out, gates, spatial_stats, pooled, argmax, gn1_stats, z, m, l, ca); all but out are
     the small tensors the backward needs (shapes in the kernels' docstrings)."""
     B, C, H, W = x.shape
     K = conv_w.shape[1]
@@ -153,40 +185,42 @@ def _forward_impl(
     gates = _empty(B, C, H + W, **f32)
     sp_stats = _empty(B, 2, 4, 2, **f32)
     pooled = _empty(B, C, N, **f32)
-    argmax = _empty(B, C, N if max_pool else 0, device=x.device, dtype=torch.int32)
+    argmax = _empty((B, C, N) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
     gn = _empty(B, 2, **f32)
     z, m, l, ca = (_empty(B, C, **f32) for _ in range(4))
     out = _empty_like(x)
     planes = (B * C,)
     block_w = plane_block_w(W)
     _launch(plane_stats.plane_row_col_sums_kernel, planes,
-            x, x, gates, means, ca, C, H, W, *x.stride(), *x.stride(),
-            HAS_GRAD=False, BLOCK_W=block_w, H_POW2=_pow2(H))
+            x, x, gates, means, ca, means, C, H, W, *x.stride(), *x.stride(),
+            HAS_GRAD=False, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=_wide(x))
     block_l = _pow2(max(H, W))
     _launch(spatial_gates.spatial_gates_fwd_kernel, (B * 4, 2),
             means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, C, H, W, GROUP_NORM_EPS,
             GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
             BLOCK_L=block_l, num_warps=8)
-    if WW <= plane_block_w(WP * WW):
-        per_block = WW * min(WP, plane_block_w(WP * WW) // WW)
-    else:
-        per_block = WW
+    # whole windows per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is
+    # BLOCK_J x BLOCK_W); one window when it is wider than a row tile
+    per_block = WW * max(1, min(WP, POOL_WINDOWS_PER_BLOCK, plane_block_w(WP * WW) // WW))
     _launch(pooling.pool_fwd_kernel, planes,
             x, gates, pooled, argmax, C, H, W, *x.stride(), HP, WP, WH, WW, per_block,
-            IS_MAX=max_pool, BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW), WH_POW2=_pow2(WH))
+            IS_MAX=max_pool, BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW), WH_POW2=_pow2(WH),
+            WIDE=_wide(x))
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
     _launch(channel_attention.channel_attention_fwd_kernel, (B, head_num * nblk),
             pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5,
-            GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024, num_warps=8)
+            GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024,
+            num_warps=8 if block_d >= 32 else 4)  # spill-free on triton 3.6 and 3.8 (AOT test)
     if gate_softmax:
         _launch(channel_attention.channel_softmax_gate_kernel, (B,), z, ca, C,
                 BLOCK_C=min(1024, _pow2(C)), num_warps=4)
     _launch(apply.apply_gates_kernel, planes,
-            x, out, gates, ca, C, H, W, *x.stride(), *out.stride(), BLOCK_W=block_w, H_POW2=_pow2(H))
-    return out, means, gates, sp_stats, pooled, argmax, gn, z, m, l, ca
+            x, out, gates, ca, C, H, W, *x.stride(), *out.stride(), BLOCK_W=block_w, H_POW2=_pow2(H),
+            WIDE=_wide(x, out))
+    return out, gates, sp_stats, pooled, argmax, gn, z, m, l, ca
 
 def _backward_impl(
-        grad_out: Tensor, x: Tensor, means: Tensor, gates: Tensor, sp_stats: Tensor, pooled: Tensor,
+        grad_out: Tensor, x: Tensor, gates: Tensor, sp_stats: Tensor, pooled: Tensor,
         argmax: Tensor, gn: Tensor, z: Tensor, m: Tensor, l: Tensor, ca: Tensor,
         conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nw_w: Tensor, n_w: Tensor, n_b: Tensor,
         qkv_w: Tensor, qkv_b: Tensor, head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
@@ -203,9 +237,11 @@ def _backward_impl(
     block_w = plane_block_w(W)
     rsum = _empty(B, C, H + W, **f32)
     dca = _empty(B, C, **f32)
+    means = _empty(B, C, H + W, **f32)  # recomputed here from x: cheaper than saving it
     _launch(plane_stats.plane_row_col_sums_kernel, planes,
-            x, grad_out, gates, rsum, dca, C, H, W, *x.stride(), *grad_out.stride(),
-            HAS_GRAD=True, BLOCK_W=block_w, H_POW2=_pow2(H))
+            x, grad_out, gates, rsum, dca, means, C, H, W, *x.stride(), *grad_out.stride(),
+            HAS_GRAD=True, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w,
+            WIDE=_wide(x, grad_out))
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
     dy = _empty(B, C, N, **f32)
     dq = _empty(B, C, N, **f32)
@@ -222,7 +258,7 @@ def _backward_impl(
     pool_meta = dict(IS_MAX=max_pool, BLOCK_W=block_w, WH_POW2=_pow2(WH), BLOCK_P=_pow2(head_num * nblk))
     _launch(input_grad.pool_grad_sums_kernel, planes,
             x, gates, dy, pooled, argmax, gn, gnsum, n_w, psum, C, H, W, *x.stride(), *pool_geom,
-            **pool_meta)
+            ONE_COL_BLOCK=W <= block_w, WIDE=_wide(x), **pool_meta)
     block_l = _pow2(max(H, W))
     dt = _empty(B, C, H + W, **f32)
     dmeans = _empty(B, C, H + W, **f32)
@@ -235,7 +271,7 @@ def _backward_impl(
     dx = _empty_like(x)
     _launch(input_grad.input_grad_kernel, planes,
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w,
-            C, H, W, *grad_out.stride(), *dx.stride(), *pool_geom, **pool_meta)
+            C, H, W, *grad_out.stride(), *dx.stride(), *pool_geom, WIDE=_wide(grad_out, dx), **pool_meta)
     return dx, conv_part.sum(dim=(0, 1)), small_part.sum(dim=0)
 
 
@@ -245,14 +281,14 @@ def _define_ops():
     def setup_context(ctx, inputs, output):
         x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = inputs[:11]
         ctx.options = inputs[11:]
-        ctx.set_materialize_grads(False)  # the 10 small outputs get no gradient: no zeros launches
+        ctx.set_materialize_grads(False)  # the 9 small outputs get no gradient: no zeros launches
         ctx.save_for_backward(x, *output[1:], conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b)
 
     def backward(ctx, grad_out, *unused):
         saved = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros_like(saved[0])
-        C, K = saved[11].shape  # conv_w (after x and the 10 small forward outputs)
+        C, K = saved[10].shape  # conv_w (after x and the 9 small forward outputs)
         dx, dconv, dsmall = backward_op(grad_out, *saved, *ctx.options)
         s = dsmall.view(12, C)
         return (dx, dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5],

@@ -29,11 +29,19 @@ def autotune(configs, key):
 # 160x160 planes 256-wide rows. Tiles stop at 2048 elements: 4096 spilled in the
 # backward passes (AOT test). The smallest tile comes first (see ``autotune``).
 PLANE_CONFIGS = [
-    triton.Config({"TILE": 256}, num_warps=2),
+    triton.Config({"TILE": 256}, num_warps=1),
     triton.Config({"TILE": 1024}, num_warps=4),
     triton.Config({"TILE": 2048}, num_warps=4),
 ]
 PLANE_KEY = ["H", "W"]
+# The pool pass caps its rows per step at the window height, so tiles past 1024 add nothing;
+# these three compile without spills on triton 3.6 and 3.8 (ptxas spills a few bytes at
+# 1024/4 warps on 3.6 and 2048/4 warps on 3.8 for this kernel).
+POOL_CONFIGS = [
+    triton.Config({"TILE": 256}, num_warps=1),
+    triton.Config({"TILE": 1024}, num_warps=2),
+    triton.Config({"TILE": 1024}, num_warps=8),
+]
 MAX_BLOCK_W = 256  # widest row tile; wider planes loop over column blocks
 
 
@@ -55,10 +63,22 @@ def plane_index(C):
 
 
 @triton.jit
-def tile_offsets(h0, w0, H, W, s_h, s_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Rows hs (BLOCK_H), columns ws (BLOCK_W), int64 element offsets and mask of one plane tile."""
+def plane_offsets(rows, cols, s_h, s_w, WIDE: tl.constexpr):
+    """Element offsets of rows x cols inside one plane (the plane base is an int64 scalar).
+
+    int32 unless WIDE (a plane spanning >= 2**31 elements, e.g. channels_last with huge C*H*W):
+    64-bit offset math costs registers in every full-size pass.
+    """
+    if WIDE:
+        return rows.to(tl.int64)[:, None] * s_h + cols.to(tl.int64)[None, :] * s_w
+    else:
+        return rows[:, None] * s_h + cols[None, :] * s_w
+
+
+@triton.jit
+def tile_offsets(h0, w0, H, W, s_h, s_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, WIDE: tl.constexpr):
+    """Rows hs (BLOCK_H), columns ws (BLOCK_W), element offsets and mask of one plane tile."""
     hs = h0 + tl.arange(0, BLOCK_H)
     ws = w0 + tl.arange(0, BLOCK_W)
-    offs = hs.to(tl.int64)[:, None] * s_h + ws.to(tl.int64)[None, :] * s_w
     mask = (hs < H)[:, None] & (ws < W)[None, :]
-    return hs, ws, offs, mask
+    return hs, ws, plane_offsets(hs, ws, s_h, s_w, WIDE), mask

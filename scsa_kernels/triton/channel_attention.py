@@ -101,6 +101,8 @@ def channel_attention_fwd_kernel(
     m, l (B, C) = row max and row sum of exp of the scaled scores (softmax statistics);
     ca (B, C) = sigmoid(z), written here unless GATE_SOFTMAX (then by channel_softmax_gate_kernel).
     """
+    eps = tl.cast(eps, tl.float32)  # torch.compile passes Python floats as fp64: keep every loop in fp32
+    scale = tl.cast(scale, tl.float32)
     b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
     base = pooled_ptr + b.to(tl.int64) * C * N
     mean, rstd = _group_norm1_stats(base, C * N, eps, BLOCK_F)
@@ -201,6 +203,7 @@ def channel_attention_bwd_kernel(
     output y; part (B, 12*C): writes [4C, 12C) = norm weight, norm bias, qkv weight (3C), qkv bias (3C)
     of this sample; gnsum (B, heads*NBLK, 2) = this block's sums of gamma*dy and gamma*dy*yhat.
     """
+    scale = tl.cast(scale, tl.float32)  # torch.compile passes Python floats as fp64
     b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
     base = pooled_ptr + b.to(tl.int64) * C * N
     plane = b.to(tl.int64) * C * N

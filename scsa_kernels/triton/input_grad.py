@@ -14,7 +14,7 @@ both passes instead of being stored: it is a handful of loads per window.
 import triton
 import triton.language as tl
 
-from ._common import PLANE_CONFIGS, autotune, plane_index
+from ._common import PLANE_CONFIGS, autotune, plane_index, plane_offsets
 
 
 @triton.jit
@@ -61,18 +61,19 @@ def _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX: tl.constexpr):
         return dp[None, :]
 
 
-@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW"])
+@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX"])
 @triton.jit
 def pool_grad_sums_kernel(
         x_ptr, gates_ptr, dy_ptr, pooled_ptr, argmax_ptr, gn_ptr, gnsum_ptr, nw_ptr, psum_ptr,
         C, H, W, sx_b, sx_c, sx_h, sx_w, HP, WP, WH, WW, NPROG,
         IS_MAX: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr,
-        TILE: tl.constexpr):
+        ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
     """Backward pass (b), one program per plane (grid B*C).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32. dy, pooled: (B, C, N)
     fp32, argmax (B, C, N) int32 (IS_MAX), N = HP*WP. gn (B, 2), gnsum (B, NPROG, 2), nw (C,) fp32.
     psum: (B, C, H+W) fp32 out (psum_h | psum_w), zero outside the window grid.
+    ONE_COL_BLOCK: W <= BLOCK_W, so row sums need no read-modify-write across column blocks.
     """
     BLOCK_R: tl.constexpr = 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
     b, c = plane_index(C)
@@ -81,7 +82,8 @@ def pool_grad_sums_kernel(
     plane_n = (b * C + c) * HP * WP
     coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
     for w0 in range(0, W, BLOCK_W):
-        tl.debug_barrier()  # row sums stored by the previous column block are re-read below
+        if not ONE_COL_BLOCK:
+            tl.debug_barrier()  # row sums stored by the previous column block are re-read below
         cols = w0 + tl.arange(0, BLOCK_W)
         inside = cols < WP * WW
         a_w = tl.load(gates_ptr + small + H + cols, mask=inside, other=0.0)
@@ -93,26 +95,28 @@ def pool_grad_sums_kernel(
                 rr = r0 + tl.arange(0, BLOCK_R)
                 rows = i * WH + rr
                 mask = (rr < WH)[:, None] & inside[None, :]
-                offs = rows.to(tl.int64)[:, None] * sx_h + cols.to(tl.int64)[None, :] * sx_w
+                offs = plane_offsets(rows, cols, sx_h, sx_w, WIDE)
                 x = tl.load(x_base + offs, mask=mask, other=0.0).to(tl.float32)
                 v = _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX) * x
                 a_h = tl.load(gates_ptr + small + rows, mask=rr < WH, other=0.0)
                 cols_acc += tl.sum(v * a_h[:, None], axis=0)
-                prev = tl.load(psum_ptr + small + rows, mask=(rr < WH) & (w0 > 0), other=0.0)
-                tl.store(psum_ptr + small + rows, prev + tl.sum(v * a_w[None, :], axis=1), mask=rr < WH)
+                row_part = tl.sum(v * a_w[None, :], axis=1)
+                if not ONE_COL_BLOCK:
+                    row_part += tl.load(psum_ptr + small + rows, mask=(rr < WH) & (w0 > 0), other=0.0)
+                tl.store(psum_ptr + small + rows, row_part, mask=rr < WH)
         tl.store(psum_ptr + small + H + cols, cols_acc, mask=cols < W)
     for h0 in range(HP * WH, H, BLOCK_W):  # rows below the window grid get no pooling gradient
         hs = h0 + tl.arange(0, BLOCK_W)
         tl.store(psum_ptr + small + hs, tl.zeros([BLOCK_W], dtype=tl.float32), mask=hs < H)
 
 
-@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW"])
+@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX"])
 @triton.jit
 def input_grad_kernel(
         g_ptr, dx_ptr, gates_ptr, ca_ptr, dmeans_ptr, dy_ptr, pooled_ptr, argmax_ptr, gn_ptr, gnsum_ptr, nw_ptr,
         C, H, W, sg_b, sg_c, sg_h, sg_w, sd_b, sd_c, sd_h, sd_w, HP, WP, WH, WW, NPROG,
         IS_MAX: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr,
-        TILE: tl.constexpr):
+        WIDE: tl.constexpr, TILE: tl.constexpr):
     """Backward pass (c), one program per plane (grid B*C).
 
     g: grad_out (B, C, H, W), strides sg_*; dx: (B, C, H, W) out in x's dtype, strides sd_*.
@@ -140,11 +144,11 @@ def input_grad_kernel(
                 rows = i * WH + rr
                 rmask = (rr < WH) & (rows < H)
                 mask = rmask[:, None] & cmask[None, :]
-                g_offs = rows.to(tl.int64)[:, None] * sg_h + cols.to(tl.int64)[None, :] * sg_w
+                g_offs = plane_offsets(rows, cols, sg_h, sg_w, WIDE)
                 g = tl.load(g_base + g_offs, mask=mask, other=0.0).to(tl.float32)
                 a_h = tl.load(gates_ptr + small + rows, mask=rmask, other=0.0)
                 dm_h = tl.load(dmeans_ptr + small + rows, mask=rmask, other=0.0)
                 e = g * ca + _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX)
                 dx = e * a_h[:, None] * a_w[None, :] + dm_h[:, None] + dm_w[None, :]
-                d_offs = rows.to(tl.int64)[:, None] * sd_h + cols.to(tl.int64)[None, :] * sd_w
+                d_offs = plane_offsets(rows, cols, sd_h, sd_w, WIDE)
                 tl.store(d_base + d_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)

@@ -6,18 +6,18 @@ on an HP x WP grid; rows and columns past HP*WH, WP*WW are dropped (floor) and n
 import triton
 import triton.language as tl
 
-from ._common import PLANE_CONFIGS, autotune, plane_index
+from ._common import POOL_CONFIGS, autotune, plane_index, plane_offsets
 
 BIG_INDEX = tl.constexpr(2 ** 31 - 1)
 
 
-@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW"])
+@autotune(POOL_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX"])
 @triton.jit
 def pool_fwd_kernel(
         x_ptr, gates_ptr, pooled_ptr, argmax_ptr,
         C, H, W, sx_b, sx_c, sx_h, sx_w, HP, WP, WH, WW, cols_per_block,
         IS_MAX: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr, WH_POW2: tl.constexpr,
-        TILE: tl.constexpr):
+        WIDE: tl.constexpr, TILE: tl.constexpr):
     """One program per plane (grid B*C).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32 (a_h | a_w).
@@ -35,10 +35,6 @@ def pool_fwd_kernel(
         cols = w0 + tl.arange(0, BLOCK_W)
         cmask = (cols < w0 + cols_per_block) & (cols < WP * WW)
         a_w = tl.load(gates_ptr + small + H + cols, mask=cmask, other=0.0)
-        js = w0 // WW + tl.arange(0, BLOCK_J)
-        jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
-        in_window = (cols // WW)[None, :] == js[:, None]  # (BLOCK_J, BLOCK_W) column -> window map
-        in_window = in_window & cmask[None, :]
         for i in range(0, HP):
             if IS_MAX:
                 acc = tl.full([BLOCK_W], float("-inf"), tl.float32)
@@ -49,7 +45,7 @@ def pool_fwd_kernel(
                 rr = r0 + tl.arange(0, BLOCK_R)
                 rows = i * WH + rr
                 mask = (rr < WH)[:, None] & cmask[None, :]
-                offs = rows.to(tl.int64)[:, None] * sx_h + cols.to(tl.int64)[None, :] * sx_w
+                offs = plane_offsets(rows, cols, sx_h, sx_w, WIDE)
                 x = tl.load(x_base + offs, mask=mask, other=0.0).to(tl.float32)
                 a_h = tl.load(gates_ptr + small + rows, mask=rr < WH, other=0.0)
                 v = x * a_h[:, None] * a_w[None, :]
@@ -62,6 +58,10 @@ def pool_fwd_kernel(
                     acc = tl.where(better, top, acc)
                 else:
                     acc += tl.sum(v, axis=0)
+            # (BLOCK_J, BLOCK_W) column -> window map, built here rather than kept live through the row loop
+            js = w0 // WW + tl.arange(0, BLOCK_J)
+            jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
+            in_window = ((cols // WW)[None, :] == js[:, None]) & cmask[None, :]
             if IS_MAX:
                 wins = tl.where(in_window, acc[None, :], float("-inf"))
                 top = tl.max(wins, axis=1)

@@ -89,6 +89,7 @@ def spatial_gates_fwd_kernel(
     gates: (B, C, H+W) fp32 out (a_h | a_w). stats: (B, 2, 4, 2) fp32 out, (mean, rstd) per group.
     BLOCK_L >= max(H, W) (softmax gates need whole rows); BLOCK_G channels per step.
     """
+    eps = tl.cast(eps, tl.float32)  # torch.compile passes Python floats as fp64: keep every loop in fp32
     b, j, d, L, off = _direction(C, H, W)
     ls = tl.arange(0, BLOCK_L)
     G = C // 4
