@@ -18,13 +18,12 @@ bitwise identical for any thread count.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
 
 from ..reference import compute_dtype
-from ..weights import pack_weights
+from ..weights import packed_weights
 
 NAME = "cpu"
 
@@ -55,49 +54,8 @@ def _options(config):
             config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
 
 
-class _InferencePackCache:
-    """Packed weights of recent inference calls. Packing is ~15 small torch ops (about
-    70 us), several times the fused kernel itself at batch 1; without autograd it
-    only needs redoing when a weight changes. An entry is reused only while every
-    weight is the very same live tensor (weak references), with the same version
-    counter (in-place updates) and data pointer (``.data`` reassignment)."""
-
-    def __init__(self, size: int = 32):
-        self.size = size
-        self.entries = {}
-
-    @staticmethod
-    def _state(tensors):
-        return tuple((t._version, t.data_ptr()) for t in tensors)
-
-    def get(self, weights, config, dtype):
-        tensors = weights.tensors()
-        key = (tuple(map(id, tensors)), config, dtype)
-        entry = self.entries.get(key)
-        if entry is not None:
-            refs, state, packed = entry
-            if all(r() is t for r, t in zip(refs, tensors)) and state == self._state(tensors):
-                return packed
-        with torch.no_grad():
-            packed = pack_weights(weights, config, dtype=dtype)
-        if len(self.entries) >= self.size:
-            self.entries.pop(next(iter(self.entries)))
-        self.entries[key] = ([weakref.ref(t) for t in tensors], self._state(tensors), packed)
-        return packed
-
-
-_PACK_CACHE = _InferencePackCache()
-
-
-def _packed_weights(weights, config, dtype):
-    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in weights.tensors())
-    if needs_graph or torch.compiler.is_compiling():
-        return pack_weights(weights, config, dtype=dtype)  # differentiable / traced
-    return _PACK_CACHE.get(weights, config, dtype)
-
-
 def scsa(x, weights, config, training):
-    packed = _packed_weights(weights, config, compute_dtype(x.dtype))
+    packed = packed_weights(weights, config, compute_dtype(x.dtype))
     return torch.ops.scsa_kernels.scsa_forward(x, *packed, *_options(config))[0]
 
 

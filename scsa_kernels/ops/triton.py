@@ -37,7 +37,7 @@ from typing import Tuple
 import torch
 
 from ..config import GROUP_NORM_EPS
-from ..weights import pack_weights
+from ..weights import packed_weights
 
 NAME = "triton"
 MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
@@ -98,7 +98,7 @@ def unsupported_reason(x, config, training):
 
 
 def scsa(x, weights, config, training):
-    p = pack_weights(weights, config)
+    p = packed_weights(weights, config)
     max_pool = config.down_sample_mode == "max_pool" and not config.global_pool
     return torch.ops.scsa_kernels.triton_scsa_forward(
         x, *p, config.head_num, config.window_size, max_pool, config.gate_layer == "softmax")[0]
