@@ -66,12 +66,16 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shape", type=int, nargs=4, default=[2, 64, 14, 14])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--via-op", action="store_true",
+                        help="eager calls through the triton_op and its registered autograd (the path "
+                             "before the dispatcher bypass; torch.compile's path)")
     parser.add_argument("--profile", choices=["fwd_nograd", "fwd_grad", "fwdbwd"], default=None,
                         help="also print the cProfile top entries of one case (first dtype)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     assert ops.unavailable_reason() is None, ops.unavailable_reason()
     ops._launch = _stub
+    ops.EAGER_BYPASS = not args.via_op  # the GPU default (the interpreter's default is the op path)
     print(f"torch {torch.__version__}, shape {tuple(args.shape)}, {args.threads} thread(s), "
           f"median of {args.reps} calls, Triton launches stubbed")
     for name in args.dtypes:

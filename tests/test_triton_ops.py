@@ -109,6 +109,25 @@ def test_max_pool_ties_go_to_the_first_element():
     assert_matches(x, config)
 
 
+@pytest.mark.parametrize("name", ["default", "softmax_gates_maxpool_heads_bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_path_without_the_dispatcher(monkeypatch, name, dtype):
+    """The eager path that skips the triton_op (_EagerSCSA, direct _forward_impl; the default on
+    GPUs, off under the interpreter) against the reference, weights requiring grad or not."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "EAGER_BYPASS", True)
+    calls = []
+    monkeypatch.setattr(ops._EagerSCSA, "apply", lambda *a, _apply=ops._EagerSCSA.apply: calls.append(1) or _apply(*a))
+    config = SCSAConfig(16, **{"window_size": 3, **OPTIONS[name]})
+    x = torch.randn(2, 16, 7, 8, device=DEVICE, dtype=dtype)
+    assert_matches(x, config, weights=random_weights(config, dtype=dtype, device=DEVICE))
+    assert calls, "the eager autograd.Function did not run"
+    module = SCSA(16, head_num=2, window_size=3, backend="triton").to(DEVICE)
+    with torch.no_grad():
+        expected = scsa(x.float(), module.weights(), module.config, backend="reference")
+        torch.testing.assert_close(module(x.float()), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_module_and_determinism():
     module = SCSA(16, head_num=2, window_size=3, backend="triton").to(DEVICE)
     x = torch.randn(2, 16, 7, 7, device=DEVICE, requires_grad=True)

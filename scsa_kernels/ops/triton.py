@@ -18,6 +18,12 @@ so results are bitwise reproducible. Saved for backward: x itself (no copy) and 
 tensors only: gates (B, C, H+W), pooled (B, C, N), per-channel and per-group stats (the
 backward's first pass recomputes the means from x while it reads x anyway).
 
+Host cost per call (benchmarks/triton_host_overhead.py, CPU with launches stubbed): eager calls
+skip the dispatcher (``_EagerSCSA`` / a direct ``_forward_impl`` call; torch.compile still sees
+the triton_op and its registered autograd), launch geometry is computed once per (shape, strides,
+options) in ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's 12 scratch buffers are views
+of one allocation, and weights requiring grad are packed by one cat + one gather + one split.
+
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
 ``down_sample_mode="recombination"`` (its conv_d projection), attention dropout in
 training (no in-kernel Philox RNG), float64 (kernels compute in float32), window or
@@ -70,6 +76,10 @@ def _find_unavailable_reason():
 # the per-call checks stay plain attribute reads that torch.compile traces without a break.
 _INTERPRET = _interpret()
 _UNAVAILABLE = _find_unavailable_reason()
+# Eager calls skip the dispatcher (see scsa()). Not under the interpreter by default: there the op
+# boundary keeps the interpreter's own tensor copies out of the traffic test's torch-op count;
+# tests and benchmarks/triton_host_overhead.py switch it on explicitly.
+EAGER_BYPASS = not _INTERPRET
 
 
 def unavailable_reason():
@@ -98,10 +108,86 @@ def unsupported_reason(x, config, training):
 
 
 def scsa(x, weights, config, training):
-    p = packed_weights(weights, config)
-    max_pool = config.down_sample_mode == "max_pool" and not config.global_pool
-    return torch.ops.scsa_kernels.triton_scsa_forward(
-        x, *p, config.head_num, config.window_size, max_pool, config.gate_layer == "softmax")[0]
+    if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and any(t.requires_grad for t in weights.tensors())):
+        p = _pack_for_autograd(weights, config)
+    else:
+        p = packed_weights(weights, config)  # inference cache, or traced pack_weights under torch.compile
+    options = (config.head_num, config.window_size, config.down_sample_mode == "max_pool" and not config.global_pool,
+               config.gate_layer == "softmax")
+    if not EAGER_BYPASS or torch.compiler.is_compiling():
+        return torch.ops.scsa_kernels.triton_scsa_forward(x, *p, *options)[0]
+    # Eager: the same impls without the dispatcher. The registered autograd of the op costs ~60 us
+    # of Python per call (torch._library.utils.fill_defaults over its 15-argument schema).
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in p)):
+        return _EagerSCSA.apply(x, *p, *options)
+    return _forward_impl(x, *p, *options)[0]
+
+
+class _EagerSCSA(torch.autograd.Function):
+    """Eager autograd of the Triton path: what the op's register_autograd does (setup_context and
+    backward in _define_ops), calling _forward_impl/_backward_impl directly."""
+
+    @staticmethod
+    def forward(ctx, x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, *options):
+        out, *small = _forward_impl(x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, *options)
+        ctx.options = options
+        ctx.save_for_backward(x, *small, conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        return _split_grads(ctx, grad_out, _backward_impl)
+
+
+# ----------------------------------------------------------------------------------------
+# Weight packing with autograd (eager): 3-5 torch ops instead of pack_weights' 8-24
+
+
+_PACK_INDEX = {}  # (config, device) -> int64 gather index into the flat parameter vector
+
+
+def _pack_index(config, device):
+    """Gather index from ``cat([conv weights (flat), 0, conv biases, the six norm params, q, k, v
+    scales, (q, k, v biases)])`` to ``PackedWeights`` laid out back to back (conv table padded
+    symmetrically to K like ``pack_weights``; the zero slot pads it and stands in for absent biases)."""
+    key = (config, device)
+    index = _PACK_INDEX.get(key)
+    if index is None:
+        C, K = config.dim, config.max_kernel_size
+        g = C // len(config.group_kernel_sizes)
+        zero = g * sum(config.group_kernel_sizes)
+        conv, offset = [], 0
+        for k in config.group_kernel_sizes:
+            pad = (K - k) // 2
+            for r in range(g):
+                conv += [offset + r * k + t - pad if pad <= t < pad + k else zero for t in range(K)]
+            offset += g * k
+        rest = list(range(zero + 1, zero + 1 + 10 * C))  # conv biases, 6 norm params, q/k/v scales
+        biases = list(range(zero + 1 + 10 * C, zero + 1 + 13 * C)) if config.qkv_bias else [zero] * (3 * C)
+        index = torch.tensor(conv + rest + biases, dtype=torch.int64).to(device)
+        _PACK_INDEX[key] = index
+    return index
+
+
+def _pack_for_autograd(weights, config):
+    """``pack_weights(weights, config)`` as one cat, one gather and one split (plus a float32 cast
+    for half parameters): values identical, gradients identical (each packed element is a copy of
+    one parameter element or of the constant zero), far fewer autograd nodes."""
+    C, K = config.dim, config.max_kernel_size
+    first = weights.conv_biases[0]
+    parts = [w.reshape(-1) for w in weights.conv_weights] + [first.new_zeros(1)] + list(weights.conv_biases)
+    parts += list(weights[2:8]) + [w.reshape(-1) for w in (weights.q_weight, weights.k_weight, weights.v_weight)]
+    if config.qkv_bias:
+        parts += [weights.q_bias, weights.k_bias, weights.v_bias]
+    flat = torch.cat(parts)
+    packed = flat.index_select(0, _pack_index(config, flat.device))
+    if packed.dtype != torch.float32:
+        packed = packed.float()
+    conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = packed.split(
+        (C * K, C, C, C, C, C, C, C, 3 * C, 3 * C))
+    return conv_w.view(C, K), conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w.view(3, C), qkv_b.view(3, C)
 
 
 # ----------------------------------------------------------------------------------------
@@ -168,6 +254,54 @@ def plane_block_w(width: int) -> int:
     return min(_pow2(width), 256)
 
 
+def _cached(plans, key, build):
+    """plans[key], built on first use; built every time when the key holds symbolic sizes (tracing)."""
+    try:
+        plan = plans.get(key)
+    except TypeError:  # SymInt shapes/strides are unhashable
+        return build(*key)
+    if plan is None:
+        plan = plans[key] = build(*key)
+    return plan
+
+
+def _wide_strides(shape, *strides) -> bool:
+    return any((shape[2] - 1) * abs(s[2]) + (shape[3] - 1) * abs(s[3]) >= 2 ** 31 for s in strides)
+
+
+def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, gate_softmax, spatial_tile):
+    """Everything _forward_impl derives from shapes and options: grids, scalars, constexprs."""
+    B, C, H, W = shape
+    HP, WP, WH, WW = _windows(H, W, window_size)
+    N = HP * WP
+    block_w = plane_block_w(W)
+    block_l = _pow2(max(H, W))
+    wide = _wide_strides(shape, x_stride)
+    # whole windows per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is
+    # BLOCK_J x BLOCK_W); one window when it is wider than a row tile
+    per_block = WW * max(1, min(WP, POOL_WINDOWS_PER_BLOCK, plane_block_w(WP * WW) // WW))
+    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
+    return dict(
+        N=N, planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
+        plane_scalars=(C, H, W, *x_stride, *x_stride),
+        plane_meta=dict(HAS_GRAD=False, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
+        gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, spatial_tile // block_l)),
+                        BLOCK_L=block_l, num_warps=8),
+        pool_scalars=(C, H, W, *x_stride, HP, WP, WH, WW, per_block),
+        pool_meta=dict(IS_MAX=max_pool, BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW),
+                       WH_POW2=_pow2(WH), WIDE=wide),
+        attention_scalars=(C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5),
+        attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024,
+                            num_warps=8 if block_d >= 32 else 4),  # spill-free on triton 3.6 and 3.8 (AOT test)
+        softmax_meta=dict(BLOCK_C=min(1024, _pow2(C)), num_warps=4),
+        apply_meta=dict(BLOCK_W=block_w, H_POW2=_pow2(H)),
+    )
+
+
+_FORWARD_PLANS = {}
+_BACKWARD_PLANS = {}
+
+
 def _forward_impl(
         x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor,
@@ -176,10 +310,11 @@ def _forward_impl(
     """-> (out, gates, spatial_stats, pooled, argmax, gn1_stats, z, m, l, ca); all but out are
     the small tensors the backward needs (shapes in the kernels' docstrings)."""
     B, C, H, W = x.shape
-    K = conv_w.shape[1]
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
-    HP, WP, WH, WW = _windows(H, W, window_size)
-    N = HP * WP
+    x_stride = x.stride()
+    plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, conv_w.shape[1], head_num, window_size, max_pool,
+                                    gate_softmax, SPATIAL_TILE), _forward_plan)
+    N = plan["N"]
     f32 = dict(device=x.device, dtype=torch.float32)
     means = _empty(B, C, H + W, **f32)
     gates = _empty(B, C, H + W, **f32)
@@ -189,35 +324,57 @@ def _forward_impl(
     gn = _empty(B, 2, **f32)
     z, m, l, ca = (_empty(B, C, **f32) for _ in range(4))
     out = _empty_like(x)
-    planes = (B * C,)
-    block_w = plane_block_w(W)
+    planes = plan["planes"]
     _launch(plane_stats.plane_row_col_sums_kernel, planes,
-            x, x, gates, means, ca, means, C, H, W, *x.stride(), *x.stride(),
-            HAS_GRAD=False, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=_wide(x))
-    block_l = _pow2(max(H, W))
-    _launch(spatial_gates.spatial_gates_fwd_kernel, (B * 4, 2),
+            x, x, gates, means, ca, means, *plan["plane_scalars"], **plan["plane_meta"])
+    _launch(spatial_gates.spatial_gates_fwd_kernel, plan["gates_grid"],
             means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, C, H, W, GROUP_NORM_EPS,
-            GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
-            BLOCK_L=block_l, num_warps=8)
-    # whole windows per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is
-    # BLOCK_J x BLOCK_W); one window when it is wider than a row tile
-    per_block = WW * max(1, min(WP, POOL_WINDOWS_PER_BLOCK, plane_block_w(WP * WW) // WW))
-    _launch(pooling.pool_fwd_kernel, planes,
-            x, gates, pooled, argmax, C, H, W, *x.stride(), HP, WP, WH, WW, per_block,
-            IS_MAX=max_pool, BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW), WH_POW2=_pow2(WH),
-            WIDE=_wide(x))
-    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
-    _launch(channel_attention.channel_attention_fwd_kernel, (B, head_num * nblk),
-            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5,
-            GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024,
-            num_warps=8 if block_d >= 32 else 4)  # spill-free on triton 3.6 and 3.8 (AOT test)
+            **plan["gates_meta"])
+    _launch(pooling.pool_fwd_kernel, planes, x, gates, pooled, argmax, *plan["pool_scalars"], **plan["pool_meta"])
+    _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
+            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, *plan["attention_scalars"], **plan["attention_meta"])
     if gate_softmax:
-        _launch(channel_attention.channel_softmax_gate_kernel, (B,), z, ca, C,
-                BLOCK_C=min(1024, _pow2(C)), num_warps=4)
+        _launch(channel_attention.channel_softmax_gate_kernel, (B,), z, ca, C, **plan["softmax_meta"])
+    out_stride = out.stride()
     _launch(apply.apply_gates_kernel, planes,
-            x, out, gates, ca, C, H, W, *x.stride(), *out.stride(), BLOCK_W=block_w, H_POW2=_pow2(H),
-            WIDE=_wide(x, out))
+            x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
+            **plan["apply_meta"])
     return out, gates, sp_stats, pooled, argmax, gn, z, m, l, ca
+
+
+def _backward_plan(shape, x_stride, g_stride, K, head_num, window_size, max_pool, gate_softmax, spatial_tile):
+    """Everything _backward_impl derives from shapes and options, and the (offset, shape) of each
+    float32 scratch buffer in its one workspace (offsets rounded up to 64 bytes)."""
+    B, C, H, W = shape
+    HP, WP, WH, WW = _windows(H, W, window_size)
+    N = HP * WP
+    block_w = plane_block_w(W)
+    block_l = _pow2(max(H, W))
+    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
+    scratch, total = [], 0
+    for size in ((B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
+                 (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C)):
+        n = 1
+        for d in size:
+            n *= d
+        scratch.append((total, total + n, size))
+        total += -(-n // 16) * 16
+    return dict(
+        planes=(B * C,), attention_grid=(B, head_num * nblk), gates_grid=(B * 4, 2), scratch=scratch, total=total,
+        plane_scalars=(C, H, W, *x_stride, *g_stride),
+        plane_meta=dict(HAS_GRAD=True, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w,
+                        WIDE=_wide_strides(shape, x_stride, g_stride)),
+        attention_scalars=(C, N, D, nblk, D ** -0.5),
+        attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n,
+                            BLOCK_C=min(1024, _pow2(C)), num_warps=8),
+        pool_geom=(HP, WP, WH, WW, head_num * nblk),
+        pool_meta=dict(IS_MAX=max_pool, BLOCK_W=block_w, WH_POW2=_pow2(WH), BLOCK_P=_pow2(head_num * nblk)),
+        pool_sums_scalars=(C, H, W, *x_stride, HP, WP, WH, WW, head_num * nblk),
+        one_col_block=W <= block_w, wide_x=_wide_strides(shape, x_stride),
+        gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, spatial_tile // block_l)),
+                        BLOCK_L=block_l, num_warps=8),
+    )
+
 
 def _backward_impl(
         grad_out: Tensor, x: Tensor, gates: Tensor, sp_stats: Tensor, pooled: Tensor,
@@ -228,51 +385,46 @@ def _backward_impl(
     """-> (dx, conv grads (C*K + C,) = weight (C, K) then bias, small grads (12*C,) = norm_h w, b,
     norm_w w, b, norm w, b, qkv weight (3, C), qkv bias (3, C))."""
     B, C, H, W = x.shape
-    K = conv_w.shape[1]
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
-    HP, WP, WH, WW = _windows(H, W, window_size)
-    N = HP * WP
-    f32 = dict(device=x.device, dtype=torch.float32)
-    planes = (B * C,)
-    block_w = plane_block_w(W)
-    rsum = _empty(B, C, H + W, **f32)
-    dca = _empty(B, C, **f32)
-    means = _empty(B, C, H + W, **f32)  # recomputed here from x: cheaper than saving it
+    x_stride, g_stride = x.stride(), grad_out.stride()
+    plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, conv_w.shape[1], head_num, window_size, max_pool,
+                                     gate_softmax, SPATIAL_TILE), _backward_plan)
+    # every scratch buffer is a view of one allocation (the kernels write all of each before reading it)
+    workspace = _empty(plan["total"], device=x.device, dtype=torch.float32)
+    rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part = (
+        workspace[a:b].view(size) for a, b, size in plan["scratch"])
+    planes = plan["planes"]
     _launch(plane_stats.plane_row_col_sums_kernel, planes,
-            x, grad_out, gates, rsum, dca, means, C, H, W, *x.stride(), *grad_out.stride(),
-            HAS_GRAD=True, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w,
-            WIDE=_wide(x, grad_out))
-    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
-    dy = _empty(B, C, N, **f32)
-    dq = _empty(B, C, N, **f32)
-    dk = _empty(B, C, N, **f32)
-    small_part = _empty(B, 12 * C, **f32)
-    gnsum = _empty(B, head_num * nblk, 2, **f32)
-    _launch(channel_attention.channel_attention_bwd_kernel, (B, head_num * nblk),
+            x, grad_out, gates, rsum, dca, means, *plan["plane_scalars"], **plan["plane_meta"])
+    _launch(channel_attention.channel_attention_bwd_kernel, plan["attention_grid"],
             pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, dca, dq, dk, dy, small_part, gnsum,
-            C, N, D, nblk, D ** -0.5,
-            GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_C=min(1024, _pow2(C)),
-            num_warps=8)
-    psum = _empty(B, C, H + W, **f32)
-    pool_geom = (HP, WP, WH, WW, head_num * nblk)
-    pool_meta = dict(IS_MAX=max_pool, BLOCK_W=block_w, WH_POW2=_pow2(WH), BLOCK_P=_pow2(head_num * nblk))
+            *plan["attention_scalars"], **plan["attention_meta"])
+    pool_meta = plan["pool_meta"]
     _launch(input_grad.pool_grad_sums_kernel, planes,
-            x, gates, dy, pooled, argmax, gn, gnsum, n_w, psum, C, H, W, *x.stride(), *pool_geom,
-            ONE_COL_BLOCK=W <= block_w, WIDE=_wide(x), **pool_meta)
-    block_l = _pow2(max(H, W))
-    dt = _empty(B, C, H + W, **f32)
-    dmeans = _empty(B, C, H + W, **f32)
-    conv_part = _empty(B, 2, C * K + C, **f32)
-    _launch(spatial_gates.spatial_gates_bwd_kernel, (B * 4, 2),
+            x, gates, dy, pooled, argmax, gn, gnsum, n_w, psum, *plan["pool_sums_scalars"],
+            ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], **pool_meta)
+    _launch(spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
             means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
-            dt, dmeans, conv_part, small_part, C, H, W,
-            GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, SPATIAL_TILE // block_l)),
-            BLOCK_L=block_l, num_warps=8)
+            dt, dmeans, conv_part, small_part, C, H, W, **plan["gates_meta"])
     dx = _empty_like(x)
+    dx_stride = dx.stride()
     _launch(input_grad.input_grad_kernel, planes,
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w,
-            C, H, W, *grad_out.stride(), *dx.stride(), *pool_geom, WIDE=_wide(grad_out, dx), **pool_meta)
+            C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
+            WIDE=_wide_strides(x.shape, g_stride, dx_stride), **pool_meta)
     return dx, conv_part.sum(dim=(0, 1)), small_part.sum(dim=0)
+
+
+def _split_grads(ctx, grad_out, backward_fn):
+    """Gradients of (x, the 10 packed weights, the 4 options) from the backward op's 3 outputs."""
+    saved = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(saved[0])
+    C, K = saved[10].shape  # conv_w (after x and the 9 small forward outputs)
+    dx, dconv, dsmall = backward_fn(grad_out, *saved, *ctx.options)
+    s = dsmall.view(12, C)
+    return (dx, dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5],
+            s[6:9], s[9:12], None, None, None, None)
 
 
 def _define_ops():
@@ -285,14 +437,7 @@ def _define_ops():
         ctx.save_for_backward(x, *output[1:], conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b)
 
     def backward(ctx, grad_out, *unused):
-        saved = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = torch.zeros_like(saved[0])
-        C, K = saved[10].shape  # conv_w (after x and the 9 small forward outputs)
-        dx, dconv, dsmall = backward_op(grad_out, *saved, *ctx.options)
-        s = dsmall.view(12, C)
-        return (dx, dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5],
-                s[6:9], s[9:12], None, None, None, None)
+        return _split_grads(ctx, grad_out, backward_op)
 
     forward_op = triton_op("scsa_kernels::triton_scsa_forward", mutates_args=())(_forward_impl)
     backward_op = triton_op("scsa_kernels::triton_scsa_backward", mutates_args=())(_backward_impl)
