@@ -11,7 +11,6 @@ import weakref
 from typing import NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .config import SCSAConfig
 
@@ -78,28 +77,51 @@ class PackedWeights(NamedTuple):
     qkv_bias: Tensor       # (3, C): zeros when the module has no q/k/v bias
 
 
+_PACK_INDEX = {}  # (config, device) -> int64 gather index of pack_weights
+
+
+def _pack_index(config: SCSAConfig, device) -> Tensor:
+    """Gather index from ``cat([conv weights (flat), 0, conv biases, the six norm params, q, k, v
+    scales, (q, k, v biases)])`` to the ``PackedWeights`` fields laid out back to back: the conv
+    table padded symmetrically to K, the zero slot standing in for padding and absent biases."""
+    key = (config, device)
+    index = _PACK_INDEX.get(key)
+    if index is None:
+        C, K = config.dim, config.max_kernel_size
+        g = config.group_channels
+        zero = g * sum(config.group_kernel_sizes)
+        conv, offset = [], 0
+        for k in config.group_kernel_sizes:
+            pad = (K - k) // 2
+            for r in range(g):
+                conv += [offset + r * k + t - pad if pad <= t < pad + k else zero for t in range(K)]
+            offset += g * k
+        rest = list(range(zero + 1, zero + 1 + 10 * C))  # conv biases, 6 norm params, q/k/v scales
+        biases = list(range(zero + 1 + 10 * C, zero + 1 + 13 * C)) if config.qkv_bias else [zero] * (3 * C)
+        index = torch.tensor(conv + rest + biases, dtype=torch.int64).to(device)
+        _PACK_INDEX[key] = index
+    return index
+
+
 def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = torch.float32) -> PackedWeights:
     """Differentiable packing of ``weights`` into ``PackedWeights`` (float32, or ``dtype``: float64 for
-    float64 inputs, so gradcheck sees full precision)."""
-    kmax = config.max_kernel_size
-    rows = []
-    for weight, k in zip(weights.conv_weights, config.group_kernel_sizes):
-        pad = (kmax - k) // 2
-        rows.append(F.pad(weight.reshape(weight.shape[0], k).to(dtype), (pad, pad)))
-    conv_weight = torch.cat(rows).contiguous()
-    conv_bias = torch.cat([b.to(dtype) for b in weights.conv_biases])
-    scales = torch.stack([w.reshape(-1) for w in (weights.q_weight, weights.k_weight, weights.v_weight)])
+    float64 inputs, so gradcheck sees full precision).
+
+    One cat, one gather, one split (and a cast): every packed element is a copy of one parameter
+    element or of a constant zero, so values and gradients are exact, with few autograd nodes
+    (this runs on every training call of the fused backends)."""
+    C, K = config.dim, config.max_kernel_size
+    parts = [w.reshape(-1) for w in weights.conv_weights] + [weights.conv_biases[0].new_zeros(1)]
+    parts += list(weights.conv_biases) + list(weights[2:8])
+    parts += [w.reshape(-1) for w in (weights.q_weight, weights.k_weight, weights.v_weight)]
     if config.qkv_bias:
-        biases = torch.stack([weights.q_bias, weights.k_bias, weights.v_bias])
-    else:
-        biases = scales.new_zeros(scales.shape)
-    return PackedWeights(
-        conv_weight, conv_bias,
-        weights.norm_h_weight.to(dtype), weights.norm_h_bias.to(dtype),
-        weights.norm_w_weight.to(dtype), weights.norm_w_bias.to(dtype),
-        weights.norm_weight.to(dtype), weights.norm_bias.to(dtype),
-        scales.to(dtype).contiguous(), biases.to(dtype).contiguous(),
-    )
+        parts += [weights.q_bias, weights.k_bias, weights.v_bias]
+    flat = torch.cat(parts)
+    packed = flat.index_select(0, _pack_index(config, flat.device)).to(dtype)
+    conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = packed.split(
+        (C * K, C, C, C, C, C, C, C, 3 * C, 3 * C))
+    return PackedWeights(conv_w.view(C, K), conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b,
+                         qkv_w.view(3, C), qkv_b.view(3, C))
 
 
 class InferencePackCache:

@@ -108,11 +108,7 @@ def unsupported_reason(x, config, training):
 
 
 def scsa(x, weights, config, training):
-    if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and any(t.requires_grad for t in weights.tensors())):
-        p = _pack_for_autograd(weights, config)
-    else:
-        p = packed_weights(weights, config)  # inference cache, or traced pack_weights under torch.compile
+    p = packed_weights(weights, config)
     options = (config.head_num, config.window_size, config.down_sample_mode == "max_pool" and not config.global_pool,
                config.gate_layer == "softmax")
     if not EAGER_BYPASS or torch.compiler.is_compiling():
@@ -139,55 +135,6 @@ class _EagerSCSA(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         return _split_grads(ctx, grad_out, _backward_impl)
-
-
-# ----------------------------------------------------------------------------------------
-# Weight packing with autograd (eager): 3-5 torch ops instead of pack_weights' 8-24
-
-
-_PACK_INDEX = {}  # (config, device) -> int64 gather index into the flat parameter vector
-
-
-def _pack_index(config, device):
-    """Gather index from ``cat([conv weights (flat), 0, conv biases, the six norm params, q, k, v
-    scales, (q, k, v biases)])`` to ``PackedWeights`` laid out back to back (conv table padded
-    symmetrically to K like ``pack_weights``; the zero slot pads it and stands in for absent biases)."""
-    key = (config, device)
-    index = _PACK_INDEX.get(key)
-    if index is None:
-        C, K = config.dim, config.max_kernel_size
-        g = C // len(config.group_kernel_sizes)
-        zero = g * sum(config.group_kernel_sizes)
-        conv, offset = [], 0
-        for k in config.group_kernel_sizes:
-            pad = (K - k) // 2
-            for r in range(g):
-                conv += [offset + r * k + t - pad if pad <= t < pad + k else zero for t in range(K)]
-            offset += g * k
-        rest = list(range(zero + 1, zero + 1 + 10 * C))  # conv biases, 6 norm params, q/k/v scales
-        biases = list(range(zero + 1 + 10 * C, zero + 1 + 13 * C)) if config.qkv_bias else [zero] * (3 * C)
-        index = torch.tensor(conv + rest + biases, dtype=torch.int64).to(device)
-        _PACK_INDEX[key] = index
-    return index
-
-
-def _pack_for_autograd(weights, config):
-    """``pack_weights(weights, config)`` as one cat, one gather and one split (plus a float32 cast
-    for half parameters): values identical, gradients identical (each packed element is a copy of
-    one parameter element or of the constant zero), far fewer autograd nodes."""
-    C, K = config.dim, config.max_kernel_size
-    first = weights.conv_biases[0]
-    parts = [w.reshape(-1) for w in weights.conv_weights] + [first.new_zeros(1)] + list(weights.conv_biases)
-    parts += list(weights[2:8]) + [w.reshape(-1) for w in (weights.q_weight, weights.k_weight, weights.v_weight)]
-    if config.qkv_bias:
-        parts += [weights.q_bias, weights.k_bias, weights.v_bias]
-    flat = torch.cat(parts)
-    packed = flat.index_select(0, _pack_index(config, flat.device))
-    if packed.dtype != torch.float32:
-        packed = packed.float()
-    conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = packed.split(
-        (C * K, C, C, C, C, C, C, C, 3 * C, 3 * C))
-    return conv_w.view(C, K), conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w.view(3, C), qkv_b.view(3, C)
 
 
 # ----------------------------------------------------------------------------------------
