@@ -125,9 +125,9 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = 
 
 
 class InferencePackCache:
-    """Packed weights of recent inference calls. Packing is ~15 small torch ops (about
-    70 us), several times the fused kernel itself at batch 1; without autograd it
-    only needs redoing when a weight changes. An entry is reused only while every
+    """Packed weights of recent inference calls. Packing is a few small torch ops, each
+    comparable to the fused CPU kernel itself at batch 1; without autograd it only
+    needs redoing when a weight changes. An entry is reused only while every
     weight is the very same live tensor (weak references), with the same version
     counter (in-place updates) and data pointer (``.data`` reassignment)."""
 
