@@ -203,6 +203,16 @@ inline void scale(T* y, T alpha, int64_t n) {
   for (; i < n; ++i) y[i] *= alpha;
 }
 
+// out = in * alpha + beta (out may be in)
+template <typename T>
+inline void affine(const T* in, T alpha, T beta, T* out, int64_t n) {
+  using V = Vectorized<T>;
+  const V va(alpha), vb(beta);
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) at::vec::fmadd(V::loadu(in + i), va, vb).store(out + i);
+  for (; i < n; ++i) out[i] = in[i] * alpha + beta;
+}
+
 // Chunk size for at::parallel_for over planes: about 16K elements per task.
 inline int64_t plane_grain(int64_t plane_elements) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_elements));
@@ -221,7 +231,14 @@ inline void gate_backward(const T* a, const T* da, T* dn, int64_t n, bool softma
     const T s = dot(a, da, n);
     for (int64_t i = 0; i < n; ++i) dn[i] = a[i] * (da[i] - s);
   } else {
-    for (int64_t i = 0; i < n; ++i) dn[i] = da[i] * a[i] * (T(1) - a[i]);
+    using V = Vectorized<T>;
+    const V one(T(1));
+    int64_t i = 0;
+    for (; i + V::size() <= n; i += V::size()) {
+      const V av = V::loadu(a + i);
+      (V::loadu(da + i) * av * (one - av)).store(dn + i);
+    }
+    for (; i < n; ++i) dn[i] = da[i] * a[i] * (T(1) - a[i]);
   }
 }
 

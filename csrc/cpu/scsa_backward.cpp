@@ -7,6 +7,7 @@
 #include "scsa_cpu.h"
 
 #include "row_visitor.h"
+#include "schedule.h"
 #include "small_stages.h"
 
 namespace scsa_kernels::cpu {
@@ -53,55 +54,53 @@ T modulated_products(const T* u, const T* x, const T* a_w, T a_h, T* r_w, int64_
   return s;
 }
 
-// Pass (a): r_h = sum_w g x a_w, r_w = sum_h g x a_h, d_ca = sum_hw g x_s.
+// Pass (a) over planes [begin, end): r_h = sum_w g x a_w, r_w = sum_h g x a_h, d_ca = sum_hw g x_s.
 template <typename scalar_t, typename acc_t>
-void grad_products(const Tensor& grad_out, const Tensor& x, const acc_t* a_h, const acc_t* a_w, acc_t* r_h,
-                   acc_t* r_w, acc_t* d_ca) {
+void grad_products(const Tensor& grad_out, const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h,
+                   const acc_t* a_w, acc_t* r_h, acc_t* r_w, acc_t* d_ca) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x), gs(grad_out);
   const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W);
-  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
-      acc_t* rw = r_w + p * W;
-      if (h == 0) {
-        std::fill(rw, rw + W, acc_t(0));
-        d_ca[p] = 0;
-      }
-      const acc_t ah = a_h[p * H + h];
-      const acc_t rh = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
-      r_h[p * H + h] = rh;
-      d_ca[p] += ah * rh;
-    });
+  rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
+    acc_t* rw = r_w + p * W;
+    if (h == 0) {
+      std::fill(rw, rw + W, acc_t(0));
+      d_ca[p] = 0;
+    }
+    const acc_t ah = a_h[p * H + h];
+    const acc_t rh = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
+    r_h[p * H + h] = rh;
+    d_ca[p] += ah * rh;
   });
 }
 
-// Pass (b): t_h = sum_w S x a_w, t_w = sum_h S x a_h (S: pool scatter of d_pooled).
+// Pass (b) over planes [begin, end): t_h = sum_w S x a_w, t_w = sum_h S x a_h (S: pool
+// scatter of d_pooled).
 template <typename scalar_t, typename acc_t>
-void pool_grad_products(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const acc_t* d_pooled,
-                        const int64_t* argmax, const PoolGeometry& pg, acc_t* t_h, acc_t* t_w) {
+void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w,
+                        const acc_t* d_pooled, const int64_t* argmax, const PoolGeometry& pg, acc_t* t_h,
+                        acc_t* t_w) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const PoolRows pool_rows(pg, H);
-  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> s(W);
-    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
-      acc_t* tw = t_w + p * W;
-      if (h == 0) std::fill(tw, tw + W, acc_t(0));
-      const int64_t hn = pool_rows.window[h];
-      if (hn < 0) {  // below every window: no pooling gradient
-        t_h[p * H + h] = 0;
-        return;
-      }
-      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, hn, h, W, s.data());
-      t_h[p * H + h] = modulated_products(s.data(), xr, a_w + p * W, a_h[p * H + h], tw, W);
-    });
+  std::vector<acc_t> s(W);
+  rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
+    acc_t* tw = t_w + p * W;
+    if (h == 0) std::fill(tw, tw + W, acc_t(0));
+    const int64_t hn = pool_rows.window[h];
+    if (hn < 0) {  // below every window: no pooling gradient
+      t_h[p * H + h] = 0;
+      return;
+    }
+    pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, hn, h, W, s.data());
+    t_h[p * H + h] = modulated_products(s.data(), xr, a_w + p * W, a_h[p * H + h], tw, W);
   });
 }
 
-// Pass (c): dx = (g ca + S) a_h a_w + d(x_h)/W + d(x_w)/H.
+// Pass (c) over planes [begin, end): dx = (g ca + S) a_h a_w + d(x_h)/W + d(x_w)/H.
 template <typename scalar_t, typename acc_t>
-void input_grad(const Tensor& grad_out, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, const acc_t* d_pooled,
+void input_grad(const Tensor& grad_out, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, const acc_t* d_pooled,
                 const int64_t* argmax, const PoolGeometry& pg, const acc_t* dm_h, const acc_t* dm_w, Tensor& dx) {
   using V = Vectorized<acc_t>;
   const int64_t C = dx.size(1), H = dx.size(2), W = dx.size(3), N = pg.positions();
@@ -110,22 +109,19 @@ void input_grad(const Tensor& grad_out, const acc_t* a_h, const acc_t* a_w, cons
   const RowVisitor<scalar_t, acc_t> rows(&gs, nullptr, &dst, C, H, W);
   const acc_t inv_h = acc_t(1) / acc_t(H), inv_w = acc_t(1) / acc_t(W);
   const PoolRows pool_rows(pg, H);
-  at::parallel_for(0, dx.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> s(W);
-    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* gr, const acc_t*, acc_t* o) {
-      pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, pool_rows.window[h], h, W,
-                       s.data());
-      const acc_t* aw = a_w + p * W;
-      const acc_t* mw = dm_w + p * W;
-      const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] * inv_w, cap = ca[p];
-      const V vca(cap), vah(ah), vmh(mean_h_grad), vih(inv_h);
-      int64_t w = 0;
-      for (; w + V::size() <= W; w += V::size()) {
-        const V e = at::vec::fmadd(V::loadu(gr + w), vca, V::loadu(s.data() + w));
-        at::vec::fmadd(V::loadu(mw + w), vih, at::vec::fmadd(e * V::loadu(aw + w), vah, vmh)).store(o + w);
-      }
-      for (; w < W; ++w) o[w] = (gr[w] * cap + s[w]) * aw[w] * ah + mean_h_grad + mw[w] * inv_h;
-    });
+  std::vector<acc_t> s(W);
+  rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* gr, const acc_t*, acc_t* o) {
+    pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, pool_rows.window[h], h, W, s.data());
+    const acc_t* aw = a_w + p * W;
+    const acc_t* mw = dm_w + p * W;
+    const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] * inv_w, cap = ca[p];
+    const V vca(cap), vah(ah), vmh(mean_h_grad), vih(inv_h);
+    int64_t w = 0;
+    for (; w + V::size() <= W; w += V::size()) {
+      const V e = at::vec::fmadd(V::loadu(gr + w), vca, V::loadu(s.data() + w));
+      at::vec::fmadd(V::loadu(mw + w), vih, at::vec::fmadd(e * V::loadu(aw + w), vah, vmh)).store(o + w);
+    }
+    for (; w < W; ++w) o[w] = (gr[w] * cap + s[w]) * aw[w] * ah + mean_h_grad + mw[w] * inv_h;
   });
 }
 
@@ -157,13 +153,13 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
   auto ptr = [](const Tensor& t) { return t.const_data_ptr<acc_t>(); };
   const int64_t* argmax_ptr = pg.max_pool ? argmax.const_data_ptr<int64_t>() : nullptr;
 
-  // (a)
+  const int64_t N = pg.positions(), g = C / kGroups;
   Tensor r_h = at::empty({B, C, H}, small), r_w = at::empty({B, C, W}, small), d_ca = at::empty({B, C}, small);
-  grad_products<scalar_t>(grad_out, x, ptr(a_h), ptr(a_w), r_h.data_ptr<acc_t>(), r_w.data_ptr<acc_t>(),
-                          d_ca.data_ptr<acc_t>());
+  Tensor t_h = at::empty({B, C, H}, small), t_w = at::empty({B, C, W}, small);
+  Tensor dm_h = at::empty({B, C, H}, small), dm_w = at::empty({B, C, W}, small);
+  Tensor dx = at::empty_like(x, at::MemoryFormat::Preserve);
 
-  // Channel branch backward -> d_pooled and its parameter gradients.
-  const int64_t N = pg.positions();
+  // Channel branch buffers and per-sample parameter gradients (summed over the batch at the end).
   ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num, /*need_q_t=*/true);
   Tensor d_out = at::empty({B, C}, small), dq = at::empty({B, C, N}, small), dk = at::empty({B, C, N}, small);
   Tensor dv_mean = at::empty({B, C}, small), d_pooled = at::empty({B, C, N}, small);
@@ -174,50 +170,29 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
                                         d_pooled.data_ptr<acc_t>(), g_norm_w.data_ptr<acc_t>(),
                                         g_norm_b.data_ptr<acc_t>(), g_qkv_w.data_ptr<acc_t>(),
                                         g_qkv_b.data_ptr<acc_t>()};
-  const acc_t *ca_data = ptr(ca), *d_ca_data = ptr(d_ca);
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b)
-      gate_backward(ca_data + b * C, d_ca_data + b * C, cg.d_out + b * C, C, opt.softmax_gate);
-  });
-  state.project(w, B);
-  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(state.geom.d);
-    for (int64_t row = begin; row < end; ++row) {
-      attention_row_backward(state.buf, cg, state.geom, row / C, row % C, scratch.data());
-      attention_column_backward(state.buf, cg, state.geom, row / C, row % C, scratch.data());
-    }
-  });
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) channel_projection_backward(state.buf, cg, w, state.geom, b);
-  });
-
-  // (b)
-  Tensor t_h = at::empty({B, C, H}, small), t_w = at::empty({B, C, W}, small);
-  pool_grad_products<scalar_t>(x, ptr(a_h), ptr(a_w), ptr(d_pooled), argmax_ptr, pg, t_h.data_ptr<acc_t>(),
-                               t_w.data_ptr<acc_t>());
-
-  // Spatial gates backward, both directions per (sample, group) so the shared conv
-  // gradients accumulate in a fixed order (H then W).
-  const int64_t g = C / kGroups;
-  Tensor dm_h = at::empty({B, C, H}, small), dm_w = at::empty({B, C, W}, small);
   Tensor g_conv_w = per_sample_zeros<acc_t>(a_h, B, {C, K}), g_conv_b = per_sample_zeros<acc_t>(a_h, B, {C});
   Tensor g_nh_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nh_b = per_sample_zeros<acc_t>(a_h, B, {C});
   Tensor g_nw_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nw_b = per_sample_zeros<acc_t>(a_h, B, {C});
+
   // Raw pointers hoisted out of the loops (Tensor accessors are out-of-line calls).
+  const acc_t *a_h_ptr = ptr(a_h), *a_w_ptr = ptr(a_w), *ca_ptr = ptr(ca), *d_pooled_ptr = ptr(d_pooled);
+  acc_t *r_h_ptr = r_h.data_ptr<acc_t>(), *r_w_ptr = r_w.data_ptr<acc_t>(), *d_ca_ptr = d_ca.data_ptr<acc_t>();
+  acc_t *t_h_ptr = t_h.data_ptr<acc_t>(), *t_w_ptr = t_w.data_ptr<acc_t>();
+  acc_t *g_conv_w_ptr = g_conv_w.data_ptr<acc_t>(), *g_conv_b_ptr = g_conv_b.data_ptr<acc_t>();
   struct Direction {
     const acc_t *means, *r, *t;
     acc_t *dm, *g_norm_w, *g_norm_b;
     int64_t len;
   };
   const Direction directions[2] = {
-      {ptr(x_h), ptr(r_h), ptr(t_h), dm_h.data_ptr<acc_t>(), g_nh_w.data_ptr<acc_t>(), g_nh_b.data_ptr<acc_t>(), H},
-      {ptr(x_w), ptr(r_w), ptr(t_w), dm_w.data_ptr<acc_t>(), g_nw_w.data_ptr<acc_t>(), g_nw_b.data_ptr<acc_t>(), W}};
-  const acc_t* ca_ptr = ptr(ca);
-  acc_t* g_conv_w_ptr = g_conv_w.data_ptr<acc_t>();
-  acc_t* g_conv_b_ptr = g_conv_b.data_ptr<acc_t>();
-  at::parallel_for(0, B * kGroups, 1, [&](int64_t begin, int64_t end) {
+      {ptr(x_h), r_h_ptr, t_h_ptr, dm_h.data_ptr<acc_t>(), g_nh_w.data_ptr<acc_t>(), g_nh_b.data_ptr<acc_t>(), H},
+      {ptr(x_w), r_w_ptr, t_w_ptr, dm_w.data_ptr<acc_t>(), g_nw_w.data_ptr<acc_t>(), g_nw_b.data_ptr<acc_t>(), W}};
+
+  // Spatial gates backward of (sample, group) tasks: both directions per task, so the
+  // shared conv gradients accumulate in a fixed order (H then W).
+  auto spatial_gates_backward = [&](int64_t begin, int64_t end) {
     const int64_t L = std::max(H, W);
-    std::vector<acc_t> da(g * L), scratch(3 * g * L);
+    std::vector<acc_t> da(g * L), scratch(3 * g * L + L + K - 1);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
       for (const int dir : {0, 1}) {
@@ -226,8 +201,10 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
         const acc_t* r = D.r + c0 * len;
         const acc_t* t = D.t + c0 * len;
         // d(a) = ca * (grad_out share) + (pooling share)
-        for (int64_t c = 0; c < g; ++c)
-          for (int64_t l = 0; l < len; ++l) da[c * len + l] = ca_ptr[c0 + c] * r[c * len + l] + t[c * len + l];
+        for (int64_t c = 0; c < g; ++c) {
+          std::copy(t + c * len, t + (c + 1) * len, da.data() + c * len);
+          axpy(da.data() + c * len, ca_ptr[c0 + c], r + c * len, len);
+        }
         const SpatialGateGrads<acc_t> grads{g_conv_w_ptr + c0 * K, g_conv_b_ptr + c0, D.g_norm_w + c0,
                                             D.g_norm_b + c0};
         spatial_gate_backward(D.means + c0 * len, da.data(), g, len,
@@ -235,12 +212,47 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
                               scratch.data());
       }
     }
-  });
+  };
 
-  // (c)
-  Tensor dx = at::empty_like(x, at::MemoryFormat::Preserve);
-  input_grad<scalar_t>(grad_out, ptr(a_h), ptr(a_w), ptr(ca), ptr(d_pooled), argmax_ptr, pg, ptr(dm_h), ptr(dm_w),
-                       dx);
+  const int64_t planes = plane_grain(H * W);
+  run_stages(B, {
+      // (a)
+      {C, planes,
+       [&](int64_t p0, int64_t p1) {
+         grad_products<scalar_t>(grad_out, x, p0, p1, a_h_ptr, a_w_ptr, r_h_ptr, r_w_ptr, d_ca_ptr);
+       }},
+      // channel branch backward -> d_pooled and its parameter gradients
+      {1, 1,
+       [&](int64_t b0, int64_t b1) {
+         for (int64_t b = b0; b < b1; ++b)
+           gate_backward(ca_ptr + b * C, d_ca_ptr + b * C, cg.d_out + b * C, C, opt.softmax_gate);
+         state.project(w, b0, b1);
+       }},
+      {C, 1,
+       [&](int64_t r0, int64_t r1) {
+         std::vector<acc_t> scratch(state.geom.d);
+         for (int64_t row = r0; row < r1; ++row) {
+           attention_row_backward(state.buf, cg, state.geom, row / C, row % C, scratch.data());
+           attention_column_backward(state.buf, cg, state.geom, row / C, row % C, scratch.data());
+         }
+       }},
+      {1, 1,
+       [&](int64_t b0, int64_t b1) {
+         for (int64_t b = b0; b < b1; ++b) channel_projection_backward(state.buf, cg, w, state.geom, b);
+       }},
+      // (b)
+      {C, planes,
+       [&](int64_t p0, int64_t p1) {
+         pool_grad_products<scalar_t>(x, p0, p1, a_h_ptr, a_w_ptr, d_pooled_ptr, argmax_ptr, pg, t_h_ptr, t_w_ptr);
+       }},
+      {kGroups, 1, spatial_gates_backward},
+      // (c)
+      {C, planes,
+       [&](int64_t p0, int64_t p1) {
+         input_grad<scalar_t>(grad_out, p0, p1, a_h_ptr, a_w_ptr, ca_ptr, d_pooled_ptr, argmax_ptr, pg,
+                              ptr(dm_h), ptr(dm_w), dx);
+       }},
+  });
 
   return {dx,
           reduce_batch<acc_t>(g_conv_w),

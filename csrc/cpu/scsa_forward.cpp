@@ -5,99 +5,95 @@
 #include <limits>
 
 #include "row_visitor.h"
+#include "schedule.h"
 #include "small_stages.h"
 
 namespace scsa_kernels::cpu {
 namespace {
 
-// Pass 1: x_h[p, h] = mean_w x, x_w[p, w] = mean_h x.
+// Pass 1 over planes [begin, end): x_h[p, h] = mean_w x, x_w[p, w] = mean_h x.
 template <typename scalar_t, typename acc_t>
-void row_col_means(const Tensor& x, acc_t* x_h, acc_t* x_w) {
+void row_col_means(const Tensor& x, int64_t begin, int64_t end, acc_t* x_h, acc_t* x_w) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const acc_t inv_w = acc_t(1) / acc_t(W), inv_h = acc_t(1) / acc_t(H);
-  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
-      acc_t* mw = x_w + p * W;
-      if (h == 0) std::fill(mw, mw + W, acc_t(0));
-      x_h[p * H + h] = sum(r, W) * inv_w;
-      axpy(mw, acc_t(1), r, W);
-      if (h == H - 1) scale(mw, inv_h, W);
-    });
+  rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
+    acc_t* mw = x_w + p * W;
+    if (h == 0) std::fill(mw, mw + W, acc_t(0));
+    x_h[p * H + h] = sum(r, W) * inv_w;
+    axpy(mw, acc_t(1), r, W);
+    if (h == H - 1) scale(mw, inv_h, W);
   });
 }
 
-// Pass 3: pooled[p, n] = pool over window n of x * a_h * a_w, formed on the fly.
+// Pass 3 over planes [begin, end): pooled[p, n] = pool over window n of x * a_h * a_w, formed on the fly.
 // Average: rows are folded into a band as sum_h a_h[h] x[h, :] (one axpy per
 // row), then each window's dot with a_w.
 // Max: scans each window in (h, w) order with PyTorch's rule (first maximum wins,
 // NaN wins), recording the plane offset. Rows below the last window are skipped.
 template <typename scalar_t, typename acc_t>
-void pool_modulated(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const PoolGeometry& pg, acc_t* pooled,
-                    int64_t* argmax) {
+void pool_modulated(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w,
+                    const PoolGeometry& pg, acc_t* pooled, int64_t* argmax) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
   const int64_t covered_w = pg.wp * pg.kw;
   const PoolRows pool_rows(pg, H);
-  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> bands(pg.max_pool ? 0 : kBlock * W);
-    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
-      const int64_t hn = pool_rows.window[h];
-      if (hn < 0) return;
-      const bool first_row = pool_rows.first[h], last_row = pool_rows.last[h];
-      const acc_t ah = a_h[p * H + h];
-      const acc_t* aw = a_w + p * W;
-      acc_t* out = pooled + p * N + hn * pg.wp;
-      if (!pg.max_pool) {
-        // band = sum over the window rows so far of a_h[h] * x[h, :]; one band per
-        // plane of the tile (the visitor keeps at most kBlock planes in flight,
-        // consecutive in p). Windows are closed with a dot against a_w.
-        acc_t* band = bands.data() + (p & (kBlock - 1)) * W;
-        if (first_row) std::fill(band, band + covered_w, acc_t(0));
-        axpy(band, ah, r, covered_w);
-        if (last_row)
-          for (int64_t wn = 0; wn < pg.wp; ++wn)
-            out[wn] = dot(band + wn * pg.kw, aw + wn * pg.kw, pg.kw) * inv_area;
-        return;
+  std::vector<acc_t> bands(pg.max_pool ? 0 : kBlock * W);
+  rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
+    const int64_t hn = pool_rows.window[h];
+    if (hn < 0) return;
+    const bool first_row = pool_rows.first[h], last_row = pool_rows.last[h];
+    const acc_t ah = a_h[p * H + h];
+    const acc_t* aw = a_w + p * W;
+    acc_t* out = pooled + p * N + hn * pg.wp;
+    if (!pg.max_pool) {
+      // band = sum over the window rows so far of a_h[h] * x[h, :]; one band per
+      // plane of the tile (the visitor keeps at most kBlock planes in flight,
+      // consecutive in p). Windows are closed with a dot against a_w.
+      acc_t* band = bands.data() + (p & (kBlock - 1)) * W;
+      if (first_row) std::fill(band, band + covered_w, acc_t(0));
+      axpy(band, ah, r, covered_w);
+      if (last_row)
+        for (int64_t wn = 0; wn < pg.wp; ++wn)
+          out[wn] = dot(band + wn * pg.kw, aw + wn * pg.kw, pg.kw) * inv_area;
+      return;
+    }
+    int64_t* where = argmax + p * N + hn * pg.wp;
+    for (int64_t wn = 0; wn < pg.wp; ++wn) {
+      if (first_row) {
+        out[wn] = -std::numeric_limits<acc_t>::infinity();
+        where[wn] = h * W + wn * pg.kw;
       }
-      int64_t* where = argmax + p * N + hn * pg.wp;
-      for (int64_t wn = 0; wn < pg.wp; ++wn) {
-        if (first_row) {
-          out[wn] = -std::numeric_limits<acc_t>::infinity();
-          where[wn] = h * W + wn * pg.kw;
-        }
-        for (int64_t w = wn * pg.kw; w < (wn + 1) * pg.kw; ++w) {
-          const acc_t v = r[w] * ah * aw[w];  // x_s rounded as the reference forms it
-          if (v > out[wn] || std::isnan(v)) {
-            out[wn] = v;
-            where[wn] = h * W + w;
-          }
+      for (int64_t w = wn * pg.kw; w < (wn + 1) * pg.kw; ++w) {
+        const acc_t v = r[w] * ah * aw[w];  // x_s rounded as the reference forms it
+        if (v > out[wn] || std::isnan(v)) {
+          out[wn] = v;
+          where[wn] = h * W + w;
         }
       }
-    });
+    }
   });
 }
 
-// Pass 5: out = x * a_w * (a_h * ca).
+// Pass 5 over planes [begin, end): out = x * a_w * (a_h * ca).
 template <typename scalar_t, typename acc_t>
-void apply_gates(const Tensor& x, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, Tensor& out) {
+void apply_gates(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w, const acc_t* ca,
+                 Tensor& out) {
   using V = Vectorized<acc_t>;
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x);
   const Planes<scalar_t> dst(out);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, &dst, C, H, W);
-  at::parallel_for(0, x.size(0) * C, plane_grain(H * W), [&](int64_t begin, int64_t end) {
-    rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t* o) {
-      const acc_t* aw = a_w + p * W;
-      const acc_t s = a_h[p * H + h] * ca[p];
-      const V vs(s);
-      int64_t w = 0;
-      for (; w + V::size() <= W; w += V::size()) (V::loadu(r + w) * V::loadu(aw + w) * vs).store(o + w);
-      for (; w < W; ++w) o[w] = r[w] * aw[w] * s;
-    });
+  rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t* o) {
+    const acc_t* aw = a_w + p * W;
+    const acc_t s = a_h[p * H + h] * ca[p];
+    const V vs(s);
+    int64_t w = 0;
+    for (; w + V::size() <= W; w += V::size()) (V::loadu(r + w) * V::loadu(aw + w) * vs).store(o + w);
+    for (; w < W; ++w) o[w] = r[w] * aw[w] * s;
   });
 }
 
@@ -110,30 +106,39 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Option
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const PackedParams<acc_t> w = packed_params<acc_t>(weights);
 
-  row_col_means<scalar_t>(x, x_h.data_ptr<acc_t>(), x_w.data_ptr<acc_t>());
-  spatial_gates_forward(x_h.const_data_ptr<acc_t>(), x_w.const_data_ptr<acc_t>(), w, B, C, H, W, opt.softmax_gate,
-                        a_h.data_ptr<acc_t>(), a_w.data_ptr<acc_t>());
-  pool_modulated<scalar_t>(x, a_h.const_data_ptr<acc_t>(), a_w.const_data_ptr<acc_t>(), pg,
-                           pooled.data_ptr<acc_t>(), pg.max_pool ? argmax.data_ptr<int64_t>() : nullptr);
-
+  acc_t *x_h_ptr = x_h.data_ptr<acc_t>(), *x_w_ptr = x_w.data_ptr<acc_t>();
+  acc_t *a_h_ptr = a_h.data_ptr<acc_t>(), *a_w_ptr = a_w.data_ptr<acc_t>(), *ca_ptr = ca.data_ptr<acc_t>();
+  acc_t* pooled_ptr = pooled.data_ptr<acc_t>();
+  int64_t* argmax_ptr = pg.max_pool ? argmax.data_ptr<int64_t>() : nullptr;
   ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num, /*need_q_t=*/false);
-  state.project(w, B);
-  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(state.geom.d);
-    for (int64_t row = begin; row < end; ++row)
-      attention_row_forward(state.buf, state.geom, row / C, row % C, scratch.data());
+  const int64_t planes = plane_grain(H * W);
+  run_stages(B, {
+      {C, planes, [&](int64_t p0, int64_t p1) { row_col_means<scalar_t>(x, p0, p1, x_h_ptr, x_w_ptr); }},
+      {kGroups, 1,
+       [&](int64_t g0, int64_t g1) {
+         spatial_gates_forward(x_h_ptr, x_w_ptr, w, g0, g1, C, H, W, opt.softmax_gate, a_h_ptr, a_w_ptr);
+       }},
+      {C, planes,
+       [&](int64_t p0, int64_t p1) {
+         pool_modulated<scalar_t>(x, p0, p1, a_h_ptr, a_w_ptr, pg, pooled_ptr, argmax_ptr);
+       }},
+      {1, 1, [&](int64_t b0, int64_t b1) { state.project(w, b0, b1); }},
+      {C, 1,
+       [&](int64_t r0, int64_t r1) {
+         std::vector<acc_t> scratch(state.geom.d);
+         for (int64_t row = r0; row < r1; ++row)
+           attention_row_forward(state.buf, state.geom, row / C, row % C, scratch.data());
+       }},
+      {1, 1,
+       [&](int64_t b0, int64_t b1) {
+         const acc_t* o_ptr = attn_out.const_data_ptr<acc_t>();
+         for (int64_t b = b0; b < b1; ++b) {
+           std::copy(o_ptr + b * C, o_ptr + (b + 1) * C, ca_ptr + b * C);
+           gate_forward(ca_ptr + b * C, C, opt.softmax_gate);
+         }
+       }},
+      {C, planes, [&](int64_t p0, int64_t p1) { apply_gates<scalar_t>(x, p0, p1, a_h_ptr, a_w_ptr, ca_ptr, out); }},
   });
-  acc_t* ca_ptr = ca.data_ptr<acc_t>();
-  const acc_t* o_ptr = attn_out.const_data_ptr<acc_t>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      std::copy(o_ptr + b * C, o_ptr + (b + 1) * C, ca_ptr + b * C);
-      gate_forward(ca_ptr + b * C, C, opt.softmax_gate);
-    }
-  });
-
-  apply_gates<scalar_t>(x, a_h.const_data_ptr<acc_t>(), a_w.const_data_ptr<acc_t>(), ca.const_data_ptr<acc_t>(),
-                        out);
 }
 
 }  // namespace

@@ -28,21 +28,20 @@ SpatialGateParams<T> direction_params(const PackedParams<T>& w, int64_t group, i
           (w_direction ? w.norm_w_bias : w.norm_h_bias) + c0, w.kernel_size, softmax_gate};
 }
 
-// a_h, a_w (B, C, H|W) from the means x_h, x_w; parallel over (sample, group).
+// a_h, a_w (B, C, H|W) from the means x_h, x_w, for (sample, group) tasks
+// [begin, end) (task = b * kGroups + group).
 template <typename T>
-void spatial_gates_forward(const T* x_h, const T* x_w, const PackedParams<T>& w, int64_t B, int64_t C, int64_t H,
-                           int64_t W, bool softmax_gate, T* a_h, T* a_w) {
-  const int64_t g = C / kGroups;
-  at::parallel_for(0, B * kGroups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> f_hat(g * std::max(H, W));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
-      spatial_gate_forward(x_h + c0 * H, g, H, direction_params(w, group, g, false, softmax_gate), f_hat.data(),
-                           a_h + c0 * H);
-      spatial_gate_forward(x_w + c0 * W, g, W, direction_params(w, group, g, true, softmax_gate), f_hat.data(),
-                           a_w + c0 * W);
-    }
-  });
+void spatial_gates_forward(const T* x_h, const T* x_w, const PackedParams<T>& w, int64_t begin, int64_t end,
+                           int64_t C, int64_t H, int64_t W, bool softmax_gate, T* a_h, T* a_w) {
+  const int64_t g = C / kGroups, L = std::max(H, W);
+  std::vector<T> f_hat(g * L), padded(L + w.kernel_size - 1);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
+    spatial_gate_forward(x_h + c0 * H, g, H, direction_params(w, group, g, false, softmax_gate), f_hat.data(),
+                         a_h + c0 * H, padded.data());
+    spatial_gate_forward(x_w + c0 * W, g, W, direction_params(w, group, g, true, softmax_gate), f_hat.data(),
+                         a_w + c0 * W, padded.data());
+  }
 }
 
 // Owns the channel-branch work buffers of one call.
@@ -69,10 +68,9 @@ struct ChannelAttentionState {
            const_cast<T*>(ca.const_data_ptr<T>())};
   }
 
-  void project(const PackedParams<T>& w, int64_t B) {
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) project_qkv(buf, w, geom, b, buf.q_t != nullptr);
-    });
+  // Samples [begin, end).
+  void project(const PackedParams<T>& w, int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) project_qkv(buf, w, geom, b, buf.q_t != nullptr);
   }
 };
 

@@ -21,46 +21,74 @@ struct SpatialGateParams {
   bool softmax_gate;
 };
 
-// f[c, l] = bias[c] + sum_t w[c, t] * m[c, l + t - K/2], zero padding.
+// Zero-padded copy of a row of `length` values: pad zeros, the row, pad zeros
+// (padded holds length + 2 * pad values), so the taps loop has no bounds checks.
 template <typename T>
-void depthwise_conv(const T* m, int64_t channels, int64_t length, const SpatialGateParams<T>& p, T* f) {
-  const int64_t K = p.kernel_size, pad = K / 2;
-  for (int64_t c = 0; c < channels; ++c) {
-    const T* mc = m + c * length;
-    const T* wc = p.conv_weight + c * K;
-    for (int64_t l = 0; l < length; ++l) {
-      T acc = p.conv_bias[c];
-      const int64_t t0 = std::max<int64_t>(0, pad - l), t1 = std::min<int64_t>(K, length + pad - l);
-      for (int64_t t = t0; t < t1; ++t) acc += wc[t] * mc[l + t - pad];
-      f[c * length + l] = acc;
-    }
+const T* zero_padded(const T* row, int64_t length, int64_t pad, T* padded) {
+  std::fill(padded, padded + pad, T(0));
+  std::copy(row, row + length, padded + pad);
+  std::fill(padded + pad + length, padded + length + 2 * pad, T(0));
+  return padded;
+}
+
+// out[l] = init + sum_t taps[t * tap_stride] * in[l + t], vectorised over l.
+// The forward conv and its input gradient (taps reversed: tap_stride -1) are both this.
+template <typename T>
+void tap_sum(const T* in, const T* taps, int64_t tap_stride, int64_t K, T init, int64_t length, T* out) {
+  using V = Vectorized<T>;
+  int64_t l = 0;
+  for (; l + V::size() <= length; l += V::size()) {
+    V acc(init);
+    for (int64_t t = 0; t < K; ++t) acc = at::vec::fmadd(V(taps[t * tap_stride]), V::loadu(in + l + t), acc);
+    acc.store(out + l);
   }
+  for (; l < length; ++l) {
+    T acc = init;
+    for (int64_t t = 0; t < K; ++t) acc += taps[t * tap_stride] * in[l + t];
+    out[l] = acc;
+  }
+}
+
+// f[c, l] = bias[c] + sum_t w[c, t] * m[c, l + t - K/2], zero padding.
+// padded: scratch of length + K - 1 values.
+template <typename T>
+void depthwise_conv(const T* m, int64_t channels, int64_t length, const SpatialGateParams<T>& p, T* padded, T* f) {
+  const int64_t K = p.kernel_size, pad = K / 2;
+  for (int64_t c = 0; c < channels; ++c)
+    tap_sum(zero_padded(m + c * length, length, pad, padded), p.conv_weight + c * K, 1, K, p.conv_bias[c], length,
+            f + c * length);
 }
 
 // Mean and 1/sqrt(biased var + eps) of n values (two passes: no cancellation).
 template <typename T>
 std::pair<T, T> normal_stats(const T* v, int64_t n) {
+  using V = Vectorized<T>;
   const T mean = sum(v, n) / T(n);
-  T var = 0;
-  for (int64_t i = 0; i < n; ++i) var += (v[i] - mean) * (v[i] - mean);
+  const V vmean(mean);
+  V acc(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    const V d = V::loadu(v + i) - vmean;
+    acc = at::vec::fmadd(d, d, acc);
+  }
+  T var = horizontal_sum(acc);
+  for (; i < n; ++i) var += (v[i] - mean) * (v[i] - mean);
   var /= T(n);
   return {mean, T(1) / std::sqrt(var + T(kGroupNormEps))};
 }
 
 // Forward of one group: means m (g, L) -> gate a (g, L). f_hat (g, L) receives the
 // normalised conv output (the backward reuses it); returns rstd.
+// padded: scratch of L + K - 1 values.
 template <typename T>
 T spatial_gate_forward(const T* m, int64_t channels, int64_t length, const SpatialGateParams<T>& p,
-                       T* f_hat, T* a) {
+                       T* f_hat, T* a, T* padded) {
   const int64_t n = channels * length;
-  depthwise_conv(m, channels, length, p, f_hat);
+  depthwise_conv(m, channels, length, p, padded, f_hat);
   const auto [mean, rstd] = normal_stats(f_hat, n);
+  affine(f_hat, rstd, -mean * rstd, f_hat, n);
   for (int64_t c = 0; c < channels; ++c) {
-    for (int64_t l = 0; l < length; ++l) {
-      const int64_t i = c * length + l;
-      f_hat[i] = (f_hat[i] - mean) * rstd;
-      a[i] = f_hat[i] * p.norm_weight[c] + p.norm_bias[c];
-    }
+    affine(f_hat + c * length, p.norm_weight[c], p.norm_bias[c], a + c * length, length);
     if (p.softmax_gate) gate_forward(a + c * length, length, true);  // softmax along the length axis
   }
   if (!p.softmax_gate) sigmoid_inplace(a, n);  // elementwise: one flat vectorised pass over the group
@@ -79,7 +107,7 @@ struct SpatialGateGrads {
 
 // Backward of one group: da (g, L) -> dm (g, L) (gradient of the means), parameter
 // grads accumulated into `grads`. Recomputes the forward (the inputs are tiny).
-// scratch: 3 * g * L values.
+// scratch: 3 * g * L + L + K - 1 values.
 template <typename T>
 void spatial_gate_backward(const T* m, const T* da, int64_t channels, int64_t length,
                            const SpatialGateParams<T>& p, const SpatialGateGrads<T>& grads, T* dm, T* scratch) {
@@ -87,7 +115,8 @@ void spatial_gate_backward(const T* m, const T* da, int64_t channels, int64_t le
   T* f_hat = scratch;
   T* a = scratch + n;
   T* d = scratch + 2 * n;  // dn, then df
-  const T rstd = spatial_gate_forward(m, channels, length, p, f_hat, a);
+  T* padded = scratch + 3 * n;
+  const T rstd = spatial_gate_forward(m, channels, length, p, f_hat, a, padded);
 
   T mean_d = 0, mean_d_fhat = 0;
   if (!p.softmax_gate) gate_backward(a, da, d, n, false);  // elementwise: one flat pass
@@ -103,28 +132,19 @@ void spatial_gate_backward(const T* m, const T* da, int64_t channels, int64_t le
   }
   mean_d /= T(n);
   mean_d_fhat /= T(n);
-  for (int64_t i = 0; i < n; ++i) d[i] = rstd * (d[i] - mean_d - f_hat[i] * mean_d_fhat);  // df
+  // df = rstd * (d - mean_d - f_hat * mean_d_fhat)
+  axpy(d, -mean_d_fhat, f_hat, n);
+  affine(d, rstd, -mean_d * rstd, d, n);
 
-  // Conv backward: bias, taps (correlation with the input), input (transposed conv).
+  // Conv backward: bias, taps (correlation with the padded input), input (the
+  // transposed conv: taps reversed over the padded gradient).
   for (int64_t c = 0; c < channels; ++c) {
     const T* dfc = d + c * length;
-    const T* mc = m + c * length;
-    const T* wc = p.conv_weight + c * K;
     grads.conv_bias[c] += sum(dfc, length);
-    for (int64_t t = 0; t < K; ++t) {
-      const int64_t l0 = std::max<int64_t>(0, pad - t), l1 = std::min<int64_t>(length, length + pad - t);
-      T acc = 0;
-      for (int64_t l = l0; l < l1; ++l) acc += dfc[l] * mc[l + t - pad];
-      grads.conv_weight[c * K + t] += acc;
-    }
-    T* dmc = dm + c * length;
-    for (int64_t j = 0; j < length; ++j) {
-      // j = l + t - pad  =>  l = j - t + pad
-      const int64_t t0 = std::max<int64_t>(0, j + pad - (length - 1)), t1 = std::min<int64_t>(K, j + pad + 1);
-      T acc = 0;
-      for (int64_t t = t0; t < t1; ++t) acc += wc[t] * dfc[j - t + pad];
-      dmc[j] = acc;
-    }
+    const T* mc = zero_padded(m + c * length, length, pad, padded);
+    for (int64_t t = 0; t < K; ++t) grads.conv_weight[c * K + t] += dot(dfc, mc + t, length);
+    tap_sum(zero_padded(dfc, length, pad, padded), p.conv_weight + c * K + K - 1, -1, K, T(0), length,
+            dm + c * length);
   }
 }
 
