@@ -1,9 +1,9 @@
 """The SCSA parameters as plain tensors, and the packed form the fused kernels take.
 
 ``SCSAWeights`` mirrors the authors' state_dict layout (SPEC.md table). Fused
-backends call ``pack_weights`` once per forward: it is a handful of tiny,
-differentiable torch ops, so gradients with respect to the packed tensors flow
-back to the module's own parameters through ordinary autograd.
+backends pack once per forward: under autograd either as a handful of tiny
+differentiable torch ops (``pack_weights``, traced by torch.compile) or inside
+one autograd node whose backward applies the adjoint (``unpack_gradients``).
 """
 from __future__ import annotations
 
@@ -81,26 +81,35 @@ _PACK_INDEX = {}  # (config, device) -> int64 gather index of pack_weights
 
 
 def _pack_index(config: SCSAConfig, device) -> Tensor:
-    """Gather index from ``cat([conv weights (flat), 0, conv biases, the six norm params, q, k, v
-    scales, (q, k, v biases)])`` to the ``PackedWeights`` fields laid out back to back: the conv
-    table padded symmetrically to K, the zero slot standing in for padding and absent biases."""
+    """Gather index from ``cat([conv weights (flat), conv biases, the six norm params, q, k, v
+    scales, (q, k, v biases), 0])`` to the ``PackedWeights`` fields laid out back to back: the conv
+    table padded symmetrically to K, the final zero standing in for padding and absent biases."""
     key = (config, device)
     index = _PACK_INDEX.get(key)
     if index is None:
         C, K = config.dim, config.max_kernel_size
         g = config.group_channels
-        zero = g * sum(config.group_kernel_sizes)
+        conv_size = g * sum(config.group_kernel_sizes)
+        zero = conv_size + (13 if config.qkv_bias else 10) * C
         conv, offset = [], 0
         for k in config.group_kernel_sizes:
             pad = (K - k) // 2
             for r in range(g):
                 conv += [offset + r * k + t - pad if pad <= t < pad + k else zero for t in range(K)]
             offset += g * k
-        rest = list(range(zero + 1, zero + 1 + 10 * C))  # conv biases, 6 norm params, q/k/v scales
-        biases = list(range(zero + 1 + 10 * C, zero + 1 + 13 * C)) if config.qkv_bias else [zero] * (3 * C)
+        rest = list(range(conv_size, zero))  # conv biases, 6 norm params, q/k/v scales, (q/k/v biases)
+        biases = [] if config.qkv_bias else [zero] * (3 * C)
         index = torch.tensor(conv + rest + biases, dtype=torch.int64).to(device)
         _PACK_INDEX[key] = index
     return index
+
+
+def _packed_parameters(weights: SCSAWeights, config: SCSAConfig):
+    """The parameters ``pack_weights`` reads, in its order: ``weights.tensors()`` without conv_d."""
+    params = [*weights.conv_weights, *weights.conv_biases, *weights[2:11]]
+    if config.qkv_bias:
+        params += [weights.q_bias, weights.k_bias, weights.v_bias]
+    return params
 
 
 def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = torch.float32) -> PackedWeights:
@@ -108,20 +117,32 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = 
     float64 inputs, so gradcheck sees full precision).
 
     One cat, one gather, one split (and a cast): every packed element is a copy of one parameter
-    element or of a constant zero, so values and gradients are exact, with few autograd nodes
-    (this runs on every training call of the fused backends)."""
+    element or of a constant zero, so values and gradients are exact, with few autograd nodes.
+    ``unpack_gradients`` is its adjoint."""
     C, K = config.dim, config.max_kernel_size
-    parts = [w.reshape(-1) for w in weights.conv_weights] + [weights.conv_biases[0].new_zeros(1)]
-    parts += list(weights.conv_biases) + list(weights[2:8])
-    parts += [w.reshape(-1) for w in (weights.q_weight, weights.k_weight, weights.v_weight)]
-    if config.qkv_bias:
-        parts += [weights.q_bias, weights.k_bias, weights.v_bias]
-    flat = torch.cat(parts)
+    params = _packed_parameters(weights, config)
+    # torch._utils' flatten helpers (as DDP uses them): one C++ call for the reshapes + cat.
+    flat = torch._utils._flatten_dense_tensors([*params, params[0].new_zeros(1)])
     packed = flat.index_select(0, _pack_index(config, flat.device)).to(dtype)
     conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = packed.split(
         (C * K, C, C, C, C, C, C, C, 3 * C, 3 * C))
     return PackedWeights(conv_w.view(C, K), conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b,
                          qkv_w.view(3, C), qkv_b.view(3, C))
+
+
+def unpack_gradients(packed_grads, weights: SCSAWeights, config: SCSAConfig):
+    """The adjoint of ``pack_weights``: gradients of the ten packed tensors (any float dtype) ->
+    gradients of the parameters it read (``_packed_parameters`` order: ``weights.tensors()``
+    without conv_d), in their shapes and dtype. Each packed element is a copy of one parameter
+    element, so this is a scatter-add; padding taps and absent biases land on the final zero
+    slot and drop out. Runs without autograd (the fused backends' eager backward)."""
+    params = _packed_parameters(weights, config)
+    flat_grad = torch._utils._flatten_dense_tensors(packed_grads)
+    flat = flat_grad.new_zeros(sum(t.numel() for t in params) + 1)
+    flat.index_add_(0, _pack_index(config, flat.device), flat_grad)
+    # Module parameters share one dtype. One C++ call makes the views in the parameters' shapes
+    # (a Python loop of .view costs microseconds each).
+    return list(torch._utils._unflatten_dense_tensors(flat[:-1].to(params[0].dtype), params))
 
 
 class InferencePackCache:

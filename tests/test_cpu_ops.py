@@ -228,7 +228,9 @@ def test_torch_compile_fullgraph(kwargs):
                                                                             gate_layer="softmax")],
                          ids=["avg", "max-softmax"])
 def test_thread_count_independent(kwargs):
-    """Every reduction runs inside one task in a fixed order: 1 and 2 threads agree bitwise."""
+    """Every reduction runs inside one task in a fixed order: 1 and 2 threads agree bitwise.
+    With 3 samples, 1 thread runs the passes sample by sample and 2 threads stage by stage
+    (csrc/cpu/schedule.h), so this also compares the two schedules."""
     config = SCSAConfig(dim=32, **kwargs)
     w = random_weights(config)
     x = torch.randn(3, 32, 21, 19)
@@ -246,6 +248,26 @@ def test_thread_count_independent(kwargs):
             torch.set_num_threads(previous)
 
     for a, b in zip(run(1), run(2)):
+        assert torch.equal(a, b)
+
+
+@needs_ext
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_eager_training_call_is_one_node_matching_the_registered_op(qkv_bias):
+    """Eager training calls skip the op's Python autograd wrapper and the packing nodes (one
+    autograd.Function, ops/eager.py); gradients equal the registered op's bitwise."""
+    config = SCSAConfig(dim=16, head_num=2, qkv_bias=qkv_bias)
+    w = random_weights(config).map(lambda t: t.requires_grad_())
+    x = torch.randn(2, 16, 11, 9, requires_grad=True)
+    g = torch.randn_like(x)
+    out = scsa(x, w, config, backend="cpu")
+    assert all(type(n).__name__ == "AccumulateGrad" for n, _ in out.grad_fn.next_functions)
+    leaves = [x, *w.tensors()]
+    fused = torch.autograd.grad(out, leaves, g)
+    out_op = torch.ops.scsa_kernels.scsa_forward(x, *pack_weights(w, config), *cpu_backend._options(config))[0]
+    registered = torch.autograd.grad(out_op, leaves, g)
+    assert torch.equal(out, out_op)
+    for a, b in zip(fused, registered):
         assert torch.equal(a, b)
 
 

@@ -24,6 +24,7 @@ import torch
 
 from ..reference import compute_dtype
 from ..weights import packed_weights
+from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
 NAME = "cpu"
 
@@ -54,9 +55,22 @@ def _options(config):
             config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
 
 
+def _forward(x, packed, config):
+    return torch.ops.scsa_kernels.scsa_forward(x, *packed, *_options(config))
+
+
+def _backward(grad_out, x, packed, saved, config):
+    return torch.ops.scsa_kernels.scsa_backward(grad_out, x, *packed, *saved, *_options(config))
+
+
+KERNELS = FusedKernels(_forward, _backward)
+
+
 def scsa(x, weights, config, training):
-    packed = packed_weights(weights, config, compute_dtype(x.dtype))
-    return torch.ops.scsa_kernels.scsa_forward(x, *packed, *_options(config))[0]
+    if needs_autograd(x, weights) and not torch.compiler.is_compiling():
+        return fused_scsa_with_grad(KERNELS, x, weights, config)  # eager training: one node
+    # Inference (packed weights cached), or the registered op with its autograd under torch.compile.
+    return _forward(x, packed_weights(weights, config, compute_dtype(x.dtype)), config)[0]
 
 
 if _IMPORT_ERROR is None:

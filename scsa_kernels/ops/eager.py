@@ -1,0 +1,57 @@
+"""One autograd node per eager training call of a fused backend.
+
+The registered ops (torch.library) are what torch.compile traces and opcheck checks.
+In eager mode, their Python autograd wrapper plus the separate differentiable
+packing of the weights cost more host time than the fused CPU kernels themselves
+at small shapes. This node packs the weights without autograd, runs the backend's
+forward, and in backward runs its backward and maps the packed gradients onto the
+parameters with the adjoint of the packing (``weights.unpack_gradients``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..reference import compute_dtype
+from ..weights import _packed_parameters, pack_weights, unpack_gradients
+
+
+class FusedKernels:
+    """A fused backend's entry points as this node calls them.
+
+    forward(x, packed, config) -> (out, *saved): out has x's shape and dtype; saved are the
+        small tensors its backward needs.
+    backward(grad_out, x, packed, saved, config) -> (grad_x, *grads of the ten packed tensors).
+    """
+
+    def __init__(self, forward, backward):
+        self.forward = forward
+        self.backward = backward
+
+
+def needs_autograd(x, weights) -> bool:
+    """Whether this call must record a backward (grad mode on and some input requires grad)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in weights.tensors()))
+
+
+def fused_scsa_with_grad(kernels: FusedKernels, x, weights, config):
+    """``out`` of the fused SCSA, differentiable in x and every packed parameter, as one node."""
+    return _FusedSCSAFunction.apply(kernels, config, weights, x, *_packed_parameters(weights, config))
+
+
+class _FusedSCSAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kernels, config, weights, x, *params):
+        packed = pack_weights(weights, config, compute_dtype(x.dtype))  # grad mode is off in here
+        out, *saved = kernels.forward(x, packed, config)
+        ctx.kernels, ctx.config, ctx.weights = kernels, config, weights
+        ctx.num_saved = len(saved)
+        ctx.save_for_backward(x, *packed, *saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, *packed_and_saved = ctx.saved_tensors
+        packed, saved = packed_and_saved[:10], packed_and_saved[10:]
+        grad_x, *packed_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.config)
+        return (None, None, None, grad_x, *unpack_gradients(packed_grads, ctx.weights, ctx.config))

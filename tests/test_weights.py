@@ -1,0 +1,25 @@
+"""scsa_kernels.weights: the packed layout of the fused backends and its adjoint."""
+import pytest
+import torch
+
+from scsa_kernels import SCSAConfig
+from scsa_kernels.testing import random_weights
+from scsa_kernels.weights import _packed_parameters, pack_weights, unpack_gradients
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+@pytest.mark.parametrize("param_dtype,pack_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                                    (torch.bfloat16, torch.float32)])
+def test_unpack_gradients_is_the_adjoint_of_pack_weights(qkv_bias, param_dtype, pack_dtype):
+    """Exactly what autograd gives through pack_weights, in each parameter's shape and dtype."""
+    config = SCSAConfig(dim=16, qkv_bias=qkv_bias, group_kernel_sizes=[3, 9, 5, 7])
+    weights = random_weights(config).map(lambda t: t.to(param_dtype).requires_grad_())
+    packed = pack_weights(weights, config, pack_dtype)
+    packed_grads = [torch.randn_like(t) for t in packed]
+    params = _packed_parameters(weights, config)
+    expected = torch.autograd.grad(packed, params, packed_grads)
+    got = unpack_gradients(packed_grads, weights, config)
+    assert len(got) == len(params) == len(weights.tensors())
+    for g, e, p in zip(got, expected, params):
+        assert g.shape == p.shape and g.dtype == p.dtype
+        assert torch.equal(g, e)
