@@ -49,6 +49,9 @@ CONFIGS = [
     pytest.param(dict(group_kernel_sizes=(3, 3, 3, 3), window_size=1), (1, 4, 3, 5), id="ws1-tiny"),
     pytest.param(dict(group_kernel_sizes=(13, 9, 7, 1)), (2, 8, 7, 30), id="kernels-longer-than-H"),
     pytest.param(dict(attn_drop_ratio=0.1), (2, 8, 14, 14), id="dropout-eval"),
+    # one pooled position (the single-position softmax), d = 44 and 22: vector lanes and tails
+    pytest.param(dict(), (2, 44, 7, 9), id="one-position-d44"),
+    pytest.param(dict(head_num=2, gate_layer="softmax"), (3, 44, 8, 10), id="one-position-heads2-d22"),
 ]
 
 

@@ -70,9 +70,26 @@ void project_qkv(const ChannelAttentionBuffers<T>& buf, const PackedParams<T>& w
   }
 }
 
-// scores[j] = scale * sum_n a[n] * b_t[n * d + j]: one row (or column) of a head's
-// score matrix, vectorised over j with the sum over n kept in a register.
-// Returns max_j scores[j].
+// Scores j .. j + V::size() of one row (or column) of a head's score matrix:
+// scale * sum_n a[n] * b_t[n * d + j], the sum over n kept in a register.
+template <typename T>
+inline Vectorized<T> score_lanes(const T* a, const T* b_t, int64_t N, int64_t d, int64_t j,
+                                 const Vectorized<T>& vscale) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  for (int64_t n = 0; n < N; ++n) acc = at::vec::fmadd(V(a[n]), V::loadu(b_t + n * d + j), acc);
+  return acc * vscale;
+}
+
+// Score j alone (the tail of a row), rounded as score_lanes rounds it.
+template <typename T>
+inline T score_at(const T* a, const T* b_t, int64_t N, int64_t d, int64_t j, T scale_) {
+  T acc = 0;
+  for (int64_t n = 0; n < N; ++n) acc = std::fma(a[n], b_t[n * d + j], acc);
+  return acc * scale_;
+}
+
+// scores[0, d) of one row (or column); returns their maximum.
 template <typename T>
 T score_vector(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scores) {
   using V = Vectorized<T>;
@@ -80,23 +97,38 @@ T score_vector(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scor
   V vmax(-std::numeric_limits<T>::infinity());
   int64_t j = 0;
   for (; j + V::size() <= d; j += V::size()) {
-    V acc(T(0));
-    for (int64_t n = 0; n < N; ++n) acc = at::vec::fmadd(V(a[n]), V::loadu(b_t + n * d + j), acc);
-    acc = acc * vscale;
-    acc.store(scores + j);
-    vmax = at::vec::maximum(vmax, acc);
+    const V s = score_lanes(a, b_t, N, d, j, vscale);
+    s.store(scores + j);
+    vmax = at::vec::maximum(vmax, s);
   }
   alignas(64) T lanes[V::size()];
   vmax.store(lanes);
   T m = lanes[0];
   for (int64_t i = 1; i < V::size(); ++i) m = std::max(m, lanes[i]);
-  for (; j < d; ++j) {
-    T acc = 0;
-    for (int64_t n = 0; n < N; ++n) acc += a[n] * b_t[n * d + j];
-    scores[j] = acc * scale_;
-    m = std::max(m, scores[j]);
-  }
+  for (; j < d; ++j) m = std::max(m, scores[j] = score_at(a, b_t, N, d, j, scale_));
   return m;
+}
+
+// With one pooled position (N == 1) a score row is scale * q_i * k_j: rounding is
+// monotone, so its maximum is at max_j k_j (q_i >= 0) or min_j k_j (q_i < 0), and the
+// softmax needs no stored row. k: the head's d values.
+template <typename T>
+T single_position_row_max(T q_i, const T* k, int64_t d, T scale_) {
+  using V = Vectorized<T>;
+  V vmin(std::numeric_limits<T>::infinity()), vmax(-std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {
+    const V kv = V::loadu(k + j);
+    vmin = at::vec::minimum(vmin, kv);
+    vmax = at::vec::maximum(vmax, kv);
+  }
+  alignas(64) T lo[V::size()], hi[V::size()];
+  vmin.store(lo);
+  vmax.store(hi);
+  T k_lo = lo[0], k_hi = hi[0];
+  for (int64_t i = 1; i < V::size(); ++i) k_lo = std::min(k_lo, lo[i]), k_hi = std::max(k_hi, hi[i]);
+  for (; j < d; ++j) k_lo = std::min(k_lo, k[j]), k_hi = std::max(k_hi, k[j]);
+  return score_at(&q_i, q_i >= T(0) ? &k_hi : &k_lo, 1, 1, 0, scale_);
 }
 
 // exp for softmax weights: PyTorch's fast vectorised exp (<= 2 ulp), as its own softmax uses.
@@ -113,20 +145,27 @@ void attention_row_forward(const ChannelAttentionBuffers<T>& buf, const ChannelG
   using V = Vectorized<T>;
   const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
   const T scale_ = T(1) / std::sqrt(T(d));
-  const T m = score_vector(buf.q + (b * C + c) * N, buf.k_t + (b * C + head * d) * N, N, d, scale_, scratch);
+  const V vscale(scale_);
+  const T* q = buf.q + (b * C + c) * N;
+  const T* k_t = buf.k_t + (b * C + head * d) * N;
   const T* v_mean = buf.v_mean + b * C + head * d;
+  // Scores are stored by the max pass, except with one position, where the max is known
+  // up front and each score is recomputed in the exp pass (one fma, cheaper than a store).
+  const bool single = N == 1;
+  const T m = single ? single_position_row_max(q[0], k_t, d, scale_) : score_vector(q, k_t, N, d, scale_, scratch);
   // One pass: sum of exp(S - m) and its dot with v_mean.
   const V vm(m);
   V vtotal(T(0)), vdot(T(0));
   int64_t j = 0;
   for (; j + V::size() <= d; j += V::size()) {
-    const V e = softmax_exp(V::loadu(scratch + j) - vm);
+    const V s = single ? score_lanes(q, k_t, 1, d, j, vscale) : V::loadu(scratch + j);
+    const V e = softmax_exp(s - vm);
     vtotal += e;
     vdot = at::vec::fmadd(e, V::loadu(v_mean + j), vdot);
   }
   T total = horizontal_sum(vtotal), weighted = horizontal_sum(vdot);
   for (; j < d; ++j) {
-    const T e = std::exp(scratch[j] - m);
+    const T e = std::exp((single ? score_at(q, k_t, 1, d, j, scale_) : scratch[j]) - m);
     total += e;
     weighted += e * v_mean[j];
   }
@@ -158,17 +197,17 @@ void attention_row_backward(const ChannelAttentionBuffers<T>& buf, const Channel
   const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
   const T scale_ = T(1) / std::sqrt(T(d));
   const T* k_t = buf.k_t + (b * C + head * d) * N;
-  score_vector(buf.q + (b * C + c) * N, k_t, N, d, scale_, scratch);
+  const T* q = buf.q + (b * C + c) * N;
   const T lse = buf.attn_lse[b * C + c], o_i = buf.attn_out[b * C + c];
   const T coef = gr.d_out[b * C + c] * scale_;
   const T* v_mean = buf.v_mean + b * C + head * d;
-  const V vlse(lse), vo(o_i), vcoef(coef);
+  const V vlse(lse), vo(o_i), vcoef(coef), vscale(scale_);
   int64_t j = 0;
   for (; j + V::size() <= d; j += V::size()) {
-    const V p = softmax_exp(V::loadu(scratch + j) - vlse);
+    const V p = softmax_exp(score_lanes(q, k_t, N, d, j, vscale) - vlse);
     (p * (V::loadu(v_mean + j) - vo) * vcoef).store(scratch + j);
   }
-  for (; j < d; ++j) scratch[j] = std::exp(scratch[j] - lse) * (v_mean[j] - o_i) * coef;
+  for (; j < d; ++j) scratch[j] = std::exp(score_at(q, k_t, N, d, j, scale_) - lse) * (v_mean[j] - o_i) * coef;
   T* dq = gr.dq + (b * C + c) * N;
   for (int64_t n = 0; n < N; ++n) dq[n] = dot(scratch, k_t + n * d, d);
 }
@@ -183,7 +222,7 @@ void attention_column_backward(const ChannelAttentionBuffers<T>& buf, const Chan
   const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
   const T scale_ = T(1) / std::sqrt(T(d));
   const T* q_t = buf.q_t + (b * C + head * d) * N;
-  score_vector(buf.k + (b * C + c) * N, q_t, N, d, scale_, scratch);
+  const T* k = buf.k + (b * C + c) * N;
   const int64_t row0 = b * C + head * d;
   const T* lse = buf.attn_lse + row0;
   const T* o = buf.attn_out + row0;
@@ -193,13 +232,13 @@ void attention_column_backward(const ChannelAttentionBuffers<T>& buf, const Chan
   V vdv(T(0));
   int64_t i = 0;
   for (; i + V::size() <= d; i += V::size()) {
-    const V w = softmax_exp(V::loadu(scratch + i) - V::loadu(lse + i)) * V::loadu(d_out + i);
+    const V w = softmax_exp(score_lanes(k, q_t, N, d, i, vscale) - V::loadu(lse + i)) * V::loadu(d_out + i);
     vdv += w;
     (w * (vv - V::loadu(o + i)) * vscale).store(scratch + i);
   }
   T dv = horizontal_sum(vdv);
   for (; i < d; ++i) {
-    const T w = std::exp(scratch[i] - lse[i]) * d_out[i];
+    const T w = std::exp(score_at(k, q_t, N, d, i, scale_) - lse[i]) * d_out[i];
     dv += w;
     scratch[i] = w * (v_j - o[i]) * scale_;
   }
