@@ -32,6 +32,34 @@ void pool_scatter_row(const T* d_pooled, const int64_t* argmax, const PoolGeomet
     if (where[wn] / W == h) s[where[wn] % W] = dp[wn];
 }
 
+// Rows of S for one pass over planes. With average pooling every image row of a
+// window row has the same S row, so it is rebuilt only when the plane or the window
+// row changes (always with max pooling, where it depends on h).
+template <typename T>
+class PoolScatterRows {
+ public:
+  PoolScatterRows(const T* d_pooled, const int64_t* argmax, const PoolGeometry& pg, int64_t W)
+      : d_pooled_(d_pooled), argmax_(argmax), pg_(pg), W_(W), s_(W) {}
+
+  const T* row(int64_t p, int64_t hn, int64_t h) {
+    if (pg_.max_pool || p != plane_ || hn != window_row_) {
+      const int64_t N = pg_.positions();
+      pool_scatter_row(d_pooled_ + p * N, argmax_ ? argmax_ + p * N : nullptr, pg_, hn, h, W_, s_.data());
+      plane_ = p;
+      window_row_ = hn;
+    }
+    return s_.data();
+  }
+
+ private:
+  const T* d_pooled_;
+  const int64_t* argmax_;
+  PoolGeometry pg_;
+  int64_t W_;
+  std::vector<T> s_;
+  int64_t plane_ = -1, window_row_ = -2;
+};
+
 // For one row: r_w[w] += u[w] x[w] a_h; returns sum_w u[w] x[w] a_w[w].
 // (u = grad_out in pass (a), u = pool scatter S in pass (b).)
 template <typename T>
@@ -80,11 +108,11 @@ template <typename scalar_t, typename acc_t>
 void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w,
                         const acc_t* d_pooled, const int64_t* argmax, const PoolGeometry& pg, acc_t* t_h,
                         acc_t* t_w) {
-  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const PoolRows pool_rows(pg, H);
-  std::vector<acc_t> s(W);
+  PoolScatterRows<acc_t> scatter(d_pooled, argmax, pg, W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
     acc_t* tw = t_w + p * W;
     if (h == 0) std::fill(tw, tw + W, acc_t(0));
@@ -93,8 +121,7 @@ void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t
       t_h[p * H + h] = 0;
       return;
     }
-    pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, hn, h, W, s.data());
-    t_h[p * H + h] = modulated_products(s.data(), xr, a_w + p * W, a_h[p * H + h], tw, W);
+    t_h[p * H + h] = modulated_products(scatter.row(p, hn, h), xr, a_w + p * W, a_h[p * H + h], tw, W);
   });
 }
 
@@ -103,22 +130,22 @@ template <typename scalar_t, typename acc_t>
 void input_grad(const Tensor& grad_out, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, const acc_t* d_pooled,
                 const int64_t* argmax, const PoolGeometry& pg, const acc_t* dm_h, const acc_t* dm_w, Tensor& dx) {
   using V = Vectorized<acc_t>;
-  const int64_t C = dx.size(1), H = dx.size(2), W = dx.size(3), N = pg.positions();
+  const int64_t C = dx.size(1), H = dx.size(2), W = dx.size(3);
   const Planes<const scalar_t> gs(grad_out);
   const Planes<scalar_t> dst(dx);
   const RowVisitor<scalar_t, acc_t> rows(&gs, nullptr, &dst, C, H, W);
   const acc_t inv_h = acc_t(1) / acc_t(H), inv_w = acc_t(1) / acc_t(W);
   const PoolRows pool_rows(pg, H);
-  std::vector<acc_t> s(W);
+  PoolScatterRows<acc_t> scatter(d_pooled, argmax, pg, W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* gr, const acc_t*, acc_t* o) {
-    pool_scatter_row(d_pooled + p * N, argmax ? argmax + p * N : nullptr, pg, pool_rows.window[h], h, W, s.data());
+    const acc_t* s = scatter.row(p, pool_rows.window[h], h);
     const acc_t* aw = a_w + p * W;
     const acc_t* mw = dm_w + p * W;
     const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] * inv_w, cap = ca[p];
     const V vca(cap), vah(ah), vmh(mean_h_grad), vih(inv_h);
     int64_t w = 0;
     for (; w + V::size() <= W; w += V::size()) {
-      const V e = at::vec::fmadd(V::loadu(gr + w), vca, V::loadu(s.data() + w));
+      const V e = at::vec::fmadd(V::loadu(gr + w), vca, V::loadu(s + w));
       at::vec::fmadd(V::loadu(mw + w), vih, at::vec::fmadd(e * V::loadu(aw + w), vah, vmh)).store(o + w);
     }
     for (; w < W; ++w) o[w] = (gr[w] * cap + s[w]) * aw[w] * ah + mean_h_grad + mw[w] * inv_h;
