@@ -111,25 +111,39 @@ T score_vector(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scor
 
 // With one pooled position (N == 1) a score row is scale * q_i * k_j: rounding is
 // monotone, so its maximum is at max_j k_j (q_i >= 0) or min_j k_j (q_i < 0), and the
-// softmax needs no stored row. k: the head's d values.
+// softmax needs no stored row. The head's k extremes are kept for its consecutive rows.
 template <typename T>
-T single_position_row_max(T q_i, const T* k, int64_t d, T scale_) {
-  using V = Vectorized<T>;
-  V vmin(std::numeric_limits<T>::infinity()), vmax(-std::numeric_limits<T>::infinity());
-  int64_t j = 0;
-  for (; j + V::size() <= d; j += V::size()) {
-    const V kv = V::loadu(k + j);
-    vmin = at::vec::minimum(vmin, kv);
-    vmax = at::vec::maximum(vmax, kv);
+class SinglePositionRowMax {
+ public:
+  T operator()(const T* k, int64_t d, int64_t head_key, T q_i, T scale_) {
+    if (head_key != head_key_) {
+      min_max(k, d);
+      head_key_ = head_key;
+    }
+    return score_at(&q_i, q_i >= T(0) ? &k_hi_ : &k_lo_, 1, 1, 0, scale_);
   }
-  alignas(64) T lo[V::size()], hi[V::size()];
-  vmin.store(lo);
-  vmax.store(hi);
-  T k_lo = lo[0], k_hi = hi[0];
-  for (int64_t i = 1; i < V::size(); ++i) k_lo = std::min(k_lo, lo[i]), k_hi = std::max(k_hi, hi[i]);
-  for (; j < d; ++j) k_lo = std::min(k_lo, k[j]), k_hi = std::max(k_hi, k[j]);
-  return score_at(&q_i, q_i >= T(0) ? &k_hi : &k_lo, 1, 1, 0, scale_);
-}
+
+ private:
+  void min_max(const T* k, int64_t d) {
+    using V = Vectorized<T>;
+    V vmin(std::numeric_limits<T>::infinity()), vmax(-std::numeric_limits<T>::infinity());
+    int64_t j = 0;
+    for (; j + V::size() <= d; j += V::size()) {
+      const V kv = V::loadu(k + j);
+      vmin = at::vec::minimum(vmin, kv);
+      vmax = at::vec::maximum(vmax, kv);
+    }
+    alignas(64) T lo[V::size()], hi[V::size()];
+    vmin.store(lo);
+    vmax.store(hi);
+    k_lo_ = lo[0], k_hi_ = hi[0];
+    for (int64_t i = 1; i < V::size(); ++i) k_lo_ = std::min(k_lo_, lo[i]), k_hi_ = std::max(k_hi_, hi[i]);
+    for (; j < d; ++j) k_lo_ = std::min(k_lo_, k[j]), k_hi_ = std::max(k_hi_, k[j]);
+  }
+
+  int64_t head_key_ = -1;
+  T k_lo_ = 0, k_hi_ = 0;
+};
 
 // exp for softmax weights: PyTorch's fast vectorised exp (<= 2 ulp), as its own softmax uses.
 template <typename T>
@@ -138,10 +152,10 @@ inline Vectorized<T> softmax_exp(const Vectorized<T>& v) {
 }
 
 // Row c of sample b: o = softmax(S row) . v_mean over the head, and the row's lse.
-// scratch: d values.
+// scratch: d values; single_max: the caller's, reused across rows.
 template <typename T>
 void attention_row_forward(const ChannelAttentionBuffers<T>& buf, const ChannelGeometry& g, int64_t b,
-                           int64_t c, T* scratch) {
+                           int64_t c, T* scratch, SinglePositionRowMax<T>& single_max) {
   using V = Vectorized<T>;
   const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
   const T scale_ = T(1) / std::sqrt(T(d));
@@ -152,7 +166,8 @@ void attention_row_forward(const ChannelAttentionBuffers<T>& buf, const ChannelG
   // Scores are stored by the max pass, except with one position, where the max is known
   // up front and each score is recomputed in the exp pass (one fma, cheaper than a store).
   const bool single = N == 1;
-  const T m = single ? single_position_row_max(q[0], k_t, d, scale_) : score_vector(q, k_t, N, d, scale_, scratch);
+  const T m = single ? single_max(k_t, d, b * g.heads + head, q[0], scale_)
+                     : score_vector(q, k_t, N, d, scale_, scratch);
   // One pass: sum of exp(S - m) and its dot with v_mean.
   const V vm(m);
   V vtotal(T(0)), vdot(T(0));

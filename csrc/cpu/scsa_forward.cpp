@@ -126,8 +126,9 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Option
       {C, 1,
        [&](int64_t r0, int64_t r1) {
          std::vector<acc_t> scratch(state.geom.d);
+         SinglePositionRowMax<acc_t> single_max;
          for (int64_t row = r0; row < r1; ++row)
-           attention_row_forward(state.buf, state.geom, row / C, row % C, scratch.data());
+           attention_row_forward(state.buf, state.geom, row / C, row % C, scratch.data(), single_max);
        }},
       {1, 1,
        [&](int64_t b0, int64_t b1) {

@@ -15,6 +15,15 @@ Numerics: float16/bfloat16/float32 inputs are computed in float32, float64 in
 float64. Every reduction runs inside one task in a fixed order (per-plane sums,
 per-sample parameter gradients summed over the batch in order), so results are
 bitwise identical for any thread count.
+
+Threads (csrc/cpu/schedule.h): when the batch keeps every thread busy, threads take
+whole samples and run every pass on a sample while its planes are in cache (one
+parallel region per call); otherwise each pass is its own parallel loop over planes,
+GroupNorm groups or attention rows (batch 1 on many cores).
+
+Eager training calls go through one autograd node (ops/eager.py) instead of the
+registered op's Python autograd plus the packing ops; torch.compile and opcheck use
+the registered ops.
 """
 from __future__ import annotations
 
