@@ -219,7 +219,7 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
   // shared conv gradients accumulate in a fixed order (H then W).
   auto spatial_gates_backward = [&](int64_t begin, int64_t end) {
     const int64_t L = std::max(H, W);
-    std::vector<acc_t> da(g * L), scratch(3 * g * L + L + K - 1);
+    std::vector<acc_t> da(g * L), scratch(spatial_gate_backward_scratch<acc_t>(g, L, K));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
       for (const int dir : {0, 1}) {

@@ -49,14 +49,38 @@ void tap_sum(const T* in, const T* taps, int64_t tap_stride, int64_t K, T init, 
   }
 }
 
+// Scratch sizes of the spatial gates for rows of `length` values and K taps.
+template <typename T>
+constexpr int64_t padded_row_size(int64_t length, int64_t K) {
+  return length + K - 1 + Vectorized<T>::size();
+}
+template <typename T>
+constexpr int64_t conv_out_size(int64_t channels, int64_t length) {
+  return channels * length + Vectorized<T>::size();
+}
+
 // f[c, l] = bias[c] + sum_t w[c, t] * m[c, l + t - K/2], zero padding.
-// padded: scratch of length + K - 1 values.
+// padded: padded_row_size values; f: conv_out_size values. Rows shorter than a
+// vector (7x7 maps) are one full vector each: the extra lanes read zeros and spill
+// into the next row, which is written after, or into f's last V::size() values.
 template <typename T>
 void depthwise_conv(const T* m, int64_t channels, int64_t length, const SpatialGateParams<T>& p, T* padded, T* f) {
+  using V = Vectorized<T>;
   const int64_t K = p.kernel_size, pad = K / 2;
-  for (int64_t c = 0; c < channels; ++c)
-    tap_sum(zero_padded(m + c * length, length, pad, padded), p.conv_weight + c * K, 1, K, p.conv_bias[c], length,
-            f + c * length);
+  if (length >= V::size()) {
+    for (int64_t c = 0; c < channels; ++c)
+      tap_sum(zero_padded(m + c * length, length, pad, padded), p.conv_weight + c * K, 1, K, p.conv_bias[c],
+              length, f + c * length);
+    return;
+  }
+  std::fill(padded + length + 2 * pad, padded + padded_row_size<T>(length, K), T(0));
+  for (int64_t c = 0; c < channels; ++c) {
+    zero_padded(m + c * length, length, pad, padded);
+    const T* wc = p.conv_weight + c * K;
+    V acc(p.conv_bias[c]);
+    for (int64_t t = 0; t < K; ++t) acc = at::vec::fmadd(V(wc[t]), V::loadu(padded + t), acc);
+    acc.store(f + c * length);
+  }
 }
 
 // Mean and 1/sqrt(biased var + eps) of n values (two passes: no cancellation).
@@ -77,9 +101,9 @@ std::pair<T, T> normal_stats(const T* v, int64_t n) {
   return {mean, T(1) / std::sqrt(var + T(kGroupNormEps))};
 }
 
-// Forward of one group: means m (g, L) -> gate a (g, L). f_hat (g, L) receives the
-// normalised conv output (the backward reuses it); returns rstd.
-// padded: scratch of L + K - 1 values.
+// Forward of one group: means m (g, L) -> gate a (g, L). f_hat (conv_out_size)
+// receives the normalised conv output (the backward reuses it); returns rstd.
+// padded: padded_row_size values.
 template <typename T>
 T spatial_gate_forward(const T* m, int64_t channels, int64_t length, const SpatialGateParams<T>& p,
                        T* f_hat, T* a, T* padded) {
@@ -95,6 +119,11 @@ T spatial_gate_forward(const T* m, int64_t channels, int64_t length, const Spati
   return rstd;
 }
 
+template <typename T>
+constexpr int64_t spatial_gate_backward_scratch(int64_t channels, int64_t length, int64_t K) {
+  return conv_out_size<T>(channels, length) + 2 * channels * length + padded_row_size<T>(length, K);
+}
+
 // Gradients of one group's slice of the parameters, accumulated (both directions add
 // into the same conv_weight / conv_bias rows).
 template <typename T>
@@ -107,15 +136,15 @@ struct SpatialGateGrads {
 
 // Backward of one group: da (g, L) -> dm (g, L) (gradient of the means), parameter
 // grads accumulated into `grads`. Recomputes the forward (the inputs are tiny).
-// scratch: 3 * g * L + L + K - 1 values.
+// scratch: spatial_gate_backward_scratch values.
 template <typename T>
 void spatial_gate_backward(const T* m, const T* da, int64_t channels, int64_t length,
                            const SpatialGateParams<T>& p, const SpatialGateGrads<T>& grads, T* dm, T* scratch) {
   const int64_t n = channels * length, K = p.kernel_size, pad = K / 2;
   T* f_hat = scratch;
-  T* a = scratch + n;
-  T* d = scratch + 2 * n;  // dn, then df
-  T* padded = scratch + 3 * n;
+  T* a = f_hat + conv_out_size<T>(channels, length);
+  T* d = a + n;  // dn, then df
+  T* padded = d + n;
   const T rstd = spatial_gate_forward(m, channels, length, p, f_hat, a, padded);
 
   T mean_d = 0, mean_d_fhat = 0;
