@@ -1,7 +1,6 @@
 // PCSA small stage: GroupNorm(1) over the pooled map, per-channel q/k/v scales,
-// channel attention per head, gate. Flash style: scores are formed one row (or,
-// in the backward, one column) of d values at a time against a transposed
-// operand, and the mean over positions is taken before P multiplies v
+// channel attention per head, gate. Flash style: scores are formed one row of d
+// values at a time against a transposed operand, and the mean over positions is taken before P multiplies v
 // (mean_N(P v) = P mean_N(v)), so neither the d x d matrix nor P v ever exists.
 #pragma once
 
@@ -18,8 +17,6 @@ struct ChannelAttentionBuffers {
   const T* pooled;  // (B, C, N)
   T* y;             // (B, C, N) GroupNorm(1) output
   T* q;             // (B, C, N)
-  T* k;             // (B, C, N)
-  T* q_t;           // (B, heads, N, d): q transposed per head (backward only)
   T* k_t;           // (B, heads, N, d)
   T* v_mean;        // (B, C): mean over positions of v
   T* attn_out;      // (B, C): o = P v_mean (saved for the backward)
@@ -41,14 +38,12 @@ std::pair<T, T> pooled_stats(const T* pooled, int64_t n) {
 // y, q, k (and their per-head transposes), v_mean of sample b.
 template <typename T>
 void project_qkv(const ChannelAttentionBuffers<T>& buf, const PackedParams<T>& w, const ChannelGeometry& g,
-                 int64_t b, bool transpose_q) {
+                 int64_t b) {
   const int64_t C = g.C, N = g.N, d = g.d;
   const T* p = buf.pooled + b * C * N;
   const auto [mean, rstd] = pooled_stats(p, C * N);
   T* y = buf.y + b * C * N;
   T* q = buf.q + b * C * N;
-  T* k = buf.k + b * C * N;
-  T* q_t = buf.q_t ? buf.q_t + b * C * N : nullptr;
   T* k_t = buf.k_t + b * C * N;
   for (int64_t c = 0; c < C; ++c) {
     const T gw = w.norm_weight[c], gb = w.norm_bias[c];
@@ -62,9 +57,7 @@ void project_qkv(const ChannelAttentionBuffers<T>& buf, const PackedParams<T>& w
       y_sum += yv;
       const T qv = wq * yv + bq, kv = wk * yv + bk;
       q[c * N + n] = qv;
-      k[c * N + n] = kv;
       k_t[(head * N + n) * d + i] = kv;
-      if (transpose_q) q_t[(head * N + n) * d + i] = qv;
     }
     buf.v_mean[b * C + c] = wv * (y_sum / T(N)) + bv;
   }
@@ -203,63 +196,56 @@ struct ChannelAttentionGrads {
   T* qkv_bias;     // (B, 3, C)
 };
 
-// dS_ij = P_ij * do_i * (v_mean_j - o_i) (softmax backward with dP_ij = do_i v_mean_j).
-// Row i: dq_i[n] = scale * sum_j dS_ij k_j[n].  scratch: d values.
+// Head `head` of sample b, in one pass over its score matrix: each
+// P_ij = exp(S_ij - lse_i) is formed once (row i against k) and feeds the row sum
+// dq_i[n] = sum_j dS_ij k_j[n] and the column sums dk_j[n] = sum_i dS_ij q_i[n],
+// dv_mean_j = sum_i P_ij do_i, where dS_ij = P_ij do_i (v_mean_j - o_i) scale (the
+// softmax backward with dP_ij = do_i v_mean_j). Rows are taken in order, so the
+// column sums are deterministic. scratch: head_backward_scratch values.
 template <typename T>
-void attention_row_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
-                            const ChannelGeometry& g, int64_t b, int64_t c, T* scratch) {
+void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
+                             const ChannelGeometry& g, int64_t b, int64_t head, T* scratch) {
   using V = Vectorized<T>;
-  const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
+  const int64_t C = g.C, N = g.N, d = g.d, row0 = b * C + head * d;
   const T scale_ = T(1) / std::sqrt(T(d));
-  const T* k_t = buf.k_t + (b * C + head * d) * N;
-  const T* q = buf.q + (b * C + c) * N;
-  const T lse = buf.attn_lse[b * C + c], o_i = buf.attn_out[b * C + c];
-  const T coef = gr.d_out[b * C + c] * scale_;
-  const T* v_mean = buf.v_mean + b * C + head * d;
-  const V vlse(lse), vo(o_i), vcoef(coef), vscale(scale_);
-  int64_t j = 0;
-  for (; j + V::size() <= d; j += V::size()) {
-    const V p = softmax_exp(score_lanes(q, k_t, N, d, j, vscale) - vlse);
-    (p * (V::loadu(v_mean + j) - vo) * vcoef).store(scratch + j);
+  const V vscale(scale_);
+  const T* k_t = buf.k_t + row0 * N;  // (N, d)
+  const T* v_mean = buf.v_mean + row0;
+  T* ds = scratch;         // (d): dS row i
+  T* dk_t = ds + d;        // (N, d): dk transposed, summed over rows
+  T* dv = dk_t + N * d;    // (d)
+  std::fill(dk_t, dv + d, T(0));
+  for (int64_t i = 0; i < d; ++i) {
+    const T* q = buf.q + (row0 + i) * N;
+    const T lse = buf.attn_lse[row0 + i], o_i = buf.attn_out[row0 + i], do_i = gr.d_out[row0 + i];
+    const T coef = do_i * scale_;
+    const V vlse(lse), vo(o_i), vdo(do_i), vcoef(coef);
+    int64_t j = 0;
+    for (; j + V::size() <= d; j += V::size()) {
+      const V p = softmax_exp(score_lanes(q, k_t, N, d, j, vscale) - vlse);
+      at::vec::fmadd(p, vdo, V::loadu(dv + j)).store(dv + j);
+      (p * (V::loadu(v_mean + j) - vo) * vcoef).store(ds + j);
+    }
+    for (; j < d; ++j) {
+      const T p = std::exp(score_at(q, k_t, N, d, j, scale_) - lse);
+      dv[j] += p * do_i;
+      ds[j] = p * (v_mean[j] - o_i) * coef;
+    }
+    T* dq = gr.dq + (row0 + i) * N;
+    for (int64_t n = 0; n < N; ++n) {
+      dq[n] = dot(ds, k_t + n * d, d);
+      axpy(dk_t + n * d, q[n], ds, d);
+    }
   }
-  for (; j < d; ++j) scratch[j] = std::exp(score_at(q, k_t, N, d, j, scale_) - lse) * (v_mean[j] - o_i) * coef;
-  T* dq = gr.dq + (b * C + c) * N;
-  for (int64_t n = 0; n < N; ++n) dq[n] = dot(scratch, k_t + n * d, d);
+  for (int64_t j = 0; j < d; ++j) {
+    gr.dv_mean[row0 + j] = dv[j];
+    for (int64_t n = 0; n < N; ++n) gr.dk[(row0 + j) * N + n] = dk_t[n * d + j];
+  }
 }
 
-// Column j: dk_j[n] = scale * sum_i dS_ij q_i[n]; dv_mean_j = sum_i P_ij do_i.
-// Computed by columns so rows and columns both run in parallel without races.
-// scratch: d values.
 template <typename T>
-void attention_column_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
-                               const ChannelGeometry& g, int64_t b, int64_t c, T* scratch) {
-  using V = Vectorized<T>;
-  const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
-  const T scale_ = T(1) / std::sqrt(T(d));
-  const T* q_t = buf.q_t + (b * C + head * d) * N;
-  const T* k = buf.k + (b * C + c) * N;
-  const int64_t row0 = b * C + head * d;
-  const T* lse = buf.attn_lse + row0;
-  const T* o = buf.attn_out + row0;
-  const T* d_out = gr.d_out + row0;
-  const T v_j = buf.v_mean[b * C + c];
-  const V vv(v_j), vscale(scale_);
-  V vdv(T(0));
-  int64_t i = 0;
-  for (; i + V::size() <= d; i += V::size()) {
-    const V w = softmax_exp(score_lanes(k, q_t, N, d, i, vscale) - V::loadu(lse + i)) * V::loadu(d_out + i);
-    vdv += w;
-    (w * (vv - V::loadu(o + i)) * vscale).store(scratch + i);
-  }
-  T dv = horizontal_sum(vdv);
-  for (; i < d; ++i) {
-    const T w = std::exp(score_at(k, q_t, N, d, i, scale_) - lse[i]) * d_out[i];
-    dv += w;
-    scratch[i] = w * (v_j - o[i]) * scale_;
-  }
-  gr.dv_mean[b * C + c] = dv;
-  T* dk = gr.dk + (b * C + c) * N;
-  for (int64_t n = 0; n < N; ++n) dk[n] = dot(scratch, q_t + n * d, d);
+constexpr int64_t head_backward_scratch(const ChannelGeometry& g) {
+  return (g.N + 2) * g.d;
 }
 
 // From dq, dk, dv_mean of sample b: q/k/v parameter grads, back through GroupNorm(1)

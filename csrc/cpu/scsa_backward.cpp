@@ -187,7 +187,7 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
   Tensor dx = at::empty_like(x, at::MemoryFormat::Preserve);
 
   // Channel branch buffers and per-sample parameter gradients (summed over the batch at the end).
-  ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num, /*need_q_t=*/true);
+  ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num);
   Tensor d_out = at::empty({B, C}, small), dq = at::empty({B, C, N}, small), dk = at::empty({B, C, N}, small);
   Tensor dv_mean = at::empty({B, C}, small), d_pooled = at::empty({B, C, N}, small);
   Tensor g_norm_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_norm_b = per_sample_zeros<acc_t>(a_h, B, {C});
@@ -255,13 +255,12 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
            gate_backward(ca_ptr + b * C, d_ca_ptr + b * C, cg.d_out + b * C, C, opt.softmax_gate);
          state.project(w, b0, b1);
        }},
-      {C, 1,
-       [&](int64_t r0, int64_t r1) {
-         std::vector<acc_t> scratch(state.geom.d);
-         for (int64_t row = r0; row < r1; ++row) {
-           attention_row_backward(state.buf, cg, state.geom, row / C, row % C, scratch.data());
-           attention_column_backward(state.buf, cg, state.geom, row / C, row % C, scratch.data());
-         }
+      {opt.head_num, 1,
+       [&](int64_t h0, int64_t h1) {
+         std::vector<acc_t> scratch(head_backward_scratch<acc_t>(state.geom));
+         for (int64_t task = h0; task < h1; ++task)
+           attention_head_backward(state.buf, cg, state.geom, task / opt.head_num, task % opt.head_num,
+                                   scratch.data());
        }},
       {1, 1,
        [&](int64_t b0, int64_t b1) {

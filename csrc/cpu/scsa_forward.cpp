@@ -110,7 +110,7 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Option
   acc_t *a_h_ptr = a_h.data_ptr<acc_t>(), *a_w_ptr = a_w.data_ptr<acc_t>(), *ca_ptr = ca.data_ptr<acc_t>();
   acc_t* pooled_ptr = pooled.data_ptr<acc_t>();
   int64_t* argmax_ptr = pg.max_pool ? argmax.data_ptr<int64_t>() : nullptr;
-  ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num, /*need_q_t=*/false);
+  ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num);
   const int64_t planes = plane_grain(H * W);
   run_stages(B, {
       {C, planes, [&](int64_t p0, int64_t p1) { row_col_means<scalar_t>(x, p0, p1, x_h_ptr, x_w_ptr); }},

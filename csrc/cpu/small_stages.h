@@ -47,30 +47,27 @@ void spatial_gates_forward(const T* x_h, const T* x_w, const PackedParams<T>& w,
 // Owns the channel-branch work buffers of one call.
 template <typename T>
 struct ChannelAttentionState {
-  Tensor y, q, k, q_t, k_t, v_mean;
+  Tensor y, q, k_t, v_mean;
   ChannelAttentionBuffers<T> buf;
   ChannelGeometry geom;
 
   ChannelAttentionState(const Tensor& pooled, const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
-                        int64_t head_num, bool need_q_t) {
+                        int64_t head_num) {
     const int64_t B = pooled.size(0), C = pooled.size(1), N = pooled.size(2);
     geom = {C, N, head_num, C / head_num};
     auto opts = pooled.options();
     y = at::empty({B, C, N}, opts);
     q = at::empty({B, C, N}, opts);
-    k = at::empty({B, C, N}, opts);
     k_t = at::empty({B, C, N}, opts);
-    if (need_q_t) q_t = at::empty({B, C, N}, opts);
     v_mean = at::empty({B, C}, opts);
-    buf = {pooled.const_data_ptr<T>(), y.data_ptr<T>(), q.data_ptr<T>(), k.data_ptr<T>(),
-           need_q_t ? q_t.data_ptr<T>() : nullptr, k_t.data_ptr<T>(), v_mean.data_ptr<T>(),
+    buf = {pooled.const_data_ptr<T>(), y.data_ptr<T>(), q.data_ptr<T>(), k_t.data_ptr<T>(), v_mean.data_ptr<T>(),
            const_cast<T*>(attn_out.const_data_ptr<T>()), const_cast<T*>(attn_lse.const_data_ptr<T>()),
            const_cast<T*>(ca.const_data_ptr<T>())};
   }
 
   // Samples [begin, end).
   void project(const PackedParams<T>& w, int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) project_qkv(buf, w, geom, b, buf.q_t != nullptr);
+    for (int64_t b = begin; b < end; ++b) project_qkv(buf, w, geom, b);
   }
 };
 
