@@ -11,6 +11,25 @@
 namespace scsa_kernels::cpu {
 namespace {
 
+// total += row (elementwise); returns the row's sum. One pass over the row.
+template <typename T>
+T accumulate_row(T* total, const T* row, int64_t n) {
+  using V = Vectorized<T>;
+  V acc(T(0));
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    const V v = V::loadu(row + i);
+    acc += v;
+    (V::loadu(total + i) + v).store(total + i);
+  }
+  T s = horizontal_sum(acc);
+  for (; i < n; ++i) {
+    s += row[i];
+    total[i] += row[i];
+  }
+  return s;
+}
+
 // Pass 1 over planes [begin, end): x_h[p, h] = mean_w x, x_w[p, w] = mean_h x.
 template <typename scalar_t, typename acc_t>
 void row_col_means(const Tensor& x, int64_t begin, int64_t end, acc_t* x_h, acc_t* x_w) {
@@ -21,8 +40,7 @@ void row_col_means(const Tensor& x, int64_t begin, int64_t end, acc_t* x_h, acc_
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
     acc_t* mw = x_w + p * W;
     if (h == 0) std::fill(mw, mw + W, acc_t(0));
-    x_h[p * H + h] = sum(r, W) * inv_w;
-    axpy(mw, acc_t(1), r, W);
+    x_h[p * H + h] = accumulate_row(mw, r, W) * inv_w;
     if (h == H - 1) scale(mw, inv_h, W);
   });
 }
