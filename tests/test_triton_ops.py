@@ -59,6 +59,18 @@ def test_options(name):
     assert_matches(torch.randn(2, 32, 7, 8, device=DEVICE), config)
 
 
+@pytest.mark.parametrize("name", ["default", "softmax_gates_maxpool_heads_bias"])
+def test_backward_from_saved_means(monkeypatch, name):
+    """The forward keeps the row and column means only on planes large enough (saves_means); the
+    small planes of these tests take the recompute path unless the memory cap is lifted."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "MAX_SAVED_FRACTION", 1.0)
+    config = SCSAConfig(32, **{"window_size": 3, **OPTIONS[name]})
+    x = torch.randn(2, 32, 7, 8, device=DEVICE)
+    assert ops.saves_means(x.shape, x.dtype)
+    assert_matches(x, config)
+
+
 @pytest.mark.parametrize("shape,window", [((1, 8, 5, 5), 5), ((2, 8, 11, 7), 3), ((1, 8, 3, 300), 3),
                                           ((1, 8, 9, 4), 4)])
 def test_shapes(shape, window):
