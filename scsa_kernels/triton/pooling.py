@@ -1,4 +1,5 @@
-"""Pool pass: read x once, pool x_s = x * a_h * a_w into windows (avg, or max + argmax).
+"""Pool pass: read x once, pool x_s = x * a_h * a_w into windows (avg, or max + argmax), or
+with RECOMBINE write its space-to-depth cells (the input of recombination's 1x1 projection).
 
 Windows are WH x WW (window_size x window_size, or the whole plane for window_size=-1)
 on an HP x WP grid; rows and columns past HP*WH, WP*WW are dropped (floor).
@@ -30,18 +31,21 @@ def _grad_sums(x, g_base, rows, rmask, cols, mask, a_h, a_w, sums_row_ptr, w0, s
     return tl.sum(gx * a_h[:, None], axis=0)
 
 
-@autotune(POOL_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX", "HAS_GRAD"])
+@autotune(POOL_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX", "RECOMBINE", "HAS_GRAD"])
 @triton.jit
 def pool_kernel(
         x_ptr, g_ptr, gates_ptr, pooled_ptr, argmax_ptr, sums_ptr, total_ptr,
         C, H, W, sx_b, sx_c, sx_h, sx_w, sg_b, sg_c, sg_h, sg_w, HP, WP, WH, WW, cols_per_block,
-        IS_MAX: tl.constexpr, HAS_GRAD: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
+        IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, HAS_GRAD: tl.constexpr, BLOCK_W: tl.constexpr,
+        BLOCK_J: tl.constexpr,
         WH_POW2: tl.constexpr, ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
     """One program per plane (grid B*C).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32 (a_h | a_w).
     pooled: (B, C, HP*WP) fp32 out. argmax: (B, C, HP*WP) int32 out (IS_MAX only): the
     flat in-plane index h*W + w of each window's first maximum (PyTorch's tie rule).
+    RECOMBINE: pooled is instead the cells (B, C*WH*WW, HP*WP) fp32 out, pixel_unshuffle of the
+    cropped x_s: x_s[i*WH + dy, j*WW + dx] of channel c goes to row c*WH*WW + dy*WW + dx, column i*WP + j.
     Only with HAS_GRAD: g (grad_out, x's shape, strides sg_*) is read; sums (B, C, H+W) fp32
     out (rows | cols above), total (B*C,) fp32 out.
     cols_per_block: a multiple of WW (whole windows per column block), <= BLOCK_W;
@@ -54,6 +58,7 @@ def pool_kernel(
     g_base = g_ptr + b * sg_b + c * sg_c
     small = (b * C + c) * (H + W)
     out = (b * C + c) * HP * WP
+    cells = out * WH * WW  # this plane's rows of the RECOMBINE cells
     walk_w = W if HAS_GRAD else WP * WW  # the backward sums cover the columns right of the grid too
     total = tl.full([], 0.0, tl.float32)
     for w0 in range(0, walk_w, cols_per_block):
@@ -85,7 +90,12 @@ def pool_kernel(
                     cols_acc += _grad_sums(x, g_base, rows, in_rows, cols, mask, a_h, a_w, sums_ptr + small,
                                            w0, sg_h, sg_w, ONE_COL_BLOCK, WIDE)
                 v = x * a_h[:, None] * a_w[None, :]
-                if IS_MAX:
+                if RECOMBINE:
+                    cell = (((rows - i * WH)[:, None] * WW + (cols % WW)[None, :]) * (HP * WP)
+                            + i * WP + (cols // WW)[None, :])
+                    in_grid = pooled_rows[:, None] & (cmask & (cols < WP * WW))[None, :]
+                    tl.store(pooled_ptr + cells + cell, v, mask=in_grid)
+                elif IS_MAX:
                     v = tl.where(pooled_rows[:, None] & cmask[None, :], v, float("-inf"))
                     top = tl.max(v, axis=0)
                     first = tl.min(tl.where(v == top[None, :], rows[:, None], BIG_INDEX), axis=0)
@@ -94,21 +104,22 @@ def pool_kernel(
                     acc = tl.where(better, top, acc)
                 else:
                     acc += tl.sum(tl.where(pooled_rows[:, None], v, 0.0), axis=0)
-            # (BLOCK_J, BLOCK_W) column -> window map, built here rather than kept live through the row loop;
-            # columns right of the grid map to window WP, never stored
-            js = w0 // WW + tl.arange(0, BLOCK_J)
-            jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
-            in_window = ((cols // WW)[None, :] == js[:, None]) & cmask[None, :]
-            if IS_MAX:
-                wins = tl.where(in_window, acc[None, :], float("-inf"))
-                top = tl.max(wins, axis=1)
-                hit = in_window & (wins == top[:, None])
-                first = tl.min(tl.where(hit, arg[None, :], BIG_INDEX), axis=1)
-                tl.store(argmax_ptr + out + i * WP + js, first, mask=jmask)
-                tl.store(pooled_ptr + out + i * WP + js, top, mask=jmask)
-            else:
-                window_sums = tl.sum(tl.where(in_window, acc[None, :], 0.0), axis=1)
-                tl.store(pooled_ptr + out + i * WP + js, window_sums / (WH * WW), mask=jmask)
+            if not RECOMBINE:
+                # (BLOCK_J, BLOCK_W) column -> window map, built here rather than kept live through the row loop;
+                # columns right of the grid map to window WP, never stored
+                js = w0 // WW + tl.arange(0, BLOCK_J)
+                jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
+                in_window = ((cols // WW)[None, :] == js[:, None]) & cmask[None, :]
+                if IS_MAX:
+                    wins = tl.where(in_window, acc[None, :], float("-inf"))
+                    top = tl.max(wins, axis=1)
+                    hit = in_window & (wins == top[:, None])
+                    first = tl.min(tl.where(hit, arg[None, :], BIG_INDEX), axis=1)
+                    tl.store(argmax_ptr + out + i * WP + js, first, mask=jmask)
+                    tl.store(pooled_ptr + out + i * WP + js, top, mask=jmask)
+                else:
+                    window_sums = tl.sum(tl.where(in_window, acc[None, :], 0.0), axis=1)
+                    tl.store(pooled_ptr + out + i * WP + js, window_sums / (WH * WW), mask=jmask)
         if HAS_GRAD:
             tl.store(sums_ptr + small + H + cols, cols_acc, mask=cmask)
             total += tl.sum(cols_acc * a_w)  # sum_hw g x a_h a_w, a_w zero outside cmask
