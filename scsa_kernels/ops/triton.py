@@ -358,7 +358,7 @@ def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, wind
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
     sizes = [(B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
              (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
-             (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), (B, 2, 4, 2), (B, C, N)]
+             (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), (B, 2, 4, 2)]
     scratch, total = [], 0
     for size in sizes:
         n = 1
@@ -412,7 +412,7 @@ def _backward_impl(
     # every scratch buffer is a view of one allocation (the kernels write all of each before reading it)
     workspace = _empty(plan["total"], device=x.device, dtype=torch.float32)
     (rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
-     gates, sp_stats, dp) = (workspace[a:b].view(size) for a, b, size in plan["scratch"])
+     gates, sp_stats) = (workspace[a:b].view(size) for a, b, size in plan["scratch"])
     if plan["recompute_means"]:
         _means(plan, x, means)
     else:
@@ -430,6 +430,7 @@ def _backward_impl(
             pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, dca, dq, dk, dy, small_part, gnsum,
             *plan["bwd_attention_scalars"], **plan["bwd_attention_meta"])
     if recombine:
+        dp = _empty(pooled.shape, device=x.device, dtype=torch.float32)
         _launch(input_grad.pooled_grad_kernel, planes, dy, pooled, gn, gnsum, n_w, dp, *plan["pooled_grad_scalars"],
                 **plan["pooled_grad_meta"])
         d_cells = torch.matmul(conv_d.to(torch.float32).t(), dp)
