@@ -42,7 +42,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled):
 
 def test_every_autotune_config_is_compiled(compiled):
     from scsa_kernels.triton._common import PLANE_CONFIGS, POOL_CONFIGS
-    for kernel, configs in (("plane_row_col_sums_kernel", PLANE_CONFIGS), ("pool_fwd_kernel", POOL_CONFIGS),
+    for kernel, configs in (("plane_means_kernel", PLANE_CONFIGS), ("pool_kernel", POOL_CONFIGS),
                             ("apply_gates_kernel", PLANE_CONFIGS), ("pool_grad_sums_kernel", PLANE_CONFIGS),
                             ("input_grad_kernel", PLANE_CONFIGS)):
         seen = {(int(v.split("=")[1]), r["num_warps"]) for r in compiled if r["kernel"] == kernel

@@ -50,6 +50,7 @@ OPTIONS = {
     "global_pool_maxpool_mode": dict(window_size=-1, down_sample_mode="max_pool", head_num=4),
     "odd_kernels": dict(group_kernel_sizes=(1, 3, 11, 5), qkv_bias=True),
     "many_heads_tiny_d": dict(head_num=8),
+    "recombination_heads": dict(down_sample_mode="recombination", head_num=2),
 }
 
 
@@ -57,6 +58,41 @@ OPTIONS = {
 def test_options(name):
     config = SCSAConfig(32, **{"window_size": 3, **OPTIONS[name]})
     assert_matches(torch.randn(2, 32, 7, 8, device=DEVICE), config)
+
+
+def test_backward_from_saved_means(monkeypatch):
+    """The forward keeps the row and column means only on planes large enough (saves_means); the
+    small planes of the other tests take the recompute path unless the memory cap is lifted."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "MAX_SAVED_FRACTION", 1.0)
+    config = SCSAConfig(16, **{"window_size": 3, **OPTIONS["softmax_gates_maxpool_heads_bias"]})
+    x = torch.randn(2, 16, 7, 8, device=DEVICE)
+    assert ops.saves_means(x.shape, x.dtype)
+    assert_matches(x, config)
+
+
+RECOMBINATION_CASES = {
+    "softmax_gates_bias_bf16": ((1, 16, 8, 7), torch.bfloat16, dict(window_size=2, head_num=4, qkv_bias=True,
+                                                                    gate_layer="softmax")),
+    "h_eq_w_eq_window": ((1, 8, 3, 3), torch.float32, dict(window_size=3)),
+    "channels_last_bf16_eager": ((2, 8, 7, 5), torch.bfloat16, dict(window_size=2, gate_layer="softmax")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECOMBINATION_CASES))
+def test_recombination(monkeypatch, name):
+    """Space-to-depth + conv_d (a torch matmul) instead of pooling; every gradient, conv_d's included
+    (odd sides not divisible by the window and several heads: test_options), through the op or
+    through the eager autograd.Function."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "EAGER_BYPASS", name.endswith("_eager"))
+    shape, dtype, options = RECOMBINATION_CASES[name]
+    config = SCSAConfig(shape[1], down_sample_mode="recombination", **options)
+    x = torch.randn(*shape, device=DEVICE, dtype=dtype)
+    if name.startswith("channels_last"):
+        x = x.to(memory_format=torch.channels_last)
+    assert backends.why_not("triton", x, config, True) is None
+    assert_matches(x, config, weights=random_weights(config, dtype=dtype, device=DEVICE))
 
 
 @pytest.mark.parametrize("shape,window", [((1, 8, 5, 5), 5), ((2, 8, 11, 7), 3), ((1, 8, 3, 300), 3),
@@ -142,7 +178,6 @@ def test_module_and_determinism():
 
 
 @pytest.mark.parametrize("change,training,expected", [
-    (dict(down_sample_mode="recombination"), False, "recombination"),
     (dict(attn_drop_ratio=0.1), True, "dropout"),
 ])
 def test_unsupported_options_have_reasons(change, training, expected):
@@ -174,8 +209,9 @@ def test_op_schema_and_autograd_registration():
     config = SCSAConfig(8, window_size=2)
     p = [t.detach().requires_grad_() for t in pack_weights(random_weights(config, device=DEVICE), config)]
     x = torch.randn(1, 8, 4, 5, device=DEVICE, requires_grad=True)
-    torch.library.opcheck(ops.triton_scsa_forward, (x, *p, 1, 2, False, False),
-                          test_utils=("test_schema", "test_autograd_registration"))
+    for conv_d in (None, torch.randn(8, 8 * 4, device=DEVICE, requires_grad=True)):  # pooling, recombination
+        torch.library.opcheck(ops.triton_scsa_forward, (x, *p, conv_d, 1, 2, False, False),
+                              test_utils=("test_schema", "test_autograd_registration"))
 
 
 def test_dynamo_traces_the_dispatch_path_without_graph_breaks():
@@ -234,7 +270,9 @@ def test_gpu_opcheck():
     p = pack_weights(random_weights(config, device="cuda"), config)
     p = [t.detach().requires_grad_() for t in p]
     x = torch.randn(2, 16, 9, 9, device="cuda", requires_grad=True)
-    torch.library.opcheck(ops.triton_scsa_forward, (x, *p, 1, 3, False, False))
+    torch.library.opcheck(ops.triton_scsa_forward, (x, *p, None, 1, 3, False, False))
+    conv_d = torch.randn(16, 16 * 9, device="cuda", requires_grad=True)  # recombination
+    torch.library.opcheck(ops.triton_scsa_forward, (x, *p, conv_d, 1, 3, False, False))
 
 
 @requires_cuda

@@ -8,7 +8,16 @@ full-size tensors (x, out, grad_out, dx) by address; everything else is "small".
 
 Budgets held here (the design of scsa_kernels/ops/triton.py):
 - forward: x read <= 3 |x|, out written <= |x|; 5 Triton launches (6 with the softmax gate);
-- backward: x read <= 2 |x|, grad_out read <= 2 |x|, dx written <= |x|; 5 Triton launches;
+- backward: x read <= 2 |x|, grad_out read <= 2 |x|, dx written <= |x|; 7 Triton launches (8 with
+  the softmax gate): the forward keeps only the row/column means, so the backward reruns the
+  spatial gate kernel and the channel attention forward (tiny) on top of its 5 passes. When the
+  forward does not keep the means either (``saves_means``: they would exceed 10% of x's bytes,
+  every plane of 28x28 or less in bfloat16), the backward first recomputes them: one more read
+  of x (<= 3 |x|) and one more launch;
+- recombination adds its space-to-depth cells (B, C*ws*ws, N) fp32 (at most 4/itemsize |x|; the
+  1x1 projection and its backward are torch matmuls inside the op): the forward writes them once
+  (3 reads of x + 2 |x|-sized writes), the backward writes them once and reads their gradient
+  twice, in one more launch (``pooled_grad``, dp for the projection's backward);
 - small tensors, both directions: <= (6K + 30) * 4 bytes * B*C*(H+W)
   + SMALL_PER_POOLED * 4 bytes * B*C*N*(1 + D/32) (N pooled positions, D channels per head).
   The spatial gate kernels recompute the K-tap conv of the (B, C, H+W) means in each of their
@@ -23,6 +32,7 @@ from conftest import HAS_CUDA
 from scsa_kernels import backends
 from scsa_kernels.config import SCSAConfig
 from scsa_kernels.functional import scsa
+from scsa_kernels.ops.triton import saves_means
 from scsa_kernels.testing import random_weights
 
 pytestmark = [
@@ -31,7 +41,9 @@ pytestmark = [
 ]
 
 FORWARD_LAUNCHES = {"sigmoid": 5, "softmax": 6}
-BACKWARD_LAUNCHES = 5
+BACKWARD_LAUNCHES = {"sigmoid": 7, "softmax": 8}
+RECOMPUTED_MEANS_LAUNCHES = 1
+RECOMBINATION_BACKWARD_LAUNCHES = 1
 # Outside the Triton kernels: pack_weights (pads, cats, stack, and casts of half parameters to
 # float32: 24 ops for bfloat16 parameters, 8 for float32), the op itself, and in the backward the
 # two gradient sums plus pack_weights' backward (casts back, pad slices).
@@ -127,10 +139,20 @@ def small_bound(shape, config):
     return 4 * (per_line * B * C * (H + W) + SMALL_PER_POOLED * B * C * n * (1 + config.head_dim / 32))
 
 
+def cells_bytes(shape, config):
+    """Bytes of recombination's fp32 space-to-depth cells (0 for the pooling modes)."""
+    if not config.uses_conv_d:
+        return 0
+    B, C, H, W = shape
+    hp, wp = config.pooled_size(H, W)
+    return 4 * B * C * hp * wp * config.window_size ** 2
+
+
 def report(label, shape, config, x, fwd, bwd, fwd_ops, bwd_ops):
     nx = x.numel() * x.element_size()
     f = lambda d, k: d.get(k, 0) / nx
-    print(f"\n{label} {tuple(shape)} {x.dtype}: |x| = {nx} bytes, small-tensor bound {small_bound(shape, config):.0f} B")
+    print(f"\n{label} {tuple(shape)} {x.dtype}: |x| = {nx} bytes, small-tensor bound {small_bound(shape, config):.0f}"
+          f" B, recombination cells {cells_bytes(shape, config)} B, means saved: {saves_means(x.shape, x.dtype)}")
     print(f"  forward : x read {f(fwd.loads, 'x'):.3f}|x|, out write {f(fwd.stores, 'small'):.3f}|x| (out is"
           f" unregistered), small read {fwd.loads.get('small', 0)} B, {fwd.launches} Triton launches,"
           f" torch ops {len(fwd_ops.ops)}: {fwd_ops.ops}")
@@ -144,6 +166,7 @@ CASES = {
     "softmax_maxpool_heads": ((2, 32, 15, 17), SCSAConfig(32, head_num=2, window_size=3, down_sample_mode="max_pool",
                                                           gate_layer="softmax", qkv_bias=True)),
     "global_pool": ((1, 16, 20, 24), SCSAConfig(16, window_size=-1)),
+    "recombination": ((2, 16, 9, 10), SCSAConfig(16, head_num=2, window_size=3, down_sample_mode="recombination")),
 }
 
 
@@ -156,13 +179,15 @@ def test_traffic_and_launches(name):
     assert fwd.loads["x"] > 0 and bwd.loads["x"] > 0, "address attribution failed"
     assert fwd.loads["x"] <= 3 * nx
     assert fwd.stores.get("x", 0) == 0
-    assert bwd.loads["x"] <= 2 * nx
+    means_saved = saves_means(x.shape, x.dtype)
+    assert bwd.loads["x"] <= (2 if means_saved else 3) * nx
     assert bwd.loads["grad_out"] <= 2 * nx
     assert bwd.stores.get("x", 0) == 0 and bwd.stores.get("grad_out", 0) == 0
     assert fwd.launches == FORWARD_LAUNCHES[config.gate_layer]
-    assert bwd.launches == BACKWARD_LAUNCHES
+    assert bwd.launches == (BACKWARD_LAUNCHES[config.gate_layer] + (0 if means_saved else RECOMPUTED_MEANS_LAUNCHES)
+                            + (RECOMBINATION_BACKWARD_LAUNCHES if config.uses_conv_d else 0))
     assert len(fwd_ops.ops) <= TORCH_OPS["forward"] and len(bwd_ops.ops) <= TORCH_OPS["backward"]
-    bound = small_bound(shape, config)
+    bound, cells = small_bound(shape, config), cells_bytes(shape, config)
     # out (forward) and dx (backward) are not registered regions: they land in "small" with |x| bytes
-    assert fwd.stores["small"] - nx <= bound and fwd.loads["small"] <= bound
-    assert bwd.stores["small"] - nx <= bound and bwd.loads["small"] <= bound
+    assert fwd.stores["small"] - nx <= bound + cells and fwd.loads["small"] <= bound
+    assert bwd.stores["small"] - nx <= bound + cells and bwd.loads["small"] <= bound + 2 * cells

@@ -26,7 +26,7 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.ops import triton as ops  # noqa: E402
 
-# (shape, dtype, options): together every constexpr branch (HAS_GRAD, GATE_SOFTMAX, IS_MAX),
+# (shape, dtype, options): together every constexpr branch (HAS_GRAD, GATE_SOFTMAX, IS_MAX, RECOMBINE, ONE_COL_BLOCK),
 # every dtype, 7x7, 56x56, 160x160 planes (row tiles 8, 64, 256 wide), rows wider than a tile
 # and planes spanning 2**31 elements (meta tensors: nothing is allocated).
 SCENARIOS = [
@@ -35,6 +35,8 @@ SCENARIOS = [
     ((1, 128, 160, 160), torch.float16, dict(head_num=4, window_size=-1, qkv_bias=True)),
     ((1, 16, 12, 600), torch.float32, dict(down_sample_mode="max_pool")),  # rows wider than one tile
     ((1, 256, 4096, 4096), "channels_last", dict()),  # 64-bit in-plane offsets (WIDE), longest gate rows
+    ((2, 64, 56, 56), torch.bfloat16, dict(head_num=2, down_sample_mode="recombination")),
+    ((1, 16, 12, 600), torch.float32, dict(down_sample_mode="recombination", gate_layer="softmax")),
 ]
 ARCHS = (80, 90)
 PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32"}
@@ -55,9 +57,10 @@ def record_launches():
         params = [meta(C, K), meta(C)] + [meta(C) for _ in range(6)] + [meta(3, C), meta(3, C)]
         flags = (config.head_num, config.window_size,
                  config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
-        out, *saved = ops._forward_impl(x, *params, *flags)
-        keep = [params[i] for i in (0, 1, 2, 4, 6, 7, 8, 9)]  # conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b
-        ops._backward_impl(out, x, *saved, *keep, *flags)
+        ws = config.window_size
+        conv_d = meta(C, C * ws * ws) if config.uses_conv_d else None
+        out, means = ops._forward_impl(x, *params, conv_d, *flags)
+        ops._backward_impl(out, x, ops._saved_means(x, means), *params, conv_d, *flags)
     return launches
 
 

@@ -1,33 +1,43 @@
 """The Triton backend: fused SCSA forward and backward (kernels in ``scsa_kernels/triton``).
 
 Forward, 5 launches (6 with the softmax channel gate); x read 3 times, out written once:
-  1. ``plane_row_col_sums`` (reads x)     -> x_h, x_w                  (B, C, H+W)
+  1. ``plane_means`` (reads x)            -> x_h, x_w                  (B, C, H+W)
   2. ``spatial_gates_fwd``                -> a_h, a_w + GroupNorm(4) stats
-  3. ``pool_fwd`` (reads x)               -> pooled (B, C, N) (+ argmax for max pooling)
+  3. ``pool`` (reads x)                   -> pooled (B, C, N) (+ argmax for max pooling); for
+     recombination the space-to-depth cells (B, C*ws*ws, N) fp32 instead (one more |x|-sized
+     write, fp32), projected to pooled by a torch matmul with conv_d's weight (C, C*ws*ws)
   4. ``channel_attention_fwd``            -> ca (B, C), softmax row stats, GroupNorm(1) stats
      (+ ``channel_softmax_gate`` when gate_layer="softmax")
   5. ``apply_gates`` (reads x, writes out)
-Backward, 5 Triton launches + 2 tiny torch sums (parameter gradients over the batch):
-  (a) ``plane_row_col_sums`` with grad (reads x and grad_out) -> sum_w g x a_w, sum_h g x a_h, d(ca)
+Saved for backward: x itself (no copy), the packed weights, and the means x_h, x_w when they cost
+at most MAX_SAVED_FRACTION (10%) of x's bytes (``saves_means``: square planes from 40x40 in bf16,
+from 20x20 in fp32). Everything else is recomputed: the memory target is <= 10% of |x| saved beyond
+x, and on small planes even a (B, C, H+W) tensor exceeds it (2/7 of x's elements at 7x7).
+Backward, 7 Triton launches (8 with the softmax gate, 1 more for recombination) + 2 tiny torch sums (parameter gradients
+over the batch); x read twice, grad_out twice, dx written once:
+  (0) ``plane_means`` (reads x), only when the means were not saved: one more launch and read of x
+      ``spatial_gates_fwd``              -> a_h, a_w again, from the means
+  (a) ``pool`` with grad (reads x and grad_out) -> pooled again, sum_w g x a_w, sum_h g x a_h, d(ca)
+      ``channel_attention_fwd``          -> ca and the attention statistics again
       ``channel_attention_bwd``          -> dy (B, C, N), parameter partials
-  (b) ``pool_grad_sums`` (reads x)       -> pooling-path sums for d(a_h), d(a_w)
+      recombination: ``pooled_grad`` -> dp (B, C, N); torch matmuls: the cells' gradient
+      conv_d^T dp (B, C*ws*ws, N) and conv_d's gradient sum_b dp cells^T, the cells rewritten by (a)
+  (b) ``pool_grad_sums`` (reads x)       -> pooling-path sums for d(a_h), d(a_w) (recombination:
+                                            reads the cells' gradient too, and (c) as well)
       ``spatial_gates_bwd``              -> d(x_h)/W, d(x_w)/H, parameter partials
   (c) ``input_grad`` (reads grad_out, writes dx)
 No atomics: every reduction belongs to one program, partials are summed by torch.sum,
-so results are bitwise reproducible. Saved for backward: x itself (no copy) and small
-tensors only: gates (B, C, H+W), pooled (B, C, N), per-channel and per-group stats (the
-backward's first pass recomputes the means from x while it reads x anyway).
+so results are bitwise reproducible.
 
 Host cost per call (benchmarks/triton_host_overhead.py, CPU with launches stubbed): eager calls
 skip the dispatcher (``_EagerSCSA`` / a direct ``_forward_impl`` call; torch.compile still sees
 the triton_op and its registered autograd), launch geometry is computed once per (shape, strides,
-options) in ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's 12 scratch buffers are views
+options) in ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's scratch buffers are views
 of one allocation, and weights requiring grad are packed by one cat + one gather + one split.
 
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
-``down_sample_mode="recombination"`` (its conv_d projection), attention dropout in
-training (no in-kernel Philox RNG), float64 (kernels compute in float32), window or
-plane sides > 4096, planes of 2**31 elements or more.
+attention dropout in training (no in-kernel Philox RNG), float64 (kernels compute in
+float32), window or plane sides > 4096, planes of 2**31 elements or more.
 
 Layout: one program per (b, c) plane with strided 2-D tiles, so channels_last and sliced
 inputs run without a copy (64-bit plane bases; in-plane offsets go 64-bit only when a
@@ -38,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -48,7 +58,8 @@ from ..weights import packed_weights
 NAME = "triton"
 MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-POOL_WINDOWS_PER_BLOCK = 8  # windows per column block of pool_fwd (its window map is BLOCK_J x BLOCK_W)
+MAX_SAVED_FRACTION = 0.1  # saved for backward beyond x itself, as a fraction of x's bytes (see saves_means)
+POOL_WINDOWS_PER_BLOCK = 8  # windows per column block of pool_kernel (its window map is BLOCK_J x BLOCK_W)
 SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
@@ -95,8 +106,6 @@ def unsupported_reason(x, config, training):
         return f"device {x.device.type} is not supported (CUDA tensors only)"
     if x.dtype not in SUPPORTED_DTYPES:
         return f"dtype {x.dtype} is not supported (float32/float16/bfloat16; kernels compute in float32)"
-    if config.down_sample_mode == "recombination" and not config.global_pool:
-        return "down_sample_mode='recombination' (the conv_d projection) is not implemented in Triton"
     if training and config.attn_drop_ratio > 0:
         return "attention dropout in training is not implemented in the Triton kernels (no in-kernel RNG)"
     height, width = x.shape[2], x.shape[3]
@@ -109,15 +118,16 @@ def unsupported_reason(x, config, training):
 
 def scsa(x, weights, config, training):
     p = packed_weights(weights, config)
+    conv_d = weights.conv_d_weight.flatten(1) if config.uses_conv_d else None  # (C, C*ws*ws) view, own dtype
     options = (config.head_num, config.window_size, config.down_sample_mode == "max_pool" and not config.global_pool,
                config.gate_layer == "softmax")
     if not EAGER_BYPASS or torch.compiler.is_compiling():
-        return torch.ops.scsa_kernels.triton_scsa_forward(x, *p, *options)[0]
+        return torch.ops.scsa_kernels.triton_scsa_forward(x, *p, conv_d, *options)[0]
     # Eager: the same impls without the dispatcher. The registered autograd of the op costs ~60 us
-    # of Python per call (torch._library.utils.fill_defaults over its 15-argument schema).
-    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in p)):
-        return _EagerSCSA.apply(x, *p, *options)
-    return _forward_impl(x, *p, *options)[0]
+    # of Python per call (torch._library.utils.fill_defaults over its 16-argument schema).
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *p, conv_d)):
+        return _EagerSCSA.apply(x, *p, conv_d, *options)
+    return _forward_impl(x, *p, conv_d, *options)[0]
 
 
 class _EagerSCSA(torch.autograd.Function):
@@ -125,10 +135,11 @@ class _EagerSCSA(torch.autograd.Function):
     backward in _define_ops), calling _forward_impl/_backward_impl directly."""
 
     @staticmethod
-    def forward(ctx, x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, *options):
-        out, *small = _forward_impl(x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, *options)
+    def forward(ctx, x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, conv_d, *options):
+        weights = (conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, conv_d)
+        out, means = _forward_impl(x, *weights, *options)
         ctx.options = options
-        ctx.save_for_backward(x, *small, conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b)
+        ctx.save_for_backward(x, _saved_means(x, means), *weights)
         return out
 
     @staticmethod
@@ -216,7 +227,15 @@ def _wide_strides(shape, *strides) -> bool:
     return any((shape[2] - 1) * abs(s[2]) + (shape[3] - 1) * abs(s[3]) >= 2 ** 31 for s in strides)
 
 
-def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, gate_softmax, spatial_tile):
+def _pool_blocks(windows: int, WW: int, W: int):
+    """(cols_per_block, constexprs) of pool_kernel walking ``windows`` window columns: whole windows
+    per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is BLOCK_J x BLOCK_W); one
+    window when it is wider than a row tile."""
+    per_block = WW * max(1, min(windows, POOL_WINDOWS_PER_BLOCK, plane_block_w(windows * WW) // WW))
+    return per_block, dict(BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW), ONE_COL_BLOCK=W <= per_block)
+
+
+def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile):
     """Everything _forward_impl derives from shapes and options: grids, scalars, constexprs."""
     B, C, H, W = shape
     HP, WP, WH, WW = _windows(H, W, window_size)
@@ -224,19 +243,17 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, gate_soft
     block_w = plane_block_w(W)
     block_l = _pow2(max(H, W))
     wide = _wide_strides(shape, x_stride)
-    # whole windows per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is
-    # BLOCK_J x BLOCK_W); one window when it is wider than a row tile
-    per_block = WW * max(1, min(WP, POOL_WINDOWS_PER_BLOCK, plane_block_w(WP * WW) // WW))
+    per_block, pool_blocks = _pool_blocks(WP, WW, W)
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
     return dict(
-        N=N, planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
-        plane_scalars=(C, H, W, *x_stride, *x_stride),
-        plane_meta=dict(HAS_GRAD=False, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
+        N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
+        plane_scalars=(C, H, W, *x_stride),
+        plane_meta=dict(BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
+        gates_scalars=(C, H, W, GROUP_NORM_EPS),
         gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, spatial_tile // block_l)),
                         BLOCK_L=block_l, num_warps=8),
-        pool_scalars=(C, H, W, *x_stride, HP, WP, WH, WW, per_block),
-        pool_meta=dict(IS_MAX=max_pool, BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW),
-                       WH_POW2=_pow2(WH), WIDE=wide),
+        pool_scalars=(C, H, W, *x_stride, *x_stride, HP, WP, WH, WW, per_block),
+        pool_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, WH_POW2=_pow2(WH), WIDE=wide, **pool_blocks),
         attention_scalars=(C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5),
         attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024,
                             num_warps=8 if block_d >= 32 else 4),  # spill-free on triton 3.6 and 3.8 (AOT test)
@@ -249,139 +266,219 @@ _FORWARD_PLANS = {}
 _BACKWARD_PLANS = {}
 
 
+def _means(plan, x, means):
+    """Launches the means pass (reads x): fills means (B, C, H+W) fp32 = x_h | x_w."""
+    _launch(_kernels()[3].plane_means_kernel, plan["planes"], x, means, *plan["plane_scalars"], **plan["plane_meta"])
+
+
+def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b):
+    """Launches the spatial gate kernel: from means (B, C, H+W) fills gates (B, C, H+W) = a_h | a_w
+    and sp_stats (B, 2, 4, 2) = GroupNorm(4) (mean, rstd), all fp32."""
+    _launch(_kernels()[5].spatial_gates_fwd_kernel, plan["gates_grid"],
+            means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, *plan["gates_scalars"],
+            **plan["gates_meta"])
+
+
+def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax):
+    """Launches the channel attention forward (and the softmax gate): from pooled (B, C, N) fills
+    gn (B, 2), z, m, l and ca (B, C), all fp32."""
+    _, channel_attention, _, _, _, _ = _kernels()
+    _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
+            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, *plan["attention_scalars"], **plan["attention_meta"])
+    if gate_softmax:
+        _launch(channel_attention.channel_softmax_gate_kernel, (pooled.shape[0],), z, ca, pooled.shape[1],
+                **plan["softmax_meta"])
+
+
+def _project(conv_d, cells):
+    """Recombination's 1x1 conv (torch): conv_d (C, C*WH*WW) in the parameter's dtype, cells
+    (B, C*WH*WW, N) fp32 -> pooled (B, C, N) fp32."""
+    return torch.matmul(conv_d.to(torch.float32), cells)
+
+
 def _forward_impl(
         x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
-        n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor,
+        n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
         head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (out, gates, spatial_stats, pooled, argmax, gn1_stats, z, m, l, ca); all but out are
-    the small tensors the backward needs (shapes in the kernels' docstrings)."""
+) -> Tuple[Tensor, Tensor]:
+    """-> (out, means (B, C, H+W) fp32 = x_h | x_w): the backward keeps the means when saves_means()
+    and recomputes everything else from them and x. conv_d: recombination's projection (C, C*ws*ws),
+    or None for the pooling modes."""
     B, C, H, W = x.shape
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
     x_stride = x.stride()
-    plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, conv_w.shape[1], head_num, window_size, max_pool,
+    recombine = conv_d is not None
+    plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, conv_w.shape[1], head_num, window_size, max_pool, recombine,
                                     gate_softmax, SPATIAL_TILE), _forward_plan)
     N = plan["N"]
     f32 = dict(device=x.device, dtype=torch.float32)
     means = _empty(B, C, H + W, **f32)
     gates = _empty(B, C, H + W, **f32)
     sp_stats = _empty(B, 2, 4, 2, **f32)
-    pooled = _empty(B, C, N, **f32)
+    pooled = _empty(plan["cells"] if recombine else (B, C, N), **f32)  # recombination: the cells
     argmax = _empty((B, C, N) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
     gn = _empty(B, 2, **f32)
     z, m, l, ca = (_empty(B, C, **f32) for _ in range(4))
     out = _empty_like(x)
-    planes = plan["planes"]
-    _launch(plane_stats.plane_row_col_sums_kernel, planes,
-            x, x, gates, means, ca, means, *plan["plane_scalars"], **plan["plane_meta"])
-    _launch(spatial_gates.spatial_gates_fwd_kernel, plan["gates_grid"],
-            means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, C, H, W, GROUP_NORM_EPS,
-            **plan["gates_meta"])
-    _launch(pooling.pool_fwd_kernel, planes, x, gates, pooled, argmax, *plan["pool_scalars"], **plan["pool_meta"])
-    _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
-            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, *plan["attention_scalars"], **plan["attention_meta"])
-    if gate_softmax:
-        _launch(channel_attention.channel_softmax_gate_kernel, (B,), z, ca, C, **plan["softmax_meta"])
+    _means(plan, x, means)
+    _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
+    # g, sums, total: unused without HAS_GRAD
+    _launch(pooling.pool_kernel, plan["planes"], x, x, gates, pooled, argmax, pooled, pooled,
+            *plan["pool_scalars"], HAS_GRAD=False, **plan["pool_meta"])
+    if recombine:
+        pooled = _project(conv_d, pooled)
+    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax)
     out_stride = out.stride()
-    _launch(apply.apply_gates_kernel, planes,
+    _launch(apply.apply_gates_kernel, plan["planes"],
             x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
             **plan["apply_meta"])
-    return out, gates, sp_stats, pooled, argmax, gn, z, m, l, ca
+    return out, means
 
 
-def _backward_plan(shape, x_stride, g_stride, K, head_num, window_size, max_pool, gate_softmax, spatial_tile):
-    """Everything _backward_impl derives from shapes and options, and the (offset, shape) of each
+def saves_means(shape, dtype) -> bool:
+    """Whether the forward keeps the row and column means (B, C, H+W) fp32 for the backward: only
+    when they stay within MAX_SAVED_FRACTION of x's bytes. Otherwise the backward recomputes them,
+    which costs one more read of x (the means pass). The spatial gates need them before any pass
+    over x that uses the gates, and a (B, C, H+W) tensor is (H+W)/(H*W) of x's elements (2/7 at
+    7x7): no backward that reads x only twice can meet the memory target on small planes."""
+    B, C, H, W = shape
+    return 4 * (H + W) <= MAX_SAVED_FRACTION * H * W * dtype.itemsize
+
+
+def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, window_size, max_pool, recombine,
+                   gate_softmax, spatial_tile):
+    """Everything _backward_impl derives from shapes and options (the forward plan's entries for the
+    stages it recomputes, the plane and pooling passes with grad_out), and the (offset, shape) of each
     float32 scratch buffer in its one workspace (offsets rounded up to 64 bytes)."""
     B, C, H, W = shape
+    plan = _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile)
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
     block_w = plane_block_w(W)
-    block_l = _pow2(max(H, W))
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
+    sizes = [(B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
+             (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
+             (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), (B, 2, 4, 2)]
     scratch, total = [], 0
-    for size in ((B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
-                 (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C)):
+    for size in sizes:
         n = 1
         for d in size:
             n *= d
         scratch.append((total, total + n, size))
         total += -(-n // 16) * 16
-    return dict(
-        planes=(B * C,), attention_grid=(B, head_num * nblk), gates_grid=(B * 4, 2), scratch=scratch, total=total,
-        plane_scalars=(C, H, W, *x_stride, *g_stride),
-        plane_meta=dict(HAS_GRAD=True, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w,
-                        WIDE=_wide_strides(shape, x_stride, g_stride)),
-        attention_scalars=(C, N, D, nblk, D ** -0.5),
-        attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n,
-                            BLOCK_C=min(1024, _pow2(C)), num_warps=8),
+    # pass (a) also walks the columns right of the window grid
+    grad_per_block, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W)
+    pool_scalars = list(plan["pool_scalars"])
+    pool_scalars[7:11] = g_stride
+    pool_scalars[-1] = grad_per_block
+    plan.update(
+        recompute_means=recompute_means, scratch=scratch, total=total,
+        bwd_attention_grid=(B, head_num * nblk),
+        grad_pool_scalars=tuple(pool_scalars),
+        grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride), **grad_pool_blocks),
+        bwd_attention_scalars=(C, N, D, nblk, D ** -0.5),
+        bwd_attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n,
+                                BLOCK_C=min(1024, _pow2(C)), num_warps=8),
         pool_geom=(HP, WP, WH, WW, head_num * nblk),
-        pool_meta=dict(IS_MAX=max_pool, BLOCK_W=block_w, WH_POW2=_pow2(WH), BLOCK_P=_pow2(head_num * nblk)),
+        pooled_grad_scalars=(C, N, head_num * nblk),
+        pooled_grad_meta=dict(BLOCK_N=min(1024, _pow2(N)), BLOCK_P=_pow2(head_num * nblk)),
+        grad_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, BLOCK_W=block_w, WH_POW2=_pow2(WH),
+                       BLOCK_P=_pow2(head_num * nblk)),
         pool_sums_scalars=(C, H, W, *x_stride, HP, WP, WH, WW, head_num * nblk),
         one_col_block=W <= block_w, wide_x=_wide_strides(shape, x_stride),
-        gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, spatial_tile // block_l)),
-                        BLOCK_L=block_l, num_warps=8),
     )
+    return plan
 
 
 def _backward_impl(
-        grad_out: Tensor, x: Tensor, gates: Tensor, sp_stats: Tensor, pooled: Tensor,
-        argmax: Tensor, gn: Tensor, z: Tensor, m: Tensor, l: Tensor, ca: Tensor,
-        conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nw_w: Tensor, n_w: Tensor, n_b: Tensor,
-        qkv_w: Tensor, qkv_b: Tensor, head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
+        grad_out: Tensor, x: Tensor, saved_means: Tensor,
+        conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
+        n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
+        head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (dx, conv grads (C*K + C,) = weight (C, K) then bias, small grads (12*C,) = norm_h w, b,
-    norm_w w, b, norm w, b, qkv weight (3, C), qkv bias (3, C))."""
+    norm_w w, b, norm w, b, qkv weight (3, C), qkv bias (3, C), conv_d's gradient (C, C*ws*ws) in
+    its dtype (empty without conv_d)).
+
+    saved_means (B, C, H+W) fp32: the forward's, or empty when saves_means() is false (then recomputed
+    here from x)."""
     B, C, H, W = x.shape
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
     x_stride, g_stride = x.stride(), grad_out.stride()
-    plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, conv_w.shape[1], head_num, window_size, max_pool,
-                                     gate_softmax, SPATIAL_TILE), _backward_plan)
+    recombine = conv_d is not None
+    plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, not saves_means(x.shape, x.dtype), conv_w.shape[1],
+                                     head_num, window_size, max_pool, recombine, gate_softmax, SPATIAL_TILE),
+                   _backward_plan)
     # every scratch buffer is a view of one allocation (the kernels write all of each before reading it)
     workspace = _empty(plan["total"], device=x.device, dtype=torch.float32)
-    rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part = (
-        workspace[a:b].view(size) for a, b, size in plan["scratch"])
+    (rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
+     gates, sp_stats) = (workspace[a:b].view(size) for a, b, size in plan["scratch"])
+    if plan["recompute_means"]:
+        _means(plan, x, means)
+    else:
+        means = saved_means
+    _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
+    argmax = _empty((B, C, pooled.shape[2]) if max_pool else (1,), device=x.device, dtype=torch.int32)
+    cells = _empty(plan["cells"], device=x.device, dtype=torch.float32) if recombine else pooled
     planes = plan["planes"]
-    _launch(plane_stats.plane_row_col_sums_kernel, planes,
-            x, grad_out, gates, rsum, dca, means, *plan["plane_scalars"], **plan["plane_meta"])
-    _launch(channel_attention.channel_attention_bwd_kernel, plan["attention_grid"],
+    _launch(pooling.pool_kernel, planes, x, grad_out, gates, cells, argmax, rsum, dca,
+            *plan["grad_pool_scalars"], HAS_GRAD=True, **plan["grad_pool_meta"])
+    if recombine:
+        pooled = _project(conv_d, cells)
+    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax)
+    _launch(channel_attention.channel_attention_bwd_kernel, plan["bwd_attention_grid"],
             pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, dca, dq, dk, dy, small_part, gnsum,
-            *plan["attention_scalars"], **plan["attention_meta"])
-    pool_meta = plan["pool_meta"]
+            *plan["bwd_attention_scalars"], **plan["bwd_attention_meta"])
+    if recombine:
+        dp = _empty(pooled.shape, device=x.device, dtype=torch.float32)
+        _launch(input_grad.pooled_grad_kernel, planes, dy, pooled, gn, gnsum, n_w, dp, *plan["pooled_grad_scalars"],
+                **plan["pooled_grad_meta"])
+        d_cells = torch.matmul(conv_d.to(torch.float32).t(), dp)
+        d_conv_d = torch.einsum("bcn,bkn->ck", dp, cells).to(conv_d.dtype)
+    else:
+        d_cells, d_conv_d = dy, dy.new_empty(0)  # d_cells unused
+    grad_meta = plan["grad_meta"]
     _launch(input_grad.pool_grad_sums_kernel, planes,
-            x, gates, dy, pooled, argmax, gn, gnsum, n_w, psum, *plan["pool_sums_scalars"],
-            ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], **pool_meta)
+            x, gates, dy, pooled, argmax, gn, gnsum, n_w, d_cells, psum, *plan["pool_sums_scalars"],
+            ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], **grad_meta)
     _launch(spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
             means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
             dt, dmeans, conv_part, small_part, C, H, W, **plan["gates_meta"])
     dx = _empty_like(x)
     dx_stride = dx.stride()
     _launch(input_grad.input_grad_kernel, planes,
-            grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w,
+            grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
-            WIDE=_wide_strides(x.shape, g_stride, dx_stride), **pool_meta)
-    return dx, conv_part.sum(dim=(0, 1)), small_part.sum(dim=0)
+            WIDE=_wide_strides(x.shape, g_stride, dx_stride), **grad_meta)
+    return dx, conv_part.sum(dim=(0, 1)), small_part.sum(dim=0), d_conv_d
+
+
+def _saved_means(x, means):
+    """means when saves_means() for x, else an empty tensor (the backward recomputes them)."""
+    return means if saves_means(x.shape, x.dtype) else means.new_empty(0)
 
 
 def _split_grads(ctx, grad_out, backward_fn):
-    """Gradients of (x, the 10 packed weights, the 4 options) from the backward op's 3 outputs."""
+    """Gradients of (x, the 10 packed weights, conv_d, the 4 options) from the backward op's 4 outputs."""
     saved = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(saved[0])
-    C, K = saved[10].shape  # conv_w (after x and the 9 small forward outputs)
-    dx, dconv, dsmall = backward_fn(grad_out, *saved, *ctx.options)
+    C, K = saved[2].shape  # conv_w (after x and means)
+    dx, dconv, dsmall, dconv_d = backward_fn(grad_out, *saved, *ctx.options)
     s = dsmall.view(12, C)
+    conv_d = saved[12]
     return (dx, dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5],
-            s[6:9], s[9:12], None, None, None, None)
+            s[6:9], s[9:12], None if conv_d is None else dconv_d, None, None, None, None)
 
 
 def _define_ops():
     from torch.library import triton_op
 
     def setup_context(ctx, inputs, output):
-        x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = inputs[:11]
-        ctx.options = inputs[11:]
-        ctx.set_materialize_grads(False)  # the 9 small outputs get no gradient: no zeros launches
-        ctx.save_for_backward(x, *output[1:], conv_w, conv_b, nh_w, nw_w, n_w, n_b, qkv_w, qkv_b)
+        x = inputs[0]
+        ctx.options = inputs[12:]
+        ctx.set_materialize_grads(False)  # means gets no gradient: no zeros launch
+        ctx.save_for_backward(x, _saved_means(x, output[1]), *inputs[1:12])
 
     def backward(ctx, grad_out, *unused):
         return _split_grads(ctx, grad_out, backward_op)

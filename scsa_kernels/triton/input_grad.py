@@ -10,6 +10,10 @@ Both walk each plane by window rows (rows i*WH ... i*WH+WH-1), so the gradient d
 windows under a column block is one vector per window row, not a gather per element.
 dp is recomputed from the GroupNorm(1) backward (dy, pooled, the per-sample sums) in
 both passes instead of being stored: it is a handful of loads per window.
+
+Recombination (RECOMBINE) pools by a 1x1 projection of the space-to-depth cells, done by
+torch: ``pooled_grad_kernel`` writes dp for it, torch projects dp back onto the cells, and
+both passes read that per-element gradient instead of spreading dp over the windows.
 """
 import triton
 import triton.language as tl
@@ -61,17 +65,51 @@ def _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX: tl.constexpr):
         return dp[None, :]
 
 
-@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX"])
+@triton.jit
+def _cell_columns(cols, HP, WP, WW):
+    """Offset of column w's cell in the RECOMBINE cells (layout of pool_kernel's): (w % WW) * N + w // WW."""
+    return (cols % WW) * (HP * WP) + cols // WW
+
+
+@triton.jit
+def _cell_grad_tile(dcells_ptr, plane_cells, i, rows, rmask, cell_cols, valid, HP, WP, WH, WW):
+    """The recombination gradient at rows x columns of window row i, read from the cells' gradient;
+    cell_cols = _cell_columns(columns); 0 outside rmask x valid."""
+    cell_rows = (rows - i * WH) * (WW * HP * WP) + i * WP
+    return tl.load(dcells_ptr + plane_cells + cell_rows[:, None] + cell_cols[None, :],
+                   mask=rmask[:, None] & valid[None, :], other=0.0)
+
+
+@triton.jit
+def pooled_grad_kernel(dy_ptr, pooled_ptr, gn_ptr, gnsum_ptr, nw_ptr, dp_ptr, C, N, NPROG,
+                       BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
+    """dp = gradient of the pooled values, for recombination's projection backward (torch).
+
+    One program per (b, c) (grid B*C). dy, pooled: (B, C, N) fp32; gn (B, 2), gnsum (B, NPROG, 2),
+    nw (C,) fp32. dp: (B, C, N) fp32 out.
+    """
+    b, c = plane_index(C)
+    coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, N, NPROG, BLOCK_P)
+    row = (b * C + c) * N
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        dy = tl.load(dy_ptr + row + ns, mask=ns < N, other=0.0)
+        pooled = tl.load(pooled_ptr + row + ns, mask=ns < N, other=0.0)
+        tl.store(dp_ptr + row + ns, coef_a * dy + coef_p * pooled + coef_q, mask=ns < N)
+
+
+@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX", "RECOMBINE"])
 @triton.jit
 def pool_grad_sums_kernel(
-        x_ptr, gates_ptr, dy_ptr, pooled_ptr, argmax_ptr, gn_ptr, gnsum_ptr, nw_ptr, psum_ptr,
+        x_ptr, gates_ptr, dy_ptr, pooled_ptr, argmax_ptr, gn_ptr, gnsum_ptr, nw_ptr, dcells_ptr, psum_ptr,
         C, H, W, sx_b, sx_c, sx_h, sx_w, HP, WP, WH, WW, NPROG,
-        IS_MAX: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr,
-        ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
+        IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr,
+        BLOCK_P: tl.constexpr, ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
     """Backward pass (b), one program per plane (grid B*C).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32. dy, pooled: (B, C, N)
     fp32, argmax (B, C, N) int32 (IS_MAX), N = HP*WP. gn (B, 2), gnsum (B, NPROG, 2), nw (C,) fp32.
+    RECOMBINE: dcells (B, C*WH*WW, N) fp32, the cells' gradient, replaces all of these.
     psum: (B, C, H+W) fp32 out (psum_h | psum_w), zero outside the window grid.
     ONE_COL_BLOCK: W <= BLOCK_W, so row sums need no read-modify-write across column blocks.
     """
@@ -80,24 +118,32 @@ def pool_grad_sums_kernel(
     x_base = x_ptr + b * sx_b + c * sx_c
     small = (b * C + c) * (H + W)
     plane_n = (b * C + c) * HP * WP
-    coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
+    if not RECOMBINE:
+        coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
     for w0 in range(0, W, BLOCK_W):
         if not ONE_COL_BLOCK:
             tl.debug_barrier()  # row sums stored by the previous column block are re-read below
         cols = w0 + tl.arange(0, BLOCK_W)
+        if RECOMBINE:
+            cell_cols = _cell_columns(cols, HP, WP, WW)
         inside = cols < WP * WW
         a_w = tl.load(gates_ptr + small + H + cols, mask=inside, other=0.0)
         cols_acc = tl.zeros([BLOCK_W], dtype=tl.float32)
         for i in range(0, HP):
-            dp, arg = _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols, inside, WP, WW, WH,
-                                        coef_a, coef_p, coef_q, IS_MAX)
+            if not RECOMBINE:
+                dp, arg = _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols, inside, WP, WW, WH,
+                                            coef_a, coef_p, coef_q, IS_MAX)
             for r0 in range(0, WH, BLOCK_R):
                 rr = r0 + tl.arange(0, BLOCK_R)
                 rows = i * WH + rr
                 mask = (rr < WH)[:, None] & inside[None, :]
                 offs = plane_offsets(rows, cols, sx_h, sx_w, WIDE)
                 x = tl.load(x_base + offs, mask=mask, other=0.0).to(tl.float32)
-                v = _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX) * x
+                if RECOMBINE:
+                    v = x * _cell_grad_tile(dcells_ptr, plane_n * WH * WW, i, rows, rr < WH, cell_cols, inside,
+                                            HP, WP, WH, WW)
+                else:
+                    v = _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX) * x
                 a_h = tl.load(gates_ptr + small + rows, mask=rr < WH, other=0.0)
                 cols_acc += tl.sum(v * a_h[:, None], axis=0)
                 row_part = tl.sum(v * a_w[None, :], axis=1)
@@ -110,18 +156,18 @@ def pool_grad_sums_kernel(
         tl.store(psum_ptr + small + hs, tl.zeros([BLOCK_W], dtype=tl.float32), mask=hs < H)
 
 
-@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX"])
+@autotune(PLANE_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX", "RECOMBINE"])
 @triton.jit
 def input_grad_kernel(
         g_ptr, dx_ptr, gates_ptr, ca_ptr, dmeans_ptr, dy_ptr, pooled_ptr, argmax_ptr, gn_ptr, gnsum_ptr, nw_ptr,
-        C, H, W, sg_b, sg_c, sg_h, sg_w, sd_b, sd_c, sd_h, sd_w, HP, WP, WH, WW, NPROG,
-        IS_MAX: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr,
-        WIDE: tl.constexpr, TILE: tl.constexpr):
+        dcells_ptr, C, H, W, sg_b, sg_c, sg_h, sg_w, sd_b, sd_c, sd_h, sd_w, HP, WP, WH, WW, NPROG,
+        IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr,
+        BLOCK_P: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
     """Backward pass (c), one program per plane (grid B*C).
 
     g: grad_out (B, C, H, W), strides sg_*; dx: (B, C, H, W) out in x's dtype, strides sd_*.
     gates, dmeans: (B, C, H+W) fp32 (dmeans = d(x_h)/W | d(x_w)/H); ca: (B, C) fp32; the pooling
-    inputs as in pool_grad_sums_kernel. Window row HP is the remainder below the grid (no dp).
+    inputs as in pool_grad_sums_kernel (dcells with RECOMBINE). Window row HP is the remainder below the grid (no dp).
     """
     BLOCK_R: tl.constexpr = 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
     b, c = plane_index(C)
@@ -130,15 +176,20 @@ def input_grad_kernel(
     small = (b * C + c) * (H + W)
     plane_n = (b * C + c) * HP * WP
     ca = tl.load(ca_ptr + b * C + c)
-    coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
+    if not RECOMBINE:
+        coef_a, coef_p, coef_q = _group_norm1_grad_coefs(gn_ptr, gnsum_ptr, nw_ptr, b, c, C, HP * WP, NPROG, BLOCK_P)
     for w0 in range(0, W, BLOCK_W):
         cols = w0 + tl.arange(0, BLOCK_W)
+        if RECOMBINE:
+            cell_cols = _cell_columns(cols, HP, WP, WW)
         cmask = cols < W
         a_w = tl.load(gates_ptr + small + H + cols, mask=cmask, other=0.0)
         dm_w = tl.load(dmeans_ptr + small + H + cols, mask=cmask, other=0.0)
         for i in range(0, HP + 1):
-            dp, arg = _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols,
-                                        (cols < WP * WW) & (i < HP), WP, WW, WH, coef_a, coef_p, coef_q, IS_MAX)
+            in_grid = (cols < WP * WW) & (i < HP)
+            if not RECOMBINE:
+                dp, arg = _window_grad_cols(dy_ptr, pooled_ptr, argmax_ptr, plane_n, i, cols, in_grid, WP, WW, WH,
+                                            coef_a, coef_p, coef_q, IS_MAX)
             for r0 in range(0, tl.minimum(WH, H - i * WH), BLOCK_R):
                 rr = r0 + tl.arange(0, BLOCK_R)
                 rows = i * WH + rr
@@ -148,7 +199,11 @@ def input_grad_kernel(
                 g = tl.load(g_base + g_offs, mask=mask, other=0.0).to(tl.float32)
                 a_h = tl.load(gates_ptr + small + rows, mask=rmask, other=0.0)
                 dm_h = tl.load(dmeans_ptr + small + rows, mask=rmask, other=0.0)
-                e = g * ca + _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX)
+                if RECOMBINE:
+                    e = g * ca + _cell_grad_tile(dcells_ptr, plane_n * WH * WW, i, rows, rmask, cell_cols, in_grid,
+                                                 HP, WP, WH, WW)
+                else:
+                    e = g * ca + _pool_grad_tile(dp, arg, rows, cols, W, IS_MAX)
                 dx = e * a_h[:, None] * a_w[None, :] + dm_h[:, None] + dm_w[None, :]
                 d_offs = plane_offsets(rows, cols, sd_h, sd_w, WIDE)
                 tl.store(d_base + d_offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)

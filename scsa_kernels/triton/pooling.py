@@ -1,7 +1,14 @@
-"""Forward pool pass: read x once, pool x_s = x * a_h * a_w into windows (avg or max + argmax).
+"""Pool pass: read x once, pool x_s = x * a_h * a_w into windows (avg, or max + argmax), or
+with RECOMBINE write its space-to-depth cells (the input of recombination's 1x1 projection).
 
 Windows are WH x WW (window_size x window_size, or the whole plane for window_size=-1)
-on an HP x WP grid; rows and columns past HP*WH, WP*WW are dropped (floor) and never read.
+on an HP x WP grid; rows and columns past HP*WH, WP*WW are dropped (floor).
+
+The forward reads the window grid only. The backward's pass (a) runs the same walk with
+HAS_GRAD over the whole plane, reading grad_out g beside x: it recomputes the pooled
+values (so the forward does not keep them) and sums what the backward needs from (x, g),
+``rows[h] = sum_w g x a_w``, ``cols[w] = sum_h g x a_h``, ``total = sum_hw g x a_h a_w``
+(= d ca before the gate).
 """
 import triton
 import triton.language as tl
@@ -11,64 +18,110 @@ from ._common import POOL_CONFIGS, autotune, plane_index, plane_offsets
 BIG_INDEX = tl.constexpr(2 ** 31 - 1)
 
 
-@autotune(POOL_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX"])
 @triton.jit
-def pool_fwd_kernel(
-        x_ptr, gates_ptr, pooled_ptr, argmax_ptr,
-        C, H, W, sx_b, sx_c, sx_h, sx_w, HP, WP, WH, WW, cols_per_block,
-        IS_MAX: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr, WH_POW2: tl.constexpr,
-        WIDE: tl.constexpr, TILE: tl.constexpr):
+def _grad_sums(x, g_base, rows, rmask, cols, mask, a_h, a_w, sums_row_ptr, w0, sg_h, sg_w,
+               ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr):
+    """Backward sums of one tile (x already fp32): stores sum_w g x a_w of its rows (adding what
+    earlier column blocks stored: same program, no atomics) -> sum_h g x a_h of its columns."""
+    gx = x * tl.load(g_base + plane_offsets(rows, cols, sg_h, sg_w, WIDE), mask=mask, other=0.0).to(tl.float32)
+    row_part = tl.sum(gx * a_w[None, :], axis=1)
+    if not ONE_COL_BLOCK:
+        row_part += tl.load(sums_row_ptr + rows, mask=rmask & (w0 > 0), other=0.0)
+    tl.store(sums_row_ptr + rows, row_part, mask=rmask)
+    return tl.sum(gx * a_h[:, None], axis=0)
+
+
+@autotune(POOL_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX", "RECOMBINE", "HAS_GRAD"])
+@triton.jit
+def pool_kernel(
+        x_ptr, g_ptr, gates_ptr, pooled_ptr, argmax_ptr, sums_ptr, total_ptr,
+        C, H, W, sx_b, sx_c, sx_h, sx_w, sg_b, sg_c, sg_h, sg_w, HP, WP, WH, WW, cols_per_block,
+        IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, HAS_GRAD: tl.constexpr, BLOCK_W: tl.constexpr,
+        BLOCK_J: tl.constexpr,
+        WH_POW2: tl.constexpr, ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
     """One program per plane (grid B*C).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32 (a_h | a_w).
     pooled: (B, C, HP*WP) fp32 out. argmax: (B, C, HP*WP) int32 out (IS_MAX only): the
     flat in-plane index h*W + w of each window's first maximum (PyTorch's tie rule).
+    RECOMBINE: pooled is instead the cells (B, C*WH*WW, HP*WP) fp32 out, pixel_unshuffle of the
+    cropped x_s: x_s[i*WH + dy, j*WW + dx] of channel c goes to row c*WH*WW + dy*WW + dx, column i*WP + j.
+    Only with HAS_GRAD: g (grad_out, x's shape, strides sg_*) is read; sums (B, C, H+W) fp32
+    out (rows | cols above), total (B*C,) fp32 out.
     cols_per_block: a multiple of WW (whole windows per column block), <= BLOCK_W;
     BLOCK_J >= cols_per_block // WW windows per block.
+    ONE_COL_BLOCK (HAS_GRAD): W <= cols_per_block, so row results need no read-modify-write.
     """
     BLOCK_R: tl.constexpr = 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
     b, c = plane_index(C)
     x_base = x_ptr + b * sx_b + c * sx_c
+    g_base = g_ptr + b * sg_b + c * sg_c
     small = (b * C + c) * (H + W)
     out = (b * C + c) * HP * WP
-    for w0 in range(0, WP * WW, cols_per_block):
+    cells = out * WH * WW  # this plane's rows of the RECOMBINE cells
+    walk_w = W if HAS_GRAD else WP * WW  # the backward sums cover the columns right of the grid too
+    total = tl.full([], 0.0, tl.float32)
+    for w0 in range(0, walk_w, cols_per_block):
+        if HAS_GRAD:
+            if not ONE_COL_BLOCK:
+                tl.debug_barrier()  # row sums stored by the previous column block are re-read below
         cols = w0 + tl.arange(0, BLOCK_W)
-        cmask = (cols < w0 + cols_per_block) & (cols < WP * WW)
+        cmask = (cols < w0 + cols_per_block) & (cols < walk_w)
         a_w = tl.load(gates_ptr + small + H + cols, mask=cmask, other=0.0)
+        cols_acc = tl.zeros([BLOCK_W], dtype=tl.float32)
         for i in range(0, HP):
             if IS_MAX:
                 acc = tl.full([BLOCK_W], float("-inf"), tl.float32)
                 arg = (i * WH * W + cols).to(tl.int32)
             else:
                 acc = tl.zeros([BLOCK_W], dtype=tl.float32)
-            for r0 in range(0, WH, BLOCK_R):
-                rr = r0 + tl.arange(0, BLOCK_R)
-                rows = i * WH + rr
-                mask = (rr < WH)[:, None] & cmask[None, :]
-                offs = plane_offsets(rows, cols, sx_h, sx_w, WIDE)
-                x = tl.load(x_base + offs, mask=mask, other=0.0).to(tl.float32)
-                a_h = tl.load(gates_ptr + small + rows, mask=rr < WH, other=0.0)
+            if HAS_GRAD:  # the last window row also walks the rows below the grid (backward sums only)
+                row_end = tl.where(i == HP - 1, H, i * WH + WH)
+            else:
+                row_end = i * WH + WH
+            for r0 in range(i * WH, row_end, BLOCK_R):
+                rows = r0 + tl.arange(0, BLOCK_R)
+                in_rows = rows < row_end
+                pooled_rows = in_rows & (rows < i * WH + WH)
+                mask = in_rows[:, None] & cmask[None, :]
+                x = tl.load(x_base + plane_offsets(rows, cols, sx_h, sx_w, WIDE), mask=mask, other=0.0).to(tl.float32)
+                a_h = tl.load(gates_ptr + small + rows, mask=in_rows, other=0.0)
+                if HAS_GRAD:
+                    cols_acc += _grad_sums(x, g_base, rows, in_rows, cols, mask, a_h, a_w, sums_ptr + small,
+                                           w0, sg_h, sg_w, ONE_COL_BLOCK, WIDE)
                 v = x * a_h[:, None] * a_w[None, :]
-                if IS_MAX:
-                    v = tl.where(mask, v, float("-inf"))
+                if RECOMBINE:
+                    cell = (((rows - i * WH)[:, None] * WW + (cols % WW)[None, :]) * (HP * WP)
+                            + i * WP + (cols // WW)[None, :])
+                    in_grid = pooled_rows[:, None] & (cmask & (cols < WP * WW))[None, :]
+                    tl.store(pooled_ptr + cells + cell, v, mask=in_grid)
+                elif IS_MAX:
+                    v = tl.where(pooled_rows[:, None] & cmask[None, :], v, float("-inf"))
                     top = tl.max(v, axis=0)
                     first = tl.min(tl.where(v == top[None, :], rows[:, None], BIG_INDEX), axis=0)
                     better = top > acc  # strict: earlier rows keep ties
                     arg = tl.where(better, (first * W + cols).to(tl.int32), arg)
                     acc = tl.where(better, top, acc)
                 else:
-                    acc += tl.sum(v, axis=0)
-            # (BLOCK_J, BLOCK_W) column -> window map, built here rather than kept live through the row loop
-            js = w0 // WW + tl.arange(0, BLOCK_J)
-            jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
-            in_window = ((cols // WW)[None, :] == js[:, None]) & cmask[None, :]
-            if IS_MAX:
-                wins = tl.where(in_window, acc[None, :], float("-inf"))
-                top = tl.max(wins, axis=1)
-                hit = in_window & (wins == top[:, None])
-                first = tl.min(tl.where(hit, arg[None, :], BIG_INDEX), axis=1)
-                tl.store(argmax_ptr + out + i * WP + js, first, mask=jmask)
-                tl.store(pooled_ptr + out + i * WP + js, top, mask=jmask)
-            else:
-                total = tl.sum(tl.where(in_window, acc[None, :], 0.0), axis=1)
-                tl.store(pooled_ptr + out + i * WP + js, total / (WH * WW), mask=jmask)
+                    acc += tl.sum(tl.where(pooled_rows[:, None], v, 0.0), axis=0)
+            if not RECOMBINE:
+                # (BLOCK_J, BLOCK_W) column -> window map, built here rather than kept live through the row loop;
+                # columns right of the grid map to window WP, never stored
+                js = w0 // WW + tl.arange(0, BLOCK_J)
+                jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
+                in_window = ((cols // WW)[None, :] == js[:, None]) & cmask[None, :]
+                if IS_MAX:
+                    wins = tl.where(in_window, acc[None, :], float("-inf"))
+                    top = tl.max(wins, axis=1)
+                    hit = in_window & (wins == top[:, None])
+                    first = tl.min(tl.where(hit, arg[None, :], BIG_INDEX), axis=1)
+                    tl.store(argmax_ptr + out + i * WP + js, first, mask=jmask)
+                    tl.store(pooled_ptr + out + i * WP + js, top, mask=jmask)
+                else:
+                    window_sums = tl.sum(tl.where(in_window, acc[None, :], 0.0), axis=1)
+                    tl.store(pooled_ptr + out + i * WP + js, window_sums / (WH * WW), mask=jmask)
+        if HAS_GRAD:
+            tl.store(sums_ptr + small + H + cols, cols_acc, mask=cmask)
+            total += tl.sum(cols_acc * a_w)  # sum_hw g x a_h a_w, a_w zero outside cmask
+    if HAS_GRAD:
+        tl.store(total_ptr + b * C + c, total)
