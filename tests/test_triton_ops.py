@@ -148,16 +148,17 @@ def test_max_pool_ties_go_to_the_first_element():
 @pytest.mark.parametrize("name", ["default", "softmax_gates_maxpool_heads_bias"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_eager_path_without_the_dispatcher(monkeypatch, name, dtype):
-    """The eager path that skips the triton_op (_EagerSCSA, direct _forward_impl; the default on
+    """The eager path that skips the triton_op (ops/eager.py's node, direct _forward_impl; the default on
     GPUs, off under the interpreter) against the reference, weights requiring grad or not."""
     from scsa_kernels.ops import triton as ops
     monkeypatch.setattr(ops, "EAGER_BYPASS", True)
     calls = []
-    monkeypatch.setattr(ops._EagerSCSA, "apply", lambda *a, _apply=ops._EagerSCSA.apply: calls.append(1) or _apply(*a))
+    monkeypatch.setattr(ops, "fused_scsa_with_grad",
+                        lambda *a, _run=ops.fused_scsa_with_grad: calls.append(1) or _run(*a))
     config = SCSAConfig(16, **{"window_size": 3, **OPTIONS[name]})
     x = torch.randn(2, 16, 7, 8, device=DEVICE, dtype=dtype)
     assert_matches(x, config, weights=random_weights(config, dtype=dtype, device=DEVICE))
-    assert calls, "the eager autograd.Function did not run"
+    assert calls, "the eager autograd node did not run"
     module = SCSA(16, head_num=2, window_size=3, backend="triton").to(DEVICE)
     with torch.no_grad():
         expected = scsa(x.float(), module.weights(), module.config, backend="reference")

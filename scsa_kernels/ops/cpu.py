@@ -64,12 +64,13 @@ def _options(config):
             config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
 
 
-def _forward(x, packed, config):
+def _forward(x, packed, weights, config):
     return torch.ops.scsa_kernels.scsa_forward(x, *packed, *_options(config))
 
 
-def _backward(grad_out, x, packed, saved, config):
-    return torch.ops.scsa_kernels.scsa_backward(grad_out, x, *packed, *saved, *_options(config))
+def _backward(grad_out, x, packed, saved, weights, config):
+    grad_x, *packed_grads = torch.ops.scsa_kernels.scsa_backward(grad_out, x, *packed, *saved, *_options(config))
+    return grad_x, packed_grads, []
 
 
 KERNELS = FusedKernels(_forward, _backward)
@@ -79,7 +80,7 @@ def scsa(x, weights, config, training):
     if needs_autograd(x, weights) and not torch.compiler.is_compiling():
         return fused_scsa_with_grad(KERNELS, x, weights, config)  # eager training: one node
     # Inference (packed weights cached), or the registered op with its autograd under torch.compile.
-    return _forward(x, packed_weights(weights, config, compute_dtype(x.dtype)), config)[0]
+    return _forward(x, packed_weights(weights, config, compute_dtype(x.dtype)), weights, config)[0]
 
 
 if _IMPORT_ERROR is None:

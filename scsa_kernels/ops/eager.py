@@ -18,14 +18,17 @@ from ..weights import _packed_parameters, pack_weights, unpack_gradients
 class FusedKernels:
     """A fused backend's entry points as this node calls them.
 
-    forward(x, packed, config) -> (out, *saved): out has x's shape and dtype; saved are the
-        small tensors its backward needs.
-    backward(grad_out, x, packed, saved, config) -> (grad_x, *grads of the ten packed tensors).
+    forward(x, packed, weights, config) -> (out, *saved): out has x's shape and dtype; saved are
+        what its backward needs besides x and the packed weights (tensors or None).
+    backward(grad_out, x, packed, saved, weights, config) -> (grad_x, packed_grads, extra_grads):
+        gradients of x, of the ten packed tensors, and of ``extra_parameters(weights, config)``.
+    extra_parameters(weights, config) -> parameters the backend reads unpacked (conv_d).
     """
 
-    def __init__(self, forward, backward):
+    def __init__(self, forward, backward, extra_parameters=lambda weights, config: []):
         self.forward = forward
         self.backward = backward
+        self.extra_parameters = extra_parameters
 
 
 def needs_autograd(x, weights) -> bool:
@@ -34,17 +37,17 @@ def needs_autograd(x, weights) -> bool:
 
 
 def fused_scsa_with_grad(kernels: FusedKernels, x, weights, config):
-    """``out`` of the fused SCSA, differentiable in x and every packed parameter, as one node."""
-    return _FusedSCSAFunction.apply(kernels, config, weights, x, *_packed_parameters(weights, config))
+    """``out`` of the fused SCSA, differentiable in x and every parameter the backend reads, as one node."""
+    params = _packed_parameters(weights, config) + kernels.extra_parameters(weights, config)
+    return _FusedSCSAFunction.apply(kernels, config, weights, x, *params)
 
 
 class _FusedSCSAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernels, config, weights, x, *params):
         packed = pack_weights(weights, config, compute_dtype(x.dtype))  # grad mode is off in here
-        out, *saved = kernels.forward(x, packed, config)
+        out, *saved = kernels.forward(x, packed, weights, config)
         ctx.kernels, ctx.config, ctx.weights = kernels, config, weights
-        ctx.num_saved = len(saved)
         ctx.save_for_backward(x, *packed, *saved)
         return out
 
@@ -53,5 +56,5 @@ class _FusedSCSAFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, *packed_and_saved = ctx.saved_tensors
         packed, saved = packed_and_saved[:10], packed_and_saved[10:]
-        grad_x, *packed_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.config)
-        return (None, None, None, grad_x, *unpack_gradients(packed_grads, ctx.weights, ctx.config))
+        grad_x, packed_grads, extra_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.weights, ctx.config)
+        return (None, None, None, grad_x, *unpack_gradients(packed_grads, ctx.weights, ctx.config), *extra_grads)

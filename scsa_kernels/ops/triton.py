@@ -30,10 +30,11 @@ No atomics: every reduction belongs to one program, partials are summed by torch
 so results are bitwise reproducible.
 
 Host cost per call (benchmarks/triton_host_overhead.py, CPU with launches stubbed): eager calls
-skip the dispatcher (``_EagerSCSA`` / a direct ``_forward_impl`` call; torch.compile still sees
-the triton_op and its registered autograd), launch geometry is computed once per (shape, strides,
-options) in ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's scratch buffers are views
-of one allocation, and weights requiring grad are packed by one cat + one gather + one split.
+skip the dispatcher (training: one autograd node, ops/eager.py, that packs the weights without
+autograd; inference: a direct ``_forward_impl`` call; torch.compile still sees the triton_op and
+its registered autograd), launch geometry is computed once per (shape, strides, options) in
+``_FORWARD_PLANS``/``_BACKWARD_PLANS``, and the backward's scratch buffers are views of one
+allocation.
 
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
 attention dropout in training (no in-kernel Philox RNG), float64 (kernels compute in
@@ -54,6 +55,7 @@ import torch
 
 from ..config import GROUP_NORM_EPS
 from ..weights import packed_weights
+from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
 NAME = "triton"
 MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
@@ -116,36 +118,42 @@ def unsupported_reason(x, config, training):
     return None
 
 
+def _options(config):
+    return (config.head_num, config.window_size, config.down_sample_mode == "max_pool" and not config.global_pool,
+            config.gate_layer == "softmax")
+
+
+def _conv_d(weights, config):
+    """conv_d's weight as the (C, C*ws*ws) view the kernels take, in its own dtype; None without it."""
+    return weights.conv_d_weight.flatten(1) if config.uses_conv_d else None
+
+
 def scsa(x, weights, config, training):
+    if EAGER_BYPASS and not torch.compiler.is_compiling() and needs_autograd(x, weights):
+        # Eager training: one autograd node without the dispatcher (the registered autograd of the
+        # op costs ~60 us of Python per call) and without autograd nodes for the packing.
+        return fused_scsa_with_grad(KERNELS, x, weights, config)
     p = packed_weights(weights, config)
-    conv_d = weights.conv_d_weight.flatten(1) if config.uses_conv_d else None  # (C, C*ws*ws) view, own dtype
-    options = (config.head_num, config.window_size, config.down_sample_mode == "max_pool" and not config.global_pool,
-               config.gate_layer == "softmax")
     if not EAGER_BYPASS or torch.compiler.is_compiling():
-        return torch.ops.scsa_kernels.triton_scsa_forward(x, *p, conv_d, *options)[0]
-    # Eager: the same impls without the dispatcher. The registered autograd of the op costs ~60 us
-    # of Python per call (torch._library.utils.fill_defaults over its 16-argument schema).
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *p, conv_d)):
-        return _EagerSCSA.apply(x, *p, conv_d, *options)
-    return _forward_impl(x, *p, conv_d, *options)[0]
+        return torch.ops.scsa_kernels.triton_scsa_forward(x, *p, _conv_d(weights, config), *_options(config))[0]
+    return _forward_impl(x, *p, _conv_d(weights, config), *_options(config))[0]
 
 
-class _EagerSCSA(torch.autograd.Function):
-    """Eager autograd of the Triton path: what the op's register_autograd does (setup_context and
-    backward in _define_ops), calling _forward_impl/_backward_impl directly."""
+def _eager_forward(x, packed, weights, config):
+    conv_d = _conv_d(weights, config)
+    out, means = _forward_impl(x, *packed, conv_d, *_options(config))
+    return out, _saved_means(x, means), conv_d
 
-    @staticmethod
-    def forward(ctx, x, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, conv_d, *options):
-        weights = (conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, conv_d)
-        out, means = _forward_impl(x, *weights, *options)
-        ctx.options = options
-        ctx.save_for_backward(x, _saved_means(x, means), *weights)
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        return _split_grads(ctx, grad_out, _backward_impl)
+def _eager_backward(grad_out, x, packed, saved, weights, config):
+    means, conv_d = saved
+    dx, dconv, dsmall, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *_options(config))
+    extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
+    return dx, _packed_grads(dconv, dsmall, *packed[0].shape), extra
+
+
+KERNELS = FusedKernels(_eager_forward, _eager_backward,
+                       extra_parameters=lambda weights, config: [weights.conv_d_weight] if config.uses_conv_d else [])
 
 
 # ----------------------------------------------------------------------------------------
@@ -458,6 +466,12 @@ def _saved_means(x, means):
     return means if saves_means(x.shape, x.dtype) else means.new_empty(0)
 
 
+def _packed_grads(dconv, dsmall, C, K):
+    """The ten packed weights' gradients from the backward's flat conv and (12, C) small sums."""
+    s = dsmall.view(12, C)
+    return [dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5], s[6:9], s[9:12]]
+
+
 def _split_grads(ctx, grad_out, backward_fn):
     """Gradients of (x, the 10 packed weights, conv_d, the 4 options) from the backward op's 4 outputs."""
     saved = ctx.saved_tensors
@@ -465,10 +479,8 @@ def _split_grads(ctx, grad_out, backward_fn):
         grad_out = torch.zeros_like(saved[0])
     C, K = saved[2].shape  # conv_w (after x and means)
     dx, dconv, dsmall, dconv_d = backward_fn(grad_out, *saved, *ctx.options)
-    s = dsmall.view(12, C)
     conv_d = saved[12]
-    return (dx, dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5],
-            s[6:9], s[9:12], None if conv_d is None else dconv_d, None, None, None, None)
+    return (dx, *_packed_grads(dconv, dsmall, C, K), None if conv_d is None else dconv_d, None, None, None, None)
 
 
 def _define_ops():
