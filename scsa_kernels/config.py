@@ -79,6 +79,13 @@ class SCSAConfig:
         return self.down_sample_mode == "recombination" and not self.global_pool
 
     @property
+    def kernel_options(self) -> Tuple[int, int, bool, bool]:
+        """(head_num, window_size, max_pool, softmax_gate): the option arguments of the fused ops
+        (max_pool is off for window_size=-1, which is adaptive average pooling in every mode)."""
+        return (self.head_num, self.window_size, self.down_sample_mode == "max_pool" and not self.global_pool,
+                self.gate_layer == "softmax")
+
+    @property
     def max_kernel_size(self) -> int:
         return max(self.group_kernel_sizes)
 

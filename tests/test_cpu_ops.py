@@ -134,7 +134,7 @@ def test_gradcheck_float64_options(kwargs):
     w = random_weights(config, dtype=torch.float64)
     packed = [t.detach().requires_grad_() for t in pack_weights(w, config, dtype=torch.float64)]
     x = torch.randn(1, 8, 7, 6, dtype=torch.float64, requires_grad=True)
-    options = cpu_backend._options(config)
+    options = config.kernel_options
     fn = lambda x, *p: torch.ops.scsa_kernels.scsa_forward(x, *p, *options)[0]
     assert torch.autograd.gradcheck(fn, (x, *packed), eps=1e-6, atol=1e-7)
 
@@ -148,7 +148,7 @@ def _op_args(config, shape, dtype=torch.float32, requires_grad=False, channels_l
     if requires_grad:
         x.requires_grad_()
         packed = [t.requires_grad_() for t in packed]
-    return (x, *packed, *cpu_backend._options(config))
+    return (x, *packed, *config.kernel_options)
 
 
 OPCHECK_CASES = [
@@ -267,7 +267,7 @@ def test_eager_training_call_is_one_node_matching_the_registered_op(qkv_bias):
     assert all(type(n).__name__ == "AccumulateGrad" for n, _ in out.grad_fn.next_functions)
     leaves = [x, *w.tensors()]
     fused = torch.autograd.grad(out, leaves, g)
-    out_op = torch.ops.scsa_kernels.scsa_forward(x, *pack_weights(w, config), *cpu_backend._options(config))[0]
+    out_op = torch.ops.scsa_kernels.scsa_forward(x, *pack_weights(w, config), *config.kernel_options)[0]
     registered = torch.autograd.grad(out_op, leaves, g)
     assert torch.equal(out, out_op)
     for a, b in zip(fused, registered):
@@ -403,7 +403,7 @@ def test_more_than_2_31_elements():
     assert x.numel() > 2 ** 31
     packed = pack_weights(w, config)
     out, x_h, x_w, a_h, a_w, _, _, _, _, ca = torch.ops.scsa_kernels.scsa_forward(x, *packed,
-                                                                                *cpu_backend._options(config))
+                                                                                *config.kernel_options)
     last = x[0, 3]
     torch.testing.assert_close(x_h[0, 3, -5:], last[-5:].float().mean(dim=1), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(x_w[0, 3, -5:], last[:, -5:].float().mean(dim=0), rtol=1e-4, atol=1e-6)

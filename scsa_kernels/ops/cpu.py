@@ -59,17 +59,13 @@ def unsupported_reason(x, config, training) -> Optional[str]:
     return None
 
 
-def _options(config):
-    return (config.head_num, config.window_size,
-            config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
-
 
 def _forward(x, packed, weights, config):
-    return torch.ops.scsa_kernels.scsa_forward(x, *packed, *_options(config))
+    return torch.ops.scsa_kernels.scsa_forward(x, *packed, *config.kernel_options)
 
 
 def _backward(grad_out, x, packed, saved, weights, config):
-    grad_x, *packed_grads = torch.ops.scsa_kernels.scsa_backward(grad_out, x, *packed, *saved, *_options(config))
+    grad_x, *packed_grads = torch.ops.scsa_kernels.scsa_backward(grad_out, x, *packed, *saved, *config.kernel_options)
     return grad_x, packed_grads, []
 
 

@@ -118,11 +118,6 @@ def unsupported_reason(x, config, training):
     return None
 
 
-def _options(config):
-    return (config.head_num, config.window_size, config.down_sample_mode == "max_pool" and not config.global_pool,
-            config.gate_layer == "softmax")
-
-
 def _conv_d(weights, config):
     """conv_d's weight as the (C, C*ws*ws) view the kernels take, in its own dtype; None without it."""
     return weights.conv_d_weight.flatten(1) if config.uses_conv_d else None
@@ -135,19 +130,19 @@ def scsa(x, weights, config, training):
         return fused_scsa_with_grad(KERNELS, x, weights, config)
     p = packed_weights(weights, config)
     if not EAGER_BYPASS or torch.compiler.is_compiling():
-        return torch.ops.scsa_kernels.triton_scsa_forward(x, *p, _conv_d(weights, config), *_options(config))[0]
-    return _forward_impl(x, *p, _conv_d(weights, config), *_options(config))[0]
+        return torch.ops.scsa_kernels.triton_scsa_forward(x, *p, _conv_d(weights, config), *config.kernel_options)[0]
+    return _forward_impl(x, *p, _conv_d(weights, config), *config.kernel_options)[0]
 
 
 def _eager_forward(x, packed, weights, config):
     conv_d = _conv_d(weights, config)
-    out, means = _forward_impl(x, *packed, conv_d, *_options(config))
+    out, means = _forward_impl(x, *packed, conv_d, *config.kernel_options)
     return out, _saved_means(x, means), conv_d
 
 
 def _eager_backward(grad_out, x, packed, saved, weights, config):
     means, conv_d = saved
-    dx, dconv, dsmall, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *_options(config))
+    dx, dconv, dsmall, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *config.kernel_options)
     extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
     return dx, _packed_grads(dconv, dsmall, *packed[0].shape), extra
 
