@@ -22,6 +22,7 @@ import time
 import torch
 
 from scsa_kernels import SCSAConfig, scsa
+from scsa_kernels.bench.environment import steady_cpu_heap
 from scsa_kernels.reference import scsa_reference
 from scsa_kernels.testing import random_weights
 
@@ -69,8 +70,9 @@ def main():
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    heap = steady_cpu_heap()  # no page faults from one provider's frees in another's time (see its doc)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, heap {heap}")
     header = (f"{'mode':7} {'B':>2} {'shape':>11} | {'eager ms':>9} {'compiled ms':>11} {'cpu ms':>8} | "
               f"{'x eager':>7} {'x compiled':>10} | {'cpu GB/s':>8}")
     print(header)

@@ -1,5 +1,6 @@
 """scsa-bench plumbing on CPU: shape parsing, the bandwidth model, CSV schema, plots, a tiny run."""
 import os
+import platform
 import re
 
 import pytest
@@ -109,6 +110,8 @@ def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
     for row in rows:
         assert row["status"] == "ok"
         assert all(row[c] for c in ("date", "machine", "device", "device_name", "torch", "threads"))
+        # CPU runs keep glibc's heap from shrinking (environment.steady_cpu_heap)
+        assert row["heap"] == ("steady" if platform.libc_ver()[0] == "glibc" else "default")
         assert float(row["median_ms"]) > 0 and float(row["p20_ms"]) <= float(row["p80_ms"])
         assert int(row["model_bytes"]) == {"forward": 2, "backward": 3, "forward+backward": 5}[row["mode"]] * 4 * 16 * 196
         assert float(row["achieved_gbps"]) > 0 and float(row["copy_gbps"]) > 0

@@ -143,74 +143,148 @@ class RowWriter {
 // ---- vector loops over contiguous compute-type arrays ----------------------
 // Lane sums are folded in a fixed order, so results never depend on threads.
 
+// Row tails as partial vectors. Short rows (W = 7, 14, 28) would otherwise spend
+// most of their time in scalar tail loops. load_head: lanes [0, n) from memory,
+// zeros above (AVX2: a masked load, which never touches the lanes it skips).
+// store_head: writes lanes [0, n) only (AVX2: 16/8/4-byte pieces; masked stores
+// are slow on Zen 3). 0 < n < V::size().
 template <typename T>
-inline T horizontal_sum(const Vectorized<T>& v) {
+inline Vectorized<T> load_head(const T* p, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_maskload_ps(p, mask);
+  } else if constexpr (std::is_same_v<T, double>) {
+    const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+    return _mm256_maskload_pd(p, mask);
+  }
+#endif
+  alignas(64) T lanes[Vectorized<T>::size()] = {};
+  std::copy(p, p + n, lanes);
+  return Vectorized<T>::loadu(lanes);
+}
+
+template <typename T>
+inline void store_head(T* p, const Vectorized<T>& v, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 all = v;
+    __m128 part = _mm256_castps256_ps128(all);
+    if (n >= 4) {
+      _mm_storeu_ps(p, part);
+      p += 4;
+      n -= 4;
+      part = _mm256_extractf128_ps(all, 1);
+    }
+    if (n >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), part);
+      p += 2;
+      n -= 2;
+      part = _mm_movehl_ps(part, part);
+    }
+    if (n) _mm_store_ss(p, part);
+    return;
+  } else if constexpr (std::is_same_v<T, double>) {
+    const __m256d all = v;
+    __m128d part = _mm256_castpd256_pd128(all);
+    if (n >= 2) {
+      _mm_storeu_pd(p, part);
+      p += 2;
+      n -= 2;
+      part = _mm256_extractf128_pd(all, 1);
+    }
+    if (n) _mm_store_sd(p, part);
+    return;
+  }
+#endif
   alignas(64) T lanes[Vectorized<T>::size()];
   v.store(lanes);
-  T s = 0;
-  for (int64_t i = 0; i < Vectorized<T>::size(); ++i) s += lanes[i];
-  return s;
+  std::copy(lanes, lanes + n, p);
+}
+
+// The lanes of one step of for_each_vector: a whole vector, or the row's partial last one.
+template <typename T>
+struct WholeVector {
+  static Vectorized<T> load(const T* p) { return Vectorized<T>::loadu(p); }
+  static void store(T* p, const Vectorized<T>& v) { v.store(p); }
+};
+
+template <typename T>
+struct VectorHead {
+  int64_t n;
+  Vectorized<T> load(const T* p) const { return load_head(p, n); }
+  void store(T* p, const Vectorized<T>& v) const { store_head(p, v, n); }
+};
+
+// body(i, lanes) for i = 0, V::size(), ... < n; lanes.load / lanes.store touch only
+// elements [i, min(i + V::size(), n)) (loads give zeros above n).
+template <typename T, typename Body>
+inline void for_each_vector(int64_t n, Body&& body) {
+  constexpr int64_t step = Vectorized<T>::size();
+  int64_t i = 0;
+  for (; i + step <= n; i += step) body(i, WholeVector<T>{});
+  if (i < n) body(i, VectorHead<T>{n - i});
+}
+
+// Elements in a buffer of n values padded to whole vectors: per-row accumulators
+// are read and written as whole vectors (a partial store followed by a whole
+// load of the same bytes would stall store-to-load forwarding).
+template <typename T>
+constexpr int64_t padded_to_vectors(int64_t n) {
+  constexpr int64_t step = Vectorized<T>::size();
+  return (n + step - 1) / step * step;
+}
+
+// acc[0, n) += alpha * x[0, n); acc holds padded_to_vectors(n) values (the lanes
+// above n gain zeros).
+template <typename T>
+inline void accumulate_scaled(T* acc, T alpha, const T* x, int64_t n) {
+  using V = Vectorized<T>;
+  const V va(alpha);
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) { at::vec::fmadd(va, lanes.load(x + i), V::loadu(acc + i)).store(acc + i); });
+}
+
+template <typename T>
+inline T horizontal_sum(const Vectorized<T>& v) {
+  return at::vec::vec_reduce_all<T>([](const Vectorized<T>& a, const Vectorized<T>& b) { return a + b; }, v);
 }
 
 template <typename T>
 inline T sum(const T* a, int64_t n) {
-  using V = Vectorized<T>;
-  if (n < V::size()) {  // short rows and pooling windows: skip the lane fold
-    T s = 0;
-    for (int64_t i = 0; i < n; ++i) s += a[i];
-    return s;
-  }
-  V acc(T(0));
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) acc += V::loadu(a + i);
-  T s = horizontal_sum(acc);
-  for (; i < n; ++i) s += a[i];
-  return s;
+  Vectorized<T> acc(T(0));
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) { acc += lanes.load(a + i); });
+  return horizontal_sum(acc);
 }
 
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t n) {
-  using V = Vectorized<T>;
-  if (n < V::size()) {
-    T s = 0;
-    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-    return s;
-  }
-  V acc(T(0));
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) acc = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), acc);
-  T s = horizontal_sum(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+  Vectorized<T> acc(T(0));
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) { acc = at::vec::fmadd(lanes.load(a + i), lanes.load(b + i), acc); });
+  return horizontal_sum(acc);
 }
 
 // y += alpha * x
 template <typename T>
 inline void axpy(T* y, T alpha, const T* x, int64_t n) {
-  using V = Vectorized<T>;
-  const V va(alpha);
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) at::vec::fmadd(va, V::loadu(x + i), V::loadu(y + i)).store(y + i);
-  for (; i < n; ++i) y[i] += alpha * x[i];
+  const Vectorized<T> va(alpha);
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) {
+    lanes.store(y + i, at::vec::fmadd(va, lanes.load(x + i), lanes.load(y + i)));
+  });
 }
 
+// out = in * alpha (out may be in)
 template <typename T>
-inline void scale(T* y, T alpha, int64_t n) {
-  using V = Vectorized<T>;
-  const V va(alpha);
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) (V::loadu(y + i) * va).store(y + i);
-  for (; i < n; ++i) y[i] *= alpha;
+inline void scale(const T* in, T alpha, T* out, int64_t n) {
+  const Vectorized<T> va(alpha);
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) { lanes.store(out + i, lanes.load(in + i) * va); });
 }
 
 // out = in * alpha + beta (out may be in)
 template <typename T>
 inline void affine(const T* in, T alpha, T beta, T* out, int64_t n) {
-  using V = Vectorized<T>;
-  const V va(alpha), vb(beta);
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) at::vec::fmadd(V::loadu(in + i), va, vb).store(out + i);
-  for (; i < n; ++i) out[i] = in[i] * alpha + beta;
+  const Vectorized<T> va(alpha), vb(beta);
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) { lanes.store(out + i, at::vec::fmadd(lanes.load(in + i), va, vb)); });
 }
 
 // Chunk size for at::parallel_for over planes: about 16K elements per task.
@@ -231,25 +305,19 @@ inline void gate_backward(const T* a, const T* da, T* dn, int64_t n, bool softma
     const T s = dot(a, da, n);
     for (int64_t i = 0; i < n; ++i) dn[i] = a[i] * (da[i] - s);
   } else {
-    using V = Vectorized<T>;
-    const V one(T(1));
-    int64_t i = 0;
-    for (; i + V::size() <= n; i += V::size()) {
-      const V av = V::loadu(a + i);
-      (V::loadu(da + i) * av * (one - av)).store(dn + i);
-    }
-    for (; i < n; ++i) dn[i] = da[i] * a[i] * (T(1) - a[i]);
+    const Vectorized<T> one(T(1));
+    for_each_vector<T>(n, [&](int64_t i, auto lanes) {
+      const Vectorized<T> av = lanes.load(a + i);
+      lanes.store(dn + i, lanes.load(da + i) * av * (one - av));
+    });
   }
 }
 
 // Elementwise sigmoid in place, vectorised (the gates are the one place with many exps).
 template <typename T>
 inline void sigmoid_inplace(T* v, int64_t n) {
-  using V = Vectorized<T>;
-  const V one(T(1));
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) (one / (one + V::loadu(v + i).neg().exp())).store(v + i);
-  for (; i < n; ++i) v[i] = sigmoid(v[i]);
+  const Vectorized<T> one(T(1));
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) { lanes.store(v + i, one / (one + lanes.load(v + i).neg().exp())); });
 }
 
 // Gate forward in place over n entries: sigmoid, or a softmax over all of them.
@@ -260,7 +328,7 @@ inline void gate_forward(T* v, int64_t n, bool softmax) {
     for (int64_t i = 0; i < n; ++i) m = std::max(m, v[i]);
     T total = 0;
     for (int64_t i = 0; i < n; ++i) total += (v[i] = std::exp(v[i] - m));
-    scale(v, T(1) / total, n);
+    scale(v, T(1) / total, v, n);
   } else {
     sigmoid_inplace(v, n);
   }

@@ -19,6 +19,19 @@ namespace scsa_kernels::cpu {
 // state in slot p & (kBlock - 1), distinct for the <= kBlock consecutive planes in flight.
 constexpr int64_t kBlock = 16;
 
+// Row-length accumulators, one per plane in flight (slot p & (kBlock - 1)), padded
+// to whole vectors (accumulate_scaled, accumulate_row).
+template <typename T>
+class PlaneRowBuffers {
+ public:
+  explicit PlaneRowBuffers(int64_t W) : stride_(padded_to_vectors<T>(W)), data_(kBlock * stride_) {}
+  T* operator[](int64_t p) { return data_.data() + (p & (kBlock - 1)) * stride_; }
+
+ private:
+  int64_t stride_;
+  std::vector<T> data_;
+};
+
 template <typename scalar_t, typename acc_t>
 class RowVisitor {
  public:

@@ -60,26 +60,19 @@ class PoolScatterRows {
   int64_t plane_ = -1, window_row_ = -2;
 };
 
-// For one row: r_w[w] += u[w] x[w] a_h; returns sum_w u[w] x[w] a_w[w].
-// (u = grad_out in pass (a), u = pool scatter S in pass (b).)
+// For one row: r_w[w] += u[w] x[w] a_h (r_w padded to whole vectors); returns
+// sum_w u[w] x[w] a_w[w]. (u = grad_out in pass (a), u = pool scatter S in pass (b).)
 template <typename T>
 T modulated_products(const T* u, const T* x, const T* a_w, T a_h, T* r_w, int64_t W) {
   using V = Vectorized<T>;
   const V vh(a_h);
   V acc(T(0));
-  int64_t w = 0;
-  for (; w + V::size() <= W; w += V::size()) {
-    const V t = V::loadu(u + w) * V::loadu(x + w);
-    acc = at::vec::fmadd(t, V::loadu(a_w + w), acc);
+  for_each_vector<T>(W, [&](int64_t w, auto lanes) {
+    const V t = lanes.load(u + w) * lanes.load(x + w);
+    acc = at::vec::fmadd(t, lanes.load(a_w + w), acc);
     at::vec::fmadd(t, vh, V::loadu(r_w + w)).store(r_w + w);
-  }
-  T s = horizontal_sum(acc);
-  for (; w < W; ++w) {
-    const T t = u[w] * x[w];
-    s += t * a_w[w];
-    r_w[w] += t * a_h;
-  }
-  return s;
+  });
+  return horizontal_sum(acc);
 }
 
 // Pass (a) over planes [begin, end): r_h = sum_w g x a_w, r_w = sum_h g x a_h, d_ca = sum_hw g x_s.
@@ -89,16 +82,18 @@ void grad_products(const Tensor& grad_out, const Tensor& x, int64_t begin, int64
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x), gs(grad_out);
   const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W);
+  PlaneRowBuffers<acc_t> column_sums(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
-    acc_t* rw = r_w + p * W;
+    acc_t* rw = column_sums[p];
     if (h == 0) {
-      std::fill(rw, rw + W, acc_t(0));
+      std::fill(rw, rw + padded_to_vectors<acc_t>(W), acc_t(0));
       d_ca[p] = 0;
     }
     const acc_t ah = a_h[p * H + h];
     const acc_t rh = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
     r_h[p * H + h] = rh;
     d_ca[p] += ah * rh;
+    if (h == H - 1) std::copy(rw, rw + W, r_w + p * W);
   });
 }
 
@@ -113,15 +108,15 @@ void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const PoolRows pool_rows(pg, H);
   PoolScatterRows<acc_t> scatter(d_pooled, argmax, pg, W);
+  PlaneRowBuffers<acc_t> column_sums(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
-    acc_t* tw = t_w + p * W;
-    if (h == 0) std::fill(tw, tw + W, acc_t(0));
+    acc_t* tw = column_sums[p];
+    if (h == 0) std::fill(tw, tw + padded_to_vectors<acc_t>(W), acc_t(0));
     const int64_t hn = pool_rows.window[h];
-    if (hn < 0) {  // below every window: no pooling gradient
-      t_h[p * H + h] = 0;
-      return;
-    }
-    t_h[p * H + h] = modulated_products(scatter.row(p, hn, h), xr, a_w + p * W, a_h[p * H + h], tw, W);
+    // rows below every window get no pooling gradient
+    t_h[p * H + h] = hn < 0 ? acc_t(0)
+                            : modulated_products(scatter.row(p, hn, h), xr, a_w + p * W, a_h[p * H + h], tw, W);
+    if (h == H - 1) std::copy(tw, tw + W, t_w + p * W);
   });
 }
 
@@ -141,14 +136,12 @@ void input_grad(const Tensor& grad_out, int64_t begin, int64_t end, const acc_t*
     const acc_t* s = scatter.row(p, pool_rows.window[h], h);
     const acc_t* aw = a_w + p * W;
     const acc_t* mw = dm_w + p * W;
-    const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] * inv_w, cap = ca[p];
-    const V vca(cap), vah(ah), vmh(mean_h_grad), vih(inv_h);
-    int64_t w = 0;
-    for (; w + V::size() <= W; w += V::size()) {
-      const V e = at::vec::fmadd(V::loadu(gr + w), vca, V::loadu(s + w));
-      at::vec::fmadd(V::loadu(mw + w), vih, at::vec::fmadd(e * V::loadu(aw + w), vah, vmh)).store(o + w);
-    }
-    for (; w < W; ++w) o[w] = (gr[w] * cap + s[w]) * aw[w] * ah + mean_h_grad + mw[w] * inv_h;
+    const acc_t ah = a_h[p * H + h], mean_h_grad = dm_h[p * H + h] * inv_w;
+    const V vca(ca[p]), vah(ah), vmh(mean_h_grad), vih(inv_h);
+    for_each_vector<acc_t>(W, [&](int64_t w, auto lanes) {
+      const V e = at::vec::fmadd(lanes.load(gr + w), vca, lanes.load(s + w));
+      lanes.store(o + w, at::vec::fmadd(lanes.load(mw + w), vih, at::vec::fmadd(e * lanes.load(aw + w), vah, vmh)));
+    });
   });
 }
 

@@ -11,23 +11,17 @@
 namespace scsa_kernels::cpu {
 namespace {
 
-// total += row (elementwise); returns the row's sum. One pass over the row.
+// total += row (elementwise, total padded to whole vectors); returns the row's sum.
 template <typename T>
 T accumulate_row(T* total, const T* row, int64_t n) {
   using V = Vectorized<T>;
   V acc(T(0));
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) {
-    const V v = V::loadu(row + i);
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) {
+    const V v = lanes.load(row + i);
     acc += v;
     (V::loadu(total + i) + v).store(total + i);
-  }
-  T s = horizontal_sum(acc);
-  for (; i < n; ++i) {
-    s += row[i];
-    total[i] += row[i];
-  }
-  return s;
+  });
+  return horizontal_sum(acc);
 }
 
 // Pass 1 over planes [begin, end): x_h[p, h] = mean_w x, x_w[p, w] = mean_h x.
@@ -37,11 +31,12 @@ void row_col_means(const Tensor& x, int64_t begin, int64_t end, acc_t* x_h, acc_
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const acc_t inv_w = acc_t(1) / acc_t(W), inv_h = acc_t(1) / acc_t(H);
+  PlaneRowBuffers<acc_t> column_sums(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
-    acc_t* mw = x_w + p * W;
-    if (h == 0) std::fill(mw, mw + W, acc_t(0));
-    x_h[p * H + h] = accumulate_row(mw, r, W) * inv_w;
-    if (h == H - 1) scale(mw, inv_h, W);
+    acc_t* sums = column_sums[p];
+    if (h == 0) std::fill(sums, sums + padded_to_vectors<acc_t>(W), acc_t(0));
+    x_h[p * H + h] = accumulate_row(sums, r, W) * inv_w;
+    if (h == H - 1) scale(sums, inv_h, x_w + p * W, W);
   });
 }
 
@@ -59,7 +54,7 @@ void pool_modulated(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_
   const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
   const int64_t covered_w = pg.wp * pg.kw;
   const PoolRows pool_rows(pg, H);
-  std::vector<acc_t> bands(pg.max_pool ? 0 : kBlock * W);
+  PlaneRowBuffers<acc_t> bands(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
     const int64_t hn = pool_rows.window[h];
     if (hn < 0) return;
@@ -71,9 +66,9 @@ void pool_modulated(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_
       // band = sum over the window rows so far of a_h[h] * x[h, :]; one band per
       // plane of the tile (the visitor keeps at most kBlock planes in flight,
       // consecutive in p). Windows are closed with a dot against a_w.
-      acc_t* band = bands.data() + (p & (kBlock - 1)) * W;
-      if (first_row) std::fill(band, band + covered_w, acc_t(0));
-      axpy(band, ah, r, covered_w);
+      acc_t* band = bands[p];
+      if (first_row) std::fill(band, band + padded_to_vectors<acc_t>(covered_w), acc_t(0));
+      accumulate_scaled(band, ah, r, covered_w);
       if (last_row)
         for (int64_t wn = 0; wn < pg.wp; ++wn)
           out[wn] = dot(band + wn * pg.kw, aw + wn * pg.kw, pg.kw) * inv_area;
@@ -109,9 +104,7 @@ void apply_gates(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, 
     const acc_t* aw = a_w + p * W;
     const acc_t s = a_h[p * H + h] * ca[p];
     const V vs(s);
-    int64_t w = 0;
-    for (; w + V::size() <= W; w += V::size()) (V::loadu(r + w) * V::loadu(aw + w) * vs).store(o + w);
-    for (; w < W; ++w) o[w] = r[w] * aw[w] * s;
+    for_each_vector<acc_t>(W, [&](int64_t w, auto lanes) { lanes.store(o + w, lanes.load(r + w) * lanes.load(aw + w) * vs); });
   });
 }
 

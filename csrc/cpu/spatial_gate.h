@@ -155,7 +155,7 @@ void spatial_gate_backward(const T* m, const T* da, int64_t channels, int64_t le
     if (p.softmax_gate) gate_backward(a + c * length, da + c * length, dc, length, true);
     grads.norm_weight[c] += dot(dc, fc, length);
     grads.norm_bias[c] += sum(dc, length);
-    scale(dc, p.norm_weight[c], length);  // d(f_hat)
+    scale(dc, p.norm_weight[c], dc, length);  // d(f_hat)
     mean_d += sum(dc, length);
     mean_d_fhat += dot(dc, fc, length);
   }

@@ -15,7 +15,7 @@ import torch
 
 from .. import backends
 from ..config import SCSAConfig
-from .environment import environment, results_folder_name
+from .environment import environment, results_folder_name, steady_cpu_heap
 from .plots import plot_all
 from .providers import COMPILE_MODES, make_providers
 from .report import MICRO_COLUMNS, CsvWriter, micro_table
@@ -130,10 +130,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args)
     out = output_folder(args, device)
-    env = environment(device)
+    env = environment(device, steady_cpu_heap() if device.type == "cpu" else "default")
     fused = fused_backends_for(device, args.backend or fused_backend_names())
     log(f"{env['device_name']} ({device}), {env['threads']} threads, torch {env['torch']}, "
-        f"triton {env['triton'] or '-'}; fused backends available: {', '.join(fused) or 'none'}")
+        f"triton {env['triton'] or '-'}, heap {env['heap']}; fused backends available: {', '.join(fused) or 'none'}")
     if args.e2e:
         from .e2e import run_e2e
 

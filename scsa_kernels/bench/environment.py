@@ -1,6 +1,8 @@
 """The machine a benchmark ran on: written into every CSV row, and the results folder name."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime
 import importlib.metadata
 import platform
@@ -46,8 +48,31 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name()
 
 
-def environment(device: torch.device) -> Dict[str, str]:
-    """Columns that identify the run: date, machine, device, versions, thread count."""
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def steady_cpu_heap() -> str:
+    """Keeps glibc's malloc from handing freed memory back to the kernel, for the rest of the process:
+    no mmap for large blocks, no trimming of the heap top. Otherwise a large tensor's pages are
+    faulted in afresh (and zeroed by the kernel) whenever the heap shrank since the last call, and
+    how often that happens depends on what the *other* providers freed: on a 2-core VM the eager
+    reference (many full-size temporaries) swung 2-3x between runs with its page faults, and each
+    provider's time with the order of the interleaving. With this, every provider runs in the
+    steady state a training loop reaches (no page faults), the conservative setting for ratios
+    against eager. Returns the ``heap`` column: "steady", or "default" where this is not glibc."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return "default"
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    steady = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    return "steady" if steady else "default"
+
+
+def environment(device: torch.device, heap: str = "default") -> Dict[str, str]:
+    """Columns that identify the run: date, machine, device, versions, thread count, and ``heap``
+    (``steady_cpu_heap``'s answer for CPU runs)."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": platform.node(),
@@ -58,6 +83,7 @@ def environment(device: torch.device) -> Dict[str, str]:
         "torch": torch.__version__,
         "triton": package_version("triton"),
         "threads": str(torch.get_num_threads()),
+        "heap": heap,
     }
 
 

@@ -5,7 +5,7 @@ import csv
 import os
 from typing import Dict, Iterable, List, Sequence
 
-ENVIRONMENT_COLUMNS = ("date", "machine", "device", "device_name", "driver", "cuda", "torch", "triton", "threads")
+ENVIRONMENT_COLUMNS = ("date", "machine", "device", "device_name", "driver", "cuda", "torch", "triton", "threads", "heap")
 MICRO_COLUMNS = ENVIRONMENT_COLUMNS + (
     "shape", "source", "batch", "channels", "height", "width", "dtype", "mode", "provider", "status",
     "median_ms", "p20_ms", "p80_ms", "samples", "speedup_vs_eager", "speedup_vs_compile",
