@@ -82,23 +82,48 @@ inline T score_at(const T* a, const T* b_t, int64_t N, int64_t d, int64_t j, T s
   return acc * scale_;
 }
 
-// scores[0, d) of one row (or column); returns their maximum.
+// Scores j .. j + kVectors * V::size() of one row: score_lanes for kVectors vectors
+// at once. One accumulator chain waits on the fma latency at every n; kVectors
+// independent chains keep the fma units busy. Each lane is rounded as in score_lanes.
+template <int kVectors, typename T>
+inline void score_block(const T* a, const T* b_t, int64_t N, int64_t d, int64_t j, const Vectorized<T>& vscale,
+                        T* scores) {
+  using V = Vectorized<T>;
+  V acc[kVectors];
+  for (int k = 0; k < kVectors; ++k) acc[k] = V(T(0));
+  for (int64_t n = 0; n < N; ++n) {
+    const V an(a[n]);
+    const T* row = b_t + n * d + j;
+    for (int k = 0; k < kVectors; ++k) acc[k] = at::vec::fmadd(an, V::loadu(row + k * V::size()), acc[k]);
+  }
+  for (int k = 0; k < kVectors; ++k) (acc[k] * vscale).store(scores + j + k * V::size());
+}
+
+// scores[0, d) of one row (or column), each rounded as score_lanes / score_at round it.
+template <typename T>
+void score_row(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scores) {
+  constexpr int64_t step = Vectorized<T>::size();
+  const Vectorized<T> vscale(scale_);
+  int64_t j = 0;
+  for (; j + 8 * step <= d; j += 8 * step) score_block<8>(a, b_t, N, d, j, vscale, scores);
+  for (; j + 2 * step <= d; j += 2 * step) score_block<2>(a, b_t, N, d, j, vscale, scores);
+  for (; j + step <= d; j += step) score_block<1>(a, b_t, N, d, j, vscale, scores);
+  for (; j < d; ++j) scores[j] = score_at(a, b_t, N, d, j, scale_);
+}
+
+// scores[0, d) of one row (score_row); returns their maximum.
 template <typename T>
 T score_vector(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scores) {
   using V = Vectorized<T>;
-  const V vscale(scale_);
+  score_row(a, b_t, N, d, scale_, scores);
   V vmax(-std::numeric_limits<T>::infinity());
   int64_t j = 0;
-  for (; j + V::size() <= d; j += V::size()) {
-    const V s = score_lanes(a, b_t, N, d, j, vscale);
-    s.store(scores + j);
-    vmax = at::vec::maximum(vmax, s);
-  }
+  for (; j + V::size() <= d; j += V::size()) vmax = at::vec::maximum(vmax, V::loadu(scores + j));
   alignas(64) T lanes[V::size()];
   vmax.store(lanes);
   T m = lanes[0];
   for (int64_t i = 1; i < V::size(); ++i) m = std::max(m, lanes[i]);
-  for (; j < d; ++j) m = std::max(m, scores[j] = score_at(a, b_t, N, d, j, scale_));
+  for (; j < d; ++j) m = std::max(m, scores[j]);
   return m;
 }
 
