@@ -239,28 +239,27 @@ void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const Channe
   T* ds = scratch;         // (d): dS row i
   T* dk_t = ds + d;        // (N, d): dk transposed, summed over rows
   T* dv = dk_t + N * d;    // (d)
+  T* scores = dv + d;      // (d): S row i
   std::fill(dk_t, dv + d, T(0));
   for (int64_t i = 0; i < d; ++i) {
     const T* q = buf.q + (row0 + i) * N;
     const T lse = buf.attn_lse[row0 + i], o_i = buf.attn_out[row0 + i], do_i = gr.d_out[row0 + i];
     const T coef = do_i * scale_;
     const V vlse(lse), vo(o_i), vdo(do_i), vcoef(coef);
+    score_row(q, k_t, N, d, scale_, scores);
     int64_t j = 0;
     for (; j + V::size() <= d; j += V::size()) {
-      const V p = softmax_exp(score_lanes(q, k_t, N, d, j, vscale) - vlse);
+      const V p = softmax_exp(V::loadu(scores + j) - vlse);
       at::vec::fmadd(p, vdo, V::loadu(dv + j)).store(dv + j);
       (p * (V::loadu(v_mean + j) - vo) * vcoef).store(ds + j);
     }
     for (; j < d; ++j) {
-      const T p = std::exp(score_at(q, k_t, N, d, j, scale_) - lse);
+      const T p = std::exp(scores[j] - lse);
       dv[j] += p * do_i;
       ds[j] = p * (v_mean[j] - o_i) * coef;
     }
-    T* dq = gr.dq + (row0 + i) * N;
-    for (int64_t n = 0; n < N; ++n) {
-      dq[n] = dot(ds, k_t + n * d, d);
-      axpy(dk_t + n * d, q[n], ds, d);
-    }
+    dots(ds, k_t, N, d, gr.dq + (row0 + i) * N);
+    for (int64_t n = 0; n < N; ++n) axpy(dk_t + n * d, q[n], ds, d);
   }
   for (int64_t j = 0; j < d; ++j) {
     gr.dv_mean[row0 + j] = dv[j];
@@ -270,7 +269,7 @@ void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const Channe
 
 template <typename T>
 constexpr int64_t head_backward_scratch(const ChannelGeometry& g) {
-  return (g.N + 2) * g.d;
+  return (g.N + 3) * g.d;
 }
 
 // From dq, dk, dv_mean of sample b: q/k/v parameter grads, back through GroupNorm(1)

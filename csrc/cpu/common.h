@@ -264,6 +264,23 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return horizontal_sum(acc);
 }
 
+// out[r] = dot(a, rows + r * n, n) for r in [0, count), each rounded as dot rounds
+// it; four rows at a time, so their fma chains overlap.
+template <typename T>
+inline void dots(const T* a, const T* rows, int64_t count, int64_t n, T* out) {
+  using V = Vectorized<T>;
+  int64_t r = 0;
+  for (; r + 4 <= count; r += 4) {
+    V acc[4] = {V(T(0)), V(T(0)), V(T(0)), V(T(0))};
+    for_each_vector<T>(n, [&](int64_t i, auto lanes) {
+      const V av = lanes.load(a + i);
+      for (int k = 0; k < 4; ++k) acc[k] = at::vec::fmadd(av, lanes.load(rows + (r + k) * n + i), acc[k]);
+    });
+    for (int k = 0; k < 4; ++k) out[r + k] = horizontal_sum(acc[k]);
+  }
+  for (; r < count; ++r) out[r] = dot(a, rows + r * n, n);
+}
+
 // y += alpha * x
 template <typename T>
 inline void axpy(T* y, T alpha, const T* x, int64_t n) {
