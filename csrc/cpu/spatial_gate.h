@@ -33,20 +33,16 @@ const T* zero_padded(const T* row, int64_t length, int64_t pad, T* padded) {
 
 // out[l] = init + sum_t taps[t * tap_stride] * in[l + t], vectorised over l.
 // The forward conv and its input gradient (taps reversed: tap_stride -1) are both this.
+// `in` holds length + K - 1 + V::size() values (padded_row_size): the last, partial
+// vector of out is computed whole and stored in part.
 template <typename T>
 void tap_sum(const T* in, const T* taps, int64_t tap_stride, int64_t K, T init, int64_t length, T* out) {
   using V = Vectorized<T>;
-  int64_t l = 0;
-  for (; l + V::size() <= length; l += V::size()) {
+  for_each_vector<T>(length, [&](int64_t l, auto lanes) {
     V acc(init);
     for (int64_t t = 0; t < K; ++t) acc = at::vec::fmadd(V(taps[t * tap_stride]), V::loadu(in + l + t), acc);
-    acc.store(out + l);
-  }
-  for (; l < length; ++l) {
-    T acc = init;
-    for (int64_t t = 0; t < K; ++t) acc += taps[t * tap_stride] * in[l + t];
-    out[l] = acc;
-  }
+    lanes.store(out + l, acc);
+  });
 }
 
 // Scratch sizes of the spatial gates for rows of `length` values and K taps.
