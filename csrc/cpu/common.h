@@ -85,7 +85,8 @@ struct Planes {
     int64_t stride_h;
     T* row(int64_t h) const { return base + h * stride_h; }
   };
-  Plane plane(int64_t p) const { return {data + (p / C) * stride_b + (p % C) * stride_c, stride_h}; }
+  Plane plane(int64_t b, int64_t c) const { return {data + b * stride_b + c * stride_c, stride_h}; }
+  Plane plane(int64_t p) const { return plane(p / C, p % C); }
 };
 
 // Reads rows of x (any dtype, any stride) as contiguous compute-type arrays. A

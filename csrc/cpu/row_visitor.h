@@ -56,10 +56,11 @@ class RowVisitor {
   void run_planar(int64_t begin, int64_t end, Body& body) const {
     RowReader<scalar_t, acc_t> read0(W_), read1(W_);
     RowWriter<scalar_t, acc_t> writer(W_);
+    int64_t b = begin / C_, c = begin % C_;  // of plane p, stepped without divisions
     for (int64_t p = begin; p < end; ++p) {
-      const auto plane0 = in0_->plane(p);
-      const auto plane1 = in1_ ? in1_->plane(p) : decltype(plane0){nullptr, 0};
-      const auto plane_out = out_ ? out_->plane(p) : typename Planes<scalar_t>::Plane{nullptr, 0};
+      const auto plane0 = in0_->plane(b, c);
+      const auto plane1 = in1_ ? in1_->plane(b, c) : decltype(plane0){nullptr, 0};
+      const auto plane_out = out_ ? out_->plane(b, c) : typename Planes<scalar_t>::Plane{nullptr, 0};
       for (int64_t h = 0; h < H_; ++h) {
         const acc_t* r0 = read0.read(plane0.row(h), 1, W_);
         const acc_t* r1 = in1_ ? read1.read(plane1.row(h), 1, W_) : nullptr;
@@ -67,20 +68,26 @@ class RowVisitor {
         body(p, h, r0, r1, o);
         if (out_) writer.commit(plane_out.row(h), 1, W_);
       }
+      if (++c == C_) {
+        c = 0;
+        ++b;
+      }
     }
   }
 
-  // tile[c * W + w] = src[h, w] of channel c of the block
-  void gather(const Planes<const scalar_t>& src, int64_t p0, int64_t nb, int64_t h, acc_t* tile) const {
-    const scalar_t* row = src.plane(p0).row(h);
+  // tile[c * W + w] = src[h, w] of channel c of the block (first: the block's first plane)
+  void gather(const Planes<const scalar_t>& src, typename Planes<const scalar_t>::Plane first, int64_t nb, int64_t h,
+              acc_t* tile) const {
+    const scalar_t* row = first.row(h);
     for (int64_t w = 0; w < W_; ++w) {
       const scalar_t* cell = row + w * src.stride_w;
       for (int64_t c = 0; c < nb; ++c) tile[c * W_ + w] = static_cast<acc_t>(cell[c * src.stride_c]);
     }
   }
 
-  void scatter(const Planes<scalar_t>& dst, int64_t p0, int64_t nb, int64_t h, const acc_t* tile) const {
-    scalar_t* row = dst.plane(p0).row(h);
+  void scatter(const Planes<scalar_t>& dst, typename Planes<scalar_t>::Plane first, int64_t nb, int64_t h,
+               const acc_t* tile) const {
+    scalar_t* row = first.row(h);
     for (int64_t w = 0; w < W_; ++w) {
       scalar_t* cell = row + w * dst.stride_w;
       for (int64_t c = 0; c < nb; ++c) cell[c * dst.stride_c] = static_cast<scalar_t>(tile[c * W_ + w]);
@@ -93,13 +100,16 @@ class RowVisitor {
     for (int64_t p0 = begin; p0 < end;) {
       // neighbouring channels of one sample
       const int64_t nb = std::min({kBlock, end - p0, C_ - p0 % C_});
+      const auto first0 = in0_->plane(p0);
+      const auto first1 = in1_ ? in1_->plane(p0) : first0;
+      const auto first_out = out_ ? out_->plane(p0) : typename Planes<scalar_t>::Plane{nullptr, 0};
       for (int64_t h = 0; h < H_; ++h) {
-        gather(*in0_, p0, nb, h, tile0.data());
-        if (in1_) gather(*in1_, p0, nb, h, tile1.data());
+        gather(*in0_, first0, nb, h, tile0.data());
+        if (in1_) gather(*in1_, first1, nb, h, tile1.data());
         for (int64_t c = 0; c < nb; ++c)
           body(p0 + c, h, tile0.data() + c * W_, in1_ ? tile1.data() + c * W_ : nullptr,
                out_ ? tile_out.data() + c * W_ : nullptr);
-        if (out_) scatter(*out_, p0, nb, h, tile_out.data());
+        if (out_) scatter(*out_, first_out, nb, h, tile_out.data());
       }
       p0 += nb;
     }
