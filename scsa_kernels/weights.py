@@ -104,7 +104,7 @@ def _pack_index(config: SCSAConfig, device) -> Tensor:
     return index
 
 
-def _packed_parameters(weights: SCSAWeights, config: SCSAConfig):
+def packed_parameters(weights: SCSAWeights, config: SCSAConfig):
     """The parameters ``pack_weights`` reads, in its order: ``weights.tensors()`` without conv_d."""
     params = [*weights.conv_weights, *weights.conv_biases, *weights[2:11]]
     if config.qkv_bias:
@@ -120,7 +120,7 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = 
     element or of a constant zero, so values and gradients are exact, with few autograd nodes.
     ``unpack_gradients`` is its adjoint."""
     C, K = config.dim, config.max_kernel_size
-    params = _packed_parameters(weights, config)
+    params = packed_parameters(weights, config)
     # torch._utils' flatten helpers (as DDP uses them): one C++ call for the reshapes + cat.
     flat = torch._utils._flatten_dense_tensors([*params, params[0].new_zeros(1)])
     packed = flat.index_select(0, _pack_index(config, flat.device)).to(dtype)
@@ -132,11 +132,11 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = 
 
 def unpack_gradients(packed_grads, weights: SCSAWeights, config: SCSAConfig):
     """The adjoint of ``pack_weights``: gradients of the ten packed tensors (any float dtype) ->
-    gradients of the parameters it read (``_packed_parameters`` order: ``weights.tensors()``
+    gradients of the parameters it read (``packed_parameters`` order: ``weights.tensors()``
     without conv_d), in their shapes and dtype. Each packed element is a copy of one parameter
     element, so this is a scatter-add; padding taps and absent biases land on the final zero
     slot and drop out. Runs without autograd (the fused backends' eager backward)."""
-    params = _packed_parameters(weights, config)
+    params = packed_parameters(weights, config)
     flat_grad = torch._utils._flatten_dense_tensors(packed_grads)
     flat = flat_grad.new_zeros(sum(t.numel() for t in params) + 1)
     flat.index_add_(0, _pack_index(config, flat.device), flat_grad)

@@ -4,7 +4,7 @@ import torch
 
 from scsa_kernels import SCSAConfig
 from scsa_kernels.testing import random_weights
-from scsa_kernels.weights import _packed_parameters, pack_weights, unpack_gradients
+from scsa_kernels.weights import packed_parameters, pack_weights, unpack_gradients
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
@@ -16,7 +16,7 @@ def test_unpack_gradients_is_the_adjoint_of_pack_weights(qkv_bias, param_dtype, 
     weights = random_weights(config).map(lambda t: t.to(param_dtype).requires_grad_())
     packed = pack_weights(weights, config, pack_dtype)
     packed_grads = [torch.randn_like(t) for t in packed]
-    params = _packed_parameters(weights, config)
+    params = packed_parameters(weights, config)
     expected = torch.autograd.grad(packed, params, packed_grads)
     got = unpack_gradients(packed_grads, weights, config)
     assert len(got) == len(params) == len(weights.tensors())

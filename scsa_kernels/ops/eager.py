@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..reference import compute_dtype
-from ..weights import _packed_parameters, pack_weights, unpack_gradients
+from ..weights import packed_parameters, pack_weights, unpack_gradients
 
 
 class FusedKernels:
@@ -38,7 +38,7 @@ def needs_autograd(x, weights) -> bool:
 
 def fused_scsa_with_grad(kernels: FusedKernels, x, weights, config):
     """``out`` of the fused SCSA, differentiable in x and every parameter the backend reads, as one node."""
-    params = _packed_parameters(weights, config) + kernels.extra_parameters(weights, config)
+    params = packed_parameters(weights, config) + kernels.extra_parameters(weights, config)
     return _FusedSCSAFunction.apply(kernels, config, weights, x, *params)
 
 
