@@ -34,7 +34,7 @@ template <typename T>
 void spatial_gates_forward(const T* x_h, const T* x_w, const PackedParams<T>& w, int64_t begin, int64_t end,
                            int64_t C, int64_t H, int64_t W, bool softmax_gate, T* a_h, T* a_w) {
   const int64_t g = C / kGroups, L = std::max(H, W);
-  std::vector<T> f_hat(conv_out_size<T>(g, L)), padded(padded_row_size<T>(L, w.kernel_size));
+  std::vector<T> f_hat(g * L), padded(padded_row_size<T>(L, w.kernel_size));
   for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
     spatial_gate_forward(x_h + c0 * H, g, H, direction_params(w, group, g, false, softmax_gate), f_hat.data(),

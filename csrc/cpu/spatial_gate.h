@@ -45,38 +45,20 @@ void tap_sum(const T* in, const T* taps, int64_t tap_stride, int64_t K, T init, 
   });
 }
 
-// Scratch sizes of the spatial gates for rows of `length` values and K taps.
+// Scratch size of the zero-padded rows (tap_sum's `in`) of `length` values and K taps.
 template <typename T>
 constexpr int64_t padded_row_size(int64_t length, int64_t K) {
   return length + K - 1 + Vectorized<T>::size();
 }
-template <typename T>
-constexpr int64_t conv_out_size(int64_t channels, int64_t length) {
-  return channels * length + Vectorized<T>::size();
-}
 
 // f[c, l] = bias[c] + sum_t w[c, t] * m[c, l + t - K/2], zero padding.
-// padded: padded_row_size values; f: conv_out_size values. Rows shorter than a
-// vector (7x7 maps) are one full vector each: the extra lanes read zeros and spill
-// into the next row, which is written after, or into f's last V::size() values.
+// padded: padded_row_size values; f: channels * length values.
 template <typename T>
 void depthwise_conv(const T* m, int64_t channels, int64_t length, const SpatialGateParams<T>& p, T* padded, T* f) {
-  using V = Vectorized<T>;
   const int64_t K = p.kernel_size, pad = K / 2;
-  if (length >= V::size()) {
-    for (int64_t c = 0; c < channels; ++c)
-      tap_sum(zero_padded(m + c * length, length, pad, padded), p.conv_weight + c * K, 1, K, p.conv_bias[c],
-              length, f + c * length);
-    return;
-  }
-  std::fill(padded + length + 2 * pad, padded + padded_row_size<T>(length, K), T(0));
-  for (int64_t c = 0; c < channels; ++c) {
-    zero_padded(m + c * length, length, pad, padded);
-    const T* wc = p.conv_weight + c * K;
-    V acc(p.conv_bias[c]);
-    for (int64_t t = 0; t < K; ++t) acc = at::vec::fmadd(V(wc[t]), V::loadu(padded + t), acc);
-    acc.store(f + c * length);
-  }
+  for (int64_t c = 0; c < channels; ++c)
+    tap_sum(zero_padded(m + c * length, length, pad, padded), p.conv_weight + c * K, 1, K, p.conv_bias[c], length,
+            f + c * length);
 }
 
 // Mean and 1/sqrt(biased var + eps) of n values (two passes: no cancellation).
@@ -97,7 +79,7 @@ std::pair<T, T> normal_stats(const T* v, int64_t n) {
   return {mean, T(1) / std::sqrt(var + T(kGroupNormEps))};
 }
 
-// Forward of one group: means m (g, L) -> gate a (g, L). f_hat (conv_out_size)
+// Forward of one group: means m (g, L) -> gate a (g, L). f_hat (g * L values)
 // receives the normalised conv output (the backward reuses it); returns rstd.
 // padded: padded_row_size values.
 template <typename T>
@@ -117,7 +99,7 @@ T spatial_gate_forward(const T* m, int64_t channels, int64_t length, const Spati
 
 template <typename T>
 constexpr int64_t spatial_gate_backward_scratch(int64_t channels, int64_t length, int64_t K) {
-  return conv_out_size<T>(channels, length) + 2 * channels * length + padded_row_size<T>(length, K);
+  return 3 * channels * length + padded_row_size<T>(length, K);
 }
 
 // Gradients of one group's slice of the parameters, accumulated (both directions add
@@ -138,7 +120,7 @@ void spatial_gate_backward(const T* m, const T* da, int64_t channels, int64_t le
                            const SpatialGateParams<T>& p, const SpatialGateGrads<T>& grads, T* dm, T* scratch) {
   const int64_t n = channels * length, K = p.kernel_size, pad = K / 2;
   T* f_hat = scratch;
-  T* a = f_hat + conv_out_size<T>(channels, length);
+  T* a = f_hat + channels * length;
   T* d = a + n;  // dn, then df
   T* padded = d + n;
   const T rstd = spatial_gate_forward(m, channels, length, p, f_hat, a, padded);
