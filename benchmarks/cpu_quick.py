@@ -8,6 +8,11 @@ repeated runs after warm-up. GB/s is for the fused backend against the bytes its
 passes must move: forward 3 reads + 1 write of x (4|x|), backward 2 reads of x,
 2 of grad_out, 1 write of dx (5|x|), so forward+backward 9|x|.
 
+Providers alternate call by call, so each call starts with the caches the previous
+provider left (colder than scsa-bench's rounds of a few calls each): expect lower
+ratios than scsa-bench gives, most at 64x56x56. glibc's heap is kept steady, as in
+scsa-bench.
+
 On a shared machine, prefer --threads 1: an OpenMP team of 2 threads on 2 cores that
 other processes also use stalls for whole scheduler slices (~10 ms), which swamps
 every provider's timings.
