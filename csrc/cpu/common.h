@@ -243,7 +243,9 @@ template <typename T>
 inline void accumulate_scaled(T* acc, T alpha, const T* x, int64_t n) {
   using V = Vectorized<T>;
   const V va(alpha);
-  for_each_vector<T>(n, [&](int64_t i, auto lanes) { at::vec::fmadd(va, lanes.load(x + i), V::loadu(acc + i)).store(acc + i); });
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) {
+    at::vec::fmadd(va, lanes.load(x + i), V::loadu(acc + i)).store(acc + i);
+  });
 }
 
 template <typename T>
@@ -261,7 +263,9 @@ inline T sum(const T* a, int64_t n) {
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t n) {
   Vectorized<T> acc(T(0));
-  for_each_vector<T>(n, [&](int64_t i, auto lanes) { acc = at::vec::fmadd(lanes.load(a + i), lanes.load(b + i), acc); });
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) {
+    acc = at::vec::fmadd(lanes.load(a + i), lanes.load(b + i), acc);
+  });
   return horizontal_sum(acc);
 }
 
@@ -302,17 +306,14 @@ inline void scale(const T* in, T alpha, T* out, int64_t n) {
 template <typename T>
 inline void affine(const T* in, T alpha, T beta, T* out, int64_t n) {
   const Vectorized<T> va(alpha), vb(beta);
-  for_each_vector<T>(n, [&](int64_t i, auto lanes) { lanes.store(out + i, at::vec::fmadd(lanes.load(in + i), va, vb)); });
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) {
+    lanes.store(out + i, at::vec::fmadd(lanes.load(in + i), va, vb));
+  });
 }
 
 // Chunk size for at::parallel_for over planes: about 16K elements per task.
 inline int64_t plane_grain(int64_t plane_elements) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_elements));
-}
-
-template <typename T>
-inline T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
 }
 
 // Gate backward, elementwise sigmoid: dn = da * a * (1 - a).
@@ -335,7 +336,9 @@ inline void gate_backward(const T* a, const T* da, T* dn, int64_t n, bool softma
 template <typename T>
 inline void sigmoid_inplace(T* v, int64_t n) {
   const Vectorized<T> one(T(1));
-  for_each_vector<T>(n, [&](int64_t i, auto lanes) { lanes.store(v + i, one / (one + lanes.load(v + i).neg().exp())); });
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) {
+    lanes.store(v + i, one / (one + lanes.load(v + i).neg().exp()));
+  });
 }
 
 // Gate forward in place over n entries: sigmoid, or a softmax over all of them.

@@ -26,6 +26,12 @@ class PlaneRowBuffers {
  public:
   explicit PlaneRowBuffers(int64_t W) : stride_(padded_to_vectors<T>(W)), data_(kBlock * stride_) {}
   T* operator[](int64_t p) { return data_.data() + (p & (kBlock - 1)) * stride_; }
+  // Plane p's slot, zeroed (at its first row).
+  T* zeroed(int64_t p) {
+    T* slot = (*this)[p];
+    std::fill(slot, slot + stride_, T(0));
+    return slot;
+  }
 
  private:
   int64_t stride_;

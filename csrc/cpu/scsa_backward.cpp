@@ -84,11 +84,8 @@ void grad_products(const Tensor& grad_out, const Tensor& x, int64_t begin, int64
   const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W);
   PlaneRowBuffers<acc_t> column_sums(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
-    acc_t* rw = column_sums[p];
-    if (h == 0) {
-      std::fill(rw, rw + padded_to_vectors<acc_t>(W), acc_t(0));
-      d_ca[p] = 0;
-    }
+    acc_t* rw = h == 0 ? column_sums.zeroed(p) : column_sums[p];
+    if (h == 0) d_ca[p] = 0;
     const acc_t ah = a_h[p * H + h];
     const acc_t rh = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
     r_h[p * H + h] = rh;
@@ -110,8 +107,7 @@ void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t
   PoolScatterRows<acc_t> scatter(d_pooled, argmax, pg, W);
   PlaneRowBuffers<acc_t> column_sums(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
-    acc_t* tw = column_sums[p];
-    if (h == 0) std::fill(tw, tw + padded_to_vectors<acc_t>(W), acc_t(0));
+    acc_t* tw = h == 0 ? column_sums.zeroed(p) : column_sums[p];
     const int64_t hn = pool_rows.window[h];
     // rows below every window get no pooling gradient
     t_h[p * H + h] = hn < 0 ? acc_t(0)
@@ -122,8 +118,9 @@ void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t
 
 // Pass (c) over planes [begin, end): dx = (g ca + S) a_h a_w + d(x_h)/W + d(x_w)/H.
 template <typename scalar_t, typename acc_t>
-void input_grad(const Tensor& grad_out, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w, const acc_t* ca, const acc_t* d_pooled,
-                const int64_t* argmax, const PoolGeometry& pg, const acc_t* dm_h, const acc_t* dm_w, Tensor& dx) {
+void input_grad(const Tensor& grad_out, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w, const acc_t* ca,
+                const acc_t* d_pooled, const int64_t* argmax, const PoolGeometry& pg, const acc_t* dm_h,
+                const acc_t* dm_w, Tensor& dx) {
   using V = Vectorized<acc_t>;
   const int64_t C = dx.size(1), H = dx.size(2), W = dx.size(3);
   const Planes<const scalar_t> gs(grad_out);

@@ -33,8 +33,7 @@ void row_col_means(const Tensor& x, int64_t begin, int64_t end, acc_t* x_h, acc_
   const acc_t inv_w = acc_t(1) / acc_t(W), inv_h = acc_t(1) / acc_t(H);
   PlaneRowBuffers<acc_t> column_sums(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
-    acc_t* sums = column_sums[p];
-    if (h == 0) std::fill(sums, sums + padded_to_vectors<acc_t>(W), acc_t(0));
+    acc_t* sums = h == 0 ? column_sums.zeroed(p) : column_sums[p];
     x_h[p * H + h] = accumulate_row(sums, r, W) * inv_w;
     if (h == H - 1) scale(sums, inv_h, x_w + p * W, W);
   });
@@ -66,8 +65,7 @@ void pool_modulated(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_
       // band = sum over the window rows so far of a_h[h] * x[h, :]; one band per
       // plane of the tile (the visitor keeps at most kBlock planes in flight,
       // consecutive in p). Windows are closed with a dot against a_w.
-      acc_t* band = bands[p];
-      if (first_row) std::fill(band, band + padded_to_vectors<acc_t>(covered_w), acc_t(0));
+      acc_t* band = first_row ? bands.zeroed(p) : bands[p];
       accumulate_scaled(band, ah, r, covered_w);
       if (last_row)
         for (int64_t wn = 0; wn < pg.wp; ++wn)
@@ -104,7 +102,9 @@ void apply_gates(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, 
     const acc_t* aw = a_w + p * W;
     const acc_t s = a_h[p * H + h] * ca[p];
     const V vs(s);
-    for_each_vector<acc_t>(W, [&](int64_t w, auto lanes) { lanes.store(o + w, lanes.load(r + w) * lanes.load(aw + w) * vs); });
+    for_each_vector<acc_t>(W, [&](int64_t w, auto lanes) {
+      lanes.store(o + w, lanes.load(r + w) * lanes.load(aw + w) * vs);
+    });
   });
 }
 
