@@ -63,6 +63,13 @@ def plane_index(C):
 
 
 @triton.jit
+def window_rows_per_tile(TILE: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr):
+    """Rows per tile of a plane pass that walks window rows (a constexpr): as many rows of
+    BLOCK_W columns as fill TILE elements, at most one window's height (WH_POW2), at least 1."""
+    return 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
+
+
+@triton.jit
 def plane_offsets(rows, cols, s_h, s_w, WIDE: tl.constexpr):
     """Element offsets of rows x cols inside one plane (the plane base is an int64 scalar).
 

@@ -18,7 +18,7 @@ both passes read that per-element gradient instead of spreading dp over the wind
 import triton
 import triton.language as tl
 
-from ._common import PLANE_CONFIGS, autotune, plane_index, plane_offsets
+from ._common import PLANE_CONFIGS, autotune, plane_index, plane_offsets, window_rows_per_tile
 
 
 @triton.jit
@@ -113,7 +113,7 @@ def pool_grad_sums_kernel(
     psum: (B, C, H+W) fp32 out (psum_h | psum_w), zero outside the window grid.
     ONE_COL_BLOCK: W <= BLOCK_W, so row sums need no read-modify-write across column blocks.
     """
-    BLOCK_R: tl.constexpr = 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
+    BLOCK_R: tl.constexpr = window_rows_per_tile(TILE, BLOCK_W, WH_POW2)
     b, c = plane_index(C)
     x_base = x_ptr + b * sx_b + c * sx_c
     small = (b * C + c) * (H + W)
@@ -169,7 +169,7 @@ def input_grad_kernel(
     gates, dmeans: (B, C, H+W) fp32 (dmeans = d(x_h)/W | d(x_w)/H); ca: (B, C) fp32; the pooling
     inputs as in pool_grad_sums_kernel (dcells with RECOMBINE). Window row HP is the remainder below the grid (no dp).
     """
-    BLOCK_R: tl.constexpr = 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
+    BLOCK_R: tl.constexpr = window_rows_per_tile(TILE, BLOCK_W, WH_POW2)
     b, c = plane_index(C)
     g_base = g_ptr + b * sg_b + c * sg_c
     d_base = dx_ptr + b * sd_b + c * sd_c

@@ -13,7 +13,7 @@ values (so the forward does not keep them) and sums what the backward needs from
 import triton
 import triton.language as tl
 
-from ._common import POOL_CONFIGS, autotune, plane_index, plane_offsets
+from ._common import POOL_CONFIGS, autotune, plane_index, plane_offsets, window_rows_per_tile
 
 BIG_INDEX = tl.constexpr(2 ** 31 - 1)
 
@@ -52,7 +52,7 @@ def pool_kernel(
     BLOCK_J >= cols_per_block // WW windows per block.
     ONE_COL_BLOCK (HAS_GRAD): W <= cols_per_block, so row results need no read-modify-write.
     """
-    BLOCK_R: tl.constexpr = 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
+    BLOCK_R: tl.constexpr = window_rows_per_tile(TILE, BLOCK_W, WH_POW2)
     b, c = plane_index(C)
     x_base = x_ptr + b * sx_b + c * sx_c
     g_base = g_ptr + b * sg_b + c * sg_c
