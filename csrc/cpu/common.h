@@ -146,9 +146,10 @@ class RowWriter {
 
 // Row tails as partial vectors. Short rows (W = 7, 14, 28) would otherwise spend
 // most of their time in scalar tail loops. load_head: lanes [0, n) from memory,
-// zeros above (AVX2: a masked load, which never touches the lanes it skips).
-// store_head: writes lanes [0, n) only (AVX2: 16/8/4-byte pieces; masked stores
-// are slow on Zen 3). 0 < n < V::size().
+// zeros above. store_head: writes lanes [0, n) only. 0 < n < V::size().
+// AVX2 float (every input dtype but float64 computes in float): a masked load, which
+// never touches the lanes it skips, and 16/8/4-byte stores (masked stores are slow
+// on Zen 3). float64, the gradcheck dtype, goes through a lane array.
 template <typename T>
 inline Vectorized<T> load_head(const T* p, int64_t n) {
 #if defined(CPU_CAPABILITY_AVX2)
@@ -156,9 +157,6 @@ inline Vectorized<T> load_head(const T* p, int64_t n) {
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n)),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     return _mm256_maskload_ps(p, mask);
-  } else if constexpr (std::is_same_v<T, double>) {
-    const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
-    return _mm256_maskload_pd(p, mask);
   }
 #endif
   alignas(64) T lanes[Vectorized<T>::size()] = {};
@@ -185,17 +183,6 @@ inline void store_head(T* p, const Vectorized<T>& v, int64_t n) {
       part = _mm_movehl_ps(part, part);
     }
     if (n) _mm_store_ss(p, part);
-    return;
-  } else if constexpr (std::is_same_v<T, double>) {
-    const __m256d all = v;
-    __m128d part = _mm256_castpd256_pd128(all);
-    if (n >= 2) {
-      _mm_storeu_pd(p, part);
-      p += 2;
-      n -= 2;
-      part = _mm256_extractf128_pd(all, 1);
-    }
-    if (n) _mm_store_sd(p, part);
     return;
   }
 #endif
