@@ -59,7 +59,6 @@ def unsupported_reason(x, config, training) -> Optional[str]:
     return None
 
 
-
 def _forward(x, packed, weights, config):
     return torch.ops.scsa_kernels.scsa_forward(x, *packed, *config.kernel_options)
 
