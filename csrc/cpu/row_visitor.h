@@ -13,6 +13,8 @@
 
 #include "common.h"
 
+#include <cstdint>
+
 namespace scsa_kernels::cpu {
 
 // Channels per tile in the strided mode. A power of two: passes keep per-plane
@@ -38,14 +40,29 @@ class PlaneRowBuffers {
   std::vector<T> data_;
 };
 
+// Whether a pass hints its input rows to the cache ahead of use. The first pass of a
+// call to touch an input (forward means, backward grad products) streams it from
+// DRAM, where the hardware prefetchers alone left the pass well behind a plain read
+// of the same bytes (hints: forward 64x56x56 batch 8 ~8% faster, backward ~6%).
+// Later passes find the sample in L2/L3, where hints only cost instructions
+// (measured slower). Planar mode only: the blocked mode reads across channels.
+enum class Prefetch { kNone, kInputs };
+
+// How far ahead of the row being read the hints go (1, 2 and 4 KiB measured; 2 KiB
+// best by a little). In the dense layouts the pass streams each input in address
+// order, so these are the bytes it reads next.
+constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kCacheLineBytes = 64;
+
 template <typename scalar_t, typename acc_t>
 class RowVisitor {
  public:
   // in1 and out may be null.
   RowVisitor(const Planes<const scalar_t>* in0, const Planes<const scalar_t>* in1, const Planes<scalar_t>* out,
-             int64_t C, int64_t H, int64_t W)
+             int64_t C, int64_t H, int64_t W, Prefetch prefetch = Prefetch::kNone)
       : in0_(in0), in1_(in1), out_(out), C_(C), H_(H), W_(W),
-        blocked_(in0->stride_w != 1 || (in1 && in1->stride_w != 1) || (out && out->stride_w != 1)) {}
+        blocked_(in0->stride_w != 1 || (in1 && in1->stride_w != 1) || (out && out->stride_w != 1)),
+        prefetch_(prefetch == Prefetch::kInputs) {}
 
   // body(p, h, row0, row1, out_row): row1 / out_row are null when absent.
   template <typename Body>
@@ -68,6 +85,10 @@ class RowVisitor {
       const auto plane1 = in1_ ? in1_->plane(b, c) : decltype(plane0){nullptr, 0};
       const auto plane_out = out_ ? out_->plane(b, c) : typename Planes<scalar_t>::Plane{nullptr, 0};
       for (int64_t h = 0; h < H_; ++h) {
+        if (prefetch_) {
+          prefetch_ahead(plane0.row(h));
+          if (in1_) prefetch_ahead(plane1.row(h));
+        }
         const acc_t* r0 = read0.read(plane0.row(h), 1, W_);
         const acc_t* r1 = in1_ ? read1.read(plane1.row(h), 1, W_) : nullptr;
         acc_t* o = out_ ? writer.target(plane_out.row(h), 1) : nullptr;
@@ -79,6 +100,15 @@ class RowVisitor {
         ++b;
       }
     }
+  }
+
+  // A hint for the cache lines kPrefetchBytes past a row (never dereferenced: a hint
+  // past the end of x is dropped).
+  void prefetch_ahead(const scalar_t* row) const {
+    const uintptr_t ahead = reinterpret_cast<uintptr_t>(row) + kPrefetchBytes;
+    const int64_t row_bytes = W_ * static_cast<int64_t>(sizeof(scalar_t));
+    for (int64_t offset = 0; offset < row_bytes; offset += kCacheLineBytes)
+      __builtin_prefetch(reinterpret_cast<const void*>(ahead + offset));
   }
 
   // tile[c * W + w] = src[h, w] of channel c of the block (first: the block's first plane)
@@ -126,6 +156,7 @@ class RowVisitor {
   const Planes<scalar_t>* out_;
   int64_t C_, H_, W_;
   bool blocked_;
+  bool prefetch_;
 };
 
 }  // namespace scsa_kernels::cpu

@@ -81,7 +81,7 @@ void grad_products(const Tensor& grad_out, const Tensor& x, int64_t begin, int64
                    const acc_t* a_w, acc_t* r_h, acc_t* r_w, acc_t* d_ca) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x), gs(grad_out);
-  const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W, Prefetch::kInputs);
   PlaneRowBuffers<acc_t> column_sums(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
     acc_t* rw = h == 0 ? column_sums.zeroed(p) : column_sums[p];

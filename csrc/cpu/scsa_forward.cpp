@@ -29,7 +29,7 @@ template <typename scalar_t, typename acc_t>
 void row_col_means(const Tensor& x, int64_t begin, int64_t end, acc_t* x_h, acc_t* x_w) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x);
-  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
+  const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W, Prefetch::kInputs);
   const acc_t inv_w = acc_t(1) / acc_t(W), inv_h = acc_t(1) / acc_t(H);
   PlaneRowBuffers<acc_t> column_sums(W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
