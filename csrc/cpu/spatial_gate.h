@@ -31,24 +31,42 @@ const T* zero_padded(const T* row, int64_t length, int64_t pad, T* padded) {
   return padded;
 }
 
+// Vectors of out per tap_sum chunk: each tap's broadcast serves kTapChunk fma
+// chains in flight.
+constexpr int64_t kTapChunk = 4;
+
 // out[l] = init + sum_t taps[t * tap_stride] * in[l + t], vectorised over l.
 // The forward conv and its input gradient (taps reversed: tap_stride -1) are both this.
-// `in` holds length + K - 1 + V::size() values (padded_row_size): the last, partial
-// vector of out is computed whole and stored in part.
+// Chunks of kTapChunk vectors; `in` holds padded_row_size values, so the last chunk
+// is computed whole and only its lanes below `length` are stored.
 template <typename T>
 void tap_sum(const T* in, const T* taps, int64_t tap_stride, int64_t K, T init, int64_t length, T* out) {
   using V = Vectorized<T>;
-  for_each_vector<T>(length, [&](int64_t l, auto lanes) {
-    V acc(init);
-    for (int64_t t = 0; t < K; ++t) acc = at::vec::fmadd(V(taps[t * tap_stride]), V::loadu(in + l + t), acc);
-    lanes.store(out + l, acc);
-  });
+  constexpr int64_t step = V::size();
+  for (int64_t l0 = 0; l0 < length; l0 += kTapChunk * step) {
+    V acc[kTapChunk];
+    for (int64_t k = 0; k < kTapChunk; ++k) acc[k] = V(init);
+    for (int64_t t = 0; t < K; ++t) {
+      const V tap(taps[t * tap_stride]);
+      for (int64_t k = 0; k < kTapChunk; ++k) acc[k] = at::vec::fmadd(tap, V::loadu(in + l0 + k * step + t), acc[k]);
+    }
+    for (int64_t k = 0; k < kTapChunk && l0 + k * step < length; ++k) {
+      const int64_t l = l0 + k * step;
+      if (l + step <= length) {
+        acc[k].store(out + l);
+      } else {
+        store_head(out + l, acc[k], length - l);
+      }
+    }
+  }
 }
 
-// Scratch size of the zero-padded rows (tap_sum's `in`) of `length` values and K taps.
+// Scratch size of the zero-padded rows (tap_sum's `in`) of `length` values and K
+// taps: the row and its padding, and the reads of tap_sum's last chunk beyond them.
 template <typename T>
 constexpr int64_t padded_row_size(int64_t length, int64_t K) {
-  return length + K - 1 + Vectorized<T>::size();
+  constexpr int64_t chunk = kTapChunk * Vectorized<T>::size();
+  return (length + chunk - 1) / chunk * chunk + K - 1;
 }
 
 // f[c, l] = bias[c] + sum_t w[c, t] * m[c, l + t - K/2], zero padding.
