@@ -336,6 +336,22 @@ def test_missing_extension_gives_a_clear_reason():
 
 
 @needs_ext
+def test_inference_call_goes_below_autograd_and_matches_the_registered_op():
+    """Inference calls (grad mode off, or nothing requires grad) skip the op's Python autograd
+    layer: no graph, the registered op's result bitwise, and x.requires_grad under no_grad is fine."""
+    config = SCSAConfig(dim=16, head_num=2)
+    w = random_weights(config)
+    x = torch.randn(2, 16, 11, 9)
+    expected = torch.ops.scsa_kernels.scsa_forward(x, *pack_weights(w, config), *config.kernel_options)[0]
+    out = scsa(x, w, config, backend="cpu")  # grad mode on, no input requires grad
+    assert out.grad_fn is None and not out.requires_grad
+    assert torch.equal(out, expected)
+    with torch.no_grad():
+        out = scsa(x.clone().requires_grad_(), w, config, backend="cpu")
+    assert out.grad_fn is None and torch.equal(out, expected)
+
+
+@needs_ext
 def test_inference_pack_cache_sees_weight_updates():
     """Inference reuses packed weights; every kind of weight update must invalidate them."""
     module = SCSA(16, head_num=2, qkv_bias=True, backend="cpu").eval()

@@ -22,8 +22,9 @@ parallel region per call); otherwise each pass is its own parallel loop over pla
 GroupNorm groups or attention rows (batch 1 on many cores).
 
 Eager training calls go through one autograd node (ops/eager.py) instead of the
-registered op's Python autograd plus the packing ops; torch.compile and opcheck use
-the registered ops.
+registered op's Python autograd plus the packing ops; inference calls go straight to
+the kernel (below the autograd layer, with cached packed weights); torch.compile and
+opcheck use the registered ops.
 """
 from __future__ import annotations
 
@@ -74,8 +75,14 @@ KERNELS = FusedKernels(_forward, _backward)
 def scsa(x, weights, config, training):
     if needs_autograd(x, weights) and not torch.compiler.is_compiling():
         return fused_scsa_with_grad(KERNELS, x, weights, config)  # eager training: one node
-    # Inference (packed weights cached), or the registered op with its autograd under torch.compile.
-    return _forward(x, packed_weights(weights, config, compute_dtype(x.dtype)), weights, config)[0]
+    packed = packed_weights(weights, config, compute_dtype(x.dtype))
+    if torch.compiler.is_compiling():  # the registered op, with its autograd formula
+        return _forward(x, packed, weights, config)[0]
+    # Inference (packed weights cached): nothing to record, so the call goes straight
+    # to the kernel, as the registered autograd itself would redispatch it (the
+    # Python autograd layer cost ~10 us per call, a tenth of a batch-1 forward).
+    with torch._C._AutoDispatchBelowAutograd():
+        return _forward(x, packed, weights, config)[0]
 
 
 if _IMPORT_ERROR is None:
