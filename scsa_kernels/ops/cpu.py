@@ -80,7 +80,7 @@ def scsa(x, weights, config, training):
         return _forward(x, packed, weights, config)[0]
     # Inference (packed weights cached): nothing to record, so the call goes straight
     # to the kernel, as the registered autograd itself would redispatch it (the
-    # Python autograd layer cost ~10 us per call, a tenth of a batch-1 forward).
+    # Python autograd layer cost ~10 us per call, ~7% of a batch-1 ResNet-shape forward here).
     with torch._C._AutoDispatchBelowAutograd():
         return _forward(x, packed, weights, config)[0]
 
