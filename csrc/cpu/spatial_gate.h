@@ -50,14 +50,8 @@ void tap_sum(const T* in, const T* taps, int64_t tap_stride, int64_t K, T init, 
       const V tap(taps[t * tap_stride]);
       for (int64_t k = 0; k < kTapChunk; ++k) acc[k] = at::vec::fmadd(tap, V::loadu(in + l0 + k * step + t), acc[k]);
     }
-    for (int64_t k = 0; k < kTapChunk && l0 + k * step < length; ++k) {
-      const int64_t l = l0 + k * step;
-      if (l + step <= length) {
-        acc[k].store(out + l);
-      } else {
-        store_head(out + l, acc[k], length - l);
-      }
-    }
+    for_each_vector<T>(std::min(length - l0, kTapChunk * step),
+                       [&](int64_t i, auto lanes) { lanes.store(out + l0 + i, acc[i / step]); });
   }
 }
 
