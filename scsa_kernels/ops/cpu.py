@@ -73,16 +73,16 @@ KERNELS = FusedKernels(_forward, _backward)
 
 
 def scsa(x, weights, config, training):
-    if needs_autograd(x, weights) and not torch.compiler.is_compiling():
-        return fused_scsa_with_grad(KERNELS, x, weights, config)  # eager training: one node
-    packed = packed_weights(weights, config, compute_dtype(x.dtype))
+    packed = lambda: packed_weights(weights, config, compute_dtype(x.dtype))
     if torch.compiler.is_compiling():  # the registered op, with its autograd formula
-        return _forward(x, packed, weights, config)[0]
+        return _forward(x, packed(), weights, config)[0]
+    if needs_autograd(x, weights):
+        return fused_scsa_with_grad(KERNELS, x, weights, config)  # eager training: one node
     # Inference (packed weights cached): nothing to record, so the call goes straight
     # to the kernel, as the registered autograd itself would redispatch it (the
     # Python autograd layer cost ~10 us per call, ~7% of a batch-1 ResNet-shape forward here).
     with torch._C._AutoDispatchBelowAutograd():
-        return _forward(x, packed, weights, config)[0]
+        return _forward(x, packed(), weights, config)[0]
 
 
 if _IMPORT_ERROR is None:
