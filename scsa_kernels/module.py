@@ -16,6 +16,15 @@ IGNORED_AUTHORS_KWARGS = ("fuse_bn", "norm_cfg", "act_cfg")
 CONV_NAMES = ("local_dwc", "global_dwc_s", "global_dwc_m", "global_dwc_l")
 
 
+def _parameter(module: nn.Module, name: str):
+    """``getattr(module, name)``, read straight from ``module._parameters`` when it is there: a
+    ``nn.Module.__getattr__`` lookup costs ~1 us (the failed normal lookup raises first), ~30 us
+    per forward over SCSA's 20 parameters. ``torch.func.functional_call`` swaps tensors in that
+    dict too; parametrized or FSDP-flattened modules keep the tensor elsewhere and take getattr."""
+    tensor = module._parameters.get(name)
+    return tensor if tensor is not None else getattr(module, name)
+
+
 class SCSA(nn.Module):
     """Spatial and Channel Synergistic Attention (Si et al. 2025), see SPEC.md.
 
@@ -50,14 +59,17 @@ class SCSA(nn.Module):
 
     def weights(self) -> SCSAWeights:
         """This module's parameters as an ``SCSAWeights`` (no copies)."""
-        convs = [getattr(self, name) for name in CONV_NAMES]
-        bias = lambda conv: conv.bias if self.config.qkv_bias else None
+        convs = [self._modules[name] for name in CONV_NAMES]
+        q, k, v = (self._modules[name] for name in "qkv")
+        norm_h, norm_w, norm = (self._modules[name] for name in ("norm_h", "norm_w", "norm"))
+        bias = lambda conv: _parameter(conv, "bias") if self.config.qkv_bias else None
         return SCSAWeights(
-            tuple(c.weight for c in convs), tuple(c.bias for c in convs),
-            self.norm_h.weight, self.norm_h.bias, self.norm_w.weight, self.norm_w.bias,
-            self.norm.weight, self.norm.bias,
-            self.q.weight, self.k.weight, self.v.weight, bias(self.q), bias(self.k), bias(self.v),
-            self.conv_d.weight if self.config.uses_conv_d else None,
+            tuple(_parameter(c, "weight") for c in convs), tuple(_parameter(c, "bias") for c in convs),
+            _parameter(norm_h, "weight"), _parameter(norm_h, "bias"),
+            _parameter(norm_w, "weight"), _parameter(norm_w, "bias"),
+            _parameter(norm, "weight"), _parameter(norm, "bias"),
+            _parameter(q, "weight"), _parameter(k, "weight"), _parameter(v, "weight"), bias(q), bias(k), bias(v),
+            _parameter(self._modules["conv_d"], "weight") if self.config.uses_conv_d else None,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -131,13 +131,14 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = 
 
 
 def unpack_gradients(packed_grads, weights: SCSAWeights, config: SCSAConfig):
-    """The adjoint of ``pack_weights``: gradients of the ten packed tensors (any float dtype) ->
+    """The adjoint of ``pack_weights``: gradients of the ten packed tensors (any float dtype; a
+    sequence, or one flat tensor with the ten back to back in ``PackedWeights`` order) ->
     gradients of the parameters it read (``packed_parameters`` order: ``weights.tensors()``
     without conv_d), in their shapes and dtype. Each packed element is a copy of one parameter
     element, so this is a scatter-add; padding taps and absent biases land on the final zero
     slot and drop out. Runs without autograd (the fused backends' eager backward)."""
     params = packed_parameters(weights, config)
-    flat_grad = torch._utils._flatten_dense_tensors(packed_grads)
+    flat_grad = packed_grads if isinstance(packed_grads, Tensor) else torch._utils._flatten_dense_tensors(packed_grads)
     flat = flat_grad.new_zeros(sum(t.numel() for t in params) + 1)
     flat.index_add_(0, _pack_index(config, flat.device), flat_grad)
     # Module parameters share one dtype. One C++ call makes the views in the parameters' shapes

@@ -57,6 +57,27 @@ def test_weights_view_shares_parameters():
     assert {id(t) for t in module.weights().tensors()} == {id(p) for p in module.parameters()}
 
 
+class _Doubled(torch.nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_weights_follow_functional_call_and_parametrizations(backend):
+    """weights() reads the parameter dicts directly (fast path); swapped and parametrized tensors still count."""
+    torch.manual_seed(0)
+    module = SCSA(8, qkv_bias=True, backend=backend)
+    x = torch.randn(2, 8, 7, 7)
+    swapped = {name: torch.randn_like(p) for name, p in module.named_parameters()}
+    authors = AuthorsSCSA(8, 1, qkv_bias=True)
+    authors.load_state_dict(swapped)
+    torch.testing.assert_close(torch.func.functional_call(module, swapped, (x,)), authors(x))
+    state = {name: p.detach().clone() for name, p in module.named_parameters()}
+    torch.nn.utils.parametrize.register_parametrization(module.q, "weight", _Doubled())
+    authors.load_state_dict({**state, "q.weight": 2 * state["q.weight"]})
+    torch.testing.assert_close(module(x), authors(x))
+
+
 def test_default_initialisation_matches_pytorch_layers():
     torch.manual_seed(0)
     ours = SCSA(16, 2, qkv_bias=True)

@@ -18,8 +18,9 @@ def test_unpack_gradients_is_the_adjoint_of_pack_weights(qkv_bias, param_dtype, 
     packed_grads = [torch.randn_like(t) for t in packed]
     params = packed_parameters(weights, config)
     expected = torch.autograd.grad(packed, params, packed_grads)
-    got = unpack_gradients(packed_grads, weights, config)
-    assert len(got) == len(params) == len(weights.tensors())
-    for g, e, p in zip(got, expected, params):
-        assert g.shape == p.shape and g.dtype == p.dtype
-        assert torch.equal(g, e)
+    flat = torch.cat([t.flatten() for t in packed_grads])
+    for got in (unpack_gradients(packed_grads, weights, config), unpack_gradients(flat, weights, config)):
+        assert len(got) == len(params) == len(weights.tensors())
+        for g, e, p in zip(got, expected, params):
+            assert g.shape == p.shape and g.dtype == p.dtype
+            assert torch.equal(g, e)

@@ -21,7 +21,8 @@ class FusedKernels:
     forward(x, packed, weights, config) -> (out, *saved): out has x's shape and dtype; saved are
         what its backward needs besides x and the packed weights (tensors or None).
     backward(grad_out, x, packed, saved, weights, config) -> (grad_x, packed_grads, extra_grads):
-        gradients of x, of the ten packed tensors, and of ``extra_parameters(weights, config)``.
+        gradients of x, of the ten packed tensors (a list, or flat: see ``unpack_gradients``),
+        and of ``extra_parameters(weights, config)``.
     extra_parameters(weights, config) -> parameters the backend reads unpacked (conv_d).
     """
 

@@ -48,6 +48,7 @@ coalesces worse than NCHW on a GPU (not yet measured); a channel-tiled variant w
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Optional, Tuple
 
@@ -144,7 +145,7 @@ def _eager_backward(grad_out, x, packed, saved, weights, config):
     means, conv_d = saved
     dx, dconv, dsmall, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *config.kernel_options)
     extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
-    return dx, _packed_grads(dconv, dsmall, *packed[0].shape), extra
+    return dx, torch.cat((dconv, dsmall)), extra  # flat, in PackedWeights order (conv weight, conv bias, the rest)
 
 
 KERNELS = FusedKernels(_eager_forward, _eager_backward,
@@ -178,6 +179,19 @@ def _attention_blocks(dim: int, heads: int, n: int, direction: str):
 # Every buffer a kernel writes is allocated here (tests swap in NaN-filled allocators).
 _empty = torch.empty
 _empty_like = torch.empty_like
+
+
+def _workspace_lengths(shapes):
+    """Lengths that split one float32 workspace into buffers of these shapes, each padded to 16
+    elements (64 bytes): every buffer starts 16-byte aligned, which the kernels specialize on."""
+    return [-(-math.prod(shape) // 16) * 16 for shape in shapes]
+
+
+def _workspace(lengths, device):
+    """Flat float32 buffers of these lengths, views of one allocation: one split is one C++ call,
+    where slicing and viewing each buffer costs a few microseconds of host time per buffer. The
+    kernels only see pointers; the few buffers torch reads are shaped where they are used."""
+    return _empty(sum(lengths), device=device, dtype=torch.float32).split(lengths)
 
 
 def _wide(*tensors) -> bool:
@@ -250,6 +264,9 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
     return dict(
         N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
+        # gates, sp_stats, pooled (recombination: the cells), gn, z, m, l, ca
+        workspace=_workspace_lengths([(B, C, H + W), (B, 2, 4, 2), (B, C * WH * WW, N) if recombine else (B, C, N),
+                                      (B, 2), (B, C), (B, C), (B, C), (B, C)]),
         plane_scalars=(C, H, W, *x_stride),
         plane_meta=dict(BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
@@ -260,7 +277,7 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine
         attention_scalars=(C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5),
         attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024,
                             num_warps=8 if block_d >= 32 else 4),  # spill-free on triton 3.6 and 3.8 (AOT test)
-        softmax_meta=dict(BLOCK_C=min(1024, _pow2(C)), num_warps=4),
+        softmax_grid=(B,), softmax_meta=dict(BLOCK_C=min(1024, _pow2(C)), num_warps=4),
         apply_meta=dict(BLOCK_W=block_w, H_POW2=_pow2(H)),
     )
 
@@ -289,8 +306,13 @@ def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_so
     _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
             pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, *plan["attention_scalars"], **plan["attention_meta"])
     if gate_softmax:
-        _launch(channel_attention.channel_softmax_gate_kernel, (pooled.shape[0],), z, ca, pooled.shape[1],
+        _launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], z, ca, plan["gates_scalars"][0],
                 **plan["softmax_meta"])
+
+
+def _shaped(buffer, shape):
+    """The first prod(shape) elements of a flat workspace buffer, viewed as ``shape`` (for torch ops)."""
+    return buffer[: math.prod(shape)].view(shape)
 
 
 def _project(conv_d, cells):
@@ -313,15 +335,9 @@ def _forward_impl(
     recombine = conv_d is not None
     plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, conv_w.shape[1], head_num, window_size, max_pool, recombine,
                                     gate_softmax, SPATIAL_TILE), _forward_plan)
-    N = plan["N"]
-    f32 = dict(device=x.device, dtype=torch.float32)
-    means = _empty(B, C, H + W, **f32)
-    gates = _empty(B, C, H + W, **f32)
-    sp_stats = _empty(B, 2, 4, 2, **f32)
-    pooled = _empty(plan["cells"] if recombine else (B, C, N), **f32)  # recombination: the cells
-    argmax = _empty((B, C, N) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
-    gn = _empty(B, 2, **f32)
-    z, m, l, ca = (_empty(B, C, **f32) for _ in range(4))
+    means = _empty(B, C, H + W, device=x.device, dtype=torch.float32)  # its own allocation: the backward may keep it
+    gates, sp_stats, pooled, gn, z, m, l, ca = _workspace(plan["workspace"], x.device)  # pooled: the cells with recombination
+    argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
     out = _empty_like(x)
     _means(plan, x, means)
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
@@ -329,7 +345,7 @@ def _forward_impl(
     _launch(pooling.pool_kernel, plan["planes"], x, x, gates, pooled, argmax, pooled, pooled,
             *plan["pool_scalars"], HAS_GRAD=False, **plan["pool_meta"])
     if recombine:
-        pooled = _project(conv_d, pooled)
+        pooled = _project(conv_d, _shaped(pooled, plan["cells"]))
     _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax)
     out_stride = out.stride()
     _launch(apply.apply_gates_kernel, plan["planes"],
@@ -351,31 +367,27 @@ def saves_means(shape, dtype) -> bool:
 def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, window_size, max_pool, recombine,
                    gate_softmax, spatial_tile):
     """Everything _backward_impl derives from shapes and options (the forward plan's entries for the
-    stages it recomputes, the plane and pooling passes with grad_out), and the (offset, shape) of each
-    float32 scratch buffer in its one workspace (offsets rounded up to 64 bytes)."""
+    stages it recomputes, the plane and pooling passes with grad_out), and the lengths of its float32
+    scratch buffers in their one workspace."""
     B, C, H, W = shape
     plan = _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile)
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
     block_w = plane_block_w(W)
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
-    sizes = [(B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
-             (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
-             (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), (B, 2, 4, 2)]
-    scratch, total = [], 0
-    for size in sizes:
-        n = 1
-        for d in size:
-            n *= d
-        scratch.append((total, total + n, size))
-        total += -(-n // 16) * 16
+    # rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
+    # gates, sp_stats (the names in _backward_impl)
+    workspace = _workspace_lengths([
+        (B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
+        (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
+        (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), (B, 2, 4, 2)])
     # pass (a) also walks the columns right of the window grid
     grad_per_block, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W)
     pool_scalars = list(plan["pool_scalars"])
     pool_scalars[7:11] = g_stride
     pool_scalars[-1] = grad_per_block
     plan.update(
-        recompute_means=recompute_means, scratch=scratch, total=total,
+        recompute_means=recompute_means, workspace=workspace,
         bwd_attention_grid=(B, head_num * nblk),
         grad_pool_scalars=tuple(pool_scalars),
         grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride), **grad_pool_blocks),
@@ -412,16 +424,15 @@ def _backward_impl(
     plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, not saves_means(x.shape, x.dtype), conv_w.shape[1],
                                      head_num, window_size, max_pool, recombine, gate_softmax, SPATIAL_TILE),
                    _backward_plan)
-    # every scratch buffer is a view of one allocation (the kernels write all of each before reading it)
-    workspace = _empty(plan["total"], device=x.device, dtype=torch.float32)
+    # the kernels write all of each scratch buffer before reading it
     (rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
-     gates, sp_stats) = (workspace[a:b].view(size) for a, b, size in plan["scratch"])
+     gates, sp_stats) = _workspace(plan["workspace"], x.device)
     if plan["recompute_means"]:
         _means(plan, x, means)
     else:
         means = saved_means
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
-    argmax = _empty((B, C, pooled.shape[2]) if max_pool else (1,), device=x.device, dtype=torch.int32)
+    argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)
     cells = _empty(plan["cells"], device=x.device, dtype=torch.float32) if recombine else pooled
     planes = plan["planes"]
     _launch(pooling.pool_kernel, planes, x, grad_out, gates, cells, argmax, rsum, dca,
@@ -453,7 +464,8 @@ def _backward_impl(
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
             WIDE=_wide_strides(x.shape, g_stride, dx_stride), **grad_meta)
-    return dx, conv_part.sum(dim=(0, 1)), small_part.sum(dim=0), d_conv_d
+    K = conv_w.shape[1]
+    return dx, _shaped(conv_part, (B * 2, C * K + C)).sum(dim=0), _shaped(small_part, (B, 12 * C)).sum(dim=0), d_conv_d
 
 
 def _saved_means(x, means):
