@@ -73,7 +73,27 @@ def test_select_cases_narrows_the_default_suite():
     args = cli.build_parser().parse_args(["--dtype", "bf16", "--mode", "forward"])
     cases = cli.select_cases(args, torch.device("cuda"))
     assert cases and all(c.dtype is torch.bfloat16 and c.modes == ("forward",) for c in cases)
-    assert len({c.shape for c in cases}) == len(cases) == 24  # 12 maps at batch 64, 12 at batch 1
+    # 12 maps at batch 64, 12 at batch 1, the 4 ResNet-50 maps at batch 64 in channels_last
+    assert len({(c.shape, c.layout) for c in cases}) == len(cases) == 28
+    assert [str(c) for c in cases if c.layout == "channels_last"] == [
+        f"64x{c}x{h}x{h} bfloat16 channels_last" for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
+
+
+def test_layout_option_hands_channels_last_inputs_to_every_provider(tmp_path, monkeypatch):
+    seen = []
+
+    def records_layout(x, weights, config, training):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return x * 1
+
+    install_backend(monkeypatch, "fake", records_layout)
+    out = str(tmp_path)
+    assert cli.main(["--shape", "1,16,14,14", "--layout", "channels_last", "--layout", "nchw", "--mode", "forward",
+                     "--out", out, *TINY_CPU_RUN]) == 0
+    rows = read_csv(os.path.join(out, "microbench.csv"))
+    assert [(r["layout"], r["provider"]) for r in rows] == [
+        ("channels_last", "eager"), ("channels_last", "fake"), ("nchw", "eager"), ("nchw", "fake")]
+    assert True in seen and False in seen
 
 
 def test_cuda_suite_puts_resnet50_bf16_training_batch_first():

@@ -21,7 +21,7 @@ from .providers import COMPILE_MODES, make_providers
 from .report import MICRO_COLUMNS, CsvWriter, micro_table
 from .runner import Settings, log, run_suite
 from .shapes import parse_dtype, parse_shape
-from .suites import Case, custom_suite, default_suite
+from .suites import LAYOUTS, Case, custom_suite, default_suite
 from .traffic import MODES, copy_bandwidth
 
 COMPILE_CHOICES = {"none": (), "default": ("compile",), "max-autotune": ("compile-max-autotune",),
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", action="append", type=parse_dtype,
                    help="float32 / float16 / bfloat16 / float64 (repeatable); default: the suite's")
     p.add_argument("--mode", action="append", choices=MODES, help="repeatable; default: every mode")
+    p.add_argument("--layout", action="append", choices=LAYOUTS,
+                   help="memory format of x and grad_out (repeatable); default: the suite's (nchw with --shape)")
     p.add_argument("--backend", action="append", choices=fused_backend_names(),
                    help="fused backend to include (repeatable); default: every available one")
     p.add_argument("--compile", choices=tuple(COMPILE_CHOICES),
@@ -85,16 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def select_cases(args, device: torch.device) -> List[Case]:
-    """The default suite, or --shape; narrowed by --dtype and --mode."""
+    """The default suite, or --shape; narrowed by --dtype, --mode and --layout."""
     modes = tuple(args.mode) if args.mode else MODES
     if args.shape:
-        return custom_suite(args.shape, args.dtype or [torch.float32], modes)
+        return custom_suite(args.shape, args.dtype or [torch.float32], modes, args.layout or ["nchw"])
     cases = []
     for case in default_suite(device, args.quick):
         kept = tuple(m for m in case.modes if m in modes)
         for dtype in (args.dtype or [case.dtype]):
-            if kept and Case(case.shape, dtype, kept) not in cases:
-                cases.append(Case(case.shape, dtype, kept))
+            for layout in (args.layout or [case.layout]):
+                if kept and Case(case.shape, dtype, kept, layout) not in cases:
+                    cases.append(Case(case.shape, dtype, kept, layout))
     return cases
 
 

@@ -15,6 +15,12 @@ def number(value) -> float | None:
         return None
 
 
+def case_label(row: Dict) -> str:
+    """x-axis label of a row: its shape, marked "cl" for channels_last inputs (CSVs without the
+    layout column are NCHW)."""
+    return f"{row['shape']} cl" if row.get("layout") == "channels_last" else row["shape"]
+
+
 def _bar_grid(panels: Dict[str, Dict[str, Dict[str, float]]], ylabel: str, title: str, path: str,
               baseline_line: bool) -> str:
     """One subplot per panel; x = shapes, one bar per provider. panels[panel][provider][shape] = value."""
@@ -54,7 +60,7 @@ def plot_speedups(rows: Sequence[Dict], path: str) -> str | None:
     for row in rows:
         speedup = number(row.get("speedup_vs_eager"))
         if speedup is not None and row["provider"] != BASELINE:
-            panels[f"{row['dtype']} {row['mode']}"][row["provider"]][row["shape"]] = speedup
+            panels[f"{row['dtype']} {row['mode']}"][row["provider"]][case_label(row)] = speedup
     if not panels:
         return None
     return _bar_grid(panels, "speedup vs eager reference", "SCSA: speedup per shape (higher is better)", path, True)
@@ -68,7 +74,7 @@ def plot_memory(rows: Sequence[Dict], path: str) -> str | None:
         peak, saved = number(row.get("peak_mem_bytes")), number(row.get("saved_bytes"))
         value, kind = (peak, "CUDA peak allocated") if peak is not None else (saved, "saved for backward")
         if value is not None:
-            panels[f"{row['dtype']} forward+backward: {kind}"][row["provider"]][row["shape"]] = value / 2 ** 20
+            panels[f"{row['dtype']} forward+backward: {kind}"][row["provider"]][case_label(row)] = value / 2 ** 20
     if not panels:
         return None
     return _bar_grid(panels, "MiB", "SCSA: memory of forward+backward (lower is better)", path, False)

@@ -93,13 +93,16 @@ def make_providers(fused: Sequence[str], compile_modes: Sequence[str], compile_b
 
 class RotatingInputs:
     """``count`` independent (x, grad_out) buffer pairs used in turn, so that together they exceed
-    the last-level cache. x: (B, C, H, W) leaf of ``dtype`` on ``device``, requires grad."""
+    the last-level cache. x: (B, C, H, W) leaf of ``dtype`` on ``device``, requires grad; x and
+    grad_out in ``layout`` ("nchw" or "channels_last", as a channels_last model hands them over)."""
 
-    def __init__(self, dims, dtype: torch.dtype, device: torch.device, cache_bytes: int):
+    def __init__(self, dims, dtype: torch.dtype, device: torch.device, cache_bytes: int, layout: str = "nchw"):
         x_bytes = math.prod(dims) * dtype.itemsize
         count = max(1, min(math.ceil(2 * cache_bytes / max(x_bytes, 1)), MAX_ROTATED_BYTES // max(x_bytes, 1), 64))
-        self.xs = [torch.randn(dims, dtype=dtype, device=device).requires_grad_() for _ in range(count)]
-        self.grads = [torch.randn(dims, dtype=dtype, device=device) for _ in range(count)]
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        make = lambda: torch.randn(dims, dtype=dtype, device=device).contiguous(memory_format=memory_format)
+        self.xs = [make().requires_grad_() for _ in range(count)]
+        self.grads = [make() for _ in range(count)]
         self.position = 0
 
     def next(self):

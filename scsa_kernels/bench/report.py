@@ -7,7 +7,7 @@ from typing import Dict, Iterable, List, Sequence
 
 ENVIRONMENT_COLUMNS = ("date", "machine", "device", "device_name", "driver", "cuda", "torch", "triton", "threads", "heap")
 MICRO_COLUMNS = ENVIRONMENT_COLUMNS + (
-    "shape", "source", "batch", "channels", "height", "width", "dtype", "mode", "provider", "status",
+    "shape", "source", "batch", "channels", "height", "width", "dtype", "layout", "mode", "provider", "status",
     "median_ms", "p20_ms", "p80_ms", "samples", "speedup_vs_eager", "speedup_vs_compile",
     "model_bytes", "achieved_gbps", "copy_gbps", "pct_of_copy_bw", "peak_mem_bytes", "saved_bytes",
     "first_call_s")
@@ -58,7 +58,7 @@ def format_cell(value) -> str:
     return "" if value is None else str(value)
 
 
-MICRO_TABLE = (("shape", "shape"), ("dtype", "dtype"), ("mode", "mode"), ("provider", "provider"),
+MICRO_TABLE = (("shape", "shape"), ("dtype", "dtype"), ("layout", "layout"), ("mode", "mode"), ("provider", "provider"),
                ("median_ms", "median ms"), ("p20_ms", "p20"), ("p80_ms", "p80"),
                ("speedup_vs_eager", "x eager"), ("speedup_vs_compile", "x compile"),
                ("achieved_gbps", "GB/s"), ("pct_of_copy_bw", "% copy"), ("peak_mem_mb", "peak MB"),

@@ -60,16 +60,16 @@ def run_suite(cases: Sequence[Case], providers: Sequence[Provider], settings: Se
                 log(f"time budget of {settings.time_budget_s:.0f} s spent: skipped the last {len(cases) - index} cases")
                 break
             for mode in case.modes:
-                bar.set_description(f"{case.shape} {dtype_name(case.dtype)} {mode}")
+                bar.set_description(f"{case} {mode}")
                 try:
                     mode_rows = run_mode(case, mode, providers, settings, env)
                 except Exception as exc:  # e.g. the inputs themselves do not fit: log it, go on
-                    log(f"{case.shape} {dtype_name(case.dtype)} {mode} not measured: {error_status(exc)}")
+                    log(f"{case} {mode} not measured: {error_status(exc)}")
                     mode_rows = []
                 writer.write(mode_rows)
                 rows += mode_rows
                 bar.update()
-            log(f"{case.shape} {dtype_name(case.dtype)} done ({time.perf_counter() - start:.0f} s)")
+            log(f"{case} done ({time.perf_counter() - start:.0f} s)")
     return rows
 
 
@@ -79,7 +79,7 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
     device = settings.device
     config = SCSAConfig(case.shape.channels)
     weights = random_weights(config, case.dtype, device).map(lambda t: t.requires_grad_())
-    inputs = RotatingInputs(case.shape.dims, case.dtype, device, settings.cache_bytes)
+    inputs = RotatingInputs(case.shape.dims, case.dtype, device, settings.cache_bytes, case.layout)
     training = mode != "forward"
     works, first_calls, skipped = {}, {}, {}
     for provider in providers:
@@ -99,7 +99,7 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
     try:
         timings = time_workloads(device, works, settings.warmup_ms, settings.rep_ms) if works else {}
     except Exception as exc:  # e.g. out of memory after the first calls: keep the suite going
-        log(f"{case.shape} {dtype_name(case.dtype)} {mode}: timing failed: {error_status(exc)}")
+        log(f"{case} {mode}: timing failed: {error_status(exc)}")
         timings, skipped = {}, dict(skipped, **{name: error_status(exc) for name in works})
     memory = {}
     if mode == "forward+backward":
@@ -109,7 +109,7 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
     for provider in providers:
         row = dict(env, shape=str(case.shape), source=case.shape.source, batch=case.shape.batch,
                    channels=case.shape.channels, height=case.shape.height, width=case.shape.width,
-                   dtype=dtype_name(case.dtype), mode=mode, provider=provider.name, model_bytes=model_bytes,
+                   dtype=dtype_name(case.dtype), layout=case.layout, mode=mode, provider=provider.name, model_bytes=model_bytes,
                    copy_gbps=settings.copy_gbps, status=skipped.get(provider.name, "ok"))
         if provider.name in timings:
             row.update(timing_columns(timings[provider.name], timings, model_bytes, settings.copy_gbps))
