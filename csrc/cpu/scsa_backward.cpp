@@ -82,7 +82,7 @@ void grad_products(const Tensor& grad_out, const Tensor& x, int64_t begin, int64
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x), gs(grad_out);
   const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W, Prefetch::kInputs);
-  PlaneRowBuffers<acc_t> column_sums(W);
+  PlaneRowBuffers<acc_t> column_sums(W, rows.planes_in_flight());
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
     acc_t* rw = h == 0 ? column_sums.zeroed(p) : column_sums[p];
     if (h == 0) d_ca[p] = 0;
@@ -105,7 +105,7 @@ void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const PoolRows pool_rows(pg, H);
   PoolScatterRows<acc_t> scatter(d_pooled, argmax, pg, W);
-  PlaneRowBuffers<acc_t> column_sums(W);
+  PlaneRowBuffers<acc_t> column_sums(W, rows.planes_in_flight());
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
     acc_t* tw = h == 0 ? column_sums.zeroed(p) : column_sums[p];
     const int64_t hn = pool_rows.window[h];

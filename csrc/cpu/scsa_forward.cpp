@@ -31,7 +31,7 @@ void row_col_means(const Tensor& x, int64_t begin, int64_t end, acc_t* x_h, acc_
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W, Prefetch::kInputs);
   const acc_t inv_w = acc_t(1) / acc_t(W), inv_h = acc_t(1) / acc_t(H);
-  PlaneRowBuffers<acc_t> column_sums(W);
+  PlaneRowBuffers<acc_t> column_sums(W, rows.planes_in_flight());
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
     acc_t* sums = h == 0 ? column_sums.zeroed(p) : column_sums[p];
     x_h[p * H + h] = accumulate_row(sums, r, W) * inv_w;
@@ -53,7 +53,7 @@ void pool_modulated(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_
   const acc_t inv_area = acc_t(1) / acc_t(pg.kh * pg.kw);
   const int64_t covered_w = pg.wp * pg.kw;
   const PoolRows pool_rows(pg, H);
-  PlaneRowBuffers<acc_t> bands(W);
+  PlaneRowBuffers<acc_t> bands(W, rows.planes_in_flight());
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
     const int64_t hn = pool_rows.window[h];
     if (hn < 0) return;
@@ -63,8 +63,7 @@ void pool_modulated(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_
     acc_t* out = pooled + p * N + hn * pg.wp;
     if (!pg.max_pool) {
       // band = sum over the window rows so far of a_h[h] * x[h, :]; one band per
-      // plane of the tile (the visitor keeps at most kBlock planes in flight,
-      // consecutive in p). Windows are closed with a dot against a_w.
+      // plane in flight. Windows are closed with a dot against a_w.
       acc_t* band = first_row ? bands.zeroed(p) : bands[p];
       accumulate_scaled(band, ah, r, covered_w);
       if (last_row)
