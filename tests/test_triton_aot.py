@@ -41,15 +41,45 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled):
 
 
 def test_every_autotune_config_is_compiled(compiled):
-    from scsa_kernels.triton._common import PLANE_CONFIGS, POOL_CONFIGS
-    for kernel, configs in (("plane_means_kernel", PLANE_CONFIGS), ("pool_kernel", POOL_CONFIGS),
-                            ("apply_gates_kernel", PLANE_CONFIGS), ("pool_grad_sums_kernel", PLANE_CONFIGS),
-                            ("input_grad_kernel", PLANE_CONFIGS)):
-        seen = {(int(v.split("=")[1]), r["num_warps"]) for r in compiled if r["kernel"] == kernel
-                for v in r["variant"].split(",") if v.startswith("TILE=")}
-        assert seen == {(c.kwargs["TILE"], c.num_warps) for c in configs}, kernel
+    """Every config of each autotuned kernel, for one plane per program (BLOCK_C=1) and for
+    channel tiles (the pool pass has its own set for those)."""
+    from scsa_kernels.triton import apply, input_grad, plane_stats, pooling
+    for kernel in (plane_stats.plane_means_kernel, pooling.pool_kernel, apply.apply_gates_kernel,
+                   input_grad.pool_grad_sums_kernel, input_grad.input_grad_kernel):
+        name = kernel.fn.__name__
+        for block_c, tiled in ((1, lambda c: c == 1), (16, lambda c: c > 1)):
+            seen = {(int(v["TILE"]), r["num_warps"]) for r in compiled if r["kernel"] == name
+                    for v in [dict(kv.split("=") for kv in r["variant"].split(","))] if tiled(int(v["BLOCK_C"]))}
+            assert seen == {(c.kwargs["TILE"], c.num_warps) for c in kernel.configs_for(block_c)}, (name, block_c)
 
 
 def test_no_register_spills(compiled):
     spilled = [f"{r['kernel']} {r['arch']} {r['variant']}: {r['spill_bytes']} B" for r in compiled if r["spill_bytes"]]
     assert not spilled, "\n".join(spilled)
+
+
+def test_full_size_tiles_load_along_the_unit_stride_axis(compiled):
+    """With the JIT's stride-1 specialization, the compiler lays the 3-D tiles of x / grad_out out
+    along W for NCHW (one plane per program: order [2, ...]) and along C for channels_last channel
+    tiles (BLOCK_C > 1: order [0, ...]), so a warp's loads cover whole sectors either way. Checked
+    on the half-precision scenarios, where no other 3-D tensor shares x's element type."""
+    checked = 0
+    for r in compiled:
+        v = dict(kv.split("=") for kv in r["variant"].split(","))
+        if "BLOCK_C" not in v or r["dtype"] == "fp32":
+            continue
+        axis = "0" if int(v["BLOCK_C"]) > 1 else "2"
+        assert r["tile_load_orders"] and all(o.split(",")[0] == axis for o in r["tile_load_orders"]), (
+            r["kernel"], r["variant"], r["tile_load_orders"])
+        checked += 1
+    assert checked
+
+
+def test_host_tile_constants_match_the_configs():
+    """ops/triton.py sizes channel tiles by MIN_TILE (it imports no triton): the smallest TILE of
+    every plane and pool config."""
+    from scsa_kernels.ops import triton as ops
+    from scsa_kernels.triton import apply, input_grad, plane_stats, pooling
+    kernels = (plane_stats.plane_means_kernel, pooling.pool_kernel, apply.apply_gates_kernel,
+               input_grad.pool_grad_sums_kernel, input_grad.input_grad_kernel)
+    assert {min(c.kwargs["TILE"] for c in k.configs_for(b)) for k in kernels for b in (1, 16)} == {ops.MIN_TILE}

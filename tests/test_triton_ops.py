@@ -130,6 +130,28 @@ def test_memory_layouts(layout):
     assert_matches(x, config, grad_out=grad_out)
 
 
+CHANNEL_TILE_CASES = {
+    # 24 channels: a full tile of 16 and a masked one of 8; odd sides; max pooling and heads
+    "24ch_odd_max_pool": ((2, 24, 11, 9), dict(window_size=3, head_num=2, down_sample_mode="max_pool")),
+    # one window as wide as the plane (40): the pool pass takes 64-wide rows, so 4 channels per program
+    "global_pool_wide": ((1, 16, 5, 40), dict(window_size=-1, gate_layer="softmax")),
+    "recombination": ((1, 32, 6, 7), dict(window_size=2, down_sample_mode="recombination", qkv_bias=True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANNEL_TILE_CASES))
+def test_channels_last_channel_tiles(name):
+    """channels_last x: the plane passes take BLOCK_C neighbouring channels per program (coalesced
+    along C); partial channel tiles, wide windows and recombination."""
+    from scsa_kernels.ops import triton as ops
+    shape, options = CHANNEL_TILE_CASES[name]
+    x = torch.randn(*shape, device=DEVICE).to(memory_format=torch.channels_last)
+    plan = ops._forward_plan(x.shape, x.stride(), 9, options.get("head_num", 1), options["window_size"],
+                             options.get("down_sample_mode") == "max_pool", name == "recombination", False, 512)
+    assert plan["plane_meta"]["BLOCK_C"] > 1 and plan["pool_meta"]["BLOCK_C"] > 1
+    assert_matches(x, SCSAConfig(shape[1], **options))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_types(dtype):
     config = SCSAConfig(16, head_num=2, window_size=3, qkv_bias=True, gate_layer="softmax")

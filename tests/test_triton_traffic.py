@@ -115,8 +115,10 @@ class TorchOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def measure(shape, config, dtype=torch.bfloat16):
+def measure(shape, config, dtype=torch.bfloat16, channels_last=False):
     x = torch.randn(shape, dtype=dtype)
+    if channels_last:  # the plane passes take channel tiles: the same bytes, in other programs
+        x = x.contiguous(memory_format=torch.channels_last)
     weights = random_weights(config, dtype=dtype).map(lambda t: t.requires_grad_())
     x.requires_grad_()
     out_holder = {}
@@ -167,13 +169,14 @@ CASES = {
                                                           gate_layer="softmax", qkv_bias=True)),
     "global_pool": ((1, 16, 20, 24), SCSAConfig(16, window_size=-1)),
     "recombination": ((2, 16, 9, 10), SCSAConfig(16, head_num=2, window_size=3, down_sample_mode="recombination")),
+    "channels_last_partial_tile": ((2, 24, 11, 9), SCSAConfig(24, window_size=3, down_sample_mode="max_pool")),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_traffic_and_launches(name):
     shape, config = CASES[name]
-    x, fwd, bwd, fwd_ops, bwd_ops = measure(shape, config)
+    x, fwd, bwd, fwd_ops, bwd_ops = measure(shape, config, channels_last=name.startswith("channels_last"))
     report(name, shape, config, x, fwd, bwd, fwd_ops, bwd_ops)
     nx = x.numel() * x.element_size()
     assert fwd.loads["x"] > 0 and bwd.loads["x"] > 0, "address attribution failed"

@@ -27,14 +27,17 @@ from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.ops import triton as ops  # noqa: E402
 
 # (shape, dtype, options): together every constexpr branch (HAS_GRAD, GATE_SOFTMAX, IS_MAX, RECOMBINE, ONE_COL_BLOCK),
-# every dtype, 7x7, 56x56, 160x160 planes (row tiles 8, 64, 256 wide), rows wider than a tile
-# and planes spanning 2**31 elements (meta tensors: nothing is allocated).
+# every dtype, 7x7, 56x56, 160x160 planes (row tiles 8, 64, 256 wide), rows wider than a tile,
+# planes spanning 2**31 elements and channels_last (meta tensors: nothing is allocated).
 SCENARIOS = [
     ((2, 64, 56, 56), torch.bfloat16, dict()),
     ((2, 512, 7, 7), torch.float32, dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax")),
     ((1, 128, 160, 160), torch.float16, dict(head_num=4, window_size=-1, qkv_bias=True)),
     ((1, 16, 12, 600), torch.float32, dict(down_sample_mode="max_pool")),  # rows wider than one tile
     ((1, 256, 4096, 4096), "channels_last", dict()),  # 64-bit in-plane offsets (WIDE), longest gate rows
+    # channels_last: channel tiles (BLOCK_C > 1) in every plane pass, max pooling and recombination
+    ((2, 64, 56, 56), "channels_last", dict(down_sample_mode="max_pool")),
+    ((2, 64, 56, 56), "channels_last", dict(head_num=2, down_sample_mode="recombination")),
     ((2, 64, 56, 56), torch.bfloat16, dict(head_num=2, down_sample_mode="recombination")),
     ((1, 16, 12, 600), torch.float32, dict(down_sample_mode="recombination", gate_layer="softmax")),
 ]
@@ -69,36 +72,51 @@ def variants(launches):
     seen, jobs = set(), []
     for kernel, args, kwargs in launches:
         fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
-        configs = getattr(kernel, "all_configs", None) or [triton.Config({}, num_warps=kwargs.get("num_warps", 4))]
+        if hasattr(kernel, "configs_for"):  # autotuned: the config set of this launch (channel tiles or not)
+            configs = kernel.configs_for(kwargs.get("BLOCK_C", 1))
+        else:
+            configs = [triton.Config({}, num_warps=kwargs.get("num_warps", 4))]
         launch_constexprs = {k: v for k, v in kwargs.items() if k not in ("num_warps", "num_stages")}
-        runtime = [n for i, n in enumerate(fn.arg_names) if not fn.params[i].is_constexpr]
-        signature = {}
-        for name, value in zip(runtime, args):
-            if isinstance(value, torch.Tensor):
+        runtime = [(i, n) for i, n in enumerate(fn.arg_names) if not fn.params[i].is_constexpr]
+        # Specialized as the JIT does on a launch (unless do_not_specialize): integers equal to 1
+        # become constexprs (a unit stride: what tells the compiler which axis is contiguous),
+        # pointers and multiples of 16 get tt.divisibility 16 (every buffer the ops pass is 16-byte
+        # aligned; a misaligned user view compiles another variant at run time).
+        signature, specialized, attrs = {}, {}, {}
+        for (index, name), value in zip(runtime, args):
+            if fn.params[index].do_not_specialize and not isinstance(value, torch.Tensor):
+                signature[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+            elif isinstance(value, torch.Tensor):
                 signature[name] = PTR[value.dtype]
+                attrs[(index,)] = [["tt.divisibility", 16]]
             elif isinstance(value, float):
                 signature[name] = "fp64"  # as torch.compile passes Python floats (eager: fp32)
+            elif value == 1:
+                signature[name], specialized[name] = "constexpr", 1
             else:
                 signature[name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+                if value % 16 == 0:
+                    attrs[(index,)] = [["tt.divisibility", 16]]
         for config in configs:
-            constexprs = {**launch_constexprs, **config.kwargs}
+            constexprs = {**launch_constexprs, **config.kwargs, **specialized}
             for name in constexprs:
                 signature[name] = "constexpr"
-            key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), config.num_warps)
+            key = (fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())),
+                   tuple(sorted(attrs)), config.num_warps)
             if key not in seen:
                 seen.add(key)
-                jobs.append((fn.__name__, fn.__module__, dict(signature), constexprs, config.num_warps,
+                jobs.append((fn.__name__, fn.__module__, dict(signature), constexprs, dict(attrs), config.num_warps,
                              config.num_stages or 3))
     return jobs
 
 
 def compile_one(job):
-    name, module, signature, constexprs, num_warps, num_stages = job
+    name, module, signature, constexprs, attrs, num_warps, num_stages = job
     fn = getattr(__import__(module, fromlist=[name]), name)
     fn = fn.fn if isinstance(fn, Autotuner) else fn
     rows = []
     for arch in ARCHS:
-        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": num_warps, "num_stages": num_stages})
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
@@ -114,8 +132,19 @@ def compile_one(job):
         variant = ",".join(f"{k}={v}" for k, v in sorted(constexprs.items()))
         dtype = next((t for t in signature.values() if t in ("*fp16", "*bf16")), "*fp32")[1:]
         rows.append(dict(kernel=name, variant=variant, dtype=dtype, num_warps=num_warps, arch=f"sm_{arch}",
-                         registers=regs, spill_bytes=spills, shared=compiled.metadata.shared))
+                         registers=regs, spill_bytes=spills, shared=compiled.metadata.shared,
+                         tile_load_orders=tile_load_orders(compiled.asm["ttgir"], dtype)))
     return rows
+
+
+def tile_load_orders(ttgir, dtype):
+    """The dimension orders (fastest first) of the layouts of every 3-D load of ``dtype`` (the full-size
+    tiles (BLOCK_C, rows, cols) of x / grad_out in the plane passes): [2, ...] reads along W,
+    [0, ...] along C."""
+    element = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}[dtype]
+    layouts = dict(re.findall(r"^(#\w+) = #ttg\.blocked<\{.*order = \[([\d, ]+)\]", ttgir, re.M))
+    used = re.findall(r"tt\.load .*: tensor<\d+x\d+x\d+x!tt\.ptr<" + element + r">, (#\w+)>", ttgir)
+    return sorted({layouts[name] for name in used if name in layouts})
 
 
 def ptxas():

@@ -40,10 +40,15 @@ Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the re
 attention dropout in training (no in-kernel Philox RNG), float64 (kernels compute in
 float32), window or plane sides > 4096, planes of 2**31 elements or more.
 
-Layout: one program per (b, c) plane with strided 2-D tiles, so channels_last and sliced
-inputs run without a copy (64-bit plane bases; in-plane offsets go 64-bit only when a
-plane spans 2**31 elements). channels_last is read with stride C inside a plane, which
-coalesces worse than NCHW on a GPU (not yet measured); a channel-tiled variant would fix it.
+Layout: the plane passes (means, pool, apply, pool_grad_sums, input_grad) take strided tiles of
+(BLOCK_C channels x rows x columns) with 64-bit plane bases (in-plane offsets go 64-bit only when
+a plane spans 2**31 elements), so NCHW, channels_last and sliced inputs run without a copy. NCHW
+takes one plane per program (BLOCK_C = 1, loads contiguous along W). channels_last takes
+CHANNEL_TILE neighbouring channels per program, the unit-stride axis, so a warp's loads cover
+whole 32-byte sectors along C; one plane per program would read one element per sector. The
+compiled layouts are coalesced along C (AOT: order [0, ...] with the stride-1 specialization);
+the speed of either layout on a GPU is measured by the CUDA suite's channels_last cases
+(``scsa-bench --layout channels_last``), not yet run.
 """
 from __future__ import annotations
 
@@ -63,6 +68,13 @@ MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit o
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SAVED_FRACTION = 0.1  # saved for backward beyond x itself, as a fraction of x's bytes (see saves_means)
 POOL_WINDOWS_PER_BLOCK = 8  # windows per column block of pool_kernel (its window map is BLOCK_J x BLOCK_W)
+# Plane passes on channels_last x (channels are the unit-stride axis): a program takes up to
+# CHANNEL_TILE neighbouring channels, so its loads coalesce along C (one plane per program
+# would read one element per 32-byte sector); BLOCK_C x BLOCK_W stays within MIN_TILE, the
+# smallest TILE of the plane and pool configs (scsa_kernels/triton/_common.py).
+CHANNEL_TILE = 16
+MIN_TILE = 256
+MAX_BLOCK_W = 256  # widest row tile of the plane passes
 SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
@@ -224,9 +236,21 @@ def _kernels():
     return apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
 
 
-def plane_block_w(width: int) -> int:
-    """Row-tile width of the plane passes (scsa_kernels.triton._common.MAX_BLOCK_W = 256 at most)."""
-    return min(_pow2(width), 256)
+def plane_block_w(width: int, channel_tiles: bool = False) -> int:
+    """Row-tile width of the plane passes: MAX_BLOCK_W at most (wider planes loop over column
+    blocks), MIN_TILE // CHANNEL_TILE with channel tiles."""
+    return min(_pow2(width), MIN_TILE // CHANNEL_TILE if channel_tiles else MAX_BLOCK_W)
+
+
+def _channel_tiles(x_stride) -> bool:
+    """Whether the plane passes take channel tiles: channels are x's unit-stride axis (channels_last)."""
+    return x_stride[1] == 1 and x_stride[3] != 1
+
+
+def _channels_per_program(C: int, block_w: int, channel_tiles: bool) -> int:
+    """BLOCK_C of a plane pass with row tiles block_w wide: 1 without channel tiles, else as many
+    neighbouring channels as fit MIN_TILE (a whole window wider than the usual row tile leaves fewer)."""
+    return max(1, min(CHANNEL_TILE, _pow2(C), MIN_TILE // block_w)) if channel_tiles else 1
 
 
 def _cached(plans, key, build):
@@ -244,12 +268,16 @@ def _wide_strides(shape, *strides) -> bool:
     return any((shape[2] - 1) * abs(s[2]) + (shape[3] - 1) * abs(s[3]) >= 2 ** 31 for s in strides)
 
 
-def _pool_blocks(windows: int, WW: int, W: int):
-    """(cols_per_block, constexprs) of pool_kernel walking ``windows`` window columns: whole windows
-    per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is BLOCK_J x BLOCK_W); one
-    window when it is wider than a row tile."""
-    per_block = WW * max(1, min(windows, POOL_WINDOWS_PER_BLOCK, plane_block_w(windows * WW) // WW))
-    return per_block, dict(BLOCK_W=_pow2(per_block), BLOCK_J=_pow2(per_block // WW), ONE_COL_BLOCK=W <= per_block)
+def _pool_blocks(windows: int, WW: int, W: int, C: int, channel_tiles: bool):
+    """(cols_per_block, grid blocks per sample, constexprs) of pool_kernel walking ``windows`` window
+    columns: whole windows per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is
+    BLOCK_J x BLOCK_W); one window when it is wider than a row tile."""
+    row_tile = plane_block_w(windows * WW, channel_tiles)
+    per_block = WW * max(1, min(windows, POOL_WINDOWS_PER_BLOCK, row_tile // WW))
+    block_w = _pow2(per_block)
+    block_c = _channels_per_program(C, block_w, channel_tiles)
+    return per_block, -(-C // block_c), dict(BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_J=_pow2(per_block // WW),
+                                              ONE_COL_BLOCK=W <= per_block)
 
 
 def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile):
@@ -257,18 +285,21 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine
     B, C, H, W = shape
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
-    block_w = plane_block_w(W)
+    channel_tiles = _channel_tiles(x_stride)
+    block_w = plane_block_w(W, channel_tiles)
+    block_c = _channels_per_program(C, block_w, channel_tiles)
     block_l = _pow2(max(H, W))
     wide = _wide_strides(shape, x_stride)
-    per_block, pool_blocks = _pool_blocks(WP, WW, W)
+    per_block, pool_blocks_per_sample, pool_blocks = _pool_blocks(WP, WW, W, C, channel_tiles)
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
     return dict(
         N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
+        plane_grid=(B * -(-C // block_c),), pool_grid=(B * pool_blocks_per_sample,),
         # gates, sp_stats, pooled (recombination: the cells), gn, z, m, l, ca
         workspace=_workspace_lengths([(B, C, H + W), (B, 2, 4, 2), (B, C * WH * WW, N) if recombine else (B, C, N),
                                       (B, 2), (B, C), (B, C), (B, C), (B, C)]),
         plane_scalars=(C, H, W, *x_stride),
-        plane_meta=dict(BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
+        plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
         gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, spatial_tile // block_l)),
                         BLOCK_L=block_l, num_warps=8),
@@ -278,7 +309,7 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine
         attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024,
                             num_warps=8 if block_d >= 32 else 4),  # spill-free on triton 3.6 and 3.8 (AOT test)
         softmax_grid=(B,), softmax_meta=dict(BLOCK_C=min(1024, _pow2(C)), num_warps=4),
-        apply_meta=dict(BLOCK_W=block_w, H_POW2=_pow2(H)),
+        apply_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H)),
     )
 
 
@@ -288,7 +319,7 @@ _BACKWARD_PLANS = {}
 
 def _means(plan, x, means):
     """Launches the means pass (reads x): fills means (B, C, H+W) fp32 = x_h | x_w."""
-    _launch(_kernels()[3].plane_means_kernel, plan["planes"], x, means, *plan["plane_scalars"], **plan["plane_meta"])
+    _launch(_kernels()[3].plane_means_kernel, plan["plane_grid"], x, means, *plan["plane_scalars"], **plan["plane_meta"])
 
 
 def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b):
@@ -342,13 +373,13 @@ def _forward_impl(
     _means(plan, x, means)
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
     # g, sums, total: unused without HAS_GRAD
-    _launch(pooling.pool_kernel, plan["planes"], x, x, gates, pooled, argmax, pooled, pooled,
+    _launch(pooling.pool_kernel, plan["pool_grid"], x, x, gates, pooled, argmax, pooled, pooled,
             *plan["pool_scalars"], HAS_GRAD=False, **plan["pool_meta"])
     if recombine:
         pooled = _project(conv_d, _shaped(pooled, plan["cells"]))
     _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax)
     out_stride = out.stride()
-    _launch(apply.apply_gates_kernel, plan["planes"],
+    _launch(apply.apply_gates_kernel, plan["plane_grid"],
             x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
             **plan["apply_meta"])
     return out, means
@@ -373,7 +404,9 @@ def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, wind
     plan = _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile)
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
-    block_w = plane_block_w(W)
+    channel_tiles = _channel_tiles(x_stride)
+    block_w = plane_block_w(W, channel_tiles)
+    block_c = _channels_per_program(C, block_w, channel_tiles)
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
     # rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
     # gates, sp_stats (the names in _backward_impl)
@@ -382,13 +415,14 @@ def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, wind
         (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
         (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), (B, 2, 4, 2)])
     # pass (a) also walks the columns right of the window grid
-    grad_per_block, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W)
+    grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W, C, channel_tiles)
     pool_scalars = list(plan["pool_scalars"])
     pool_scalars[7:11] = g_stride
     pool_scalars[-1] = grad_per_block
     plan.update(
         recompute_means=recompute_means, workspace=workspace,
-        bwd_attention_grid=(B, head_num * nblk),
+        bwd_attention_grid=(B, head_num * nblk), grad_pool_grid=(B * grad_pool_blocks_per_sample,),
+        grad_grid=(B * -(-C // block_c),),
         grad_pool_scalars=tuple(pool_scalars),
         grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride), **grad_pool_blocks),
         bwd_attention_scalars=(C, N, D, nblk, D ** -0.5),
@@ -397,7 +431,7 @@ def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, wind
         pool_geom=(HP, WP, WH, WW, head_num * nblk),
         pooled_grad_scalars=(C, N, head_num * nblk),
         pooled_grad_meta=dict(BLOCK_N=min(1024, _pow2(N)), BLOCK_P=_pow2(head_num * nblk)),
-        grad_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, BLOCK_W=block_w, WH_POW2=_pow2(WH),
+        grad_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, BLOCK_C=block_c, BLOCK_W=block_w, WH_POW2=_pow2(WH),
                        BLOCK_P=_pow2(head_num * nblk)),
         pool_sums_scalars=(C, H, W, *x_stride, HP, WP, WH, WW, head_num * nblk),
         one_col_block=W <= block_w, wide_x=_wide_strides(shape, x_stride),
@@ -434,8 +468,7 @@ def _backward_impl(
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
     argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)
     cells = _empty(plan["cells"], device=x.device, dtype=torch.float32) if recombine else pooled
-    planes = plan["planes"]
-    _launch(pooling.pool_kernel, planes, x, grad_out, gates, cells, argmax, rsum, dca,
+    _launch(pooling.pool_kernel, plan["grad_pool_grid"], x, grad_out, gates, cells, argmax, rsum, dca,
             *plan["grad_pool_scalars"], HAS_GRAD=True, **plan["grad_pool_meta"])
     if recombine:
         pooled = _project(conv_d, cells)
@@ -445,14 +478,14 @@ def _backward_impl(
             *plan["bwd_attention_scalars"], **plan["bwd_attention_meta"])
     if recombine:
         dp = _empty(pooled.shape, device=x.device, dtype=torch.float32)
-        _launch(input_grad.pooled_grad_kernel, planes, dy, pooled, gn, gnsum, n_w, dp, *plan["pooled_grad_scalars"],
+        _launch(input_grad.pooled_grad_kernel, plan["planes"], dy, pooled, gn, gnsum, n_w, dp, *plan["pooled_grad_scalars"],
                 **plan["pooled_grad_meta"])
         d_cells = torch.matmul(conv_d.to(torch.float32).t(), dp)
         d_conv_d = torch.einsum("bcn,bkn->ck", dp, cells).to(conv_d.dtype)
     else:
         d_cells, d_conv_d = dy, dy.new_empty(0)  # d_cells unused
     grad_meta = plan["grad_meta"]
-    _launch(input_grad.pool_grad_sums_kernel, planes,
+    _launch(input_grad.pool_grad_sums_kernel, plan["grad_grid"],
             x, gates, dy, pooled, argmax, gn, gnsum, n_w, d_cells, psum, *plan["pool_sums_scalars"],
             ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], **grad_meta)
     _launch(spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
@@ -460,7 +493,7 @@ def _backward_impl(
             dt, dmeans, conv_part, small_part, C, H, W, **plan["gates_meta"])
     dx = _empty_like(x)
     dx_stride = dx.stride()
-    _launch(input_grad.input_grad_kernel, planes,
+    _launch(input_grad.input_grad_kernel, plan["grad_grid"],
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
             WIDE=_wide_strides(x.shape, g_stride, dx_stride), **grad_meta)

@@ -9,23 +9,34 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def autotune(configs, key):
+def autotune(configs, key, channel_tile_configs=None):
     """``triton.autotune`` over ``configs``; the interpreter gets only ``configs[0]``.
 
     The interpreter has no benchmarker, and a single config is never benchmarked.
     ``configs[0]`` is by convention the smallest tile, so interpreter tests walk the
-    multi-block loop paths. The full list stays on ``kernel.all_configs`` for the
-    ahead-of-time compile test.
+    multi-block loop paths. With ``channel_tile_configs``, launches with BLOCK_C > 1
+    (channel tiles) tune over those instead (an early prune picks the set), likewise first
+    config only under the interpreter. ``kernel.all_configs`` lists every config and
+    ``kernel.configs_for(BLOCK_C)`` a launch's set, for the ahead-of-time compile test.
     """
+    tile_configs = list(channel_tile_configs or configs)
+    sets = {False: list(configs[:1] if INTERPRET else configs), True: tile_configs[:1] if INTERPRET else tile_configs}
+
+    def pick_set(all_configs, named_args, **kwargs):
+        return sets[kwargs.get("BLOCK_C", named_args.get("BLOCK_C", 1)) > 1]
+
     def wrap(fn):
-        tuned = triton.autotune(configs=configs[:1] if INTERPRET else configs, key=key)(fn)
-        tuned.all_configs = list(configs)
+        listed = sets[False] + [c for c in sets[True] if c not in sets[False]]
+        prune = {"early_config_prune": pick_set, "perf_model": None, "top_k": None} if channel_tile_configs else None
+        tuned = triton.autotune(configs=listed, key=key, prune_configs_by=prune)(fn)
+        tuned.all_configs = list(configs) + [c for c in tile_configs if c not in configs]
+        tuned.configs_for = lambda block_c: list(tile_configs if block_c > 1 else configs)
         return tuned
     return wrap
 
 
-# Plane passes (one program per (b, c) plane, tiles of BLOCK_H x BLOCK_W): TILE is the
-# element count of one tile. 7x7 planes fit one 8x8 tile; 56x56 planes take 64-wide rows;
+# Plane passes (one program per (b, block of BLOCK_C channels), tiles of BLOCK_C x rows x
+# BLOCK_W): TILE is the element count of one tile. 7x7 planes fit one 8x8 tile; 56x56 planes take 64-wide rows;
 # 160x160 planes 256-wide rows. Tiles stop at 2048 elements: 4096 spilled in the
 # backward passes (AOT test). The smallest tile comes first (see ``autotune``).
 PLANE_CONFIGS = [
@@ -42,12 +53,13 @@ POOL_CONFIGS = [
     triton.Config({"TILE": 1024}, num_warps=2),
     triton.Config({"TILE": 1024}, num_warps=8),
 ]
-MAX_BLOCK_W = 256  # widest row tile; wider planes loop over column blocks
-
-
-def plane_block_w(width: int) -> int:
-    """Row-tile width of the plane passes for planes ``width`` wide."""
-    return min(triton.next_power_of_2(max(width, 1)), MAX_BLOCK_W)
+# With channel tiles (BLOCK_C > 1) the last two spilled 24 bytes on triton 3.8 (max pooling at 8
+# warps; recombination's backward at 2 warps on sm_80); these three do not.
+POOL_CHANNEL_TILE_CONFIGS = [
+    triton.Config({"TILE": 256}, num_warps=1),
+    triton.Config({"TILE": 1024}, num_warps=4),
+    triton.Config({"TILE": 2048}, num_warps=8),
+]
 
 
 @triton.jit
@@ -63,10 +75,29 @@ def plane_index(C):
 
 
 @triton.jit
-def window_rows_per_tile(TILE: tl.constexpr, BLOCK_W: tl.constexpr, WH_POW2: tl.constexpr):
-    """Rows per tile of a plane pass that walks window rows (a constexpr): as many rows of
-    BLOCK_W columns as fill TILE elements, at most one window's height (WH_POW2), at least 1."""
-    return 1 if TILE <= BLOCK_W else (TILE // BLOCK_W if TILE // BLOCK_W < WH_POW2 else WH_POW2)
+def channel_block(C, BLOCK_C: tl.constexpr):
+    """Sample b (int64), channels cs (BLOCK_C,) int64 and their mask cs < C of this program of a
+    plane pass (grid B * cdiv(C, BLOCK_C)). BLOCK_C = 1 for NCHW-like layouts (one plane per
+    program); channels_last takes BLOCK_C neighbouring channels, the unit-stride axis, so that
+    the tiles' loads coalesce along C."""
+    pid = tl.program_id(0).to(tl.int64)
+    blocks = tl.cdiv(C, BLOCK_C)
+    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    return pid // blocks, cs, cs < C
+
+
+@triton.jit
+def channel_tile(bases, offsets):
+    """Pointers (BLOCK_C, rows, cols): per-channel plane bases (BLOCK_C,) + in-plane offsets (rows, cols)."""
+    return bases[:, None, None] + offsets[None, :, :]
+
+
+@triton.jit
+def rows_per_tile(TILE: tl.constexpr, ROW: tl.constexpr, MAX_ROWS: tl.constexpr):
+    """Rows per tile of a plane pass (a constexpr): as many rows of ROW elements (BLOCK_C x
+    BLOCK_W) as fill TILE elements, at most MAX_ROWS (a power of two: the plane's height, or one
+    window's), at least 1."""
+    return 1 if TILE <= ROW else (TILE // ROW if TILE // ROW < MAX_ROWS else MAX_ROWS)
 
 
 @triton.jit

@@ -184,7 +184,9 @@ def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar):
     return p * dz[:, None] * (vbar[None, :] - z[:, None]), p
 
 
-@triton.jit
+# Not specialized on N, D, NBLK == 1 (global pooling, one block per head): the loops those
+# bound, unrolled, spilled registers (AOT test with the JIT's specializations).
+@triton.jit(do_not_specialize=["N", "D", "NBLK"])
 def channel_attention_bwd_kernel(
         pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr, dca_ptr,
         dq_ptr, dk_ptr, dy_ptr, part_ptr, gnsum_ptr,

@@ -13,33 +13,37 @@ values (so the forward does not keep them) and sums what the backward needs from
 import triton
 import triton.language as tl
 
-from ._common import POOL_CONFIGS, autotune, plane_index, plane_offsets, window_rows_per_tile
+from ._common import POOL_CHANNEL_TILE_CONFIGS, POOL_CONFIGS, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile
 
 BIG_INDEX = tl.constexpr(2 ** 31 - 1)
 
 
 @triton.jit
-def _grad_sums(x, g_base, rows, rmask, cols, mask, a_h, a_w, sums_row_ptr, w0, sg_h, sg_w,
+def _grad_sums(x, g_bases, rows, rmask, cols, mask, a_h, a_w, sums_rows, w0, sg_h, sg_w,
                ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr):
-    """Backward sums of one tile (x already fp32): stores sum_w g x a_w of its rows (adding what
-    earlier column blocks stored: same program, no atomics) -> sum_h g x a_h of its columns."""
-    gx = x * tl.load(g_base + plane_offsets(rows, cols, sg_h, sg_w, WIDE), mask=mask, other=0.0).to(tl.float32)
-    row_part = tl.sum(gx * a_w[None, :], axis=1)
+    """Backward sums of one tile (x (BLOCK_C, rows, cols) already fp32; a_h (BLOCK_C, rows), a_w
+    (BLOCK_C, cols); sums_rows: pointers (BLOCK_C,) to the planes' rows of sums): stores
+    sum_w g x a_w of its rows (adding what earlier column blocks stored: same program, no
+    atomics) -> sum_h g x a_h of its columns (BLOCK_C, cols)."""
+    g = tl.load(channel_tile(g_bases, plane_offsets(rows, cols, sg_h, sg_w, WIDE)), mask=mask, other=0.0)
+    gx = x * g.to(tl.float32)
+    row_part = tl.sum(gx * a_w[:, None, :], axis=2)
+    row_ptrs = sums_rows[:, None] + rows[None, :]
     if not ONE_COL_BLOCK:
-        row_part += tl.load(sums_row_ptr + rows, mask=rmask & (w0 > 0), other=0.0)
-    tl.store(sums_row_ptr + rows, row_part, mask=rmask)
-    return tl.sum(gx * a_h[:, None], axis=0)
+        row_part += tl.load(row_ptrs, mask=rmask & (w0 > 0), other=0.0)
+    tl.store(row_ptrs, row_part, mask=rmask)
+    return tl.sum(gx * a_h[:, :, None], axis=1)
 
 
-@autotune(POOL_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX", "RECOMBINE", "HAS_GRAD"])
+@autotune(POOL_CONFIGS, ["H", "W", "WH", "WW", "IS_MAX", "RECOMBINE", "HAS_GRAD", "BLOCK_C"], POOL_CHANNEL_TILE_CONFIGS)
 @triton.jit
 def pool_kernel(
         x_ptr, g_ptr, gates_ptr, pooled_ptr, argmax_ptr, sums_ptr, total_ptr,
         C, H, W, sx_b, sx_c, sx_h, sx_w, sg_b, sg_c, sg_h, sg_w, HP, WP, WH, WW, cols_per_block,
-        IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, HAS_GRAD: tl.constexpr, BLOCK_W: tl.constexpr,
-        BLOCK_J: tl.constexpr,
+        IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, HAS_GRAD: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
         WH_POW2: tl.constexpr, ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
-    """One program per plane (grid B*C).
+    """One program per BLOCK_C channels of one sample (grid B * cdiv(C, BLOCK_C)).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32 (a_h | a_w).
     pooled: (B, C, HP*WP) fp32 out. argmax: (B, C, HP*WP) int32 out (IS_MAX only): the
@@ -52,29 +56,30 @@ def pool_kernel(
     BLOCK_J >= cols_per_block // WW windows per block.
     ONE_COL_BLOCK (HAS_GRAD): W <= cols_per_block, so row results need no read-modify-write.
     """
-    BLOCK_R: tl.constexpr = window_rows_per_tile(TILE, BLOCK_W, WH_POW2)
-    b, c = plane_index(C)
-    x_base = x_ptr + b * sx_b + c * sx_c
-    g_base = g_ptr + b * sg_b + c * sg_c
-    small = (b * C + c) * (H + W)
-    out = (b * C + c) * HP * WP
-    cells = out * WH * WW  # this plane's rows of the RECOMBINE cells
+    BLOCK_R: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, WH_POW2)
+    b, cs, cmask = channel_block(C, BLOCK_C)
+    x_bases = x_ptr + b * sx_b + cs * sx_c
+    g_bases = g_ptr + b * sg_b + cs * sg_c
+    small = (b * C + cs) * (H + W)  # (BLOCK_C,) offsets of the planes' rows of the (B, C, H+W) buffers
+    out = (b * C + cs) * HP * WP
+    cells = pooled_ptr + out * WH * WW  # the planes' rows of the RECOMBINE cells
     walk_w = W if HAS_GRAD else WP * WW  # the backward sums cover the columns right of the grid too
-    total = tl.full([], 0.0, tl.float32)
+    total = tl.zeros([BLOCK_C], dtype=tl.float32)
     for w0 in range(0, walk_w, cols_per_block):
         if HAS_GRAD:
             if not ONE_COL_BLOCK:
                 tl.debug_barrier()  # row sums stored by the previous column block are re-read below
         cols = w0 + tl.arange(0, BLOCK_W)
-        cmask = (cols < w0 + cols_per_block) & (cols < walk_w)
-        a_w = tl.load(gates_ptr + small + H + cols, mask=cmask, other=0.0)
-        cols_acc = tl.zeros([BLOCK_W], dtype=tl.float32)
+        col_mask = (cols < w0 + cols_per_block) & (cols < walk_w)
+        plane_cols = cmask[:, None] & col_mask[None, :]
+        a_w = tl.load(gates_ptr + small[:, None] + H + cols[None, :], mask=plane_cols, other=0.0)
+        cols_acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=tl.float32)
         for i in range(0, HP):
             if IS_MAX:
-                acc = tl.full([BLOCK_W], float("-inf"), tl.float32)
-                arg = (i * WH * W + cols).to(tl.int32)
+                acc = tl.full([BLOCK_C, BLOCK_W], float("-inf"), tl.float32)
+                arg = tl.broadcast_to((i * WH * W + cols).to(tl.int32)[None, :], [BLOCK_C, BLOCK_W])
             else:
-                acc = tl.zeros([BLOCK_W], dtype=tl.float32)
+                acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=tl.float32)
             if HAS_GRAD:  # the last window row also walks the rows below the grid (backward sums only)
                 row_end = tl.where(i == HP - 1, H, i * WH + WH)
             else:
@@ -83,45 +88,49 @@ def pool_kernel(
                 rows = r0 + tl.arange(0, BLOCK_R)
                 in_rows = rows < row_end
                 pooled_rows = in_rows & (rows < i * WH + WH)
-                mask = in_rows[:, None] & cmask[None, :]
-                x = tl.load(x_base + plane_offsets(rows, cols, sx_h, sx_w, WIDE), mask=mask, other=0.0).to(tl.float32)
-                a_h = tl.load(gates_ptr + small + rows, mask=in_rows, other=0.0)
+                mask = cmask[:, None, None] & in_rows[None, :, None] & col_mask[None, None, :]
+                x = tl.load(channel_tile(x_bases, plane_offsets(rows, cols, sx_h, sx_w, WIDE)), mask=mask,
+                            other=0.0).to(tl.float32)
+                plane_rows = cmask[:, None] & in_rows[None, :]
+                a_h = tl.load(gates_ptr + small[:, None] + rows[None, :], mask=plane_rows, other=0.0)
                 if HAS_GRAD:
-                    cols_acc += _grad_sums(x, g_base, rows, in_rows, cols, mask, a_h, a_w, sums_ptr + small,
+                    cols_acc += _grad_sums(x, g_bases, rows, plane_rows, cols, mask, a_h, a_w, sums_ptr + small,
                                            w0, sg_h, sg_w, ONE_COL_BLOCK, WIDE)
-                v = x * a_h[:, None] * a_w[None, :]
+                v = x * a_h[:, :, None] * a_w[:, None, :]
                 if RECOMBINE:
                     cell = (((rows - i * WH)[:, None] * WW + (cols % WW)[None, :]) * (HP * WP)
                             + i * WP + (cols // WW)[None, :])
-                    in_grid = pooled_rows[:, None] & (cmask & (cols < WP * WW))[None, :]
-                    tl.store(pooled_ptr + cells + cell, v, mask=in_grid)
+                    in_grid = pooled_rows[:, None] & (col_mask & (cols < WP * WW))[None, :]
+                    tl.store(channel_tile(cells, cell), v, mask=cmask[:, None, None] & in_grid[None, :, :])
                 elif IS_MAX:
-                    v = tl.where(pooled_rows[:, None] & cmask[None, :], v, float("-inf"))
-                    top = tl.max(v, axis=0)
-                    first = tl.min(tl.where(v == top[None, :], rows[:, None], BIG_INDEX), axis=0)
+                    v = tl.where(pooled_rows[None, :, None] & col_mask[None, None, :], v, float("-inf"))
+                    top = tl.max(v, axis=1)
+                    first = tl.min(tl.where(v == top[:, None, :], rows[None, :, None], BIG_INDEX), axis=1)
                     better = top > acc  # strict: earlier rows keep ties
-                    arg = tl.where(better, (first * W + cols).to(tl.int32), arg)
+                    arg = tl.where(better, (first * W + cols[None, :]).to(tl.int32), arg)
                     acc = tl.where(better, top, acc)
                 else:
-                    acc += tl.sum(tl.where(pooled_rows[:, None], v, 0.0), axis=0)
+                    acc += tl.sum(tl.where(pooled_rows[None, :, None], v, 0.0), axis=1)
             if not RECOMBINE:
                 # (BLOCK_J, BLOCK_W) column -> window map, built here rather than kept live through the row loop;
                 # columns right of the grid map to window WP, never stored
                 js = w0 // WW + tl.arange(0, BLOCK_J)
                 jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
-                in_window = ((cols // WW)[None, :] == js[:, None]) & cmask[None, :]
+                in_window = (((cols // WW)[None, :] == js[:, None]) & col_mask[None, :])[None, :, :]
+                windows = out[:, None] + i * WP + js[None, :]
+                window_mask = cmask[:, None] & jmask[None, :]
                 if IS_MAX:
-                    wins = tl.where(in_window, acc[None, :], float("-inf"))
-                    top = tl.max(wins, axis=1)
-                    hit = in_window & (wins == top[:, None])
-                    first = tl.min(tl.where(hit, arg[None, :], BIG_INDEX), axis=1)
-                    tl.store(argmax_ptr + out + i * WP + js, first, mask=jmask)
-                    tl.store(pooled_ptr + out + i * WP + js, top, mask=jmask)
+                    wins = tl.where(in_window, acc[:, None, :], float("-inf"))
+                    top = tl.max(wins, axis=2)
+                    hit = in_window & (wins == top[:, :, None])
+                    first = tl.min(tl.where(hit, arg[:, None, :], BIG_INDEX), axis=2)
+                    tl.store(argmax_ptr + windows, first, mask=window_mask)
+                    tl.store(pooled_ptr + windows, top, mask=window_mask)
                 else:
-                    window_sums = tl.sum(tl.where(in_window, acc[None, :], 0.0), axis=1)
-                    tl.store(pooled_ptr + out + i * WP + js, window_sums / (WH * WW), mask=jmask)
+                    window_sums = tl.sum(tl.where(in_window, acc[:, None, :], 0.0), axis=2)
+                    tl.store(pooled_ptr + windows, window_sums / (WH * WW), mask=window_mask)
         if HAS_GRAD:
-            tl.store(sums_ptr + small + H + cols, cols_acc, mask=cmask)
-            total += tl.sum(cols_acc * a_w)  # sum_hw g x a_h a_w, a_w zero outside cmask
+            tl.store(sums_ptr + small[:, None] + H + cols[None, :], cols_acc, mask=plane_cols)
+            total += tl.sum(cols_acc * a_w, axis=1)  # sum_hw g x a_h a_w, a_w zero outside the block's columns
     if HAS_GRAD:
-        tl.store(total_ptr + b * C + c, total)
+        tl.store(total_ptr + b * C + cs, total, mask=cmask)
