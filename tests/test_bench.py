@@ -73,10 +73,11 @@ def test_select_cases_narrows_the_default_suite():
     args = cli.build_parser().parse_args(["--dtype", "bf16", "--mode", "forward"])
     cases = cli.select_cases(args, torch.device("cuda"))
     assert cases and all(c.dtype is torch.bfloat16 and c.modes == ("forward",) for c in cases)
-    # 12 maps at batch 64, 12 at batch 1, the 4 ResNet-50 maps at batch 64 in channels_last
-    assert len({(c.shape, c.layout) for c in cases}) == len(cases) == 28
+    # 12 maps at batch 64, 12 at batch 1, the 4 ResNet-50 maps at batch 64 and one at batch 1 in channels_last
+    assert len({(c.shape, c.layout) for c in cases}) == len(cases) == 29
     assert [str(c) for c in cases if c.layout == "channels_last"] == [
-        f"64x{c}x{h}x{h} bfloat16 channels_last" for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
+        f"64x{c}x{h}x{h} bfloat16 channels_last" for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))] + [
+        "1x64x56x56 bfloat16 channels_last"]
 
 
 def test_layout_option_hands_channels_last_inputs_to_every_provider(tmp_path, monkeypatch):
@@ -207,7 +208,24 @@ def test_e2e_run_writes_csv(tmp_path, monkeypatch):
         "driver", "cuda", "triton"))
     assert {(r["phase"], r["provider"]) for r in rows} == {(p, m) for p in ("train", "inference")
                                                           for m in ("plain", "reference", "fake")}
-    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    assert all(float(r["images_per_s"]) > 0 and r["layout"] == "nchw" for r in rows)
+
+
+def test_e2e_channels_last_hands_channels_last_maps_to_scsa(tmp_path, monkeypatch):
+    seen = []
+
+    def records_layout(x, weights, config, training):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return x * 1
+
+    install_backend(monkeypatch, "fake", records_layout)
+    monkeypatch.setattr(e2e, "MODEL_STAGES", ((16, 1, 1), (32, 1, 2)))
+    out = str(tmp_path)
+    assert cli.main(["--e2e", "--quick", "--e2e-image-size", "56", "--layout", "channels_last", "--out", out,
+                     *TINY_CPU_RUN]) == 0
+    rows = read_csv(os.path.join(out, "e2e.csv"))
+    assert rows and all(r["layout"] == "channels_last" and r["status"] == "ok" for r in rows)
+    assert seen and all(seen)
 
 
 def test_console_scripts_point_at_mains():

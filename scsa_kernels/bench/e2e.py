@@ -31,15 +31,16 @@ def min_image_size(stages) -> int:
     return 7 * 4 * math.prod(stride for _, _, stride in stages)
 
 
-def build_models(fused: Sequence[str], dtype: torch.dtype, device: torch.device) -> Dict[str, torch.nn.Module]:
-    """provider -> ResNet-50; every SCSA model starts from the reference model's weights."""
+def build_models(fused: Sequence[str], dtype: torch.dtype, device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> Dict[str, torch.nn.Module]:
+    """provider -> ResNet-50 in ``memory_format``; every SCSA model starts from the reference model's weights."""
     torch.manual_seed(0)
     reference = ResNet("reference", MODEL_STAGES)
     models = {"plain": ResNet(None, MODEL_STAGES), "reference": reference}
     for name in fused:
         models[name] = ResNet(name, MODEL_STAGES)
         models[name].load_state_dict(reference.state_dict())
-    return {name: m.to(device=device, dtype=dtype) for name, m in models.items()}
+    return {name: m.to(device=device, dtype=dtype, memory_format=memory_format) for name, m in models.items()}
 
 
 def phase_workload(model: torch.nn.Module, phase: str, images: torch.Tensor, labels: torch.Tensor) -> Workload:
@@ -96,20 +97,23 @@ def run_e2e(args, device: torch.device, env: Dict[str, str], fused: Sequence[str
     rows: List[Dict] = []
     start = time.perf_counter()
     over_budget = lambda: args.time_budget is not None and time.perf_counter() - start > args.time_budget
-    for dtype in args.dtype or [torch.float32]:
+    for dtype, layout in [(d, l) for d in args.dtype or [torch.float32] for l in args.layout or ["nchw"]]:
+        name = f"{dtype_name(dtype)} {layout}"
         if over_budget():
-            log(f"time budget of {args.time_budget:.0f} s spent: {dtype_name(dtype)} not measured")
+            log(f"time budget of {args.time_budget:.0f} s spent: {name} not measured")
             continue
-        models = build_models(fused, dtype, device)
-        images = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+        # channels_last: model and images, as a channels_last training script has them
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        models = build_models(fused, dtype, device, memory_format)
+        images = torch.randn(batch, 3, size, size, device=device, dtype=dtype).contiguous(memory_format=memory_format)
         labels = torch.randint(0, 1000, (batch,), device=device)
         for phase in PHASES:
             if over_budget():
-                log(f"time budget of {args.time_budget:.0f} s spent: {dtype_name(dtype)} {phase} not measured")
+                log(f"time budget of {args.time_budget:.0f} s spent: {name} {phase} not measured")
                 continue
-            log(f"e2e ResNet-50 {phase}, batch {batch}, {size}x{size}, {dtype_name(dtype)}: {', '.join(models)}")
+            log(f"e2e ResNet-50 {phase}, batch {batch}, {size}x{size}, {name}: {', '.join(models)}")
             base_row = dict(env, model="resnet50-scsa", batch=batch, image_size=size, dtype=dtype_name(dtype),
-                            phase=phase)
+                            layout=layout, phase=phase)
             phase_rows = run_phase(models, phase, images, labels, device, warmup_ms, rep_ms, base_row)
             writer.write(phase_rows)
             rows += phase_rows

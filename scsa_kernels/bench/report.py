@@ -12,7 +12,7 @@ MICRO_COLUMNS = ENVIRONMENT_COLUMNS + (
     "model_bytes", "achieved_gbps", "copy_gbps", "pct_of_copy_bw", "peak_mem_bytes", "saved_bytes",
     "first_call_s")
 E2E_COLUMNS = ENVIRONMENT_COLUMNS + (
-    "model", "batch", "image_size", "dtype", "phase", "provider", "status", "median_ms", "p20_ms", "p80_ms",
+    "model", "batch", "image_size", "dtype", "layout", "phase", "provider", "status", "median_ms", "p20_ms", "p80_ms",
     "samples", "images_per_s", "speedup_vs_reference")
 
 
@@ -63,7 +63,7 @@ MICRO_TABLE = (("shape", "shape"), ("dtype", "dtype"), ("layout", "layout"), ("m
                ("speedup_vs_eager", "x eager"), ("speedup_vs_compile", "x compile"),
                ("achieved_gbps", "GB/s"), ("pct_of_copy_bw", "% copy"), ("peak_mem_mb", "peak MB"),
                ("saved_mb", "saved MB"), ("status", "status"))
-E2E_TABLE = (("model", "model"), ("batch", "batch"), ("image_size", "size"), ("dtype", "dtype"),
+E2E_TABLE = (("model", "model"), ("batch", "batch"), ("image_size", "size"), ("dtype", "dtype"), ("layout", "layout"),
              ("phase", "phase"), ("provider", "provider"), ("median_ms", "median ms"), ("p20_ms", "p20"),
              ("p80_ms", "p80"), ("images_per_s", "images/s"), ("speedup_vs_reference", "x reference"),
              ("status", "status"))

@@ -34,7 +34,8 @@ def cuda_suite() -> List[Case]:
     the ResNet-50 bottleneck maps at the training batch in bfloat16 (forward, forward+backward),
     batch-1 bfloat16 forward latency of the ResNet-50 maps (64x56x56 first), the other DESIGN.md
     models' maps likewise, the ResNet-50 maps in channels_last (what AMP training of convnets
-    uses), then float32 of the ResNet-50 maps and the backward-only mode."""
+    uses) and the 1x64x56x56 channels_last forward, then float32 of the ResNet-50 maps and the
+    backward-only mode."""
     batch = TRAINING_BATCH["cuda"]
     bf16, fp32 = torch.bfloat16, torch.float32
     resnet = feature_map_shapes(batch, ("resnet50",))
@@ -45,6 +46,8 @@ def cuda_suite() -> List[Case]:
         cases += [Case(s, bf16, CUDA_TRAINING_MODES) for s in feature_map_shapes(batch, (model,))]
         cases += [Case(s, bf16, ("forward",)) for s in feature_map_shapes(LATENCY_BATCH, (model,))]
     cases += [Case(s, bf16, CUDA_TRAINING_MODES, "channels_last") for s in resnet]
+    # batch 1: a few programs per plane pass when each takes 16 channels (64 channels: 4)
+    cases += [Case(feature_map_shapes(LATENCY_BATCH, ("resnet50",))[0], bf16, ("forward",), "channels_last")]
     cases += [Case(s, fp32, CUDA_TRAINING_MODES) for s in resnet]
     cases += [Case(s, dtype, ("backward",)) for dtype in (bf16, fp32) for s in resnet]
     return cases
