@@ -206,12 +206,6 @@ def _workspace(lengths, device):
     return _empty(sum(lengths), device=device, dtype=torch.float32).split(lengths)
 
 
-def _wide(*tensors) -> bool:
-    """Whether an in-plane element offset of any of these (B, C, H, W) tensors can reach 2**31."""
-    return any((t.shape[2] - 1) * abs(t.stride(2)) + (t.shape[3] - 1) * abs(t.stride(3)) >= 2 ** 31
-               for t in tensors)
-
-
 def _launch(kernel, grid, *args, **kwargs):
     """Every kernel launch goes through here (tests record them)."""
     from torch.library import wrap_triton
