@@ -386,14 +386,16 @@ def test_inference_pack_cache_sees_weight_updates():
 
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("dim,mode", [(40, "max_pool"), (44, "avg_pool")])
-def test_channels_last_matches_nchw_bitwise(dtype, dim, mode):
-    """Strided layouts are swept in channel tiles (by 8x8 transposes, half types converted on
-    the way; 44 channels leave a tile of 12 for the plain loops), but every plane sees its rows
-    in the same order as in NCHW, so results agree bitwise (output and every gradient)."""
+@pytest.mark.parametrize("dim,mode,hw", [(40, "max_pool", (17, 15)), (44, "avg_pool", (17, 15)),
+                                         (24, "avg_pool", (40, 33))])
+def test_channels_last_matches_nchw_bitwise(dtype, dim, mode, hw):
+    """Strided layouts are swept in channel tiles (by 8x8 transposes, bfloat16 converted on the
+    way; 44 channels leave a tile of 12 for the plain loops; small planes move whole, 40x33 row
+    by row), but every plane sees its rows in the same order as in NCHW, so results agree
+    bitwise (output and every gradient)."""
     config = SCSAConfig(dim=dim, head_num=2, down_sample_mode=mode)
     w = random_weights(config)
-    x = torch.randn(3, dim, 17, 15).to(dtype)
+    x = torch.randn(3, dim, *hw).to(dtype)
     g = torch.randn_like(x)
 
     def run(xx, gg):

@@ -23,6 +23,9 @@ namespace scsa_kernels::cpu {
 
 // Channels per tile in the strided mode.
 constexpr int64_t kBlock = 16;
+// Planes of at most this many cells move whole in the strided mode (run_blocked_planes): a
+// tile of kBlock x 1024 floats is 64 KiB.
+constexpr int64_t kWholePlaneCells = 1024;
 
 // Row-length accumulators, one per plane in flight, padded to whole vectors
 // (accumulate_scaled, accumulate_row). slots: RowVisitor::planes_in_flight(), a power
@@ -66,6 +69,8 @@ class RowVisitor {
              int64_t C, int64_t H, int64_t W, Prefetch prefetch = Prefetch::kNone)
       : in0_(in0), in1_(in1), out_(out), C_(C), H_(H), W_(W),
         blocked_(in0->stride_w != 1 || (in1 && in1->stride_w != 1) || (out && out->stride_w != 1)),
+        whole_planes_(blocked_ && H * W <= kWholePlaneCells && evenly_spaced(in0) && evenly_spaced(in1) &&
+                      evenly_spaced(out)),
         prefetch_(prefetch == Prefetch::kInputs) {}
 
   // How many consecutive planes have rows in flight at once, rounded up to a power of two
@@ -132,88 +137,113 @@ class RowVisitor {
       std::is_same_v<acc_t, float> && (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>);
   static constexpr int64_t kSide = 8;  // at::vec::transpose_mxn<float, 8, 8> (AVX2 shuffles; plain loops elsewhere)
 
-  template <typename Planes_>
-  static bool transposes(const Planes_& planes, int64_t nb) {
-    return kTransposes && planes.stride_c == 1 && nb % kSide == 0;
-  }
-
-  // block[k * W + j] = cells[j * stride + k] for 8 cells j of 8 channels k (converted to float
+  // block[k * ld + j] = cells[j * stride + k] for 8 cells j of 8 channels k (converted to float
   // by at::vec::convert, as the planar mode's rows are).
-  void transpose_in(const scalar_t* cells, int64_t stride, float* block) const {
+  static void transpose_in(const scalar_t* cells, int64_t stride, float* block, int64_t ld) {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      at::vec::transpose_mxn<float, kSide, kSide>(cells, stride, block, W_);
+      at::vec::transpose_mxn<float, kSide, kSide>(cells, stride, block, ld);
     } else {
       alignas(32) float staged[kSide * kSide];
       for (int64_t j = 0; j < kSide; ++j) at::vec::convert(cells + j * stride, staged + j * kSide, kSide);
-      at::vec::transpose_mxn<float, kSide, kSide>(staged, kSide, block, W_);
+      at::vec::transpose_mxn<float, kSide, kSide>(staged, kSide, block, ld);
     }
   }
 
-  // cells[j * stride + k] = block[k * W + j], rounded to scalar_t.
-  void transpose_out(const float* block, scalar_t* cells, int64_t stride) const {
+  // cells[j * stride + k] = block[k * ld + j], rounded to scalar_t.
+  static void transpose_out(const float* block, int64_t ld, scalar_t* cells, int64_t stride) {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      at::vec::transpose_mxn<float, kSide, kSide>(block, W_, cells, stride);
+      at::vec::transpose_mxn<float, kSide, kSide>(block, ld, cells, stride);
     } else {
       alignas(32) float staged[kSide * kSide];
-      at::vec::transpose_mxn<float, kSide, kSide>(block, W_, staged, kSide);
+      at::vec::transpose_mxn<float, kSide, kSide>(block, ld, staged, kSide);
       for (int64_t j = 0; j < kSide; ++j) at::vec::convert(staged + j * kSide, cells + j * stride, kSide);
     }
   }
 
-  // tile[c * W + w] = src[h, w] of channel c of the block (first: the block's first plane)
-  void gather(const Planes<const scalar_t>& src, typename Planes<const scalar_t>::Plane first, int64_t nb, int64_t h,
-              acc_t* tile) const {
-    const scalar_t* row = first.row(h);
-    int64_t w = 0;
+  // tile[c * count + i] = cells[i * cell_stride + c * channel_stride]: `count` cells (a row, or a
+  // whole evenly spaced plane) of nb neighbouring channels.
+  static void gather(const scalar_t* cells, int64_t cell_stride, int64_t channel_stride, int64_t count, int64_t nb,
+                     acc_t* tile) {
+    int64_t i = 0;
     if constexpr (kTransposes) {
-      if (transposes(src, nb)) {
-        for (; w + kSide <= W_; w += kSide)
-          for (int64_t c = 0; c < nb; c += kSide) transpose_in(row + w * src.stride_w + c, src.stride_w, tile + c * W_ + w);
+      if (channel_stride == 1 && nb % kSide == 0) {
+        for (; i + kSide <= count; i += kSide)
+          for (int64_t c = 0; c < nb; c += kSide) transpose_in(cells + i * cell_stride + c, cell_stride, tile + c * count + i, count);
       }
     }
-    for (; w < W_; ++w) {
-      const scalar_t* cell = row + w * src.stride_w;
-      for (int64_t c = 0; c < nb; ++c) tile[c * W_ + w] = static_cast<acc_t>(cell[c * src.stride_c]);
+    for (; i < count; ++i) {
+      const scalar_t* cell = cells + i * cell_stride;
+      for (int64_t c = 0; c < nb; ++c) tile[c * count + i] = static_cast<acc_t>(cell[c * channel_stride]);
     }
   }
 
-  void scatter(const Planes<scalar_t>& dst, typename Planes<scalar_t>::Plane first, int64_t nb, int64_t h,
-               const acc_t* tile) const {
-    scalar_t* row = first.row(h);
-    int64_t w = 0;
+  static void scatter(const acc_t* tile, int64_t count, int64_t nb, scalar_t* cells, int64_t cell_stride,
+                      int64_t channel_stride) {
+    int64_t i = 0;
     if constexpr (kTransposes) {
-      if (transposes(dst, nb)) {
-        for (; w + kSide <= W_; w += kSide)
-          for (int64_t c = 0; c < nb; c += kSide) transpose_out(tile + c * W_ + w, row + w * dst.stride_w + c, dst.stride_w);
+      if (channel_stride == 1 && nb % kSide == 0) {
+        for (; i + kSide <= count; i += kSide)
+          for (int64_t c = 0; c < nb; c += kSide) transpose_out(tile + c * count + i, count, cells + i * cell_stride + c, cell_stride);
       }
     }
-    for (; w < W_; ++w) {
-      scalar_t* cell = row + w * dst.stride_w;
-      for (int64_t c = 0; c < nb; ++c) cell[c * dst.stride_c] = static_cast<scalar_t>(tile[c * W_ + w]);
+    for (; i < count; ++i) {
+      scalar_t* cell = cells + i * cell_stride;
+      for (int64_t c = 0; c < nb; ++c) cell[c * channel_stride] = static_cast<scalar_t>(tile[c * count + i]);
     }
   }
 
   template <typename Body>
   void run_blocked(int64_t begin, int64_t end, Body& body) const {
+    if (whole_planes_) {
+      run_blocked_planes(begin, end, body);
+    } else {
+      run_blocked_rows(begin, end, body);
+    }
+  }
+
+  template <typename Body>
+  void run_blocked_rows(int64_t begin, int64_t end, Body& body) const {
     std::vector<acc_t> tile0(kBlock * W_), tile1(in1_ ? kBlock * W_ : 0), tile_out(out_ ? kBlock * W_ : 0);
     for (int64_t group = begin; group < end;) {
       const int64_t group_end = std::min(end, (group / C_ + 1) * C_);  // planes of one sample
       for (int64_t h = 0; h < H_; ++h) {
         for (int64_t p0 = group; p0 < group_end; p0 += kBlock) {
           const int64_t nb = std::min(kBlock, group_end - p0);
-          const auto first0 = in0_->plane(p0);
-          const auto first1 = in1_ ? in1_->plane(p0) : first0;
-          const auto first_out = out_ ? out_->plane(p0) : typename Planes<scalar_t>::Plane{nullptr, 0};
-          gather(*in0_, first0, nb, h, tile0.data());
-          if (in1_) gather(*in1_, first1, nb, h, tile1.data());
+          gather(in0_->plane(p0).row(h), in0_->stride_w, in0_->stride_c, W_, nb, tile0.data());
+          if (in1_) gather(in1_->plane(p0).row(h), in1_->stride_w, in1_->stride_c, W_, nb, tile1.data());
           for (int64_t c = 0; c < nb; ++c)
             body(p0 + c, h, tile0.data() + c * W_, in1_ ? tile1.data() + c * W_ : nullptr,
                  out_ ? tile_out.data() + c * W_ : nullptr);
-          if (out_) scatter(*out_, first_out, nb, h, tile_out.data());
+          if (out_) scatter(tile_out.data(), W_, nb, out_->plane(p0).row(h), out_->stride_w, out_->stride_c);
         }
       }
       group = group_end;
     }
+  }
+
+  // Small planes with evenly spaced cells (channels_last: stride_h == W * stride_w): each block
+  // of channels moves as one run of H*W cells, so the 8x8 transposes cover nearly all of it
+  // where rows of W < 16 left most columns to the plain loops. The sample stays in L2.
+  template <typename Body>
+  void run_blocked_planes(int64_t begin, int64_t end, Body& body) const {
+    const int64_t cells = H_ * W_;
+    std::vector<acc_t> tile0(kBlock * cells), tile1(in1_ ? kBlock * cells : 0), tile_out(out_ ? kBlock * cells : 0);
+    for (int64_t p0 = begin; p0 < end;) {
+      const int64_t nb = std::min({kBlock, end - p0, C_ - p0 % C_});  // neighbouring channels of one sample
+      gather(in0_->plane(p0).row(0), in0_->stride_w, in0_->stride_c, cells, nb, tile0.data());
+      if (in1_) gather(in1_->plane(p0).row(0), in1_->stride_w, in1_->stride_c, cells, nb, tile1.data());
+      for (int64_t c = 0; c < nb; ++c)
+        for (int64_t h = 0; h < H_; ++h)
+          body(p0 + c, h, tile0.data() + c * cells + h * W_, in1_ ? tile1.data() + c * cells + h * W_ : nullptr,
+               out_ ? tile_out.data() + c * cells + h * W_ : nullptr);
+      if (out_) scatter(tile_out.data(), cells, nb, out_->plane(p0).row(0), out_->stride_w, out_->stride_c);
+      p0 += nb;
+    }
+  }
+
+  template <typename Planes_>
+  bool evenly_spaced(const Planes_* planes) const {
+    return planes == nullptr || planes->stride_h == W_ * planes->stride_w;
   }
 
   const Planes<const scalar_t>* in0_;
@@ -221,6 +251,7 @@ class RowVisitor {
   const Planes<scalar_t>* out_;
   int64_t C_, H_, W_;
   bool blocked_;
+  bool whole_planes_;  // strided mode: whole planes per gather (run_blocked_planes), else rows
   bool prefetch_;
 };
 
