@@ -80,7 +80,8 @@ def test_select_cases_narrows_the_default_suite():
         "1x64x56x56 bfloat16 channels_last"]
 
 
-def test_layout_option_hands_channels_last_inputs_to_every_provider(tmp_path, monkeypatch):
+def install_layout_recorder(monkeypatch):
+    """A fake backend "fake" (an identity) that records, per call, whether x came in channels_last."""
     seen = []
 
     def records_layout(x, weights, config, training):
@@ -88,6 +89,11 @@ def test_layout_option_hands_channels_last_inputs_to_every_provider(tmp_path, mo
         return x * 1
 
     install_backend(monkeypatch, "fake", records_layout)
+    return seen
+
+
+def test_layout_option_hands_channels_last_inputs_to_every_provider(tmp_path, monkeypatch):
+    seen = install_layout_recorder(monkeypatch)
     out = str(tmp_path)
     assert cli.main(["--shape", "1,16,14,14", "--layout", "channels_last", "--layout", "nchw", "--mode", "forward",
                      "--out", out, *TINY_CPU_RUN]) == 0
@@ -212,13 +218,7 @@ def test_e2e_run_writes_csv(tmp_path, monkeypatch):
 
 
 def test_e2e_channels_last_hands_channels_last_maps_to_scsa(tmp_path, monkeypatch):
-    seen = []
-
-    def records_layout(x, weights, config, training):
-        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-        return x * 1
-
-    install_backend(monkeypatch, "fake", records_layout)
+    seen = install_layout_recorder(monkeypatch)
     monkeypatch.setattr(e2e, "MODEL_STAGES", ((16, 1, 1), (32, 1, 2)))
     out = str(tmp_path)
     assert cli.main(["--e2e", "--quick", "--e2e-image-size", "56", "--layout", "channels_last", "--out", out,
