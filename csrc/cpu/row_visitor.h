@@ -160,17 +160,27 @@ class RowVisitor {
     }
   }
 
+  // Calls move(i, c) for every whole 8x8 block (cells i..i+7, channels c..c+7) of a run of
+  // `count` cells of nb channels, when the channels have unit stride and come in whole groups of
+  // 8; returns the first cell left to the plain loops (0 when the blocks cannot transpose).
+  template <typename Move>
+  static int64_t for_each_block(int64_t count, int64_t nb, int64_t channel_stride, Move&& move) {
+    if (channel_stride != 1 || nb % kSide != 0) return 0;
+    int64_t i = 0;
+    for (; i + kSide <= count; i += kSide)
+      for (int64_t c = 0; c < nb; c += kSide) move(i, c);
+    return i;
+  }
+
   // tile[c * count + i] = cells[i * cell_stride + c * channel_stride]: `count` cells (a row, or a
   // whole evenly spaced plane) of nb neighbouring channels.
   static void gather(const scalar_t* cells, int64_t cell_stride, int64_t channel_stride, int64_t count, int64_t nb,
                      acc_t* tile) {
     int64_t i = 0;
-    if constexpr (kTransposes) {
-      if (channel_stride == 1 && nb % kSide == 0) {
-        for (; i + kSide <= count; i += kSide)
-          for (int64_t c = 0; c < nb; c += kSide) transpose_in(cells + i * cell_stride + c, cell_stride, tile + c * count + i, count);
-      }
-    }
+    if constexpr (kTransposes)
+      i = for_each_block(count, nb, channel_stride, [&](int64_t j, int64_t c) {
+        transpose_in(cells + j * cell_stride + c, cell_stride, tile + c * count + j, count);
+      });
     for (; i < count; ++i) {
       const scalar_t* cell = cells + i * cell_stride;
       for (int64_t c = 0; c < nb; ++c) tile[c * count + i] = static_cast<acc_t>(cell[c * channel_stride]);
@@ -180,12 +190,10 @@ class RowVisitor {
   static void scatter(const acc_t* tile, int64_t count, int64_t nb, scalar_t* cells, int64_t cell_stride,
                       int64_t channel_stride) {
     int64_t i = 0;
-    if constexpr (kTransposes) {
-      if (channel_stride == 1 && nb % kSide == 0) {
-        for (; i + kSide <= count; i += kSide)
-          for (int64_t c = 0; c < nb; c += kSide) transpose_out(tile + c * count + i, count, cells + i * cell_stride + c, cell_stride);
-      }
-    }
+    if constexpr (kTransposes)
+      i = for_each_block(count, nb, channel_stride, [&](int64_t j, int64_t c) {
+        transpose_out(tile + c * count + j, count, cells + j * cell_stride + c, cell_stride);
+      });
     for (; i < count; ++i) {
       scalar_t* cell = cells + i * cell_stride;
       for (int64_t c = 0; c < nb; ++c) cell[c * channel_stride] = static_cast<scalar_t>(tile[c * count + i]);

@@ -288,7 +288,7 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
     return dict(
         N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
-        plane_grid=(B * -(-C // block_c),), pool_grid=(B * pool_blocks_per_sample,),
+        channel_tiles=channel_tiles, plane_grid=(B * -(-C // block_c),), pool_grid=(B * pool_blocks_per_sample,),
         # gates, sp_stats, pooled (recombination: the cells), gn, z, m, l, ca
         workspace=_workspace_lengths([(B, C, H + W), (B, 2, 4, 2), (B, C * WH * WW, N) if recombine else (B, C, N),
                                       (B, 2), (B, C), (B, C), (B, C), (B, C)]),
@@ -398,9 +398,7 @@ def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, wind
     plan = _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile)
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
-    channel_tiles = _channel_tiles(x_stride)
-    block_w = plane_block_w(W, channel_tiles)
-    block_c = _channels_per_program(C, block_w, channel_tiles)
+    plane_meta = plan["plane_meta"]  # the backward's plane passes tile x as the forward's do
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
     # rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
     # gates, sp_stats (the names in _backward_impl)
@@ -409,14 +407,14 @@ def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, wind
         (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
         (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), (B, 2, 4, 2)])
     # pass (a) also walks the columns right of the window grid
-    grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W, C, channel_tiles)
+    grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W, C, plan["channel_tiles"])
     pool_scalars = list(plan["pool_scalars"])
     pool_scalars[7:11] = g_stride
     pool_scalars[-1] = grad_per_block
     plan.update(
         recompute_means=recompute_means, workspace=workspace,
         bwd_attention_grid=(B, head_num * nblk), grad_pool_grid=(B * grad_pool_blocks_per_sample,),
-        grad_grid=(B * -(-C // block_c),),
+        grad_grid=plan["plane_grid"],
         grad_pool_scalars=tuple(pool_scalars),
         grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride), **grad_pool_blocks),
         bwd_attention_scalars=(C, N, D, nblk, D ** -0.5),
@@ -425,10 +423,11 @@ def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, wind
         pool_geom=(HP, WP, WH, WW, head_num * nblk),
         pooled_grad_scalars=(C, N, head_num * nblk),
         pooled_grad_meta=dict(BLOCK_N=min(1024, _pow2(N)), BLOCK_P=_pow2(head_num * nblk)),
-        grad_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, BLOCK_C=block_c, BLOCK_W=block_w, WH_POW2=_pow2(WH),
+        grad_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, BLOCK_C=plane_meta["BLOCK_C"],
+                       BLOCK_W=plane_meta["BLOCK_W"], WH_POW2=_pow2(WH),
                        BLOCK_P=_pow2(head_num * nblk)),
         pool_sums_scalars=(C, H, W, *x_stride, HP, WP, WH, WW, head_num * nblk),
-        one_col_block=W <= block_w, wide_x=_wide_strides(shape, x_stride),
+        one_col_block=plane_meta["ONE_COL_BLOCK"], wide_x=plane_meta["WIDE"],
     )
     return plan
 
