@@ -4,16 +4,19 @@
 # 1. builds and installs the package and its C++/CUDA extension (editable, no build isolation),
 # 2. runs the whole pytest suite (GPU tests included),
 # 3. runs scsa-check (every available backend vs the reference),
-# 4. runs the full scsa-bench suite and the ResNet-50 end-to-end benchmark,
+# 4. profiles one call of the fused backend and of the reference (benchmarks/kernel_profile.py:
+#    wall, host and per-kernel device time),
+# 5. runs the full scsa-bench suite and the ResNet-50 end-to-end benchmark,
 # and leaves logs, CSV and PNG under benchmarks/results/<card-name>/. If $OUT is set, a tarball of
 # that folder plus the CSVs and summary.txt are copied there too.
 #
 # Every step has a time cap so that the whole run ends within TOTAL_BUDGET_S seconds (default 2400)
 # even when a step hangs; scsa-bench gets what is left (at most BENCH_BUDGET_S, default 900) and
 # writes its CSV row by row, so a cut run keeps its results. Caps: BUILD_CAP_S (600), TEST_CAP_S (900),
-# CHECK_CAP_S (300), E2E_CAP_S (300). Step exit codes and durations go to summary.txt; the script exits
+# CHECK_CAP_S (300), PROFILE_CAP_S (120), E2E_CAP_S (300). Step exit codes and durations go to summary.txt; the script exits
 # non-zero when a step failed. On a short lease, e.g. a 10-minute call, use TOTAL_BUDGET_S=500
-# TEST_CAP_S=210 CHECK_CAP_S=40 E2E_CAP_S=60 BENCH_BUDGET_S=150 (what produced results/nvidia-h200).
+# TEST_CAP_S=180 CHECK_CAP_S=40 PROFILE_CAP_S=45 E2E_CAP_S=60 BENCH_BUDGET_S=150 (results/nvidia-h200
+# came from the same settings with TEST_CAP_S=210 and no profile step).
 #
 # One interpreter for everything: $PYTHON, else the first of python3 / python that imports torch
 # (`pip` on PATH may belong to another interpreter, so the build runs `$PY -m pip`). pytest runs with
@@ -26,6 +29,7 @@ BENCH_BUDGET_S=${BENCH_BUDGET_S:-900}
 BUILD_CAP_S=${BUILD_CAP_S:-600}
 TEST_CAP_S=${TEST_CAP_S:-900}
 CHECK_CAP_S=${CHECK_CAP_S:-300}
+PROFILE_CAP_S=${PROFILE_CAP_S:-120}
 E2E_CAP_S=${E2E_CAP_S:-300}
 TEST_WORKERS=${TEST_WORKERS:-8}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -72,6 +76,7 @@ XDIST=()
 "$PY" -c "import xdist" 2> /dev/null && (( TEST_WORKERS > 1 )) && XDIST=(-n "$TEST_WORKERS")
 step pytest "$(cap "$TEST_CAP_S")" "$PY" -m pytest -q -ra -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
 step check "$(cap "$CHECK_CAP_S")" "$PY" -m scsa_kernels.check
+step profile "$(cap "$PROFILE_CAP_S")" "$PY" benchmarks/kernel_profile.py
 # bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
 # new cases, the cap (25 s more) leaves room for the case in flight and the plots
 BENCH_S=$(( $(remaining) - E2E_CAP_S - 25 - 15 ))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fake_backends import install_backend
+from scsa_kernels import backends
 from scsa_kernels.bench import cli
 from scsa_kernels.bench.plots import plot_all
 from scsa_kernels.bench.report import E2E_COLUMNS, ENVIRONMENT_COLUMNS, MICRO_COLUMNS, read_csv
@@ -253,3 +254,21 @@ def test_gpu_script_is_valid_bash():
     assert not any(re.search(r"(?<!-m )\bpip3? install", l) or re.search(r"(^|[\s(])python3? -[cm]\b", l)
                    for l in commands)
     assert any('"$PY" -m pip install' in l for l in commands)
+
+
+def test_kernel_profile_names_the_fused_op(capsys):
+    """benchmarks/kernel_profile.py (run_gpu.sh's diagnosis step) on CPU: one line per backend and mode,
+    and the fused backend's time lands in its own op, not in unattributed glue."""
+    import importlib.util
+
+    if backends.unavailable_reason("cpu") is not None:
+        pytest.skip("the C++ CPU backend is not built")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("kernel_profile", os.path.join(root, "benchmarks", "kernel_profile.py"))
+    kernel_profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel_profile)
+    kernel_profile.main(["--device", "cpu", "--shape", "1", "8", "7", "7", "--reps", "2"])
+    out = capsys.readouterr().out
+    summaries = re.findall(r"^1x8x7x7 float32 (forward\+backward|forward)\s+(\w+)\s+wall .* in \d+ ops", out, re.M)
+    assert sorted(summaries) == sorted([(m, b) for m in ("forward", "forward+backward") for b in ("cpu", "reference")])
+    assert "scsa_kernels::scsa_forward" in out and "scsa_kernels::scsa_backward" in out

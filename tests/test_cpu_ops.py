@@ -98,6 +98,16 @@ def test_strided_inputs(layout, dtype):
 
 
 @needs_ext
+def test_size_one_dimension_with_any_stride():
+    """H = 1 in a permuted tensor: the size-1 dimension's stride is not the reference's (an elementwise
+    result renormalizes it), the memory layout is the same; compare_backend must accept it."""
+    x = torch.randn(1, 2, 11, 16).permute(1, 3, 0, 2)
+    config = SCSAConfig(dim=16, window_size=-1, down_sample_mode="max_pool", gate_layer="softmax")
+    assert x.stride(2) != scsa_reference(x, random_weights(config), config).stride(2)
+    assert_matches(compare_backend("cpu", x, random_weights(config), config))
+
+
+@needs_ext
 def test_output_poisoning_and_format():
     """Every output element is written: results do not depend on what the allocator hands out."""
     config = SCSAConfig(dim=8)

@@ -1,0 +1,130 @@
+"""Where one SCSA call spends its time: wall time, host time, and device time per kernel.
+
+    python benchmarks/kernel_profile.py [--device cuda] [--dtype bfloat16] [--reps 20]
+                                        [--shape 64 64 56 56 ...] [--backend auto]
+
+For each shape, the fused backend (``--backend``, "auto" picks the device's fastest) and the
+eager reference, in forward (no autograd) and forward+backward:
+- wall: synchronized time per call over ``--reps`` back-to-back calls;
+- host: the same calls' CPU time until the last one is enqueued (on a GPU, when host > device
+  the call is host-bound and the kernels wait for Python, dispatch and launches);
+- device: the kernels' own time per call, from torch.profiler (on a CPU run: the ops' self time),
+  then the heaviest kernels with their launches and microseconds per call.
+This is the diagnosis that scsa-bench's ratios cannot give: which kernel to fix, or whether the
+host is the bottleneck. ``bash benchmarks/run_gpu.sh`` runs it (profile.log).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from scsa_kernels import backends  # noqa: E402
+from scsa_kernels.module import SCSA  # noqa: E402
+
+DEFAULT_SHAPES = [(64, 64, 56, 56), (64, 512, 7, 7), (1, 64, 56, 56)]
+TOP_KERNELS = 8
+
+
+def one_call(module, x, grad_out, mode):
+    """The timed unit: a forward without autograd, or forward + backward from scratch."""
+    if mode == "forward":
+        with torch.no_grad():
+            module(x)
+    else:
+        module.zero_grad(set_to_none=True)
+        module(x).backward(grad_out)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def wall_and_host_us(module, x, grad_out, mode, reps):
+    synchronize(x.device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        one_call(module, x, grad_out, mode)
+    enqueued = time.perf_counter()
+    synchronize(x.device)
+    done = time.perf_counter()
+    return (done - start) / reps * 1e6, (enqueued - start) / reps * 1e6
+
+
+def _self_time_us(event, device):
+    if device.type == "cuda":
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+    return event.self_cpu_time_total
+
+
+def kernel_table(module, x, grad_out, mode, reps):
+    """[(name, launches per call, device us per call)], heaviest first."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(reps):
+            one_call(module, x, grad_out, mode)
+        synchronize(x.device)
+    rows = []
+    for event in prof.key_averages():
+        us = _self_time_us(event, x.device)
+        kernel = getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA or x.device.type == "cpu"
+        if us > 0 and kernel:
+            rows.append((event.key, event.count / reps, us / reps))
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def bound(host_us, device_us, device):
+    """On a GPU: which side the call waits for (on a CPU both are the same thread)."""
+    if device.type != "cuda":
+        return ""
+    return "  (host-bound)" if host_us > device_us else "  (device-bound)"
+
+
+def report(shape, backend, dtype, device, mode, reps):
+    module = SCSA(shape[1], window_size=7, backend=backend).to(device=device, dtype=dtype)
+    x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(mode != "forward")
+    grad_out = torch.randn_like(x)
+    name = backends.auto_choice(x, module.config, mode != "forward") if backend == "auto" else backend
+    for _ in range(3):  # compile, autotune, warm caches
+        one_call(module, x, grad_out, mode)
+    wall, host = wall_and_host_us(module, x, grad_out, mode, reps)
+    table = kernel_table(module, x, grad_out, mode, reps)
+    device_us = sum(us for _, _, us in table)
+    launches = sum(n for _, n, _ in table)
+    print(f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')} {mode:<16} {name:<10} "
+          f"wall {wall:9.1f} us  host {host:9.1f} us  device {device_us:9.1f} us in {launches:.0f} "
+          f"{'kernels' if device.type == 'cuda' else 'ops'}{bound(host, device_us, device)}")
+    for key, count, us in table[:TOP_KERNELS]:
+        print(f"    {us:9.1f} us  x{count:<4.0f} {key[:110]}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--shape", type=int, nargs=4, action="append", help="B C H W; repeatable")
+    parser.add_argument("--modes", nargs="+", default=["forward", "forward+backward"],
+                        choices=["forward", "forward+backward"])
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+          f"{args.reps} calls per measurement, window_size=7")
+    for shape in [tuple(s) for s in args.shape] if args.shape else DEFAULT_SHAPES:
+        for mode in args.modes:
+            for backend in (args.backend, "reference"):
+                report(shape, backend, dtype, device, mode, args.reps)
+
+
+if __name__ == "__main__":
+    main()
