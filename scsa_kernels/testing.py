@@ -91,13 +91,15 @@ def _layout(t: torch.Tensor):
 
 
 def compare_backend(backend: str, x: torch.Tensor, weights: SCSAWeights, config: SCSAConfig,
-                    grad_out: Optional[torch.Tensor] = None, check_grads: bool = True) -> List[Comparison]:
-    """Run ``backend`` on (x, weights) in eval mode, forward and backward, and compare each result
-    (output, dx, every parameter gradient) with the reference by the tolerance rule."""
+                    grad_out: Optional[torch.Tensor] = None, check_grads: bool = True,
+                    training: bool = False) -> List[Comparison]:
+    """Run ``backend`` on (x, weights), forward and backward, and compare each result (output, dx,
+    every parameter gradient) with the reference by the tolerance rule. Eval mode unless
+    ``training`` (with attention dropout, the caller makes both sides draw the same masks)."""
     if grad_out is None:
         grad_out = torch.randn(x.shape, dtype=torch.float64, device=x.device)
-    fused_fn = lambda xx, ww: scsa(xx, ww, config, training=False, backend=backend)
-    ref_fn = lambda xx, ww: scsa_reference(xx, ww, config, training=False)
+    fused_fn = lambda xx, ww: scsa(xx, ww, config, training=training, backend=backend)
+    ref_fn = lambda xx, ww: scsa_reference(xx, ww, config, training=training)
     runs = []
     for fn, dtype in ((fused_fn, None), (ref_fn, None), (ref_fn, torch.float64)):
         xx, ww = _leaves(x, weights, dtype)

@@ -83,3 +83,10 @@ def test_host_tile_constants_match_the_configs():
     kernels = (plane_stats.plane_means_kernel, pooling.pool_kernel, apply.apply_gates_kernel,
                input_grad.pool_grad_sums_kernel, input_grad.input_grad_kernel)
     assert {min(c.kwargs["TILE"] for c in k.configs_for(b)) for k in kernels for b in (1, 16)} == {ops.MIN_TILE}
+
+
+def test_dropout_variants_are_compiled(compiled):
+    """The attention kernels with in-kernel dropout (DROPOUT=True) are among the compiled, spill-checked ones."""
+    for kernel in ("channel_attention_fwd_kernel", "channel_attention_bwd_kernel"):
+        variants = {r["variant"] for r in compiled if r["kernel"] == kernel}
+        assert any("DROPOUT=True" in v for v in variants) and any("DROPOUT=False" in v for v in variants), variants

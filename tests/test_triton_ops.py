@@ -5,16 +5,21 @@ so shapes stay small. Every buffer the kernels write is allocated NaN-filled her
 an element a kernel forgets to write shows up as a NaN mismatch.
 """
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import HAS_CUDA, requires_cuda
-from scsa_kernels import backends
-from scsa_kernels.config import SCSAConfig
-from scsa_kernels.functional import scsa
-from scsa_kernels.module import SCSA
-from scsa_kernels.testing import compare_backend, random_weights
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
+
+from conftest import HAS_CUDA, requires_cuda  # noqa: E402
+from scsa_kernels import backends  # noqa: E402
+from scsa_kernels.config import SCSAConfig  # noqa: E402
+from scsa_kernels.functional import scsa  # noqa: E402
+from scsa_kernels.module import SCSA  # noqa: E402
+from scsa_kernels.testing import compare_backend, random_weights  # noqa: E402
+from scsa_kernels.triton.channel_attention import _dropout_scale  # noqa: E402
 
 REASON = backends.unavailable_reason("triton")
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"triton backend unavailable: {REASON}")
@@ -200,22 +205,92 @@ def test_module_and_determinism():
         assert torch.equal(a, b), "two identical backward runs differ (non-deterministic reduction?)"
 
 
-@pytest.mark.parametrize("change,training,expected", [
-    (dict(attn_drop_ratio=0.1), True, "dropout"),
-])
-def test_unsupported_options_have_reasons(change, training, expected):
-    config = SCSAConfig(8, window_size=2, **change)
-    x = torch.randn(1, 8, 4, 4, device=DEVICE)
-    reason = backends.why_not("triton", x, config, training)
-    assert reason is not None and expected in reason
-    with pytest.raises(backends.BackendUnavailableError, match=expected):
-        scsa(x, random_weights(config, device=DEVICE), config, training=training, backend="triton")
+def test_unsupported_inputs_have_reasons():
+    config = SCSAConfig(8, window_size=2)
+    x = torch.randn(1, 8, 2, 4098, device=DEVICE)
+    reason = backends.why_not("triton", x, config, True)
+    assert reason is not None and "4096" in reason
+    with pytest.raises(backends.BackendUnavailableError, match="4096"):
+        scsa(x, random_weights(config, device=DEVICE), config, training=True, backend="triton")
+    assert backends.auto_choice(x, config, True) != "triton"
 
 
 def test_float64_is_unsupported_not_downcast():
     config = SCSAConfig(8, window_size=2)
     reason = backends.why_not("triton", torch.randn(1, 8, 4, 4, dtype=torch.float64, device=DEVICE), config, False)
     assert reason is not None and "float64" in reason
+
+
+@triton.jit
+def _dropout_masks_kernel(seed_ptr, out_ptr, drop_p, C, D, BLOCK: tl.constexpr):
+    """The kernels' dropout scales M of sample program_id(0), row channel program_id(1) -> out (B, C, D)."""
+    b, c = tl.program_id(0), tl.program_id(1)
+    cols = tl.arange(0, BLOCK)
+    scales = _dropout_scale(seed_ptr, drop_p, b, C, D, c + tl.arange(0, 1), cols)
+    tl.store(out_ptr + (b * C + c) * D + cols[None, :], scales, mask=(cols < D)[None, :])
+
+
+def dropout_masks(seed, p, batch, heads, D):
+    """(B, heads, D, D) fp32: the masks (0 or 1/(1-p)) the kernels draw from ``seed``."""
+    out = torch.empty(batch, heads * D, D, device=seed.device)
+    _dropout_masks_kernel[(batch, heads * D)](seed, out, p, heads * D, D, BLOCK=triton.next_power_of_2(D))
+    return out.view(batch, heads, D, D)
+
+
+@pytest.fixture
+def shared_dropout_masks(monkeypatch):
+    """The reference's attention dropout applies the masks of the seed the Triton call drew last."""
+    from scsa_kernels import reference
+    from scsa_kernels.ops import triton as ops
+    seeds = []
+    draw = ops._dropout
+    monkeypatch.setattr(ops, "_dropout", lambda *args: (lambda r: seeds.append(r[1]) or r)(draw(*args)))
+
+    def dropout(attn, p, training):  # attn: (B, heads, D, D)
+        assert training and p > 0
+        return attn * dropout_masks(seeds[-1], p, *attn.shape[:3]).to(attn.dtype)
+
+    monkeypatch.setattr(reference, "F", SimpleNamespace(**{**vars(torch.nn.functional), "dropout": dropout}))
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["op", "eager_node"])
+@pytest.mark.parametrize("options", [dict(head_num=2, gate_layer="softmax"),
+                                     dict(head_num=1, window_size=-1, qkv_bias=True),
+                                     dict(head_num=4, down_sample_mode="max_pool")], ids=["softmax_heads",
+                                                                                          "global", "four_heads"])
+@pytest.mark.usefixtures("shared_dropout_masks")
+def test_attention_dropout_matches_the_reference_with_the_same_masks(monkeypatch, bypass, options):
+    """Training with attn_drop_ratio > 0: forward and every gradient against the reference when both
+    apply the masks the kernels draw (the backward regenerates them from the saved seed)."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "EAGER_BYPASS", bypass)
+    config = SCSAConfig(32, **{"window_size": 3, "attn_drop_ratio": 0.3, **options})
+    x = torch.randn(2, 32, 7, 8, device=DEVICE)
+    results = compare_backend("triton", x, random_weights(config, device=DEVICE), config, training=True)
+    bad = [f"{r.name}: error {r.error:.3g} > bound {r.bound:.3g}" for r in results if not r.ok]
+    assert not bad, "\n".join(bad)
+
+
+def test_attention_dropout_rate_and_seeding():
+    """Masks keep 1-p of the weights, scaled by 1/(1-p); torch.manual_seed reproduces a training call,
+    another seed changes it, eval mode has no dropout."""
+    seed = torch.randint(2 ** 62, (1,), device=DEVICE)
+    masks = dropout_masks(seed, 0.3, 2, 2, 32)
+    torch.testing.assert_close(masks.unique(), torch.tensor([0.0, 1 / 0.7], device=DEVICE))
+    assert abs((masks > 0).float().mean().item() - 0.7) < 0.03  # 4096 draws: std 0.007
+    assert not torch.equal(masks, dropout_masks(seed + 1, 0.3, 2, 2, 32))
+    module = SCSA(16, head_num=2, window_size=3, attn_drop_ratio=0.3, backend="triton").to(DEVICE)
+    x = torch.randn(2, 16, 6, 6, device=DEVICE)
+    outputs = []
+    for manual_seed in (0, 0, 1):
+        torch.manual_seed(manual_seed)
+        with torch.no_grad():
+            outputs.append(module(x))
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
+    module.eval()
+    with torch.no_grad():
+        expected = scsa(x, module.weights(), module.config, backend="reference")
+        torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_dropout_in_eval_is_supported():
@@ -232,25 +307,31 @@ def test_op_schema_and_autograd_registration():
     config = SCSAConfig(8, window_size=2)
     p = [t.detach().requires_grad_() for t in pack_weights(random_weights(config, device=DEVICE), config)]
     x = torch.randn(1, 8, 4, 5, device=DEVICE, requires_grad=True)
+    seed = torch.randint(2 ** 62, (1,), device=DEVICE)
     for conv_d in (None, torch.randn(8, 8 * 4, device=DEVICE, requires_grad=True)):  # pooling, recombination
-        torch.library.opcheck(ops.triton_scsa_forward, (x, *p, conv_d, 1, 2, False, False),
-                              test_utils=("test_schema", "test_autograd_registration"))
+        for dropout in ((), (0.2, seed)):
+            torch.library.opcheck(ops.triton_scsa_forward, (x, *p, conv_d, 1, 2, False, False, *dropout),
+                                  test_utils=("test_schema", "test_autograd_registration"))
 
 
-def test_dynamo_traces_the_dispatch_path_without_graph_breaks():
-    """module -> functional -> backend selection -> pack_weights -> triton_op: one graph, no break.
+@pytest.mark.parametrize("attn_drop_ratio", [0.0, 0.2])
+def test_dynamo_traces_the_dispatch_path_without_graph_breaks(attn_drop_ratio):
+    """module -> functional -> backend selection -> pack_weights (-> the dropout seed) -> triton_op:
+    one graph, no break.
 
     backend="eager" runs the captured graph eagerly (the interpreter cannot run under
     AOTAutograd's functional tracing; Inductor lowering is test_gpu_torch_compile_fullgraph).
     """
     import torch._dynamo
-    module = SCSA(8, window_size=2, backend="triton").to(DEVICE)
+    module = SCSA(8, window_size=2, attn_drop_ratio=attn_drop_ratio, backend="triton").to(DEVICE)
     x = torch.randn(1, 8, 4, 5, device=DEVICE, requires_grad=True)
     explained = torch._dynamo.explain(module)(x)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     torch._dynamo.reset()
+    torch.manual_seed(0)  # the same dropout seed for the compiled and the eager call
     out = torch.compile(module, backend="eager", fullgraph=True)(x)
     out.square().sum().backward()
+    torch.manual_seed(0)
     expected = module(x.detach())
     assert torch.allclose(out, expected, rtol=1e-6, atol=1e-6) and torch.isfinite(x.grad).all()
 
@@ -274,15 +355,19 @@ def test_gpu_auto_picks_triton():
 
 
 @requires_cuda
-def test_gpu_torch_compile_fullgraph():
-    module = SCSA(64, head_num=2, backend="triton").cuda()
+@pytest.mark.parametrize("attn_drop_ratio", [0.0, 0.1])
+def test_gpu_torch_compile_fullgraph(attn_drop_ratio):
+    module = SCSA(64, head_num=2, attn_drop_ratio=attn_drop_ratio, backend="triton").cuda()
     compiled = torch.compile(module, fullgraph=True)
     x = torch.randn(4, 64, 28, 28, device="cuda", requires_grad=True)
     out = compiled(x)
     out.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    if attn_drop_ratio:  # Inductor draws the seed from its own RNG stream: other masks than eager
+        module.eval()
+        out = compiled(x)
     ref = module(x.detach())
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 @requires_cuda
@@ -296,6 +381,8 @@ def test_gpu_opcheck():
     torch.library.opcheck(ops.triton_scsa_forward, (x, *p, None, 1, 3, False, False))
     conv_d = torch.randn(16, 16 * 9, device="cuda", requires_grad=True)  # recombination
     torch.library.opcheck(ops.triton_scsa_forward, (x, *p, conv_d, 1, 3, False, False))
+    seed = torch.randint(2 ** 62, (1,), device="cuda")  # attention dropout: deterministic given the seed
+    torch.library.opcheck(ops.triton_scsa_forward, (x, *p, None, 2, 3, False, True, 0.2, seed))
 
 
 @requires_cuda

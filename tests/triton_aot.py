@@ -26,7 +26,8 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.ops import triton as ops  # noqa: E402
 
-# (shape, dtype, options): together every constexpr branch (HAS_GRAD, GATE_SOFTMAX, IS_MAX, RECOMBINE, ONE_COL_BLOCK),
+# (shape, dtype, options): together every constexpr branch (HAS_GRAD, GATE_SOFTMAX, IS_MAX, RECOMBINE, ONE_COL_BLOCK,
+# DROPOUT: attn_drop_ratio > 0 is recorded as a training call),
 # every dtype, 7x7, 56x56, 160x160 planes (row tiles 8, 64, 256 wide), rows wider than a tile,
 # planes spanning 2**31 elements and channels_last (meta tensors: nothing is allocated).
 SCENARIOS = [
@@ -40,9 +41,12 @@ SCENARIOS = [
     ((2, 64, 56, 56), "channels_last", dict(head_num=2, down_sample_mode="recombination")),
     ((2, 64, 56, 56), torch.bfloat16, dict(head_num=2, down_sample_mode="recombination")),
     ((1, 16, 12, 600), torch.float32, dict(down_sample_mode="recombination", gate_layer="softmax")),
+    ((2, 64, 56, 56), torch.bfloat16, dict(head_num=2, attn_drop_ratio=0.1)),
+    ((2, 512, 7, 7), torch.float32, dict(window_size=-1, attn_drop_ratio=0.1, gate_layer="softmax")),
 ]
 ARCHS = (80, 90)
-PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32"}
+PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32",
+       torch.int64: "*i64"}
 
 
 def record_launches():
@@ -62,8 +66,9 @@ def record_launches():
                  config.down_sample_mode == "max_pool" and not config.global_pool, config.gate_layer == "softmax")
         ws = config.window_size
         conv_d = meta(C, C * ws * ws) if config.uses_conv_d else None
-        out, means = ops._forward_impl(x, *params, conv_d, *flags)
-        ops._backward_impl(out, x, ops._saved_means(x, means), *params, conv_d, *flags)
+        dropout = (config.attn_drop_ratio, meta(1, dt=torch.int64)) if config.attn_drop_ratio else ()
+        out, means = ops._forward_impl(x, *params, conv_d, *flags, *dropout)
+        ops._backward_impl(out, x, ops._saved_means(x, means), *params, conv_d, *flags, *dropout)
     return launches
 
 

@@ -60,7 +60,7 @@ def unsupported_reason(x, config, training) -> Optional[str]:
     return None
 
 
-def _forward(x, packed, weights, config):
+def _forward(x, packed, weights, config, training=False):  # training only matters for dropout: not run here
     return torch.ops.scsa_kernels.scsa_forward(x, *packed, *config.kernel_options)
 
 
@@ -77,7 +77,7 @@ def scsa(x, weights, config, training):
     if torch.compiler.is_compiling():  # the registered op, with its autograd formula
         return _forward(x, packed(), weights, config)[0]
     if needs_autograd(x, weights):
-        return fused_scsa_with_grad(KERNELS, x, weights, config)  # eager training: one node
+        return fused_scsa_with_grad(KERNELS, x, weights, config, training)  # eager training: one node
     # Inference (packed weights cached): nothing to record, so the call goes straight
     # to the kernel, as the registered autograd itself would redispatch it (the
     # Python autograd layer cost ~10 us per call, ~7% of a batch-1 ResNet-shape forward here).

@@ -18,8 +18,8 @@ from ..weights import packed_parameters, pack_weights, unpack_gradients
 class FusedKernels:
     """A fused backend's entry points as this node calls them.
 
-    forward(x, packed, weights, config) -> (out, *saved): out has x's shape and dtype; saved are
-        what its backward needs besides x and the packed weights (tensors or None).
+    forward(x, packed, weights, config, training) -> (out, *saved): out has x's shape and dtype; saved
+        are what its backward needs besides x and the packed weights (tensors or None).
     backward(grad_out, x, packed, saved, weights, config) -> (grad_x, packed_grads, extra_grads):
         gradients of x, of the ten packed tensors (a list, or flat: see ``unpack_gradients``),
         and of ``extra_parameters(weights, config)``.
@@ -37,17 +37,17 @@ def needs_autograd(x, weights) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in weights.tensors()))
 
 
-def fused_scsa_with_grad(kernels: FusedKernels, x, weights, config):
+def fused_scsa_with_grad(kernels: FusedKernels, x, weights, config, training: bool):
     """``out`` of the fused SCSA, differentiable in x and every parameter the backend reads, as one node."""
     params = packed_parameters(weights, config) + kernels.extra_parameters(weights, config)
-    return _FusedSCSAFunction.apply(kernels, config, weights, x, *params)
+    return _FusedSCSAFunction.apply(kernels, config, training, weights, x, *params)
 
 
 class _FusedSCSAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernels, config, weights, x, *params):
+    def forward(ctx, kernels, config, training, weights, x, *params):
         packed = pack_weights(weights, config, compute_dtype(x.dtype))  # grad mode is off in here
-        out, *saved = kernels.forward(x, packed, weights, config)
+        out, *saved = kernels.forward(x, packed, weights, config, training)
         ctx.kernels, ctx.config, ctx.weights = kernels, config, weights
         ctx.save_for_backward(x, *packed, *saved)
         return out
@@ -58,4 +58,5 @@ class _FusedSCSAFunction(torch.autograd.Function):
         x, *packed_and_saved = ctx.saved_tensors
         packed, saved = packed_and_saved[:10], packed_and_saved[10:]
         grad_x, packed_grads, extra_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.weights, ctx.config)
-        return (None, None, None, grad_x, *unpack_gradients(packed_grads, ctx.weights, ctx.config), *extra_grads)
+        return (None, None, None, None, grad_x, *unpack_gradients(packed_grads, ctx.weights, ctx.config),
+                *extra_grads)

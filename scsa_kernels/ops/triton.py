@@ -36,9 +36,12 @@ its registered autograd), launch geometry is computed once per (shape, strides, 
 ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, and the backward's scratch buffers are views of one
 allocation.
 
+Attention dropout in training runs in the channel attention kernels (Philox, masks keyed by
+sample, row channel and column: triton/channel_attention.py); one (1,) int64 seed per call comes
+from torch's generator and is saved for the backward, which regenerates the masks.
+
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
-attention dropout in training (no in-kernel Philox RNG), float64 (kernels compute in
-float32), window or plane sides > 4096, planes of 2**31 elements or more.
+float64 (kernels compute in float32), window or plane sides > 4096, planes of 2**31 elements or more.
 
 Layout: the plane passes (means, pool, apply, pool_grad_sums, input_grad) take strided tiles of
 (BLOCK_C channels x rows x columns) with 64-bit plane bases (in-plane offsets go 64-bit only when
@@ -121,8 +124,6 @@ def unsupported_reason(x, config, training):
         return f"device {x.device.type} is not supported (CUDA tensors only)"
     if x.dtype not in SUPPORTED_DTYPES:
         return f"dtype {x.dtype} is not supported (float32/float16/bfloat16; kernels compute in float32)"
-    if training and config.attn_drop_ratio > 0:
-        return "attention dropout in training is not implemented in the Triton kernels (no in-kernel RNG)"
     height, width = x.shape[2], x.shape[3]
     if max(height, width) > MAX_SIDE:
         return f"H and W must be <= {MAX_SIDE} for the Triton kernels, got {height}x{width}"
@@ -136,26 +137,39 @@ def _conv_d(weights, config):
     return weights.conv_d_weight.flatten(1) if config.uses_conv_d else None
 
 
+def _dropout(config, training, device):
+    """(p, seed) of one call's attention dropout: p = attn_drop_ratio in training, and a (1,) int64
+    seed drawn from torch's generator of ``device`` (torch.manual_seed reproduces the masks; the
+    backward reuses the seed); (0.0, None) when there is no dropout."""
+    if not training or config.attn_drop_ratio == 0.0:
+        return 0.0, None
+    return config.attn_drop_ratio, torch.randint(2 ** 62, (1,), dtype=torch.int64, device=device)
+
+
 def scsa(x, weights, config, training):
     if EAGER_BYPASS and not torch.compiler.is_compiling() and needs_autograd(x, weights):
         # Eager training: one autograd node without the dispatcher (the registered autograd of the
         # op costs ~60 us of Python per call) and without autograd nodes for the packing.
-        return fused_scsa_with_grad(KERNELS, x, weights, config)
+        return fused_scsa_with_grad(KERNELS, x, weights, config, training)
     p = packed_weights(weights, config)
+    args = (x, *p, _conv_d(weights, config), *config.kernel_options, *_dropout(config, training, x.device))
     if not EAGER_BYPASS or torch.compiler.is_compiling():
-        return torch.ops.scsa_kernels.triton_scsa_forward(x, *p, _conv_d(weights, config), *config.kernel_options)[0]
-    return _forward_impl(x, *p, _conv_d(weights, config), *config.kernel_options)[0]
+        return torch.ops.scsa_kernels.triton_scsa_forward(*args)[0]
+    return _forward_impl(*args)[0]
 
 
-def _eager_forward(x, packed, weights, config):
+def _eager_forward(x, packed, weights, config, training):
     conv_d = _conv_d(weights, config)
-    out, means = _forward_impl(x, *packed, conv_d, *config.kernel_options)
-    return out, _saved_means(x, means), conv_d
+    dropout_p, dropout_seed = _dropout(config, training, x.device)
+    out, means = _forward_impl(x, *packed, conv_d, *config.kernel_options, dropout_p, dropout_seed)
+    return out, _saved_means(x, means), conv_d, dropout_seed
 
 
 def _eager_backward(grad_out, x, packed, saved, weights, config):
-    means, conv_d = saved
-    dx, dconv, dsmall, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *config.kernel_options)
+    means, conv_d, dropout_seed = saved
+    dropout_p = 0.0 if dropout_seed is None else config.attn_drop_ratio
+    dx, dconv, dsmall, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *config.kernel_options,
+                                                dropout_p, dropout_seed)
     extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
     return dx, torch.cat((dconv, dsmall)), extra  # flat, in PackedWeights order (conv weight, conv bias, the rest)
 
@@ -324,15 +338,21 @@ def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_
             **plan["gates_meta"])
 
 
-def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax):
+def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed):
     """Launches the channel attention forward (and the softmax gate): from pooled (B, C, N) fills
-    gn (B, 2), z, m, l and ca (B, C), all fp32."""
+    gn (B, 2), z, m, l and ca (B, C), all fp32, with attention dropout when dropout_p > 0."""
     _, channel_attention, _, _, _, _ = _kernels()
     _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
-            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, *plan["attention_scalars"], **plan["attention_meta"])
+            pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, z, m, l, ca,
+            *plan["attention_scalars"], dropout_p, DROPOUT=dropout_p > 0, **plan["attention_meta"])
     if gate_softmax:
         _launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], z, ca, plan["gates_scalars"][0],
                 **plan["softmax_meta"])
+
+
+def _seed_pointer(dropout_seed, any_buffer):
+    """The seed tensor the attention kernels read when DROPOUT, or any buffer (unread) without dropout."""
+    return any_buffer if dropout_seed is None else dropout_seed
 
 
 def _shaped(buffer, shape):
@@ -350,10 +370,12 @@ def _forward_impl(
         x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
         head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
+        dropout_p: float = 0.0, dropout_seed: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """-> (out, means (B, C, H+W) fp32 = x_h | x_w): the backward keeps the means when saves_means()
     and recomputes everything else from them and x. conv_d: recombination's projection (C, C*ws*ws),
-    or None for the pooling modes."""
+    or None for the pooling modes. dropout_p > 0: attention dropout with the Philox stream of
+    dropout_seed ((1,) int64, see ``_dropout``)."""
     B, C, H, W = x.shape
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
     x_stride = x.stride()
@@ -371,7 +393,7 @@ def _forward_impl(
             *plan["pool_scalars"], HAS_GRAD=False, **plan["pool_meta"])
     if recombine:
         pooled = _project(conv_d, _shaped(pooled, plan["cells"]))
-    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax)
+    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
     out_stride = out.stride()
     _launch(apply.apply_gates_kernel, plan["plane_grid"],
             x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
@@ -437,13 +459,14 @@ def _backward_impl(
         conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
         head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
+        dropout_p: float = 0.0, dropout_seed: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (dx, conv grads (C*K + C,) = weight (C, K) then bias, small grads (12*C,) = norm_h w, b,
     norm_w w, b, norm w, b, qkv weight (3, C), qkv bias (3, C), conv_d's gradient (C, C*ws*ws) in
     its dtype (empty without conv_d)).
 
     saved_means (B, C, H+W) fp32: the forward's, or empty when saves_means() is false (then recomputed
-    here from x)."""
+    here from x). dropout_p, dropout_seed: the forward's (its dropout masks are regenerated)."""
     B, C, H, W = x.shape
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
     x_stride, g_stride = x.stride(), grad_out.stride()
@@ -465,10 +488,11 @@ def _backward_impl(
             *plan["grad_pool_scalars"], HAS_GRAD=True, **plan["grad_pool_meta"])
     if recombine:
         pooled = _project(conv_d, cells)
-    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax)
+    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
     _launch(channel_attention.channel_attention_bwd_kernel, plan["bwd_attention_grid"],
-            pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, dca, dq, dk, dy, small_part, gnsum,
-            *plan["bwd_attention_scalars"], **plan["bwd_attention_meta"])
+            pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, z, m, l, ca, dca, dq, dk, dy,
+            small_part, gnsum, *plan["bwd_attention_scalars"], dropout_p, DROPOUT=dropout_p > 0,
+            **plan["bwd_attention_meta"])
     if recombine:
         dp = _empty(pooled.shape, device=x.device, dtype=torch.float32)
         _launch(input_grad.pooled_grad_kernel, plan["planes"], dy, pooled, gn, gnsum, n_w, dp, *plan["pooled_grad_scalars"],
@@ -506,14 +530,15 @@ def _packed_grads(dconv, dsmall, C, K):
 
 
 def _split_grads(ctx, grad_out, backward_fn):
-    """Gradients of (x, the 10 packed weights, conv_d, the 4 options) from the backward op's 4 outputs."""
-    saved = ctx.saved_tensors
+    """Gradients of (x, the 10 packed weights, conv_d, the 5 options, the dropout seed) from the
+    backward op's 4 outputs. Saved: x, means, the 10 packed weights, conv_d, the seed."""
+    *saved, dropout_seed = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(saved[0])
     C, K = saved[2].shape  # conv_w (after x and means)
-    dx, dconv, dsmall, dconv_d = backward_fn(grad_out, *saved, *ctx.options)
+    dx, dconv, dsmall, dconv_d = backward_fn(grad_out, *saved, *ctx.options, dropout_seed)
     conv_d = saved[12]
-    return (dx, *_packed_grads(dconv, dsmall, C, K), None if conv_d is None else dconv_d, None, None, None, None)
+    return (dx, *_packed_grads(dconv, dsmall, C, K), None if conv_d is None else dconv_d, *[None] * 6)
 
 
 def _define_ops():
@@ -521,9 +546,9 @@ def _define_ops():
 
     def setup_context(ctx, inputs, output):
         x = inputs[0]
-        ctx.options = inputs[12:]
+        ctx.options = inputs[12:17]  # head_num, window_size, max_pool, gate_softmax, dropout_p
         ctx.set_materialize_grads(False)  # means gets no gradient: no zeros launch
-        ctx.save_for_backward(x, _saved_means(x, output[1]), *inputs[1:12])
+        ctx.save_for_backward(x, _saved_means(x, output[1]), *inputs[1:12], inputs[17])
 
     def backward(ctx, grad_out, *unused):
         return _split_grads(ctx, grad_out, backward_op)

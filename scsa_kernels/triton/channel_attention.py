@@ -13,6 +13,11 @@ full-size passes, so the FMA loop costs little.
 
 Every program recomputes the GroupNorm(1) statistics of its sample (C*N values, a few KB)
 instead of waiting for another launch.
+
+Attention dropout (training, p = attn_drop_ratio > 0, constexpr DROPOUT): z = (P * M) vbar with
+M = keep / (1 - p), the mask drawn in-kernel from Triton's Philox: attention weight (row channel c,
+column j of its head) of sample b is kept when rand(seed, (b*C + c)*D + j) >= p. The row sums l
+stay those of P (dropout follows the softmax); the backward regenerates M from the same seed.
 """
 import triton
 import triton.language as tl
@@ -81,6 +86,14 @@ def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qk
 
 
 @triton.jit
+def _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cols):
+    """M (len(rows), len(cols)) fp32 of sample b: 1/(1-p) where the attention weight of row channel
+    rows (global index) and column cols (index in the head) is kept, else 0. seed_ptr: (1,) int64."""
+    offsets = (b.to(tl.int64) * C + rows[:, None]) * D + cols[None, :]
+    return tl.where(tl.rand(tl.load(seed_ptr), offsets) >= drop_p, 1.0 / (1.0 - drop_p), 0.0)
+
+
+@triton.jit
 def _head_block(D, NBLK, BLOCK_D: tl.constexpr):
     """(b, head, channel indices, in-head mask) of this program's channel block."""
     b = tl.program_id(0)
@@ -91,18 +104,20 @@ def _head_block(D, NBLK, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def channel_attention_fwd_kernel(
-        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr,
-        C, N, D, NBLK, eps, scale,
-        GATE_SOFTMAX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr):
+        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr,
+        C, N, D, NBLK, eps, scale, drop_p,
+        GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr):
     """Forward of PCSA steps 2-6 for one block of BLOCK_D channels.
 
     pooled: (B, C, N) fp32; nw, nb: GroupNorm(1) params (C,); qkv_w, qkv_b: (3, C). All fp32.
-    Out (fp32): gn (B, 2) = (mean, rstd) of GroupNorm(1); z (B, C) = P vbar (pre-gate);
+    seed (1,) int64 and drop_p: the attention dropout (read only when DROPOUT).
+    Out (fp32): gn (B, 2) = (mean, rstd) of GroupNorm(1); z (B, C) = P vbar (pre-gate, with dropout P * M);
     m, l (B, C) = row max and row sum of exp of the scaled scores (softmax statistics);
     ca (B, C) = sigmoid(z), written here unless GATE_SOFTMAX (then by channel_softmax_gate_kernel).
     """
     eps = tl.cast(eps, tl.float32)  # torch.compile passes Python floats as fp64: keep every loop in fp32
     scale = tl.cast(scale, tl.float32)
+    drop_p = tl.cast(drop_p, tl.float32)
     b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
     base = pooled_ptr + b.to(tl.int64) * C * N
     mean, rstd = _group_norm1_stats(base, C * N, eps, BLOCK_F)
@@ -122,6 +137,8 @@ def channel_attention_fwd_kernel(
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DROPOUT:
+            p = p * _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cj)
         acc = acc * alpha + tl.sum(p * vbar[None, :], axis=1)
         m_i = m_new
     z = acc / l_i
@@ -178,25 +195,28 @@ def _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, chans, cmask, dot, GA
 
 
 @triton.jit
-def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar):
-    """dS = P * dz_i * (vbar_j - z_i) (the softmax backward of z = P vbar), and P."""
+def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar, keep):
+    """dS = P * dz_i * (M_ij vbar_j - z_i) (the softmax backward of z = (P * M) vbar), and P * M.
+    keep: the dropout scales M (a tile), or 1.0 without dropout."""
     p = tl.where(rmask[:, None] & cmask[None, :], tl.exp(s * scale - m[:, None]) / l[:, None], 0.0)
-    return p * dz[:, None] * (vbar[None, :] - z[:, None]), p
+    return p * dz[:, None] * (vbar[None, :] * keep - z[:, None]), p * keep
 
 
 # Not specialized on N, D, NBLK == 1 (global pooling, one block per head): the loops those
 # bound, unrolled, spilled registers (AOT test with the JIT's specializations).
 @triton.jit(do_not_specialize=["N", "D", "NBLK"])
 def channel_attention_bwd_kernel(
-        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr, dca_ptr,
+        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr, dca_ptr,
         dq_ptr, dk_ptr, dy_ptr, part_ptr, gnsum_ptr,
-        C, N, D, NBLK, scale,
-        GATE_SOFTMAX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        C, N, D, NBLK, scale, drop_p,
+        GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_C: tl.constexpr):
     """Backward of PCSA steps 2-6 for one block T of BLOCK_D channels, without atomics.
 
     T is both a row block (dq_T = scale * sum_j dS_Tj k_j) and a column block
-    (dk_T = scale * sum_i dS_iT q_i, dvbar_T = sum_i P_iT dz_i), with
-    dS_ij = P_ij dz_i (vbar_j - z_i), the softmax backward of z = P vbar. dS tiles do not
+    (dk_T = scale * sum_i dS_iT q_i, dvbar_T = sum_i P_iT M_iT dz_i), with
+    dS_ij = P_ij dz_i (M_ij vbar_j - z_i), the softmax backward of z = (P * M) vbar (M = 1 without
+    dropout; with it, regenerated from the forward's seed). dS tiles do not
     depend on the position n, so each column block's contribution to dq_T[:, n], dk_T[:, n]
     is added into this program's own rows of the dq/dk scratch, one position at a time.
     In: pooled (B, C, N); params as in the forward; gn (B, 2); z, m, l, ca (B, C) from the
@@ -206,6 +226,7 @@ def channel_attention_bwd_kernel(
     of this sample; gnsum (B, heads*NBLK, 2) = this block's sums of gamma*dy and gamma*dy*yhat.
     """
     scale = tl.cast(scale, tl.float32)  # torch.compile passes Python floats as fp64
+    drop_p = tl.cast(drop_p, tl.float32)
     b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
     base = pooled_ptr + b.to(tl.int64) * C * N
     plane = b.to(tl.int64) * C * N
@@ -218,13 +239,19 @@ def channel_attention_bwd_kernel(
         cj = j0 + tl.arange(0, BLOCK_D)
         cmask = cj < D
         cols = head * D + cj
+        if DROPOUT:
+            keep_tj = _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cj)
+            keep_jt = _dropout_scale(seed_ptr, drop_p, b, C, D, cols, rows - head * D)
+        else:
+            keep_tj = 1.0
+            keep_jt = 1.0
         s, vbar_j = _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd,
                             nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
-        ds_tj, p = _score_grad(s, scale, rmask, cmask, dz_t, z_t, m_t, l_t, vbar_j)
+        ds_tj, p = _score_grad(s, scale, rmask, cmask, dz_t, z_t, m_t, l_t, vbar_j, keep_tj)
         s, vbar_t = _scores(base, cols, cmask, rows, rmask, C, N, mean, rstd,
                             nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
         dz_j, z_j, m_j, l_j = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, cols, cmask, dot, GATE_SOFTMAX)
-        ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t)
+        ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t, keep_jt)
         dvbar += tl.sum(p * dz_j[:, None], axis=0)
         gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
         tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
