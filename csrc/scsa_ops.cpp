@@ -35,7 +35,13 @@ PyObject* PyInit__C(void) {
 #define SCSA_PACKED_WEIGHTS                                                                                    \
   "Tensor conv_weight, Tensor conv_bias, Tensor norm_h_weight, Tensor norm_h_bias, Tensor norm_w_weight, " \
   "Tensor norm_w_bias, Tensor norm_weight, Tensor norm_bias, Tensor qkv_weight, Tensor qkv_bias"
-#define SCSA_OPTIONS "int head_num, int window_size, bool max_pool, bool softmax_gate"
+// dropout_p > 0: attention dropout with the masks of dropout_seed, a one-element int64 tensor
+// (csrc/cpu/attention_dropout.h); the backward takes the forward's p and seed.
+// conv_d: recombination's projection (C, C*ws*ws), any float dtype, with a real window; its
+// gradient comes back in its dtype (empty without it).
+#define SCSA_OPTIONS                                                                                             \
+  "int head_num, int window_size, bool max_pool, bool softmax_gate, float dropout_p=0.0, Tensor? dropout_seed=None, " \
+  "Tensor? conv_d=None"
 
 TORCH_LIBRARY(scsa_kernels, m) {
   m.def("scsa_forward(Tensor x, " SCSA_PACKED_WEIGHTS ", " SCSA_OPTIONS
@@ -46,7 +52,7 @@ TORCH_LIBRARY(scsa_kernels, m) {
         "Tensor attn_lse, Tensor ca, " SCSA_OPTIONS
         ") -> (Tensor grad_x, Tensor grad_conv_weight, Tensor grad_conv_bias, Tensor grad_norm_h_weight, "
         "Tensor grad_norm_h_bias, Tensor grad_norm_w_weight, Tensor grad_norm_w_bias, Tensor grad_norm_weight, "
-        "Tensor grad_norm_bias, Tensor grad_qkv_weight, Tensor grad_qkv_bias)");
+        "Tensor grad_norm_bias, Tensor grad_qkv_weight, Tensor grad_qkv_bias, Tensor grad_conv_d)");
 }
 
 TORCH_LIBRARY_IMPL(scsa_kernels, CPU, m) {

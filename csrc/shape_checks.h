@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <optional>
 
 namespace scsa_kernels {
 
@@ -54,6 +55,25 @@ inline void check_forward_args(const at::Tensor& x, const PackedWeightArgs& w, i
     TORCH_CHECK(t.device() == x.device(), "scsa_kernels: ", packed_weight_name(i), " is on ", t.device(),
                 " but x is on ", x.device());
   }
+}
+
+// conv_d: recombination's projection (C, C*ws*ws) with a real window, else absent. Returns it
+// contiguous in the compute type and detached (the kernels' own matmuls, on worker threads too,
+// must not see a tensor that requires grad), or an undefined tensor.
+inline at::Tensor check_conv_d(const std::optional<at::Tensor>& conv_d, const at::Tensor& x, const PackedWeightArgs& w,
+                               int64_t window_size, bool max_pool) {
+  if (!conv_d.has_value() || !conv_d->defined()) return {};
+  const int64_t C = x.size(1);
+  TORCH_CHECK(window_size >= 1 && !max_pool,
+              "scsa_kernels: conv_d (recombination) needs window_size >= 1 and max_pool=False, got window_size=",
+              window_size, ", max_pool=", max_pool);
+  TORCH_CHECK(conv_d->dim() == 2 && conv_d->size(0) == C && conv_d->size(1) == C * window_size * window_size,
+              "scsa_kernels: conv_d must have shape (C, C*window_size**2) = (", C, ", ", C * window_size * window_size,
+              "), got ", conv_d->sizes());
+  TORCH_CHECK(at::isFloatingType(conv_d->scalar_type()) && conv_d->device() == x.device(),
+              "scsa_kernels: conv_d must be a floating tensor on x's device, got ", conv_d->scalar_type(), " on ",
+              conv_d->device());
+  return conv_d->detach().to(w.conv_weight().scalar_type()).contiguous();
 }
 
 // A small saved tensor: shape and compute dtype as the forward produced it.

@@ -9,14 +9,18 @@ Each backend lives in ``scsa_kernels/ops/<name>.py`` and exposes three functions
 - ``scsa(x, weights, config, training) -> Tensor``: the differentiable forward.
   Inputs are already validated by ``config.check_input``.
 
-Modules are imported lazily so that a broken optional dependency only disables
-its own backend. ``auto`` tries ``AUTO_ORDER[device type]`` in order and always
-ends with the reference, which runs everywhere.
+Modules are imported when this module is (those this machine can use: ``_preload``) or
+else on first use, each on its own, so that a broken optional dependency only disables its
+own backend. ``auto`` tries ``AUTO_ORDER[device type]`` in order and always ends with the
+reference, which runs everywhere.
 """
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Optional
+
+import torch
 
 BACKENDS = ("reference", "triton", "cuda", "cpu")
 BACKEND_CHOICES = ("auto",) + BACKENDS
@@ -75,3 +79,18 @@ def select(backend: str, x, config, training: bool):
 def auto_choice(x, config, training: bool = False) -> str:
     """Name of the backend ``auto`` picks for this input."""
     return select("auto", x, config, training).NAME
+
+
+def _preload() -> None:
+    """Import now every backend ``auto`` may pick on this machine: torch.compile cannot trace an
+    import, so a model compiled before its first eager call would break the graph on it. The
+    CUDA backends only where there is a GPU (or the Triton interpreter), so CPU-only users do
+    not pay for importing triton."""
+    names = list(AUTO_ORDER["cpu"])
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        names += AUTO_ORDER["cuda"]
+    for name in dict.fromkeys(names):
+        unavailable_reason(name)
+
+
+_preload()

@@ -112,6 +112,17 @@ def packed_parameters(weights: SCSAWeights, config: SCSAConfig):
     return params
 
 
+def conv_d_matrix(weights: SCSAWeights, config: SCSAConfig) -> Optional[Tensor]:
+    """conv_d's weight as the (C, C*ws*ws) matrix the fused kernels take, in its own dtype (a view);
+    None without recombination."""
+    return weights.conv_d_weight.flatten(1) if config.uses_conv_d else None
+
+
+def unpacked_parameters(weights: SCSAWeights, config: SCSAConfig):
+    """The parameters the fused kernels read as they are, not packed: conv_d, when present."""
+    return [weights.conv_d_weight] if config.uses_conv_d else []
+
+
 def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = torch.float32) -> PackedWeights:
     """Differentiable packing of ``weights`` into ``PackedWeights`` (float32, or ``dtype``: float64 for
     float64 inputs, so gradcheck sees full precision).

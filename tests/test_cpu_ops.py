@@ -16,7 +16,8 @@ from scsa_kernels import backends
 from scsa_kernels.ops import cpu as cpu_backend
 from scsa_kernels.reference import scsa_reference
 from scsa_kernels.testing import compare_backend, random_weights
-from scsa_kernels.weights import pack_weights
+from scsa_kernels.weights import conv_d_matrix, pack_weights
+from dropout_masks import shared_dropout_masks  # noqa: F401  (a fixture)
 
 needs_ext = pytest.mark.skipif(cpu_backend.unavailable_reason() is not None,
                                reason=f"{cpu_backend.unavailable_reason()} (test_extension_is_built fails)")
@@ -42,6 +43,12 @@ CONFIGS = [
     pytest.param(dict(window_size=-1), (2, 8, 5, 6), id="global"),
     pytest.param(dict(window_size=-1, down_sample_mode="max_pool"), (2, 8, 7, 3), id="global-maxmode"),
     pytest.param(dict(window_size=-1, down_sample_mode="recombination"), (1, 8, 4, 5), id="global-recombmode"),
+    # recombination: cells (space-to-depth) projected by conv_d; rows and columns past the last window
+    pytest.param(dict(down_sample_mode="recombination", window_size=3, head_num=2), (2, 16, 10, 11),
+                 id="recombination-ws3-remainder"),
+    pytest.param(dict(down_sample_mode="recombination", window_size=2, gate_layer="softmax", qkv_bias=True),
+                 (1, 8, 7, 6), id="recombination-ws2-softmax"),
+    pytest.param(dict(down_sample_mode="recombination", window_size=1), (2, 8, 3, 4), id="recombination-ws1"),
     pytest.param(dict(gate_layer="softmax"), (2, 16, 14, 13), id="softmax-gate"),
     pytest.param(dict(gate_layer="softmax", head_num=2, down_sample_mode="max_pool", qkv_bias=True),
                  (2, 16, 12, 12), id="softmax-max-heads-bias"),
@@ -66,8 +73,9 @@ def test_matches_reference(kwargs, shape, dtype):
 
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("kwargs", [dict(), dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax")],
-                         ids=["default", "max-softmax-heads"])
+@pytest.mark.parametrize("kwargs", [dict(), dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax"),
+                                    dict(down_sample_mode="recombination", window_size=3)],
+                         ids=["default", "max-softmax-heads", "recombination"])
 def test_reduced_precision(dtype, kwargs):
     config = SCSAConfig(dim=16, **kwargs)
     x = torch.randn(2, 16, 15, 17).to(dtype)
@@ -149,16 +157,23 @@ def test_gradcheck_float64_options(kwargs):
     assert torch.autograd.gradcheck(fn, (x, *packed), eps=1e-6, atol=1e-7)
 
 
-def _op_args(config, shape, dtype=torch.float32, requires_grad=False, channels_last=False):
+def _op_args(config, shape, dtype=torch.float32, requires_grad=False, channels_last=False, dropout_p=0.0):
     from scsa_kernels.reference import compute_dtype
     x = torch.randn(shape, dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    packed = [t.detach() for t in pack_weights(random_weights(config), config, dtype=compute_dtype(dtype))]
+    weights = random_weights(config)
+    packed = [t.detach() for t in pack_weights(weights, config, dtype=compute_dtype(dtype))]
+    conv_d = conv_d_matrix(weights, config)
     if requires_grad:
         x.requires_grad_()
         packed = [t.requires_grad_() for t in packed]
-    return (x, *packed, *config.kernel_options)
+    extra = ()  # (dropout_p, dropout_seed, conv_d), as far as the case needs them
+    if dropout_p or conv_d is not None:
+        extra = (dropout_p, torch.randint(2 ** 62, (1,)) if dropout_p else None)
+    if conv_d is not None:
+        extra += (conv_d.detach().requires_grad_(requires_grad),)
+    return (x, *packed, *config.kernel_options, *extra)
 
 
 OPCHECK_CASES = [
@@ -167,6 +182,8 @@ OPCHECK_CASES = [
                  id="max-softmax"),
     pytest.param(dict(window_size=-1), (1, 8, 5, 6), dict(channels_last=True), id="global-cl"),
     pytest.param(dict(), (2, 8, 9, 10), dict(dtype=torch.bfloat16), id="bf16"),
+    pytest.param(dict(head_num=2), (2, 8, 9, 10), dict(dropout_p=0.3), id="dropout"),
+    pytest.param(dict(down_sample_mode="recombination", window_size=2), (2, 8, 5, 7), {}, id="recombination"),
 ]
 
 
@@ -184,7 +201,7 @@ def test_opcheck_forward(kwargs, shape, extra, requires_grad):
 def test_opcheck_backward(kwargs, shape, extra):
     config = SCSAConfig(dim=shape[1], window_size=kwargs.pop("window_size", 3), **kwargs)
     args = _op_args(config, shape, **extra)
-    x, weights, options = args[0], args[1:11], args[11:]
+    x, weights, options = args[0], args[1:11], args[11:]  # head_num ... softmax_gate (, dropout_p, seed)
     saved = torch.ops.scsa_kernels.scsa_forward(*args)[1:]
     grad_out = torch.randn_like(x)
     torch.library.opcheck(torch.ops.scsa_kernels.scsa_backward.default, (grad_out, x, *weights, *saved, *options))
@@ -220,8 +237,9 @@ class TinyNet(nn.Module):
 
 
 @needs_ext
-@pytest.mark.parametrize("kwargs", [dict(head_num=2), dict(down_sample_mode="max_pool", gate_layer="softmax")],
-                         ids=["avg", "max-softmax"])
+@pytest.mark.parametrize("kwargs", [dict(head_num=2), dict(down_sample_mode="max_pool", gate_layer="softmax"),
+                                    dict(down_sample_mode="recombination", window_size=3)],
+                         ids=["avg", "max-softmax", "recombination"])
 def test_torch_compile_fullgraph(kwargs):
     torch._dynamo.reset()
     model = TinyNet(**kwargs)
@@ -237,9 +255,28 @@ def test_torch_compile_fullgraph(kwargs):
 
 
 @needs_ext
+def test_torch_compile_fullgraph_with_attention_dropout():
+    """The seed is drawn inside the graph (Inductor's RNG, not eager's stream): a seeded compiled
+    training step repeats exactly, and dropout changes the output."""
+    torch._dynamo.reset()
+    model = TinyNet(attn_drop_ratio=0.3)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 14, 15, requires_grad=True)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        out = compiled(x)
+        runs.append([out, *torch.autograd.grad(out.square().sum(), [x, *model.parameters()])])
+    assert all(torch.equal(a, b) and torch.isfinite(a).all() for a, b in zip(*runs))
+    with torch.no_grad():
+        assert not torch.allclose(runs[0][0], model.eval()(x))
+
+
+@needs_ext
 @pytest.mark.parametrize("kwargs", [dict(head_num=2, qkv_bias=True), dict(down_sample_mode="max_pool",
-                                                                            gate_layer="softmax")],
-                         ids=["avg", "max-softmax"])
+                                                                            gate_layer="softmax"),
+                                    dict(down_sample_mode="recombination", window_size=5)],
+                         ids=["avg", "max-softmax", "recombination"])
 def test_thread_count_independent(kwargs):
     """Every reduction runs inside one task in a fixed order: 1 and 2 threads agree bitwise.
     With 3 samples, 1 thread runs the passes sample by sample and 2 threads stage by stage
@@ -288,28 +325,78 @@ def test_eager_training_call_is_one_node_matching_the_registered_op(qkv_bias):
 def test_auto_picks_cpu_for_supported_configs():
     x = torch.randn(1, 8, 7, 7)
     assert backends.auto_choice(x, SCSAConfig(dim=8)) == "cpu"
-    assert backends.auto_choice(x, SCSAConfig(dim=8, attn_drop_ratio=0.2), training=False) == "cpu"
+    for training in (False, True):
+        assert backends.auto_choice(x, SCSAConfig(dim=8, attn_drop_ratio=0.2), training=training) == "cpu"
 
 
-UNSUPPORTED = [
-    pytest.param(SCSAConfig(dim=8, window_size=3, down_sample_mode="recombination"), False, "recombination",
-                 id="recombination"),
-    pytest.param(SCSAConfig(dim=8, window_size=3, attn_drop_ratio=0.25), True, "dropout", id="dropout-training"),
-]
+DROPOUT_CASES = {  # config, x shape, dtype
+    "heads_softmax": (SCSAConfig(16, head_num=2, window_size=3, attn_drop_ratio=0.3, gate_layer="softmax"),
+                      (2, 16, 7, 8), torch.float32),
+    "one_position": (SCSAConfig(32, window_size=-1, attn_drop_ratio=0.5, qkv_bias=True), (2, 32, 5, 6),
+                     torch.float32),  # N == 1: scores recomputed in the exp pass
+    "float64_max_pool": (SCSAConfig(16, head_num=4, window_size=2, down_sample_mode="max_pool", attn_drop_ratio=0.2),
+                         (1, 16, 6, 6), torch.float64),
+    "bfloat16_row_tail": (SCSAConfig(20, window_size=3, attn_drop_ratio=0.1), (2, 20, 6, 7), torch.bfloat16),
+    "recombination": (SCSAConfig(16, head_num=2, window_size=2, attn_drop_ratio=0.3, down_sample_mode="recombination"),
+                      (2, 16, 5, 6), torch.float32),
+}
 
 
 @needs_ext
-@pytest.mark.parametrize("config,training,word", UNSUPPORTED)
-def test_unsupported_options_are_clear_and_auto_still_works(config, training, word):
-    w = random_weights(config)
+@pytest.mark.usefixtures("shared_dropout_masks")
+@pytest.mark.parametrize("name", sorted(DROPOUT_CASES))
+def test_attention_dropout_draws_the_triton_kernels_masks(name):
+    """Training with attn_drop_ratio > 0: forward and every gradient match the reference applying the
+    masks of the Triton kernels for the seed the call drew: the C++ Philox is Triton's, bit for bit."""
+    config, shape, dtype = DROPOUT_CASES[name]
+    x = torch.randn(shape, dtype=dtype)
+    assert_matches(compare_backend("cpu", x, random_weights(config, dtype=dtype), config, training=True))
+
+
+@needs_ext
+def test_attention_dropout_is_seeded_by_torch():
+    module = SCSA(16, head_num=2, window_size=3, attn_drop_ratio=0.4, backend="cpu")
+    x = torch.randn(2, 16, 7, 7, requires_grad=True)
+    runs = []
+    for manual_seed in (0, 0, 1):
+        torch.manual_seed(manual_seed)
+        module.zero_grad()
+        x.grad = None
+        out = module(x)
+        out.square().sum().backward()
+        runs.append([out.detach(), x.grad] + [p.grad for p in module.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not torch.equal(runs[0][0], runs[2][0])
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), scsa(x, module.weights(), module.config, backend="reference"))
+
+
+@needs_ext
+@pytest.mark.parametrize("options", [dict(down_sample_mode="recombination", window_size=3),
+                                     dict(attn_drop_ratio=0.2, down_sample_mode="recombination", window_size=3)],
+                         ids=["recombination", "recombination-dropout"])
+def test_every_option_is_supported_on_cpu_tensors(options):
+    config = SCSAConfig(dim=8, **options)
     x = torch.randn(2, 8, 9, 9)
-    with pytest.raises(BackendUnavailableError, match=word):
-        scsa(x, w, config, training=training, backend="cpu")
-    assert backends.auto_choice(x, config, training) == "reference"
-    torch.manual_seed(0)
-    out = scsa(x, w, config, training=training, backend="auto")
-    torch.manual_seed(0)
-    torch.testing.assert_close(out, scsa_reference(x, w, config, training))
+    for training in (False, True):
+        assert backends.why_not("cpu", x, config, training) is None
+    assert backends.auto_choice(x, config, True) == "cpu"
+    reason = backends.why_not("cpu", x.to("meta"), config, False)
+    assert reason is not None and "CPU tensors" in reason
+    with pytest.raises(BackendUnavailableError, match="CPU tensors"):
+        scsa(x.to("meta"), random_weights(config, device="meta"), config, backend="cpu")
+
+
+@needs_ext
+@pytest.mark.parametrize("layout", ["channels_last", "sliced"])
+def test_recombination_strided_inputs(layout):
+    config = SCSAConfig(dim=16, head_num=2, window_size=3, down_sample_mode="recombination")
+    if layout == "channels_last":
+        x = torch.randn(2, 16, 10, 9).to(memory_format=torch.channels_last)
+    else:
+        x = torch.randn(2, 20, 13, 12)[:, 2:18, 1:-1, ::1][..., 1:]
+    assert_matches(compare_backend("cpu", x, random_weights(config), config))
 
 
 @needs_ext

@@ -112,3 +112,15 @@ def test_parameters_get_gradients():
     module(torch.randn(2, 16, 6, 6)).square().sum().backward()
     for name, p in module.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_compiling_before_any_eager_call_has_no_graph_break():
+    """A fresh process whose first SCSA call is compiled (fullgraph): every backend auto may pick
+    is imported with the package, since dynamo cannot trace an import."""
+    import subprocess
+    import sys
+
+    script = ("import torch; from scsa_kernels import SCSA; m = SCSA(8, window_size=2); "
+              "print(torch.compile(m, backend='eager', fullgraph=True)(torch.randn(1, 8, 4, 4)).shape)")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "torch.Size([1, 8, 4, 4])" in res.stdout, res.stderr[-3000:]

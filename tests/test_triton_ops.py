@@ -5,13 +5,11 @@ so shapes stay small. Every buffer the kernels write is allocated NaN-filled her
 an element a kernel forgets to write shows up as a NaN mismatch.
 """
 import dataclasses
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-import triton.language as tl  # noqa: E402
 
 from conftest import HAS_CUDA, requires_cuda  # noqa: E402
 from scsa_kernels import backends  # noqa: E402
@@ -19,7 +17,7 @@ from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.functional import scsa  # noqa: E402
 from scsa_kernels.module import SCSA  # noqa: E402
 from scsa_kernels.testing import compare_backend, random_weights  # noqa: E402
-from scsa_kernels.triton.channel_attention import _dropout_scale  # noqa: E402
+from dropout_masks import dropout_masks, shared_dropout_masks  # noqa: E402,F401  (a fixture)
 
 REASON = backends.unavailable_reason("triton")
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"triton backend unavailable: {REASON}")
@@ -219,38 +217,6 @@ def test_float64_is_unsupported_not_downcast():
     config = SCSAConfig(8, window_size=2)
     reason = backends.why_not("triton", torch.randn(1, 8, 4, 4, dtype=torch.float64, device=DEVICE), config, False)
     assert reason is not None and "float64" in reason
-
-
-@triton.jit
-def _dropout_masks_kernel(seed_ptr, out_ptr, drop_p, C, D, BLOCK: tl.constexpr):
-    """The kernels' dropout scales M of sample program_id(0), row channel program_id(1) -> out (B, C, D)."""
-    b, c = tl.program_id(0), tl.program_id(1)
-    cols = tl.arange(0, BLOCK)
-    scales = _dropout_scale(seed_ptr, drop_p, b, C, D, c + tl.arange(0, 1), cols)
-    tl.store(out_ptr + (b * C + c) * D + cols[None, :], scales, mask=(cols < D)[None, :])
-
-
-def dropout_masks(seed, p, batch, heads, D):
-    """(B, heads, D, D) fp32: the masks (0 or 1/(1-p)) the kernels draw from ``seed``."""
-    out = torch.empty(batch, heads * D, D, device=seed.device)
-    _dropout_masks_kernel[(batch, heads * D)](seed, out, p, heads * D, D, BLOCK=triton.next_power_of_2(D))
-    return out.view(batch, heads, D, D)
-
-
-@pytest.fixture
-def shared_dropout_masks(monkeypatch):
-    """The reference's attention dropout applies the masks of the seed the Triton call drew last."""
-    from scsa_kernels import reference
-    from scsa_kernels.ops import triton as ops
-    seeds = []
-    draw = ops._dropout
-    monkeypatch.setattr(ops, "_dropout", lambda *args: (lambda r: seeds.append(r[1]) or r)(draw(*args)))
-
-    def dropout(attn, p, training):  # attn: (B, heads, D, D)
-        assert training and p > 0
-        return attn * dropout_masks(seeds[-1], p, *attn.shape[:3]).to(attn.dtype)
-
-    monkeypatch.setattr(reference, "F", SimpleNamespace(**{**vars(torch.nn.functional), "dropout": dropout}))
 
 
 @pytest.mark.parametrize("bypass", [False, True], ids=["op", "eager_node"])

@@ -170,18 +170,31 @@ inline Vectorized<T> softmax_exp(const Vectorized<T>& v) {
   return v.exp_u20();
 }
 
-// Row c of sample b: o = softmax(S row) . v_mean over the head, and the row's lse.
-// scratch: d values; single_max: the caller's, reused across rows.
+// With attention dropout, row c of sample b sees v_mean scaled by its row of masks M:
+// o = (P * M) v_mean = P (M v_mean). Writes M (d values) to scales and M * v_mean to
+// masked_v and returns masked_v; without dropout returns v_mean (scales untouched).
 template <typename T>
-void attention_row_forward(const ChannelAttentionBuffers<T>& buf, const ChannelGeometry& g, int64_t b,
-                           int64_t c, T* scratch, SinglePositionRowMax<T>& single_max) {
+const T* dropout_row(const AttentionDropout& dropout, const T* v_mean, int64_t b, int64_t C, int64_t c, int64_t d,
+                     T* scales, T* masked_v) {
+  if (!dropout.active()) return v_mean;
+  dropout.row_scales(b, C, c, d, scales);
+  for (int64_t j = 0; j < d; ++j) masked_v[j] = scales[j] * v_mean[j];
+  return masked_v;
+}
+
+// Row c of sample b: o = softmax(S row) . v_mean over the head (with dropout: (P * M) . v_mean),
+// and the row's lse. scratch: attention_row_scratch values; single_max: the caller's, reused across rows.
+template <typename T>
+void attention_row_forward(const ChannelAttentionBuffers<T>& buf, const ChannelGeometry& g,
+                           const AttentionDropout& dropout, int64_t b, int64_t c, T* scratch,
+                           SinglePositionRowMax<T>& single_max) {
   using V = Vectorized<T>;
   const int64_t C = g.C, N = g.N, d = g.d, head = g.head_of(c);
   const T scale_ = T(1) / std::sqrt(T(d));
   const V vscale(scale_);
   const T* q = buf.q + (b * C + c) * N;
   const T* k_t = buf.k_t + (b * C + head * d) * N;
-  const T* v_mean = buf.v_mean + b * C + head * d;
+  const T* v_row = dropout_row(dropout, buf.v_mean + b * C + head * d, b, C, c, d, scratch + d, scratch + 2 * d);
   // Scores are stored by the max pass, except with one position, where the max is known
   // up front and each score is recomputed in the exp pass (one fma, cheaper than a store).
   const bool single = N == 1;
@@ -195,16 +208,21 @@ void attention_row_forward(const ChannelAttentionBuffers<T>& buf, const ChannelG
     const V s = single ? score_lanes(q, k_t, 1, d, j, vscale) : V::loadu(scratch + j);
     const V e = softmax_exp(s - vm);
     vtotal += e;
-    vdot = at::vec::fmadd(e, V::loadu(v_mean + j), vdot);
+    vdot = at::vec::fmadd(e, V::loadu(v_row + j), vdot);
   }
   T total = horizontal_sum(vtotal), weighted = horizontal_sum(vdot);
   for (; j < d; ++j) {
     const T e = std::exp((single ? score_at(q, k_t, 1, d, j, scale_) : scratch[j]) - m);
     total += e;
-    weighted += e * v_mean[j];
+    weighted += e * v_row[j];
   }
   buf.attn_out[b * C + c] = weighted / total;
   buf.attn_lse[b * C + c] = m + std::log(total);
+}
+
+template <typename T>
+constexpr int64_t attention_row_scratch(const ChannelGeometry& g) {
+  return 3 * g.d;  // scores, dropout scales, masked v_mean
 }
 
 // Gradient buffers of the channel branch.
@@ -225,12 +243,14 @@ struct ChannelAttentionGrads {
 // Head `head` of sample b, in one pass over its score matrix: each
 // P_ij = exp(S_ij - lse_i) is formed once (row i against k) and feeds the row sum
 // dq_i[n] = sum_j dS_ij k_j[n] and the column sums dk_j[n] = sum_i dS_ij q_i[n],
-// dv_mean_j = sum_i P_ij do_i, where dS_ij = P_ij do_i (v_mean_j - o_i) scale (the
-// softmax backward with dP_ij = do_i v_mean_j). Rows are taken in order, so the
+// dv_mean_j = sum_i P_ij M_ij do_i, where dS_ij = P_ij do_i (M_ij v_mean_j - o_i) scale (the
+// softmax backward with dP_ij = do_i M_ij v_mean_j; M = 1 without dropout, else the
+// forward's masks, drawn again from the seed). Rows are taken in order, so the
 // column sums are deterministic. scratch: head_backward_scratch values.
 template <typename T>
 void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
-                             const ChannelGeometry& g, int64_t b, int64_t head, T* scratch) {
+                             const ChannelGeometry& g, const AttentionDropout& dropout, int64_t b, int64_t head,
+                             T* scratch) {
   using V = Vectorized<T>;
   const int64_t C = g.C, N = g.N, d = g.d, row0 = b * C + head * d;
   const T scale_ = T(1) / std::sqrt(T(d));
@@ -241,9 +261,13 @@ void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const Channe
   T* dk_t = ds + d;        // (N, d): dk transposed, summed over rows
   T* dv = dk_t + N * d;    // (d)
   T* scores = dv + d;      // (d): S row i
+  T* scales = scores + d;  // (d): dropout scales M of row i
+  T* masked_v = scales + d;  // (d): M * v_mean of row i
+  const T* keep = dropout.active() ? scales : nullptr;
   std::fill(dk_t, dv + d, T(0));
   for (int64_t i = 0; i < d; ++i) {
     const T* q = buf.q + (row0 + i) * N;
+    const T* v_row = dropout_row(dropout, v_mean, b, C, head * d + i, d, scales, masked_v);
     const T lse = buf.attn_lse[row0 + i], o_i = buf.attn_out[row0 + i], do_i = gr.d_out[row0 + i];
     const T coef = do_i * scale_;
     const V vlse(lse), vo(o_i), vdo(do_i), vcoef(coef);
@@ -251,13 +275,13 @@ void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const Channe
     int64_t j = 0;
     for (; j + V::size() <= d; j += V::size()) {
       const V p = softmax_exp(V::loadu(scores + j) - vlse);
-      at::vec::fmadd(p, vdo, V::loadu(dv + j)).store(dv + j);
-      (p * (V::loadu(v_mean + j) - vo) * vcoef).store(ds + j);
+      at::vec::fmadd(keep ? p * V::loadu(keep + j) : p, vdo, V::loadu(dv + j)).store(dv + j);
+      (p * (V::loadu(v_row + j) - vo) * vcoef).store(ds + j);
     }
     for (; j < d; ++j) {
       const T p = std::exp(scores[j] - lse);
-      dv[j] += p * do_i;
-      ds[j] = p * (v_mean[j] - o_i) * coef;
+      dv[j] += (keep ? p * keep[j] : p) * do_i;
+      ds[j] = p * (v_row[j] - o_i) * coef;
     }
     dots(ds, k_t, N, d, gr.dq + (row0 + i) * N);
     for (int64_t n = 0; n < N; ++n) axpy(dk_t + n * d, q[n], ds, d);
@@ -270,7 +294,7 @@ void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const Channe
 
 template <typename T>
 constexpr int64_t head_backward_scratch(const ChannelGeometry& g) {
-  return (g.N + 3) * g.d;
+  return (g.N + 5) * g.d;
 }
 
 // From dq, dk, dv_mean of sample b: q/k/v parameter grads, back through GroupNorm(1)

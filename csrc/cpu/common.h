@@ -13,6 +13,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention_dropout.h"
+
 namespace scsa_kernels::cpu {
 
 using at::Tensor;
@@ -24,6 +26,8 @@ struct Options {
   int64_t window_size;  // -1: global average pooling
   bool max_pool;        // ignored for window_size == -1 (SPEC: adaptive average, any mode)
   bool softmax_gate;
+  bool recombine;  // recombination with a window: conv_d given
+  AttentionDropout dropout;
 };
 
 // Pooling windows. Global pooling is one window of the whole plane, so every
@@ -33,7 +37,17 @@ struct PoolGeometry {
   int64_t kh, kw;  // window size
   int64_t hp, wp;  // pooled map size
   bool max_pool;
+  bool recombine;  // windows become cells, projected by conv_d (CellLayout)
   int64_t positions() const { return hp * wp; }
+};
+
+// Recombination's cells: (C*kh*kw, B, N), so that one GEMM conv_d (C, C*kh*kw) @ cells (C*kh*kw, B*N)
+// projects the whole batch (conv_d is read once, not once per sample). Plane p = b*C + c owns rows
+// c*kh*kw .. c*kh*kw + kh*kw - 1 (pixel_unshuffle's channel order), columns b*N .. b*N + N - 1.
+struct CellLayout {
+  int64_t B, C, cells_per_window, N;
+  int64_t row_stride() const { return B * N; }
+  int64_t plane_offset(int64_t p) const { return (p % C) * cells_per_window * row_stride() + (p / C) * N; }
 };
 
 // Window row of each image row (-1 below the last window) and whether the row opens /
@@ -51,8 +65,22 @@ struct PoolRows {
 };
 
 inline PoolGeometry pool_geometry(int64_t H, int64_t W, const Options& opt) {
-  if (opt.window_size == -1) return {H, W, 1, 1, false};
-  return {opt.window_size, opt.window_size, H / opt.window_size, W / opt.window_size, opt.max_pool};
+  if (opt.window_size == -1) return {H, W, 1, 1, false, false};
+  return {opt.window_size, opt.window_size, H / opt.window_size, W / opt.window_size, opt.max_pool, opt.recombine};
+}
+
+// Recombination's space-to-depth: row h (window row hn) of one plane's x_s = x * a_h * a_w into its
+// cells (CellLayout; plane_cells at the plane's offset): cell (dh*kw + dw, hn*wp + wn) =
+// x_s[h, wn*kw + dw], dh = h - hn*kh. x_s is rounded as the reference forms it.
+template <typename T>
+void store_cells_row(const T* x_row, T a_h, const T* a_w, const PoolGeometry& pg, int64_t row_stride, int64_t hn,
+                     int64_t h, T* plane_cells) {
+  T* cells = plane_cells + (h - hn * pg.kh) * pg.kw * row_stride + hn * pg.wp;
+  for (int64_t wn = 0; wn < pg.wp; ++wn)
+    for (int64_t dw = 0; dw < pg.kw; ++dw) {
+      const int64_t w = wn * pg.kw + dw;
+      cells[dw * row_stride + wn] = x_row[w] * a_h * a_w[w];
+    }
 }
 
 // The packed parameters (weights.py PackedWeights), as raw pointers in the compute type.

@@ -41,4 +41,17 @@ inline void run_stages(int64_t batch, const std::vector<Stage>& stages) {
   for (const Stage& s : stages) at::parallel_for(0, batch * s.units, s.grain, s.run);
 }
 
+// Runs `first`, then `between` once for the whole batch (a batch-wide step: recombination's
+// GEMMs, which read conv_d once for all samples), then `rest`. Without `between`, one sequence.
+inline void run_stages(int64_t batch, std::vector<Stage> first, const std::function<void()>& between,
+                       const std::vector<Stage>& rest) {
+  if (!between) {
+    first.insert(first.end(), rest.begin(), rest.end());
+    return run_stages(batch, first);
+  }
+  run_stages(batch, first);
+  between();
+  run_stages(batch, rest);
+}
+
 }  // namespace scsa_kernels::cpu

@@ -14,14 +14,22 @@ namespace scsa_kernels::cpu {
 namespace {
 
 // Row h of S = d(x_s) through the pool (zero outside every window):
-// average: the window's gradient spread over its kh*kw cells; max: at the argmax.
-// hn: the window row of h (PoolRows), -1 below the last window.
+// average: the window's gradient spread over its kh*kw cells; max: at the argmax;
+// recombination: the cells' gradient (d_source = the plane's cells in d_cells, rows
+// cell_row_stride apart, as store_cells_row lays them out). hn: the window row of h (PoolRows),
+// -1 below the last window.
 template <typename T>
-void pool_scatter_row(const T* d_pooled, const int64_t* argmax, const PoolGeometry& pg, int64_t hn, int64_t h,
-                      int64_t W, T* s) {
+void pool_scatter_row(const T* d_source, const int64_t* argmax, const PoolGeometry& pg, int64_t cell_row_stride,
+                      int64_t hn, int64_t h, int64_t W, T* s) {
   std::fill(s, s + W, T(0));
   if (hn < 0) return;
-  const T* dp = d_pooled + hn * pg.wp;
+  if (pg.recombine) {
+    const T* cells = d_source + (h - hn * pg.kh) * pg.kw * cell_row_stride + hn * pg.wp;
+    for (int64_t wn = 0; wn < pg.wp; ++wn)
+      for (int64_t dw = 0; dw < pg.kw; ++dw) s[wn * pg.kw + dw] = cells[dw * cell_row_stride + wn];
+    return;
+  }
+  const T* dp = d_source + hn * pg.wp;
   if (!pg.max_pool) {
     const T inv_area = T(1) / T(pg.kh * pg.kw);
     for (int64_t wn = 0; wn < pg.wp; ++wn) std::fill(s + wn * pg.kw, s + (wn + 1) * pg.kw, dp[wn] * inv_area);
@@ -34,17 +42,19 @@ void pool_scatter_row(const T* d_pooled, const int64_t* argmax, const PoolGeomet
 
 // Rows of S for one pass over planes. With average pooling every image row of a
 // window row has the same S row, so it is rebuilt only when the plane or the window
-// row changes (always with max pooling, where it depends on h).
+// row changes (always with max pooling and recombination, where it depends on h).
+// d_source: d_pooled (B, C, N), or with recombination d_cells (CellLayout cl).
 template <typename T>
 class PoolScatterRows {
  public:
-  PoolScatterRows(const T* d_pooled, const int64_t* argmax, const PoolGeometry& pg, int64_t W)
-      : d_pooled_(d_pooled), argmax_(argmax), pg_(pg), W_(W), s_(W) {}
+  PoolScatterRows(const T* d_source, const int64_t* argmax, const PoolGeometry& pg, const CellLayout& cl, int64_t W)
+      : d_source_(d_source), argmax_(argmax), pg_(pg), cl_(cl), W_(W), s_(W) {}
 
   const T* row(int64_t p, int64_t hn, int64_t h) {
-    if (pg_.max_pool || p != plane_ || hn != window_row_) {
+    if (pg_.max_pool || pg_.recombine || p != plane_ || hn != window_row_) {
       const int64_t N = pg_.positions();
-      pool_scatter_row(d_pooled_ + p * N, argmax_ ? argmax_ + p * N : nullptr, pg_, hn, h, W_, s_.data());
+      const T* plane = d_source_ + (pg_.recombine ? cl_.plane_offset(p) : p * N);
+      pool_scatter_row(plane, argmax_ ? argmax_ + p * N : nullptr, pg_, cl_.row_stride(), hn, h, W_, s_.data());
       plane_ = p;
       window_row_ = hn;
     }
@@ -52,9 +62,10 @@ class PoolScatterRows {
   }
 
  private:
-  const T* d_pooled_;
+  const T* d_source_;
   const int64_t* argmax_;
   PoolGeometry pg_;
+  CellLayout cl_;
   int64_t W_;
   std::vector<T> s_;
   int64_t plane_ = -1, window_row_ = -2;
@@ -75,18 +86,23 @@ T modulated_products(const T* u, const T* x, const T* a_w, T a_h, T* r_w, int64_
   return horizontal_sum(acc);
 }
 
-// Pass (a) over planes [begin, end): r_h = sum_w g x a_w, r_w = sum_h g x a_h, d_ca = sum_hw g x_s.
+// Pass (a) over planes [begin, end): r_h = sum_w g x a_w, r_w = sum_h g x a_h, d_ca = sum_hw g x_s;
+// with recombination also the cells again (store_cells_row; conv_d's gradient needs them).
 template <typename scalar_t, typename acc_t>
 void grad_products(const Tensor& grad_out, const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h,
-                   const acc_t* a_w, acc_t* r_h, acc_t* r_w, acc_t* d_ca) {
+                   const acc_t* a_w, const PoolGeometry& pg, acc_t* r_h, acc_t* r_w, acc_t* d_ca, const CellLayout& cl,
+                   acc_t* cells) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x), gs(grad_out);
   const RowVisitor<scalar_t, acc_t> rows(&xs, &gs, nullptr, C, H, W, Prefetch::kInputs);
+  const PoolRows pool_rows(pg, H);
   PlaneRowBuffers<acc_t> column_sums(W, rows.planes_in_flight());
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t* gr, acc_t*) {
     acc_t* rw = h == 0 ? column_sums.zeroed(p) : column_sums[p];
     if (h == 0) d_ca[p] = 0;
     const acc_t ah = a_h[p * H + h];
+    if (pg.recombine && pool_rows.window[h] >= 0)
+      store_cells_row(xr, ah, a_w + p * W, pg, cl.row_stride(), pool_rows.window[h], h, cells + cl.plane_offset(p));
     const acc_t rh = modulated_products(gr, xr, a_w + p * W, ah, rw, W);
     r_h[p * H + h] = rh;
     d_ca[p] += ah * rh;
@@ -95,16 +111,16 @@ void grad_products(const Tensor& grad_out, const Tensor& x, int64_t begin, int64
 }
 
 // Pass (b) over planes [begin, end): t_h = sum_w S x a_w, t_w = sum_h S x a_h (S: pool
-// scatter of d_pooled).
+// scatter of d_source, see PoolScatterRows).
 template <typename scalar_t, typename acc_t>
 void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w,
-                        const acc_t* d_pooled, const int64_t* argmax, const PoolGeometry& pg, acc_t* t_h,
-                        acc_t* t_w) {
+                        const acc_t* d_source, const int64_t* argmax, const PoolGeometry& pg, const CellLayout& cl,
+                        acc_t* t_h, acc_t* t_w) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3);
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
   const PoolRows pool_rows(pg, H);
-  PoolScatterRows<acc_t> scatter(d_pooled, argmax, pg, W);
+  PoolScatterRows<acc_t> scatter(d_source, argmax, pg, cl, W);
   PlaneRowBuffers<acc_t> column_sums(W, rows.planes_in_flight());
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* xr, const acc_t*, acc_t*) {
     acc_t* tw = h == 0 ? column_sums.zeroed(p) : column_sums[p];
@@ -119,8 +135,8 @@ void pool_grad_products(const Tensor& x, int64_t begin, int64_t end, const acc_t
 // Pass (c) over planes [begin, end): dx = (g ca + S) a_h a_w + d(x_h)/W + d(x_w)/H.
 template <typename scalar_t, typename acc_t>
 void input_grad(const Tensor& grad_out, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w, const acc_t* ca,
-                const acc_t* d_pooled, const int64_t* argmax, const PoolGeometry& pg, const acc_t* dm_h,
-                const acc_t* dm_w, Tensor& dx) {
+                const acc_t* d_source, const int64_t* argmax, const PoolGeometry& pg, const CellLayout& cl,
+                const acc_t* dm_h, const acc_t* dm_w, Tensor& dx) {
   using V = Vectorized<acc_t>;
   const int64_t C = dx.size(1), H = dx.size(2), W = dx.size(3);
   const Planes<const scalar_t> gs(grad_out);
@@ -128,7 +144,7 @@ void input_grad(const Tensor& grad_out, int64_t begin, int64_t end, const acc_t*
   const RowVisitor<scalar_t, acc_t> rows(&gs, nullptr, &dst, C, H, W);
   const acc_t inv_h = acc_t(1) / acc_t(H), inv_w = acc_t(1) / acc_t(W);
   const PoolRows pool_rows(pg, H);
-  PoolScatterRows<acc_t> scatter(d_pooled, argmax, pg, W);
+  PoolScatterRows<acc_t> scatter(d_source, argmax, pg, cl, W);
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* gr, const acc_t*, acc_t* o) {
     const acc_t* s = scatter.row(p, pool_rows.window[h], h);
     const acc_t* aw = a_w + p * W;
@@ -158,10 +174,11 @@ Tensor reduce_batch(const Tensor& per_sample) {
 }
 
 template <typename scalar_t>
-std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, const PackedWeightArgs& weights,
-                                     const Tensor& x_h, const Tensor& x_w, const Tensor& a_h, const Tensor& a_w,
-                                     const Tensor& pooled, const Tensor& argmax, const Tensor& attn_out,
-                                     const Tensor& attn_lse, const Tensor& ca, const Options& opt) {
+std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, const PackedWeightArgs& weights,
+                                     const Tensor& conv_d, const Tensor& x_h, const Tensor& x_w, const Tensor& a_h,
+                                     const Tensor& a_w, const Tensor& pooled, const Tensor& argmax,
+                                     const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
+                                     const Options& opt) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weights.conv_weight().size(1);
   const PoolGeometry pg = pool_geometry(H, W, opt);
@@ -180,6 +197,11 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
   ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num);
   Tensor d_out = at::empty({B, C}, small), dq = at::empty({B, C, N}, small), dk = at::empty({B, C, N}, small);
   Tensor dv_mean = at::empty({B, C}, small), d_pooled = at::empty({B, C, N}, small);
+  Tensor cells = recombination_cells(pooled, pg), d_cells = recombination_cells(pooled, pg), grad_conv_d;
+  const CellLayout cl = cell_layout(pooled, pg);
+  acc_t* cells_ptr = pg.recombine ? cells.data_ptr<acc_t>() : nullptr;
+  // what the pooling path's gradient is read from (PoolScatterRows)
+  const acc_t* d_source_ptr = pg.recombine ? ptr(d_cells) : ptr(d_pooled);
   Tensor g_norm_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_norm_b = per_sample_zeros<acc_t>(a_h, B, {C});
   Tensor g_qkv_w = per_sample_zeros<acc_t>(a_h, B, {3, C}), g_qkv_b = per_sample_zeros<acc_t>(a_h, B, {3, C});
   const ChannelAttentionGrads<acc_t> cg{d_out.data_ptr<acc_t>(),    dq.data_ptr<acc_t>(),
@@ -192,7 +214,7 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
   Tensor g_nw_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nw_b = per_sample_zeros<acc_t>(a_h, B, {C});
 
   // Raw pointers hoisted out of the loops (Tensor accessors are out-of-line calls).
-  const acc_t *a_h_ptr = ptr(a_h), *a_w_ptr = ptr(a_w), *ca_ptr = ptr(ca), *d_pooled_ptr = ptr(d_pooled);
+  const acc_t *a_h_ptr = ptr(a_h), *a_w_ptr = ptr(a_w), *ca_ptr = ptr(ca);
   acc_t *r_h_ptr = r_h.data_ptr<acc_t>(), *r_w_ptr = r_w.data_ptr<acc_t>(), *d_ca_ptr = d_ca.data_ptr<acc_t>();
   acc_t *t_h_ptr = t_h.data_ptr<acc_t>(), *t_w_ptr = t_w.data_ptr<acc_t>();
   acc_t *g_conv_w_ptr = g_conv_w.data_ptr<acc_t>(), *g_conv_b_ptr = g_conv_b.data_ptr<acc_t>();
@@ -231,12 +253,16 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
     }
   };
 
+  // recombination, between the channel branch and pass (b): d_cells and conv_d's gradient, one GEMM each
+  std::function<void()> project_back;
+  if (pg.recombine) project_back = [&] { grad_conv_d = project_cells_backward(conv_d, cells, d_pooled, d_cells); };
   const int64_t planes = plane_grain(H * W);
   run_stages(B, {
       // (a)
       {C, planes,
        [&](int64_t p0, int64_t p1) {
-         grad_products<scalar_t>(grad_out, x, p0, p1, a_h_ptr, a_w_ptr, r_h_ptr, r_w_ptr, d_ca_ptr);
+         grad_products<scalar_t>(grad_out, x, p0, p1, a_h_ptr, a_w_ptr, pg, r_h_ptr, r_w_ptr, d_ca_ptr, cl,
+                                 cells_ptr);
        }},
       // channel branch backward -> d_pooled and its parameter gradients
       {1, 1,
@@ -249,23 +275,25 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
        [&](int64_t h0, int64_t h1) {
          std::vector<acc_t> scratch(head_backward_scratch<acc_t>(state.geom));
          for (int64_t task = h0; task < h1; ++task)
-           attention_head_backward(state.buf, cg, state.geom, task / opt.head_num, task % opt.head_num,
-                                   scratch.data());
+           attention_head_backward(state.buf, cg, state.geom, opt.dropout, task / opt.head_num,
+                                   task % opt.head_num, scratch.data());
        }},
       {1, 1,
        [&](int64_t b0, int64_t b1) {
          for (int64_t b = b0; b < b1; ++b) channel_projection_backward(state.buf, cg, w, state.geom, b);
        }},
+  }, project_back, {
       // (b)
       {C, planes,
        [&](int64_t p0, int64_t p1) {
-         pool_grad_products<scalar_t>(x, p0, p1, a_h_ptr, a_w_ptr, d_pooled_ptr, argmax_ptr, pg, t_h_ptr, t_w_ptr);
+         pool_grad_products<scalar_t>(x, p0, p1, a_h_ptr, a_w_ptr, d_source_ptr, argmax_ptr, pg, cl, t_h_ptr,
+                                      t_w_ptr);
        }},
       {kGroups, 1, spatial_gates_backward},
       // (c)
       {C, planes,
        [&](int64_t p0, int64_t p1) {
-         input_grad<scalar_t>(grad_out, p0, p1, a_h_ptr, a_w_ptr, ca_ptr, d_pooled_ptr, argmax_ptr, pg,
+         input_grad<scalar_t>(grad_out, p0, p1, a_h_ptr, a_w_ptr, ca_ptr, d_source_ptr, argmax_ptr, pg, cl,
                               ptr(dm_h), ptr(dm_w), dx);
        }},
   });
@@ -280,18 +308,20 @@ std::array<Tensor, 11> backward_impl(const Tensor& grad_out, const Tensor& x, co
           reduce_batch<acc_t>(g_norm_w),
           reduce_batch<acc_t>(g_norm_b),
           reduce_batch<acc_t>(g_qkv_w),
-          reduce_batch<acc_t>(g_qkv_b)};
+          reduce_batch<acc_t>(g_qkv_b),
+          pg.recombine ? grad_conv_d : at::empty({0}, small)};
 }
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scsa_backward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scsa_backward(
     const Tensor& grad_out, const Tensor& x, const Tensor& conv_weight, const Tensor& conv_bias,
     const Tensor& norm_h_weight, const Tensor& norm_h_bias, const Tensor& norm_w_weight,
     const Tensor& norm_w_bias, const Tensor& norm_weight, const Tensor& norm_bias, const Tensor& qkv_weight,
     const Tensor& qkv_bias, const Tensor& x_h, const Tensor& x_w, const Tensor& a_h, const Tensor& a_w,
     const Tensor& pooled, const Tensor& argmax, const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
-    int64_t head_num, int64_t window_size, bool max_pool, bool softmax_gate) {
+    int64_t head_num, int64_t window_size, bool max_pool, bool softmax_gate, double dropout_p,
+    const std::optional<Tensor>& dropout_seed, const std::optional<Tensor>& conv_d) {
   PackedWeightArgs weights{{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias,
                             norm_weight, norm_bias, qkv_weight, qkv_bias}};
   check_forward_args(x, weights, head_num, window_size);
@@ -299,7 +329,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
               "scsa_kernels: grad_out must match x in shape and dtype, got ", grad_out.sizes(), " ",
               grad_out.scalar_type(), " for x ", x.sizes(), " ", x.scalar_type());
   for (auto& t : weights.tensors) t = t.contiguous();
-  const Options opt{head_num, window_size, max_pool, softmax_gate};
+  const Tensor projection = check_conv_d(conv_d, x, weights, window_size, max_pool);
+  const Options opt{head_num, window_size, max_pool, softmax_gate, projection.defined(),
+                    attention_dropout(dropout_p, dropout_seed)};
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const auto dt = weights.conv_weight().scalar_type();
@@ -312,13 +344,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   check_saved(attn_out, "attn_out", {B, C}, dt);
   check_saved(attn_lse, "attn_lse", {B, C}, dt);
   check_saved(ca, "ca", {B, C}, dt);
-  std::array<Tensor, 11> r;
+  std::array<Tensor, 12> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scsa_backward_cpu", [&] {
-    r = backward_impl<scalar_t>(grad_out, x, weights, x_h.contiguous(), x_w.contiguous(), a_h.contiguous(),
-                                a_w.contiguous(), pooled.contiguous(), argmax.contiguous(), attn_out.contiguous(),
-                                attn_lse.contiguous(), ca.contiguous(), opt);
+    r = backward_impl<scalar_t>(grad_out, x, weights, projection, x_h.contiguous(), x_w.contiguous(),
+                                a_h.contiguous(), a_w.contiguous(), pooled.contiguous(), argmax.contiguous(),
+                                attn_out.contiguous(), attn_lse.contiguous(), ca.contiguous(), opt);
   });
-  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]};
+  if (projection.defined()) r[11] = r[11].to(conv_d->scalar_type());
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]};
 }
 
 }  // namespace scsa_kernels::cpu

@@ -44,9 +44,10 @@ void row_col_means(const Tensor& x, int64_t begin, int64_t end, acc_t* x_h, acc_
 // row), then each window's dot with a_w.
 // Max: scans each window in (h, w) order with PyTorch's rule (first maximum wins,
 // NaN wins), recording the plane offset. Rows below the last window are skipped.
+// Recombination: stores the cells (store_cells_row) instead; project_cells makes pooled.
 template <typename scalar_t, typename acc_t>
 void pool_modulated(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, const acc_t* a_w,
-                    const PoolGeometry& pg, acc_t* pooled, int64_t* argmax) {
+                    const PoolGeometry& pg, acc_t* pooled, int64_t* argmax, const CellLayout& cl, acc_t* cells) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3), N = pg.positions();
   const Planes<const scalar_t> xs(x);
   const RowVisitor<scalar_t, acc_t> rows(&xs, nullptr, nullptr, C, H, W);
@@ -57,6 +58,8 @@ void pool_modulated(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_
   rows.run(begin, end, [&](int64_t p, int64_t h, const acc_t* r, const acc_t*, acc_t*) {
     const int64_t hn = pool_rows.window[h];
     if (hn < 0) return;
+    if (pg.recombine)
+      return store_cells_row(r, a_h[p * H + h], a_w + p * W, pg, cl.row_stride(), hn, h, cells + cl.plane_offset(p));
     const bool first_row = pool_rows.first[h], last_row = pool_rows.last[h];
     const acc_t ah = a_h[p * H + h];
     const acc_t* aw = a_w + p * W;
@@ -108,9 +111,9 @@ void apply_gates(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, 
 }
 
 template <typename scalar_t>
-void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Options& opt, Tensor& out, Tensor& x_h,
-                  Tensor& x_w, Tensor& a_h, Tensor& a_w, Tensor& pooled, Tensor& argmax, Tensor& attn_out,
-                  Tensor& attn_lse, Tensor& ca) {
+void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor& conv_d, const Options& opt,
+                  Tensor& out, Tensor& x_h, Tensor& x_w, Tensor& a_h, Tensor& a_w, Tensor& pooled, Tensor& argmax,
+                  Tensor& attn_out, Tensor& attn_lse, Tensor& ca) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeometry pg = pool_geometry(H, W, opt);
@@ -120,8 +123,13 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Option
   acc_t *a_h_ptr = a_h.data_ptr<acc_t>(), *a_w_ptr = a_w.data_ptr<acc_t>(), *ca_ptr = ca.data_ptr<acc_t>();
   acc_t* pooled_ptr = pooled.data_ptr<acc_t>();
   int64_t* argmax_ptr = pg.max_pool ? argmax.data_ptr<int64_t>() : nullptr;
+  const Tensor cells = recombination_cells(pooled, pg);
+  const CellLayout cl = cell_layout(pooled, pg);
+  acc_t* cells_ptr = pg.recombine ? cells.data_ptr<acc_t>() : nullptr;
   ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num);
   const int64_t planes = plane_grain(H * W);
+  std::function<void()> project;  // recombination: pooled from the cells, one GEMM for the batch
+  if (pg.recombine) project = [&] { project_cells(conv_d, cells, pooled); };
   run_stages(B, {
       {C, planes, [&](int64_t p0, int64_t p1) { row_col_means<scalar_t>(x, p0, p1, x_h_ptr, x_w_ptr); }},
       {kGroups, 1,
@@ -130,15 +138,16 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Option
        }},
       {C, planes,
        [&](int64_t p0, int64_t p1) {
-         pool_modulated<scalar_t>(x, p0, p1, a_h_ptr, a_w_ptr, pg, pooled_ptr, argmax_ptr);
+         pool_modulated<scalar_t>(x, p0, p1, a_h_ptr, a_w_ptr, pg, pooled_ptr, argmax_ptr, cl, cells_ptr);
        }},
+  }, project, {
       {1, 1, [&](int64_t b0, int64_t b1) { state.project(w, b0, b1); }},
       {C, 1,
        [&](int64_t r0, int64_t r1) {
-         std::vector<acc_t> scratch(state.geom.d);
+         std::vector<acc_t> scratch(attention_row_scratch<acc_t>(state.geom));
          SinglePositionRowMax<acc_t> single_max;
          for (int64_t row = r0; row < r1; ++row)
-           attention_row_forward(state.buf, state.geom, row / C, row % C, scratch.data(), single_max);
+           attention_row_forward(state.buf, state.geom, opt.dropout, row / C, row % C, scratch.data(), single_max);
        }},
       {1, 1,
        [&](int64_t b0, int64_t b1) {
@@ -158,12 +167,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& x, const Tensor& conv_weight, const Tensor& conv_bias, const Tensor& norm_h_weight,
     const Tensor& norm_h_bias, const Tensor& norm_w_weight, const Tensor& norm_w_bias, const Tensor& norm_weight,
     const Tensor& norm_bias, const Tensor& qkv_weight, const Tensor& qkv_bias, int64_t head_num,
-    int64_t window_size, bool max_pool, bool softmax_gate) {
+    int64_t window_size, bool max_pool, bool softmax_gate, double dropout_p, const std::optional<Tensor>& dropout_seed,
+    const std::optional<Tensor>& conv_d) {
   PackedWeightArgs weights{{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias,
                             norm_weight, norm_bias, qkv_weight, qkv_bias}};
   check_forward_args(x, weights, head_num, window_size);
   for (auto& t : weights.tensors) t = t.contiguous();
-  const Options opt{head_num, window_size, max_pool, softmax_gate};
+  const Tensor projection = check_conv_d(conv_d, x, weights, window_size, max_pool);
+  const Options opt{head_num, window_size, max_pool, softmax_gate, projection.defined(),
+                    attention_dropout(dropout_p, dropout_seed)};
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const auto small = x.options().dtype(weights.conv_weight().scalar_type());
@@ -176,7 +188,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor argmax = at::empty({pg.max_pool ? B : 0, C, pg.positions()}, x.options().dtype(at::kLong));
   Tensor attn_out = at::empty({B, C}, small), attn_lse = at::empty({B, C}, small), ca = at::empty({B, C}, small);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scsa_forward_cpu", [&] {
-    forward_impl<scalar_t>(x, weights, opt, out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out, attn_lse, ca);
+    forward_impl<scalar_t>(x, weights, projection, opt, out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out, attn_lse,
+                           ca);
   });
   return {out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out, attn_lse, ca};
 }

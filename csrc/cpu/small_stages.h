@@ -44,6 +44,33 @@ void spatial_gates_forward(const T* x_h, const T* x_w, const PackedParams<T>& w,
   }
 }
 
+inline CellLayout cell_layout(const Tensor& pooled, const PoolGeometry& pg) {
+  return {pooled.size(0), pooled.size(1), pg.kh * pg.kw, pg.positions()};
+}
+
+// Recombination's cells (C*kh*kw, B*N) (CellLayout) in pooled's (compute) type; undefined without
+// recombination.
+inline Tensor recombination_cells(const Tensor& pooled, const PoolGeometry& pg) {
+  if (!pg.recombine) return Tensor();
+  const CellLayout cl = cell_layout(pooled, pg);
+  return at::empty({cl.C * cl.cells_per_window, cl.row_stride()}, pooled.options());
+}
+
+// pooled (B, C, N) = conv_d (C, C*kh*kw) @ cells, one GEMM for the batch (ATen's matmul).
+inline void project_cells(const Tensor& conv_d, const Tensor& cells, Tensor& pooled) {
+  const int64_t B = pooled.size(0), C = pooled.size(1), N = pooled.size(2);
+  pooled.copy_(at::mm(conv_d, cells).view({C, B, N}).permute({1, 0, 2}));
+}
+
+// Recombination's backward GEMMs from d_pooled (B, C, N): the cells' gradient conv_d^T d_pooled
+// into d_cells (CellLayout), and conv_d's gradient d_pooled cells^T (C, C*kh*kw).
+inline Tensor project_cells_backward(const Tensor& conv_d, const Tensor& cells, const Tensor& d_pooled,
+                                     Tensor& d_cells) {
+  const Tensor d_pooled_cbn = d_pooled.permute({1, 0, 2}).reshape({d_pooled.size(1), -1});
+  at::mm_out(d_cells, conv_d.t(), d_pooled_cbn);
+  return at::mm(d_pooled_cbn, cells.t());
+}
+
 // Owns the channel-branch work buffers of one call.
 template <typename T>
 struct ChannelAttentionState {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..reference import compute_dtype
-from ..weights import packed_parameters, pack_weights, unpack_gradients
+from ..weights import pack_weights, packed_parameters, unpack_gradients, unpacked_parameters
 
 
 class FusedKernels:
@@ -20,16 +20,14 @@ class FusedKernels:
 
     forward(x, packed, weights, config, training) -> (out, *saved): out has x's shape and dtype; saved
         are what its backward needs besides x and the packed weights (tensors or None).
-    backward(grad_out, x, packed, saved, weights, config) -> (grad_x, packed_grads, extra_grads):
+    backward(grad_out, x, packed, saved, weights, config) -> (grad_x, packed_grads, unpacked_grads):
         gradients of x, of the ten packed tensors (a list, or flat: see ``unpack_gradients``),
-        and of ``extra_parameters(weights, config)``.
-    extra_parameters(weights, config) -> parameters the backend reads unpacked (conv_d).
+        and of ``weights.unpacked_parameters(weights, config)`` (conv_d).
     """
 
-    def __init__(self, forward, backward, extra_parameters=lambda weights, config: []):
+    def __init__(self, forward, backward):
         self.forward = forward
         self.backward = backward
-        self.extra_parameters = extra_parameters
 
 
 def needs_autograd(x, weights) -> bool:
@@ -39,7 +37,7 @@ def needs_autograd(x, weights) -> bool:
 
 def fused_scsa_with_grad(kernels: FusedKernels, x, weights, config, training: bool):
     """``out`` of the fused SCSA, differentiable in x and every parameter the backend reads, as one node."""
-    params = packed_parameters(weights, config) + kernels.extra_parameters(weights, config)
+    params = packed_parameters(weights, config) + unpacked_parameters(weights, config)
     return _FusedSCSAFunction.apply(kernels, config, training, weights, x, *params)
 
 
@@ -57,6 +55,7 @@ class _FusedSCSAFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, *packed_and_saved = ctx.saved_tensors
         packed, saved = packed_and_saved[:10], packed_and_saved[10:]
-        grad_x, packed_grads, extra_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.weights, ctx.config)
+        grad_x, packed_grads, unpacked_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.weights,
+                                                                    ctx.config)
         return (None, None, None, None, grad_x, *unpack_gradients(packed_grads, ctx.weights, ctx.config),
-                *extra_grads)
+                *unpacked_grads)

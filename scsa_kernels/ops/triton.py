@@ -36,9 +36,9 @@ its registered autograd), launch geometry is computed once per (shape, strides, 
 ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, and the backward's scratch buffers are views of one
 allocation.
 
-Attention dropout in training runs in the channel attention kernels (Philox, masks keyed by
-sample, row channel and column: triton/channel_attention.py); one (1,) int64 seed per call comes
-from torch's generator and is saved for the backward, which regenerates the masks.
+Attention dropout in training runs in the channel attention kernels (Philox masks keyed by
+sample, row channel and column: ops/dropout.py); one (1,) int64 seed per call comes from torch's
+generator and is saved for the backward, which draws the same masks again.
 
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
 float64 (kernels compute in float32), window or plane sides > 4096, planes of 2**31 elements or more.
@@ -63,7 +63,8 @@ from typing import Optional, Tuple
 import torch
 
 from ..config import GROUP_NORM_EPS
-from ..weights import packed_weights
+from ..weights import conv_d_matrix, packed_weights
+from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
 NAME = "triton"
@@ -132,35 +133,22 @@ def unsupported_reason(x, config, training):
     return None
 
 
-def _conv_d(weights, config):
-    """conv_d's weight as the (C, C*ws*ws) view the kernels take, in its own dtype; None without it."""
-    return weights.conv_d_weight.flatten(1) if config.uses_conv_d else None
-
-
-def _dropout(config, training, device):
-    """(p, seed) of one call's attention dropout: p = attn_drop_ratio in training, and a (1,) int64
-    seed drawn from torch's generator of ``device`` (torch.manual_seed reproduces the masks; the
-    backward reuses the seed); (0.0, None) when there is no dropout."""
-    if not training or config.attn_drop_ratio == 0.0:
-        return 0.0, None
-    return config.attn_drop_ratio, torch.randint(2 ** 62, (1,), dtype=torch.int64, device=device)
-
-
 def scsa(x, weights, config, training):
     if EAGER_BYPASS and not torch.compiler.is_compiling() and needs_autograd(x, weights):
         # Eager training: one autograd node without the dispatcher (the registered autograd of the
         # op costs ~60 us of Python per call) and without autograd nodes for the packing.
         return fused_scsa_with_grad(KERNELS, x, weights, config, training)
     p = packed_weights(weights, config)
-    args = (x, *p, _conv_d(weights, config), *config.kernel_options, *_dropout(config, training, x.device))
+    args = (x, *p, conv_d_matrix(weights, config), *config.kernel_options,
+            *dropout.attention_dropout_args(config, training, x.device))
     if not EAGER_BYPASS or torch.compiler.is_compiling():
         return torch.ops.scsa_kernels.triton_scsa_forward(*args)[0]
     return _forward_impl(*args)[0]
 
 
 def _eager_forward(x, packed, weights, config, training):
-    conv_d = _conv_d(weights, config)
-    dropout_p, dropout_seed = _dropout(config, training, x.device)
+    conv_d = conv_d_matrix(weights, config)
+    dropout_p, dropout_seed = dropout.attention_dropout_args(config, training, x.device)
     out, means = _forward_impl(x, *packed, conv_d, *config.kernel_options, dropout_p, dropout_seed)
     return out, _saved_means(x, means), conv_d, dropout_seed
 
@@ -174,8 +162,7 @@ def _eager_backward(grad_out, x, packed, saved, weights, config):
     return dx, torch.cat((dconv, dsmall)), extra  # flat, in PackedWeights order (conv weight, conv bias, the rest)
 
 
-KERNELS = FusedKernels(_eager_forward, _eager_backward,
-                       extra_parameters=lambda weights, config: [weights.conv_d_weight] if config.uses_conv_d else [])
+KERNELS = FusedKernels(_eager_forward, _eager_backward)
 
 
 # ----------------------------------------------------------------------------------------
@@ -375,7 +362,7 @@ def _forward_impl(
     """-> (out, means (B, C, H+W) fp32 = x_h | x_w): the backward keeps the means when saves_means()
     and recomputes everything else from them and x. conv_d: recombination's projection (C, C*ws*ws),
     or None for the pooling modes. dropout_p > 0: attention dropout with the Philox stream of
-    dropout_seed ((1,) int64, see ``_dropout``)."""
+    dropout_seed ((1,) int64, see ops/dropout.py)."""
     B, C, H, W = x.shape
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
     x_stride = x.stride()

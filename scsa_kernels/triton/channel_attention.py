@@ -15,12 +15,13 @@ Every program recomputes the GroupNorm(1) statistics of its sample (C*N values, 
 instead of waiting for another launch.
 
 Attention dropout (training, p = attn_drop_ratio > 0, constexpr DROPOUT): z = (P * M) vbar with
-M = keep / (1 - p), the mask drawn in-kernel from Triton's Philox: attention weight (row channel c,
-column j of its head) of sample b is kept when rand(seed, (b*C + c)*D + j) >= p. The row sums l
-stay those of P (dropout follows the softmax); the backward regenerates M from the same seed.
+M = keep / (1 - p), the masks drawn in-kernel from Triton's Philox (definition: ops/dropout.py).
+The row sums l stay those of P (dropout follows the softmax); the backward draws M again from
+the same seed.
 """
 import triton
 import triton.language as tl
+from triton.language.random import uint_to_uniform_float
 
 from ._common import sigmoid
 
@@ -88,9 +89,13 @@ def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qk
 @triton.jit
 def _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cols):
     """M (len(rows), len(cols)) fp32 of sample b: 1/(1-p) where the attention weight of row channel
-    rows (global index) and column cols (index in the head) is kept, else 0. seed_ptr: (1,) int64."""
-    offsets = (b.to(tl.int64) * C + rows[:, None]) * D + cols[None, :]
-    return tl.where(tl.rand(tl.load(seed_ptr), offsets) >= drop_p, 1.0 / (1.0 - drop_p), 0.0)
+    rows (global index) and column cols (index in the head) is kept, else 0. seed_ptr: (1,) int64.
+    Element e = (b*C + row)*D + col draws word e % 4 of Philox counter e // 4 (ops/dropout.py)."""
+    elements = (b.to(tl.int64) * C + rows[:, None]) * D + cols[None, :]
+    w0, w1, w2, w3 = tl.randint4x(tl.load(seed_ptr), elements // 4)
+    word = elements % 4
+    bits = tl.where(word == 0, w0, tl.where(word == 1, w1, tl.where(word == 2, w2, w3)))
+    return tl.where(uint_to_uniform_float(bits) >= drop_p, 1.0 / (1.0 - drop_p), 0.0)
 
 
 @triton.jit
