@@ -69,10 +69,10 @@ def _forward(x, packed, weights, config, training):
 
 def _backward(grad_out, x, packed, saved, weights, config):
     *small, dropout_seed = saved
-    dropout_p = 0.0 if dropout_seed is None else config.attn_drop_ratio
     conv_d = conv_d_matrix(weights, config)
     grad_x, *packed_grads, grad_conv_d = torch.ops.scsa_kernels.scsa_backward(
-        grad_out, x, *packed, *small, *config.kernel_options, dropout_p, dropout_seed, conv_d)
+        grad_out, x, *packed, *small, *config.kernel_options, dropout.saved_dropout_p(config, dropout_seed),
+        dropout_seed, conv_d)
     return grad_x, packed_grads, [] if conv_d is None else [grad_conv_d.view_as(weights.conv_d_weight)]
 
 

@@ -27,3 +27,8 @@ def attention_dropout_args(config, training: bool, device) -> Tuple[float, Optio
     if not training or config.attn_drop_ratio == 0.0:
         return 0.0, None
     return config.attn_drop_ratio, torch.randint(2 ** 62, (1,), dtype=torch.int64, device=device)
+
+
+def saved_dropout_p(config, dropout_seed: Optional[torch.Tensor]) -> float:
+    """p for the backward of a call whose forward drew ``dropout_seed`` (None: no dropout ran)."""
+    return 0.0 if dropout_seed is None else config.attn_drop_ratio

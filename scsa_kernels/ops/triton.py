@@ -155,9 +155,8 @@ def _eager_forward(x, packed, weights, config, training):
 
 def _eager_backward(grad_out, x, packed, saved, weights, config):
     means, conv_d, dropout_seed = saved
-    dropout_p = 0.0 if dropout_seed is None else config.attn_drop_ratio
     dx, dconv, dsmall, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *config.kernel_options,
-                                                dropout_p, dropout_seed)
+                                                dropout.saved_dropout_p(config, dropout_seed), dropout_seed)
     extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
     return dx, torch.cat((dconv, dsmall)), extra  # flat, in PackedWeights order (conv weight, conv bias, the rest)
 
