@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../shape_checks.h"
 #include "attention_dropout.h"
 
 namespace scsa_kernels::cpu {
@@ -29,6 +30,26 @@ struct Options {
   bool recombine;  // recombination with a window: conv_d given
   AttentionDropout dropout;
 };
+
+// What both ops check and derive from their shared arguments, before any kernel runs:
+// x and the packed weights (made contiguous), conv_d (undefined without recombination)
+// and the options.
+struct CheckedArgs {
+  PackedWeightArgs weights;
+  Tensor conv_d;
+  Options opt;
+};
+
+inline CheckedArgs check_args(const Tensor& x, PackedWeightArgs weights, int64_t head_num, int64_t window_size,
+                              bool max_pool, bool softmax_gate, double dropout_p,
+                              const std::optional<Tensor>& dropout_seed, const std::optional<Tensor>& conv_d) {
+  check_forward_args(x, weights, head_num, window_size);
+  for (auto& t : weights.tensors) t = t.contiguous();
+  Tensor projection = check_conv_d(conv_d, x, weights, window_size, max_pool);
+  const bool recombine = projection.defined();
+  return {std::move(weights), std::move(projection),
+          {head_num, window_size, max_pool, softmax_gate, recombine, attention_dropout(dropout_p, dropout_seed)}};
+}
 
 // Pooling windows. Global pooling is one window of the whole plane, so every
 // pass treats all three modes alike; rows >= hp*kh and columns >= wp*kw lie
@@ -175,9 +196,9 @@ class RowWriter {
 // Row tails as partial vectors. Short rows (W = 7, 14, 28) would otherwise spend
 // most of their time in scalar tail loops. load_head: lanes [0, n) from memory,
 // zeros above. store_head: writes lanes [0, n) only. 0 < n < V::size().
-// AVX2 float (every input dtype but float64 computes in float): a masked load, which
-// never touches the lanes it skips, and 16/8/4-byte stores (masked stores are slow
-// on Zen 3). float64, the gradcheck dtype, goes through a lane array.
+// AVX2 (float: every input dtype but float64 computes in it; double: the small SMSA
+// stage of every dtype): a masked load, which never touches the lanes it skips, and
+// 16/8/4-byte stores (masked stores are slow on Zen 3).
 template <typename T>
 inline Vectorized<T> load_head(const T* p, int64_t n) {
 #if defined(CPU_CAPABILITY_AVX2)
@@ -185,6 +206,10 @@ inline Vectorized<T> load_head(const T* p, int64_t n) {
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n)),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     return _mm256_maskload_ps(p, mask);
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+    return _mm256_maskload_pd(p, mask);
   }
 #endif
   alignas(64) T lanes[Vectorized<T>::size()] = {};
@@ -211,6 +236,18 @@ inline void store_head(T* p, const Vectorized<T>& v, int64_t n) {
       part = _mm_movehl_ps(part, part);
     }
     if (n) _mm_store_ss(p, part);
+    return;
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    const __m256d all = v;
+    __m128d part = _mm256_castpd256_pd128(all);
+    if (n >= 2) {
+      _mm_storeu_pd(p, part);
+      p += 2;
+      n -= 2;
+      part = _mm256_extractf128_pd(all, 1);
+    }
+    if (n) _mm_store_sd(p, part);
     return;
   }
 #endif
@@ -263,8 +300,17 @@ inline void accumulate_scaled(T* acc, T alpha, const T* x, int64_t n) {
   });
 }
 
+// Sum of the lanes. ATen's vec_reduce_all has a shuffle path for float only; its
+// generic path (a lane array round trip per step) made double dots 8x slower.
 template <typename T>
 inline T horizontal_sum(const Vectorized<T>& v) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, double>) {
+    const __m256d all = v;
+    const __m128d pairs = _mm_add_pd(_mm256_castpd256_pd128(all), _mm256_extractf128_pd(all, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(pairs, _mm_unpackhi_pd(pairs, pairs)));
+  }
+#endif
   return at::vec::vec_reduce_all<T>([](const Vectorized<T>& a, const Vectorized<T>& b) { return a + b; }, v);
 }
 
@@ -324,6 +370,15 @@ inline void affine(const T* in, T alpha, T beta, T* out, int64_t n) {
   for_each_vector<T>(n, [&](int64_t i, auto lanes) {
     lanes.store(out + i, at::vec::fmadd(lanes.load(in + i), va, vb));
   });
+}
+
+// out = (in - shift) * alpha (out may be in). Subtracting before scaling keeps a
+// group of near-equal values exact: folded into one fma (in * alpha - shift * alpha),
+// the rounding of shift * alpha is amplified by alpha = rstd (up to 1/sqrt(eps) = 316).
+template <typename T>
+inline void normalize(const T* in, T shift, T alpha, T* out, int64_t n) {
+  const Vectorized<T> vs(shift), va(alpha);
+  for_each_vector<T>(n, [&](int64_t i, auto lanes) { lanes.store(out + i, (lanes.load(in + i) - vs) * va); });
 }
 
 // Chunk size for at::parallel_for over planes: about 16K elements per task.

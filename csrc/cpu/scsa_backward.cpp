@@ -158,11 +158,10 @@ void input_grad(const Tensor& grad_out, int64_t begin, int64_t end, const acc_t*
   });
 }
 
-template <typename T>
-Tensor per_sample_zeros(const Tensor& like, int64_t B, at::IntArrayRef shape) {
+Tensor per_sample_zeros(const at::TensorOptions& options, int64_t B, at::IntArrayRef shape) {
   std::vector<int64_t> full{B};
   full.insert(full.end(), shape.begin(), shape.end());
-  return at::zeros(full, like.options());
+  return at::zeros(full, options);
 }
 
 // (B, ...) per-sample gradients -> (...) summed over the batch in a fixed order.
@@ -183,7 +182,9 @@ std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, co
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weights.conv_weight().size(1);
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const PackedParams<acc_t> w = packed_params<acc_t>(weights);
-  const auto small = a_h.options();
+  const PackedWeightArgs gate_weights = in_gate_type(weights);
+  const PackedParams<gate_t> gate_w = packed_params<gate_t>(gate_weights);
+  const auto small = a_h.options(), gate_opts = small.dtype(c10::CppTypeToScalarType<gate_t>::value);
   auto ptr = [](const Tensor& t) { return t.const_data_ptr<acc_t>(); };
   const int64_t* argmax_ptr = pg.max_pool ? argmax.const_data_ptr<int64_t>() : nullptr;
 
@@ -202,36 +203,38 @@ std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, co
   acc_t* cells_ptr = pg.recombine ? cells.data_ptr<acc_t>() : nullptr;
   // what the pooling path's gradient is read from (PoolScatterRows)
   const acc_t* d_source_ptr = pg.recombine ? ptr(d_cells) : ptr(d_pooled);
-  Tensor g_norm_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_norm_b = per_sample_zeros<acc_t>(a_h, B, {C});
-  Tensor g_qkv_w = per_sample_zeros<acc_t>(a_h, B, {3, C}), g_qkv_b = per_sample_zeros<acc_t>(a_h, B, {3, C});
+  Tensor g_norm_w = per_sample_zeros(small, B, {C}), g_norm_b = per_sample_zeros(small, B, {C});
+  Tensor g_qkv_w = per_sample_zeros(small, B, {3, C}), g_qkv_b = per_sample_zeros(small, B, {3, C});
   const ChannelAttentionGrads<acc_t> cg{d_out.data_ptr<acc_t>(),    dq.data_ptr<acc_t>(),
                                         dk.data_ptr<acc_t>(),       dv_mean.data_ptr<acc_t>(),
                                         d_pooled.data_ptr<acc_t>(), g_norm_w.data_ptr<acc_t>(),
                                         g_norm_b.data_ptr<acc_t>(), g_qkv_w.data_ptr<acc_t>(),
                                         g_qkv_b.data_ptr<acc_t>()};
-  Tensor g_conv_w = per_sample_zeros<acc_t>(a_h, B, {C, K}), g_conv_b = per_sample_zeros<acc_t>(a_h, B, {C});
-  Tensor g_nh_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nh_b = per_sample_zeros<acc_t>(a_h, B, {C});
-  Tensor g_nw_w = per_sample_zeros<acc_t>(a_h, B, {C}), g_nw_b = per_sample_zeros<acc_t>(a_h, B, {C});
+  // the SMSA parameters' gradients, in gate_t like the stage (small_stages.h)
+  Tensor g_conv_w = per_sample_zeros(gate_opts, B, {C, K}), g_conv_b = per_sample_zeros(gate_opts, B, {C});
+  Tensor g_nh_w = per_sample_zeros(gate_opts, B, {C}), g_nh_b = per_sample_zeros(gate_opts, B, {C});
+  Tensor g_nw_w = per_sample_zeros(gate_opts, B, {C}), g_nw_b = per_sample_zeros(gate_opts, B, {C});
 
   // Raw pointers hoisted out of the loops (Tensor accessors are out-of-line calls).
   const acc_t *a_h_ptr = ptr(a_h), *a_w_ptr = ptr(a_w), *ca_ptr = ptr(ca);
   acc_t *r_h_ptr = r_h.data_ptr<acc_t>(), *r_w_ptr = r_w.data_ptr<acc_t>(), *d_ca_ptr = d_ca.data_ptr<acc_t>();
   acc_t *t_h_ptr = t_h.data_ptr<acc_t>(), *t_w_ptr = t_w.data_ptr<acc_t>();
-  acc_t *g_conv_w_ptr = g_conv_w.data_ptr<acc_t>(), *g_conv_b_ptr = g_conv_b.data_ptr<acc_t>();
+  gate_t *g_conv_w_ptr = g_conv_w.data_ptr<gate_t>(), *g_conv_b_ptr = g_conv_b.data_ptr<gate_t>();
   struct Direction {
     const acc_t *means, *r, *t;
-    acc_t *dm, *g_norm_w, *g_norm_b;
+    acc_t* dm;
+    gate_t *g_norm_w, *g_norm_b;
     int64_t len;
   };
   const Direction directions[2] = {
-      {ptr(x_h), r_h_ptr, t_h_ptr, dm_h.data_ptr<acc_t>(), g_nh_w.data_ptr<acc_t>(), g_nh_b.data_ptr<acc_t>(), H},
-      {ptr(x_w), r_w_ptr, t_w_ptr, dm_w.data_ptr<acc_t>(), g_nw_w.data_ptr<acc_t>(), g_nw_b.data_ptr<acc_t>(), W}};
+      {ptr(x_h), r_h_ptr, t_h_ptr, dm_h.data_ptr<acc_t>(), g_nh_w.data_ptr<gate_t>(), g_nh_b.data_ptr<gate_t>(), H},
+      {ptr(x_w), r_w_ptr, t_w_ptr, dm_w.data_ptr<acc_t>(), g_nw_w.data_ptr<gate_t>(), g_nw_b.data_ptr<gate_t>(), W}};
 
-  // Spatial gates backward of (sample, group) tasks: both directions per task, so the
-  // shared conv gradients accumulate in a fixed order (H then W).
+  // Spatial gates backward of (sample, group) tasks, in gate_t: both directions per task, so
+  // the shared conv gradients accumulate in a fixed order (H then W).
   auto spatial_gates_backward = [&](int64_t begin, int64_t end) {
     const int64_t L = std::max(H, W);
-    std::vector<acc_t> da(g * L), scratch(spatial_gate_backward_scratch<acc_t>(g, L, K));
+    std::vector<gate_t> m(g * L), da(g * L), dm(g * L), scratch(spatial_gate_backward_scratch<gate_t>(g, L, K));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kGroups, group = task % kGroups, c0 = b * C + group * g;
       for (const int dir : {0, 1}) {
@@ -240,15 +243,16 @@ std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, co
         const acc_t* r = D.r + c0 * len;
         const acc_t* t = D.t + c0 * len;
         // d(a) = ca * (grad_out share) + (pooling share)
-        for (int64_t c = 0; c < g; ++c) {
-          std::copy(t + c * len, t + (c + 1) * len, da.data() + c * len);
-          axpy(da.data() + c * len, ca_ptr[c0 + c], r + c * len, len);
-        }
-        const SpatialGateGrads<acc_t> grads{g_conv_w_ptr + c0 * K, g_conv_b_ptr + c0, D.g_norm_w + c0,
-                                            D.g_norm_b + c0};
-        spatial_gate_backward(D.means + c0 * len, da.data(), g, len,
-                              direction_params(w, group, g, dir == 1, opt.softmax_gate), grads, D.dm + c0 * len,
+        for (int64_t c = 0; c < g; ++c)
+          for (int64_t l = 0; l < len; ++l)
+            da[c * len + l] = gate_t(t[c * len + l]) + gate_t(ca_ptr[c0 + c]) * gate_t(r[c * len + l]);
+        std::copy(D.means + c0 * len, D.means + (c0 + g) * len, m.data());
+        const SpatialGateGrads<gate_t> grads{g_conv_w_ptr + c0 * K, g_conv_b_ptr + c0, D.g_norm_w + c0,
+                                             D.g_norm_b + c0};
+        spatial_gate_backward(m.data(), da.data(), g, len,
+                              direction_params(gate_w, group, g, dir == 1, opt.softmax_gate), grads, dm.data(),
                               scratch.data());
+        std::copy(dm.data(), dm.data() + g * len, D.dm + c0 * len);
       }
     }
   };
@@ -298,13 +302,14 @@ std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, co
        }},
   });
 
+  auto gate_grad = [&](const Tensor& per_sample) { return reduce_batch<gate_t>(per_sample).to(small.dtype()); };
   return {dx,
-          reduce_batch<acc_t>(g_conv_w),
-          reduce_batch<acc_t>(g_conv_b),
-          reduce_batch<acc_t>(g_nh_w),
-          reduce_batch<acc_t>(g_nh_b),
-          reduce_batch<acc_t>(g_nw_w),
-          reduce_batch<acc_t>(g_nw_b),
+          gate_grad(g_conv_w),
+          gate_grad(g_conv_b),
+          gate_grad(g_nh_w),
+          gate_grad(g_nh_b),
+          gate_grad(g_nw_w),
+          gate_grad(g_nw_b),
           reduce_batch<acc_t>(g_norm_w),
           reduce_batch<acc_t>(g_norm_b),
           reduce_batch<acc_t>(g_qkv_w),
@@ -322,16 +327,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& pooled, const Tensor& argmax, const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
     int64_t head_num, int64_t window_size, bool max_pool, bool softmax_gate, double dropout_p,
     const std::optional<Tensor>& dropout_seed, const std::optional<Tensor>& conv_d) {
-  PackedWeightArgs weights{{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias,
-                            norm_weight, norm_bias, qkv_weight, qkv_bias}};
-  check_forward_args(x, weights, head_num, window_size);
+  const CheckedArgs args =
+      check_args(x, {{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias, norm_weight,
+                      norm_bias, qkv_weight, qkv_bias}},
+                 head_num, window_size, max_pool, softmax_gate, dropout_p, dropout_seed, conv_d);
+  const PackedWeightArgs& weights = args.weights;
+  const Tensor& projection = args.conv_d;
+  const Options& opt = args.opt;
   TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
               "scsa_kernels: grad_out must match x in shape and dtype, got ", grad_out.sizes(), " ",
               grad_out.scalar_type(), " for x ", x.sizes(), " ", x.scalar_type());
-  for (auto& t : weights.tensors) t = t.contiguous();
-  const Tensor projection = check_conv_d(conv_d, x, weights, window_size, max_pool);
-  const Options opt{head_num, window_size, max_pool, softmax_gate, projection.defined(),
-                    attention_dropout(dropout_p, dropout_seed)};
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const auto dt = weights.conv_weight().scalar_type();

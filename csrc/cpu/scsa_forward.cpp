@@ -118,6 +118,8 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const PackedParams<acc_t> w = packed_params<acc_t>(weights);
+  const PackedWeightArgs gate_weights = in_gate_type(weights);
+  const PackedParams<gate_t> gate_w = packed_params<gate_t>(gate_weights);
 
   acc_t *x_h_ptr = x_h.data_ptr<acc_t>(), *x_w_ptr = x_w.data_ptr<acc_t>();
   acc_t *a_h_ptr = a_h.data_ptr<acc_t>(), *a_w_ptr = a_w.data_ptr<acc_t>(), *ca_ptr = ca.data_ptr<acc_t>();
@@ -134,7 +136,7 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor
       {C, planes, [&](int64_t p0, int64_t p1) { row_col_means<scalar_t>(x, p0, p1, x_h_ptr, x_w_ptr); }},
       {kGroups, 1,
        [&](int64_t g0, int64_t g1) {
-         spatial_gates_forward(x_h_ptr, x_w_ptr, w, g0, g1, C, H, W, opt.softmax_gate, a_h_ptr, a_w_ptr);
+         spatial_gates_forward(x_h_ptr, x_w_ptr, gate_w, g0, g1, C, H, W, opt.softmax_gate, a_h_ptr, a_w_ptr);
        }},
       {C, planes,
        [&](int64_t p0, int64_t p1) {
@@ -169,13 +171,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& norm_bias, const Tensor& qkv_weight, const Tensor& qkv_bias, int64_t head_num,
     int64_t window_size, bool max_pool, bool softmax_gate, double dropout_p, const std::optional<Tensor>& dropout_seed,
     const std::optional<Tensor>& conv_d) {
-  PackedWeightArgs weights{{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias,
-                            norm_weight, norm_bias, qkv_weight, qkv_bias}};
-  check_forward_args(x, weights, head_num, window_size);
-  for (auto& t : weights.tensors) t = t.contiguous();
-  const Tensor projection = check_conv_d(conv_d, x, weights, window_size, max_pool);
-  const Options opt{head_num, window_size, max_pool, softmax_gate, projection.defined(),
-                    attention_dropout(dropout_p, dropout_seed)};
+  const CheckedArgs args =
+      check_args(x, {{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias, norm_weight,
+                      norm_bias, qkv_weight, qkv_bias}},
+                 head_num, window_size, max_pool, softmax_gate, dropout_p, dropout_seed, conv_d);
+  const PackedWeightArgs& weights = args.weights;
+  const Tensor& projection = args.conv_d;
+  const Options& opt = args.opt;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const auto small = x.options().dtype(weights.conv_weight().scalar_type());

@@ -100,7 +100,7 @@ T spatial_gate_forward(const T* m, int64_t channels, int64_t length, const Spati
   const int64_t n = channels * length;
   depthwise_conv(m, channels, length, p, padded, f_hat);
   const auto [mean, rstd] = normal_stats(f_hat, n);
-  affine(f_hat, rstd, -mean * rstd, f_hat, n);
+  normalize(f_hat, mean, rstd, f_hat, n);
   for (int64_t c = 0; c < channels; ++c) {
     affine(f_hat + c * length, p.norm_weight[c], p.norm_bias[c], a + c * length, length);
     if (p.softmax_gate) gate_forward(a + c * length, length, true);  // softmax along the length axis
@@ -153,7 +153,7 @@ void spatial_gate_backward(const T* m, const T* da, int64_t channels, int64_t le
   mean_d_fhat /= T(n);
   // df = rstd * (d - mean_d - f_hat * mean_d_fhat)
   axpy(d, -mean_d_fhat, f_hat, n);
-  affine(d, rstd, -mean_d * rstd, d, n);
+  normalize(d, mean_d, rstd, d, n);
 
   // Conv backward: bias, taps (correlation with the padded input), input (the
   // transposed conv: taps reversed over the padded gradient).
