@@ -1,7 +1,8 @@
 """``scsa-check``: every available backend against the reference, by the DESIGN.md tolerance rule.
 
 For each backend, device, SPEC.md option set, dtype and memory layout it runs forward and
-backward (eval mode) and compares the output, dx and every parameter gradient with
+backward (eval mode; the attention dropout case in training mode, the reference applying the masks
+the fused kernels draw) and compares the output, dx and every parameter gradient with
 ``testing.compare_backend``. One line per case with the worst tensor (largest error/bound);
 exit status 1 when any case fails. Without a CUDA GPU, ``--triton-interpret`` checks the
 Triton kernels on CPU tensors under TRITON_INTERPRET=1 (slow: minutes for the full set).
@@ -30,6 +31,7 @@ class CheckCase:
     options: dict
     dims: Tuple[int, int, int, int]
     quick: bool = False
+    training: bool = False
 
 
 CASES = (
@@ -46,6 +48,8 @@ CASES = (
     CheckCase("4 heads, softmax, max_pool 2", dict(dim=32, head_num=4, gate_layer="softmax",
                                                    down_sample_mode="max_pool", window_size=2), (1, 32, 8, 9)),
     CheckCase("attn dropout 0.1 (eval)", dict(dim=16, attn_drop_ratio=0.1), (2, 16, 14, 14)),
+    CheckCase("attn dropout 0.3 (training), 2 heads", dict(dim=16, head_num=2, attn_drop_ratio=0.3), (2, 16, 14, 14),
+              training=True),
     CheckCase("64 channels, 14x14", dict(dim=64), (3, 64, 14, 14)),
 )
 
@@ -83,12 +87,15 @@ def check_one(backend: str, case: CheckCase, dtype: torch.dtype, layout: str, de
     config = SCSAConfig(**case.options)
     x = make_input(case.dims, dtype, device, layout)
     result = CheckResult(backend, device, case.label, str(dtype).removeprefix("torch."), layout, "SKIP")
-    reason = backends.why_not(backend, x, config, False)
+    reason = backends.why_not(backend, x, config, case.training)
+    if reason is None and case.training and backend == "reference":
+        reason = "the reference's dropout masks are torch's own: nothing to compare in training"
     if reason is not None:
         result.detail = reason
         return result
     try:
-        comparisons = compare_backend(backend, x, random_weights(config, dtype, device), config)
+        comparisons = compare_backend(backend, x, random_weights(config, dtype, device), config,
+                                      training=case.training)
     except Exception as exc:  # a crashing backend is a failing backend
         result.status, result.detail = "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return result

@@ -7,7 +7,7 @@ dtype and memory format.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,12 @@ def down_sample(x_s: Tensor, weights: SCSAWeights, config: SCSAConfig) -> Tensor
     return F.conv2d(F.pixel_unshuffle(cropped, ws), weights.conv_d_weight.to(x_s.dtype))
 
 
-def channel_gate(pooled: Tensor, weights: SCSAWeights, config: SCSAConfig, training: bool) -> Tensor:
+# Applied to the attention weights P (B, heads, D, D) in training; default: F.dropout.
+AttentionDropout = Callable[[Tensor], Tensor]
+
+
+def channel_gate(pooled: Tensor, weights: SCSAWeights, config: SCSAConfig, training: bool,
+                 attention_dropout: Optional[AttentionDropout] = None) -> Tensor:
     """PCSA steps 2-6. pooled: (B, C, H', W') -> ca (B, C, 1, 1)."""
     batch, channels = pooled.shape[:2]
     dt = pooled.dtype
@@ -81,15 +86,21 @@ def channel_gate(pooled: Tensor, weights: SCSAWeights, config: SCSAConfig, train
     k = heads(project(weights.k_weight, weights.k_bias))
     v = heads(project(weights.v_weight, weights.v_bias))
     attn = (q @ k.transpose(-2, -1)) * config.head_dim ** -0.5
-    attn = F.dropout(attn.softmax(dim=-1), config.attn_drop_ratio, training)
+    attn = attn.softmax(dim=-1)
+    if training and attention_dropout is not None:
+        attn = attention_dropout(attn)
+    else:
+        attn = F.dropout(attn, config.attn_drop_ratio, training)
     o = (attn @ v).reshape(batch, channels, -1)
     return gate(o.mean(dim=2), config.gate_layer, dim=1)[:, :, None, None]
 
 
-def scsa_reference(x: Tensor, weights: SCSAWeights, config: SCSAConfig, training: bool = False) -> Tensor:
-    """out = x * a_h * a_w * ca. x: (B, C, H, W), any float dtype and strides -> same shape, dtype, format."""
+def scsa_reference(x: Tensor, weights: SCSAWeights, config: SCSAConfig, training: bool = False,
+                   attention_dropout: Optional[AttentionDropout] = None) -> Tensor:
+    """out = x * a_h * a_w * ca. x: (B, C, H, W), any float dtype and strides -> same shape, dtype, format.
+    ``attention_dropout`` replaces F.dropout on P in training (testing: the fused kernels' masks)."""
     xc = x.to(compute_dtype(x.dtype))
     a_h, a_w = spatial_gates(xc, weights, config)
     x_s = xc * a_h[:, :, :, None] * a_w[:, :, None, :]
-    ca = channel_gate(down_sample(x_s, weights, config), weights, config, training)
+    ca = channel_gate(down_sample(x_s, weights, config), weights, config, training, attention_dropout)
     return (ca * x_s).to(x.dtype)

@@ -13,7 +13,8 @@ import torch
 
 from .config import SCSAConfig
 from .functional import scsa
-from .reference import scsa_reference
+from .ops.dropout import attention_dropout_args, attention_dropout_masks
+from .reference import compute_dtype, scsa_reference
 from .weights import SCSAWeights
 
 # Absolute floor of the rule, as a fraction of max |reference| of the compared tensor.
@@ -90,16 +91,41 @@ def _layout(t: torch.Tensor):
     return tuple(stride for size, stride in zip(t.shape, t.stride()) if size > 1)
 
 
+def _with_kernel_masks(fused_fn, x: torch.Tensor, config: SCSAConfig):
+    """Training with attention dropout: (fused_fn run under a fixed RNG state, the reference's attention
+    dropout applying the masks the fused kernels draw in that state). A fused training call draws its
+    dropout seed first (ops/dropout.attention_dropout_args), so replaying the draw gives the seed."""
+    rng_seed = int(torch.randint(2 ** 62, (1,)))
+    devices = [x.device] if x.device.type == "cuda" else []
+
+    def seeded(fn, *args):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(rng_seed)
+            return fn(*args)
+
+    _, seed = seeded(attention_dropout_args, config, True, x.device)
+    masks = attention_dropout_masks(seed, config.attn_drop_ratio, x.shape[0], config.head_num, config.head_dim,
+                                    compute_dtype(x.dtype))
+    return (lambda xx, ww: seeded(fused_fn, xx, ww)), (lambda attn: attn * masks.to(attn.dtype))
+
+
 def compare_backend(backend: str, x: torch.Tensor, weights: SCSAWeights, config: SCSAConfig,
                     grad_out: Optional[torch.Tensor] = None, check_grads: bool = True,
                     training: bool = False) -> List[Comparison]:
     """Run ``backend`` on (x, weights), forward and backward, and compare each result (output, dx,
     every parameter gradient) with the reference by the tolerance rule. Eval mode unless
-    ``training`` (with attention dropout, the caller makes both sides draw the same masks)."""
+    ``training``; with attention dropout the reference then applies the masks the fused kernels draw
+    (not for ``backend="reference"``, whose dropout is torch's own)."""
     if grad_out is None:
         grad_out = torch.randn(x.shape, dtype=torch.float64, device=x.device)
     fused_fn = lambda xx, ww: scsa(xx, ww, config, training=training, backend=backend)
-    ref_fn = lambda xx, ww: scsa_reference(xx, ww, config, training=training)
+    kernel_dropout = None
+    if training and config.attn_drop_ratio > 0:
+        if backend == "reference":
+            raise ValueError("the reference backend draws torch's dropout masks, not the fused kernels': "
+                             "compare it with dropout in eval mode")
+        fused_fn, kernel_dropout = _with_kernel_masks(fused_fn, x, config)
+    ref_fn = lambda xx, ww: scsa_reference(xx, ww, config, training=training, attention_dropout=kernel_dropout)
     runs = []
     for fn, dtype in ((fused_fn, None), (ref_fn, None), (ref_fn, torch.float64)):
         xx, ww = _leaves(x, weights, dtype)

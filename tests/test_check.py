@@ -99,6 +99,27 @@ def test_a_fake_backend_replaces_a_cached_module_of_the_same_name(monkeypatch, c
     assert backends.load("broken").scsa is crashes
 
 
+TRAINING_CASE = next(c for c in check.CASES if c.training)
+
+
+def kernel_masks_ignored(x, weights, config, training):
+    """A backend whose dropout is torch's own, not the masks of the seed it drew (a dropout bug)."""
+    from scsa_kernels.ops.dropout import attention_dropout_args
+    attention_dropout_args(config, training, x.device)
+    return scsa_reference(x, weights, config, training)
+
+
+@pytest.mark.parametrize("backend, status", [("cpu", "PASS"), ("reference", "SKIP"), ("masks_ignored", "FAIL")])
+def test_training_with_dropout_compares_against_the_kernels_masks(monkeypatch, backend, status):
+    """The training case: the reference applies the masks of the seed the fused call drew, so a
+    backend applying other masks fails; the reference itself has nothing to compare."""
+    if backend == "cpu" and backends.unavailable_reason("cpu") is not None:
+        pytest.skip(backends.unavailable_reason("cpu"))
+    install_backend(monkeypatch, "masks_ignored", kernel_masks_ignored)
+    result = check.check_one(backend, TRAINING_CASE, torch.float32, "contiguous", "cpu")
+    assert result.status == status, result
+
+
 def test_permuted_layout_is_not_contiguous():
     x = check.make_input((2, 16, 5, 7), torch.float32, "cpu", "permuted")
     assert x.shape == (2, 16, 5, 7) and not x.is_contiguous() and not x.is_contiguous(

@@ -18,7 +18,6 @@ from scsa_kernels.ops import cpu as cpu_backend
 from scsa_kernels.reference import scsa_reference
 from scsa_kernels.testing import compare_backend, random_weights
 from scsa_kernels.weights import conv_d_matrix, pack_weights
-from dropout_masks import shared_dropout_masks  # noqa: F401  (a fixture)
 
 needs_ext = pytest.mark.skipif(cpu_backend.unavailable_reason() is not None,
                                reason=f"{cpu_backend.unavailable_reason()} (test_extension_is_built fails)")
@@ -344,11 +343,11 @@ DROPOUT_CASES = {  # config, x shape, dtype
 
 
 @needs_ext
-@pytest.mark.usefixtures("shared_dropout_masks")
 @pytest.mark.parametrize("name", sorted(DROPOUT_CASES))
 def test_attention_dropout_draws_the_triton_kernels_masks(name):
     """Training with attn_drop_ratio > 0: forward and every gradient match the reference applying the
-    masks of the Triton kernels for the seed the call drew: the C++ Philox is Triton's, bit for bit."""
+    masks ops.dropout.attention_dropout_masks gives for the seed the call drew (the Triton kernels'
+    masks, test_triton_ops checks): the C++ Philox is Triton's, bit for bit."""
     config, shape, dtype = DROPOUT_CASES[name]
     x = torch.randn(shape, dtype=dtype)
     assert_matches(compare_backend("cpu", x, random_weights(config, dtype=dtype), config, training=True))

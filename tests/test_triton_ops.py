@@ -17,7 +17,7 @@ from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.functional import scsa  # noqa: E402
 from scsa_kernels.module import SCSA  # noqa: E402
 from scsa_kernels.testing import compare_backend, random_weights  # noqa: E402
-from dropout_masks import dropout_masks, shared_dropout_masks  # noqa: E402,F401  (a fixture)
+from dropout_masks import kernel_dropout_masks  # noqa: E402
 
 REASON = backends.unavailable_reason("triton")
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"triton backend unavailable: {REASON}")
@@ -224,7 +224,6 @@ def test_float64_is_unsupported_not_downcast():
                                      dict(head_num=1, window_size=-1, qkv_bias=True),
                                      dict(head_num=4, down_sample_mode="max_pool")], ids=["softmax_heads",
                                                                                           "global", "four_heads"])
-@pytest.mark.usefixtures("shared_dropout_masks")
 def test_attention_dropout_matches_the_reference_with_the_same_masks(monkeypatch, bypass, options):
     """Training with attn_drop_ratio > 0: forward and every gradient against the reference when both
     apply the masks the kernels draw (the backward regenerates them from the saved seed)."""
@@ -237,14 +236,24 @@ def test_attention_dropout_matches_the_reference_with_the_same_masks(monkeypatch
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2 ** 32 + 5, 2 ** 62 - 3, None], ids=["0", "1", "2^32+5", "2^62-3", "drawn"])
+def test_attention_dropout_masks_are_the_kernels(seed):
+    """ops.dropout.attention_dropout_masks (plain PyTorch, what the reference applies in
+    compare_backend) gives the kernels' masks bit for bit, seeds of either 32-bit half included."""
+    from scsa_kernels.ops.dropout import attention_dropout_masks
+    seed = torch.randint(2 ** 62, (1,)) if seed is None else torch.tensor([seed])
+    for p, shape in ((0.3, (2, 3, 5)), (0.05, (1, 2, 16))):
+        assert torch.equal(attention_dropout_masks(seed, p, *shape), kernel_dropout_masks(seed, p, *shape))
+
+
 def test_attention_dropout_rate_and_seeding():
     """Masks keep 1-p of the weights, scaled by 1/(1-p); torch.manual_seed reproduces a training call,
     another seed changes it, eval mode has no dropout."""
     seed = torch.randint(2 ** 62, (1,), device=DEVICE)
-    masks = dropout_masks(seed, 0.3, 2, 2, 32)
+    masks = kernel_dropout_masks(seed, 0.3, 2, 2, 32)
     torch.testing.assert_close(masks.unique(), torch.tensor([0.0, 1 / 0.7], device=DEVICE))
     assert abs((masks > 0).float().mean().item() - 0.7) < 0.03  # 4096 draws: std 0.007
-    assert not torch.equal(masks, dropout_masks(seed + 1, 0.3, 2, 2, 32))
+    assert not torch.equal(masks, kernel_dropout_masks(seed + 1, 0.3, 2, 2, 32))
     module = SCSA(16, head_num=2, window_size=3, attn_drop_ratio=0.3, backend="triton").to(DEVICE)
     x = torch.randn(2, 16, 6, 6, device=DEVICE)
     outputs = []
