@@ -182,8 +182,7 @@ std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, co
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weights.conv_weight().size(1);
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const PackedParams<acc_t> w = packed_params<acc_t>(weights);
-  const PackedWeightArgs gate_weights = in_gate_type(weights);
-  const PackedParams<gate_t> gate_w = packed_params<gate_t>(gate_weights);
+  const GateWeights gate(weights);
   const auto small = a_h.options(), gate_opts = small.dtype(c10::CppTypeToScalarType<gate_t>::value);
   auto ptr = [](const Tensor& t) { return t.const_data_ptr<acc_t>(); };
   const int64_t* argmax_ptr = pg.max_pool ? argmax.const_data_ptr<int64_t>() : nullptr;
@@ -250,7 +249,7 @@ std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, co
         const SpatialGateGrads<gate_t> grads{g_conv_w_ptr + c0 * K, g_conv_b_ptr + c0, D.g_norm_w + c0,
                                              D.g_norm_b + c0};
         spatial_gate_backward(m.data(), da.data(), g, len,
-                              direction_params(gate_w, group, g, dir == 1, opt.softmax_gate), grads, dm.data(),
+                              direction_params(gate.params, group, g, dir == 1, opt.softmax_gate), grads, dm.data(),
                               scratch.data());
         std::copy(dm.data(), dm.data() + g * len, D.dm + c0 * len);
       }

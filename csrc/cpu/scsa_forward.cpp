@@ -118,8 +118,7 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeometry pg = pool_geometry(H, W, opt);
   const PackedParams<acc_t> w = packed_params<acc_t>(weights);
-  const PackedWeightArgs gate_weights = in_gate_type(weights);
-  const PackedParams<gate_t> gate_w = packed_params<gate_t>(gate_weights);
+  const GateWeights gate(weights);
 
   acc_t *x_h_ptr = x_h.data_ptr<acc_t>(), *x_w_ptr = x_w.data_ptr<acc_t>();
   acc_t *a_h_ptr = a_h.data_ptr<acc_t>(), *a_w_ptr = a_w.data_ptr<acc_t>(), *ca_ptr = ca.data_ptr<acc_t>();
@@ -136,7 +135,7 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor
       {C, planes, [&](int64_t p0, int64_t p1) { row_col_means<scalar_t>(x, p0, p1, x_h_ptr, x_w_ptr); }},
       {kGroups, 1,
        [&](int64_t g0, int64_t g1) {
-         spatial_gates_forward(x_h_ptr, x_w_ptr, gate_w, g0, g1, C, H, W, opt.softmax_gate, a_h_ptr, a_w_ptr);
+         spatial_gates_forward(x_h_ptr, x_w_ptr, gate.params, g0, g1, C, H, W, opt.softmax_gate, a_h_ptr, a_w_ptr);
        }},
       {C, planes,
        [&](int64_t p0, int64_t p1) {

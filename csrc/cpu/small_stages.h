@@ -34,12 +34,16 @@ SpatialGateParams<T> direction_params(const PackedParams<T>& w, int64_t group, i
 // B*C*(H+W) values, so double costs nothing measurable.
 using gate_t = double;
 
-// The packed parameters converted to gate_t (the returned args own the copies).
-inline PackedWeightArgs in_gate_type(const PackedWeightArgs& w) {
-  PackedWeightArgs out = w;
-  for (auto& t : out.tensors) t = t.to(c10::CppTypeToScalarType<gate_t>::value);
-  return out;
-}
+// The packed parameters in gate_t: `params` points into `owned`, the converted copies.
+struct GateWeights {
+  PackedWeightArgs owned;
+  PackedParams<gate_t> params;
+
+  explicit GateWeights(const PackedWeightArgs& w) : owned(w) {
+    for (auto& t : owned.tensors) t = t.to(c10::CppTypeToScalarType<gate_t>::value);
+    params = packed_params<gate_t>(owned);
+  }
+};
 
 // a_h, a_w (B, C, H|W) from the means x_h, x_w, for (sample, group) tasks
 // [begin, end) (task = b * kGroups + group).
