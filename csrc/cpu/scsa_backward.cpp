@@ -330,15 +330,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       check_args(x, {{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias, norm_weight,
                       norm_bias, qkv_weight, qkv_bias}},
                  head_num, window_size, max_pool, softmax_gate, dropout_p, dropout_seed, conv_d);
-  const PackedWeightArgs& weights = args.weights;
-  const Tensor& projection = args.conv_d;
-  const Options& opt = args.opt;
   TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.scalar_type() == x.scalar_type(),
               "scsa_kernels: grad_out must match x in shape and dtype, got ", grad_out.sizes(), " ",
               grad_out.scalar_type(), " for x ", x.sizes(), " ", x.scalar_type());
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const PoolGeometry pg = pool_geometry(H, W, opt);
-  const auto dt = weights.conv_weight().scalar_type();
+  const PoolGeometry pg = pool_geometry(H, W, args.opt);
+  const auto dt = args.weights.conv_weight().scalar_type();
   check_saved(x_h, "x_h", {B, C, H}, dt);
   check_saved(x_w, "x_w", {B, C, W}, dt);
   check_saved(a_h, "a_h", {B, C, H}, dt);
@@ -350,11 +347,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   check_saved(ca, "ca", {B, C}, dt);
   std::array<Tensor, 12> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scsa_backward_cpu", [&] {
-    r = backward_impl<scalar_t>(grad_out, x, weights, projection, x_h.contiguous(), x_w.contiguous(),
+    r = backward_impl<scalar_t>(grad_out, x, args.weights, args.conv_d, x_h.contiguous(), x_w.contiguous(),
                                 a_h.contiguous(), a_w.contiguous(), pooled.contiguous(), argmax.contiguous(),
-                                attn_out.contiguous(), attn_lse.contiguous(), ca.contiguous(), opt);
+                                attn_out.contiguous(), attn_lse.contiguous(), ca.contiguous(), args.opt);
   });
-  if (projection.defined()) r[11] = r[11].to(conv_d->scalar_type());
+  if (args.conv_d.defined()) r[11] = r[11].to(conv_d->scalar_type());
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]};
 }
 

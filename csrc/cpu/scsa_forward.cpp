@@ -174,12 +174,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
       check_args(x, {{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias, norm_weight,
                       norm_bias, qkv_weight, qkv_bias}},
                  head_num, window_size, max_pool, softmax_gate, dropout_p, dropout_seed, conv_d);
-  const PackedWeightArgs& weights = args.weights;
-  const Tensor& projection = args.conv_d;
-  const Options& opt = args.opt;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const PoolGeometry pg = pool_geometry(H, W, opt);
-  const auto small = x.options().dtype(weights.conv_weight().scalar_type());
+  const PoolGeometry pg = pool_geometry(H, W, args.opt);
+  const auto small = x.options().dtype(args.weights.conv_weight().scalar_type());
 
   // Same strides as x for dense layouts (NCHW, channels_last), like the reference's elementwise ops.
   Tensor out = at::empty_like(x, at::MemoryFormat::Preserve);
@@ -189,8 +186,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor argmax = at::empty({pg.max_pool ? B : 0, C, pg.positions()}, x.options().dtype(at::kLong));
   Tensor attn_out = at::empty({B, C}, small), attn_lse = at::empty({B, C}, small), ca = at::empty({B, C}, small);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scsa_forward_cpu", [&] {
-    forward_impl<scalar_t>(x, weights, projection, opt, out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out, attn_lse,
-                           ca);
+    forward_impl<scalar_t>(x, args.weights, args.conv_d, args.opt, out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out,
+                           attn_lse, ca);
   });
   return {out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out, attn_lse, ca};
 }
