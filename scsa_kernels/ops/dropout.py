@@ -39,8 +39,9 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85      # Weyl increments of the key
 def _mul_hi_lo(a: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """High and low 32-bit words of a * k (a: int64 tensor of uint32 values, k: uint32): k is split
     into 16-bit halves so that no int64 product overflows."""
-    t = a * (k >> 16) + ((a * (k & 0xFFFF)) >> 16)
-    return t >> 16, ((t & 0xFFFF) << 16 | (a * (k & 0xFFFF)) & 0xFFFF) & _WORD
+    low_half = a * (k & 0xFFFF)
+    t = a * (k >> 16) + (low_half >> 16)
+    return t >> 16, ((t & 0xFFFF) << 16 | low_half & 0xFFFF) & _WORD
 
 
 def _philox4x32_10(seed: int, counters: torch.Tensor) -> torch.Tensor:
@@ -70,8 +71,8 @@ def attention_dropout_masks(seed: torch.Tensor, p: float, batch: int, heads: int
     column j (flat index = the module docstring's e). ``dtype``: the kernels' compute type (float32,
     float64 for float64 inputs on CPU), in which 1/(1-p) is rounded."""
     count = batch * heads * head_dim * head_dim
-    elements = torch.arange(count, dtype=torch.int64, device=seed.device)
-    words = _philox4x32_10(int(seed.item()), elements // 4).gather(1, (elements % 4)[:, None])[:, 0]
+    counters = torch.arange((count + 3) // 4, dtype=torch.int64, device=seed.device)
+    words = _philox4x32_10(int(seed.item()), counters).flatten()[:count]  # element e = word e % 4 of counter e // 4
     kept = _uniform(words) >= torch.tensor(p, dtype=torch.float32)  # compared in float32, as the kernels do
     return (kept.to(dtype) / (1 - torch.tensor(p, dtype=dtype))).view(batch, heads, head_dim, head_dim)
 
