@@ -170,6 +170,17 @@ def test_max_pool_ties_go_to_the_first_element():
     assert_matches(x, config)
 
 
+@pytest.mark.parametrize("mode", ["avg_pool", "max_pool", "recombination"])
+def test_nonfinite_inputs_match_the_reference(mode):
+    """A NaN in one sample and an Inf in another reach exactly the outputs and gradients they reach
+    in the reference (every value of those samples), and nothing of the finite sample."""
+    config = SCSAConfig(8, window_size=3, down_sample_mode=mode)
+    x = torch.randn(3, 8, 9, 9, device=DEVICE)
+    x[1, 2, 4, 5] = float("nan")
+    x[2, 0, 0, 0] = float("inf")
+    assert_matches(x, config)
+
+
 @pytest.mark.parametrize("name", ["default", "softmax_gates_maxpool_heads_bias"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_eager_path_without_the_dispatcher(monkeypatch, name, dtype):
