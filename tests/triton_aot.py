@@ -35,6 +35,7 @@ SCENARIOS = [
     ((2, 512, 7, 7), torch.float32, dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax")),
     ((1, 128, 160, 160), torch.float16, dict(head_num=4, window_size=-1, qkv_bias=True)),
     ((1, 16, 12, 600), torch.float32, dict(down_sample_mode="max_pool")),  # rows wider than one tile
+    ((1, 16, 8, 2000), torch.float32, dict(gate_layer="softmax")),  # gate rows of 2048: 16 warps
     ((1, 256, 4096, 4096), "channels_last", dict()),  # 64-bit in-plane offsets (WIDE), longest gate rows
     # channels_last: channel tiles (BLOCK_C > 1) in every plane pass, max pooling and recombination
     ((2, 64, 56, 56), "channels_last", dict(down_sample_mode="max_pool")),
@@ -45,7 +46,7 @@ SCENARIOS = [
     ((2, 512, 7, 7), torch.float32, dict(window_size=-1, attn_drop_ratio=0.1, gate_layer="softmax")),
 ]
 ARCHS = (80, 90)
-PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32",
+PTR = {torch.float64: "*fp64", torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32",
        torch.int64: "*i64"}
 
 

@@ -80,6 +80,9 @@ CHANNEL_TILE = 16
 MIN_TILE = 256
 MAX_BLOCK_W = 256  # widest row tile of the plane passes
 SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
+# Their tiles are float64 (triton/spatial_gates.py): at most 4 elements per thread (8 warps at
+# least); the longest rows (4096) took all 255 registers at 8 warps (AOT test).
+SPATIAL_ELEMENTS_PER_THREAD = 4
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
 ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
@@ -199,6 +202,12 @@ def _workspace_lengths(shapes):
     return [-(-math.prod(shape) // 16) * 16 for shape in shapes]
 
 
+def _float64(shape):
+    """Workspace shape of a float64 buffer: two float32 slots per element (the split buffer is
+    viewed as float64 where it is used)."""
+    return (*shape, 2)
+
+
 def _workspace(lengths, device):
     """Flat float32 buffers of these lengths, views of one allocation: one split is one C++ call,
     where slicing and viewing each buffer costs a few microseconds of host time per buffer. The
@@ -283,6 +292,7 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine
     block_w = plane_block_w(W, channel_tiles)
     block_c = _channels_per_program(C, block_w, channel_tiles)
     block_l = _pow2(max(H, W))
+    block_g = min(_pow2(C // 4), max(1, spatial_tile // block_l))
     wide = _wide_strides(shape, x_stride)
     per_block, pool_blocks_per_sample, pool_blocks = _pool_blocks(WP, WW, W, C, channel_tiles)
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
@@ -290,13 +300,13 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine
         N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
         channel_tiles=channel_tiles, plane_grid=(B * -(-C // block_c),), pool_grid=(B * pool_blocks_per_sample,),
         # gates, sp_stats, pooled (recombination: the cells), gn, z, m, l, ca
-        workspace=_workspace_lengths([(B, C, H + W), (B, 2, 4, 2), (B, C * WH * WW, N) if recombine else (B, C, N),
+        workspace=_workspace_lengths([(B, C, H + W), _float64((B, 2, 4, 2)), (B, C * WH * WW, N) if recombine else (B, C, N),
                                       (B, 2), (B, C), (B, C), (B, C), (B, C)]),
         plane_scalars=(C, H, W, *x_stride),
         plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
-        gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=min(_pow2(C // 4), max(1, spatial_tile // block_l)),
-                        BLOCK_L=block_l, num_warps=8),
+        gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=block_g, BLOCK_L=block_l,
+                        num_warps=max(8, block_g * block_l // (32 * SPATIAL_ELEMENTS_PER_THREAD))),
         pool_scalars=(C, H, W, *x_stride, *x_stride, HP, WP, WH, WW, per_block),
         pool_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, WH_POW2=_pow2(WH), WIDE=wide, **pool_blocks),
         attention_scalars=(C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5),
@@ -317,8 +327,8 @@ def _means(plan, x, means):
 
 
 def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b):
-    """Launches the spatial gate kernel: from means (B, C, H+W) fills gates (B, C, H+W) = a_h | a_w
-    and sp_stats (B, 2, 4, 2) = GroupNorm(4) (mean, rstd), all fp32."""
+    """Launches the spatial gate kernel: from means (B, C, H+W) fp32 fills gates (B, C, H+W) fp32 =
+    a_h | a_w and sp_stats (B, 2, 4, 2) fp64 = GroupNorm(4) (mean, rstd)."""
     _launch(_kernels()[5].spatial_gates_fwd_kernel, plan["gates_grid"],
             means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, *plan["gates_scalars"],
             **plan["gates_meta"])
@@ -370,6 +380,7 @@ def _forward_impl(
                                     gate_softmax, SPATIAL_TILE), _forward_plan)
     means = _empty(B, C, H + W, device=x.device, dtype=torch.float32)  # its own allocation: the backward may keep it
     gates, sp_stats, pooled, gn, z, m, l, ca = _workspace(plan["workspace"], x.device)  # pooled: the cells with recombination
+    sp_stats = sp_stats.view(torch.float64)
     argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
     out = _empty_like(x)
     _means(plan, x, means)
@@ -409,11 +420,11 @@ def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, wind
     plane_meta = plan["plane_meta"]  # the backward's plane passes tile x as the forward's do
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
     # rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
-    # gates, sp_stats (the names in _backward_impl)
+    # gates, sp_stats (the names in _backward_impl; sp_stats float64)
     workspace = _workspace_lengths([
         (B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
         (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
-        (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), (B, 2, 4, 2)])
+        (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), _float64((B, 2, 4, 2))])
     # pass (a) also walks the columns right of the window grid
     grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W, C, plan["channel_tiles"])
     pool_scalars = list(plan["pool_scalars"])
@@ -463,6 +474,7 @@ def _backward_impl(
     # the kernels write all of each scratch buffer before reading it
     (rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
      gates, sp_stats) = _workspace(plan["workspace"], x.device)
+    sp_stats = sp_stats.view(torch.float64)
     if plan["recompute_means"]:
         _means(plan, x, means)
     else:

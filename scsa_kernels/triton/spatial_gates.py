@@ -5,14 +5,23 @@ direction d (0: along H, the row means x_h; 1: along W, the column means x_w). T
 GroupNorm groups coincide with the conv groups, so one program owns one whole
 normalisation group and needs no cross-program reduction.
 
-Small buffers share one layout, (B, C, H + W) float32: direction 0 in [:H], 1 in [H:].
+Small buffers share one layout, (B, C, H + W): direction 0 in [:H], 1 in [H:].
 The conv is recomputed from the means in every loop instead of being kept in a
 scratch buffer: K loads of a tiny, cached tensor are cheaper than a round trip.
+
+The conv, GroupNorm, gate and their gradients up to the conv's parameter gradients compute in
+float64 (GATE_T), as the C++ kernels do (csrc/cpu/small_stages.h): GroupNorm over a group of
+few, near-equal values (C = 4 with H or W of 1 or 2) amplifies float32 rounding by rstd (up to
+1/sqrt(eps) = 316), which put the conv bias gradients (0 in exact arithmetic there) past the
+tolerance rule. Only the conv input gradient, past the amplification, runs in float32. The
+stage touches B*C*(H+W) values in B*8 programs; its inputs and outputs stay float32.
 """
 import triton
 import triton.language as tl
 
 from ._common import sigmoid
+
+GATE_T = tl.constexpr(tl.float64)
 
 
 @triton.jit
@@ -36,24 +45,24 @@ def _group_block(b, j, g0, C, H, W, off, BLOCK_G: tl.constexpr):
 
 @triton.jit
 def _select(p_h_ptr, p_w_ptr, cs, cmask, d):
-    """Per-channel parameter of direction d: p_h for d == 0, p_w for d == 1 (one load each)."""
+    """Per-channel parameter (GATE_T) of direction d: p_h for d == 0, p_w for d == 1 (one load each)."""
     return (tl.load(p_h_ptr + cs, mask=cmask & (d == 0), other=0.0)
-            + tl.load(p_w_ptr + cs, mask=cmask & (d == 1), other=0.0))
+            + tl.load(p_w_ptr + cs, mask=cmask & (d == 1), other=0.0)).to(GATE_T)
 
 
 @triton.jit
 def _conv(m_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Depthwise conv (K taps, zero padding K//2) of the means rows -> (BLOCK_G, BLOCK_L) fp32.
+    """Depthwise conv (K taps, zero padding K//2) of the means rows -> (BLOCK_G, BLOCK_L) GATE_T.
 
     m: means rows at m_ptr + row (int64, BLOCK_G); cw: (C, K) fp32; cb: (C,) fp32.
     """
-    acc = tl.zeros([BLOCK_G, BLOCK_L], dtype=tl.float32)
-    acc += tl.load(cb_ptr + cs, mask=cmask, other=0.0)[:, None]
+    acc = tl.zeros([BLOCK_G, BLOCK_L], dtype=GATE_T)
+    acc += tl.load(cb_ptr + cs, mask=cmask, other=0.0).to(GATE_T)[:, None]
     for k in tl.static_range(K):
         src = ls + (k - K // 2)
         valid = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
-        m = tl.load(m_ptr + row[:, None] + src[None, :], mask=valid, other=0.0)
-        acc += tl.load(cw_ptr + cs * K + k, mask=cmask, other=0.0)[:, None] * m
+        m = tl.load(m_ptr + row[:, None] + src[None, :], mask=valid, other=0.0).to(GATE_T)
+        acc += tl.load(cw_ptr + cs * K + k, mask=cmask, other=0.0).to(GATE_T)[:, None] * m
     return acc
 
 
@@ -86,22 +95,22 @@ def spatial_gates_fwd_kernel(
     """a = gate(GroupNorm4(conv(means))) for one (sample, group, direction).
 
     means: (B, C, H+W) fp32 (x_h | x_w). cw: (C, K), cb: (C,), norm params (C,), all fp32.
-    gates: (B, C, H+W) fp32 out (a_h | a_w). stats: (B, 2, 4, 2) fp32 out, (mean, rstd) per group.
+    gates: (B, C, H+W) fp32 out (a_h | a_w). stats: (B, 2, 4, 2) fp64 out, (mean, rstd) per group.
     BLOCK_L >= max(H, W) (softmax gates need whole rows); BLOCK_G channels per step.
     """
-    eps = tl.cast(eps, tl.float32)  # torch.compile passes Python floats as fp64: keep every loop in fp32
+    eps = tl.cast(eps, GATE_T)  # fp32 in eager launches, fp64 under torch.compile
     b, j, d, L, off = _direction(C, H, W)
     ls = tl.arange(0, BLOCK_L)
     G = C // 4
     n = G * L
-    total = tl.full([], 0.0, tl.float32)
+    total = tl.full([], 0.0, GATE_T)
     for g0 in range(0, G, BLOCK_G):
         cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
         valid = cmask[:, None] & (ls < L)[None, :]
         t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
         total += tl.sum(tl.where(valid, t, 0.0))
     mean = total / n
-    sq = tl.full([], 0.0, tl.float32)  # second pass for the variance: no cancellation
+    sq = tl.full([], 0.0, GATE_T)  # second pass for the variance: no cancellation
     for g0 in range(0, G, BLOCK_G):
         cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
         valid = cmask[:, None] & (ls < L)[None, :]
@@ -132,10 +141,10 @@ def _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_
     """
     tn = (_conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L) - mean) * rstd
     idx = row[:, None] + ls[None, :]
-    a = tl.load(gates_ptr + idx, mask=valid, other=0.0)
+    a = tl.load(gates_ptr + idx, mask=valid, other=0.0).to(GATE_T)
     ca = tl.load(ca_ptr + b * C + cs, mask=cmask, other=0.0)
     da = ca[:, None] * tl.load(rsum_ptr + idx, mask=valid, other=0.0) + tl.load(psum_ptr + idx, mask=valid, other=0.0)
-    return tn, _gate_grad(a, da, GATE_SOFTMAX)
+    return tn, _gate_grad(a, da.to(GATE_T), GATE_SOFTMAX)
 
 
 @triton.jit
@@ -147,9 +156,9 @@ def spatial_gates_bwd_kernel(
         GATE_SOFTMAX: tl.constexpr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr):
     """Backward of spatial_gates_fwd_kernel for one (sample, group, direction).
 
-    In (fp32): means, gates, rsum, psum (B, C, H+W); stats (B, 2, 4, 2); ca (B, C); cw (C, K);
-    cb, norm weights (C,).
-    dt: (B, C, H+W) fp32 scratch (gradient of the conv output, re-read shifted by the conv backward).
+    In (fp32): means, gates, rsum, psum (B, C, H+W); ca (B, C); cw (C, K); cb, norm weights (C,);
+    stats (B, 2, 4, 2) fp64.
+    dt: (B, C, H+W) fp32 scratch (gradient of the conv output, re-read shifted by the conv input gradient).
     dmeans: (B, C, H+W) fp32 out: d(x_h) / W | d(x_w) / H, ready to broadcast into dx.
     conv_part: (B, 2, C*K + C) fp32 out: this sample's and direction's conv weight and bias gradients.
     norm_part: (B, 12*C) fp32: writes [2dC, 2dC + 2C) = GroupNorm weight and bias gradients of direction d.
@@ -161,8 +170,8 @@ def spatial_gates_bwd_kernel(
     stat = stats_ptr + ((b * 2 + d) * 4 + j) * 2
     mean = tl.load(stat)
     rstd = tl.load(stat + 1)
-    s1 = tl.full([], 0.0, tl.float32)
-    s2 = tl.full([], 0.0, tl.float32)
+    s1 = tl.full([], 0.0, GATE_T)
+    s2 = tl.full([], 0.0, GATE_T)
     for g0 in range(0, G, BLOCK_G):  # GroupNorm affine gradients and the group sums of its backward
         cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
         valid = cmask[:, None] & (ls < L)[None, :]
@@ -174,31 +183,30 @@ def spatial_gates_bwd_kernel(
         dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
         s1 += tl.sum(dtn)
         s2 += tl.sum(dtn * tn)
-    for g0 in range(0, G, BLOCK_G):  # gradient of the conv output
+    part = conv_part_ptr + (b * 2 + d) * (C * K + C)
+    for g0 in range(0, G, BLOCK_G):  # gradient dt of the conv output, the conv weight and bias gradients
         cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
         valid = cmask[:, None] & (ls < L)[None, :]
         tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
                                 cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
         dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
-        dt = rstd * (dtn - s1 / n - tn * (s2 / n))
-        tl.store(dt_ptr + row[:, None] + ls[None, :], dt, mask=valid)
-    tl.debug_barrier()  # the conv backward reads dt shifted: other threads' stores must be visible
-    scale = 1.0 / (W + d * (H - W))  # x_h is a mean over W columns, x_w over H rows
-    for g0 in range(0, G, BLOCK_G):  # conv backward: input, weight and bias gradients
-        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
-        valid = cmask[:, None] & (ls < L)[None, :]
-        dt = tl.load(dt_ptr + row[:, None] + ls[None, :], mask=valid, other=0.0)
-        dm = tl.zeros([BLOCK_G, BLOCK_L], dtype=tl.float32)
-        part = conv_part_ptr + (b * 2 + d) * (C * K + C)
-        for k in tl.static_range(K):
-            shift = k - K // 2
-            w_k = tl.load(cw_ptr + cs * K + k, mask=cmask, other=0.0)
-            src = ls - shift  # dm[l] += w[k] * dt[l - shift]
+        dt = tl.where(valid, rstd * (dtn - s1 / n - tn * (s2 / n)), 0.0)
+        for k in tl.static_range(K):  # dw[k] = sum_l dt[l] * m[l + shift]
+            src = ls + (k - K // 2)
             ok = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
-            dm += w_k[:, None] * tl.load(dt_ptr + row[:, None] + src[None, :], mask=ok, other=0.0)
-            src = ls + shift  # dw[k] = sum_l dt[l] * m[l + shift]
-            ok = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
-            m = tl.load(means_ptr + row[:, None] + src[None, :], mask=ok, other=0.0)
+            m = tl.load(means_ptr + row[:, None] + src[None, :], mask=ok, other=0.0).to(GATE_T)
             tl.store(part + cs * K + k, tl.sum(dt * m, axis=1), mask=cmask)
         tl.store(part + C * K + cs, tl.sum(dt, axis=1), mask=cmask)
+        tl.store(dt_ptr + row[:, None] + ls[None, :], dt, mask=valid)
+    tl.debug_barrier()  # the conv input gradient reads dt shifted: other threads' stores must be visible
+    scale = 1.0 / (W + d * (H - W))  # x_h is a mean over W columns, x_w over H rows
+    for g0 in range(0, G, BLOCK_G):  # conv input gradient, in fp32 (rstd no longer amplifies its rounding)
+        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
+        dm = tl.zeros([BLOCK_G, BLOCK_L], dtype=tl.float32)
+        for k in tl.static_range(K):  # dm[l] += w[k] * dt[l - shift]
+            src = ls - (k - K // 2)
+            ok = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
+            w_k = tl.load(cw_ptr + cs * K + k, mask=cmask, other=0.0)
+            dm += w_k[:, None] * tl.load(dt_ptr + row[:, None] + src[None, :], mask=ok, other=0.0)
         tl.store(dmeans_ptr + row[:, None] + ls[None, :], dm * scale, mask=valid)
