@@ -8,11 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 import torch
 from torch import nn
 
 from conftest import single_channel_group_bias_grads
+from strategies import random_cases
 from scsa_kernels import SCSA, BackendUnavailableError, SCSAConfig, scsa
 from scsa_kernels import backends
 from scsa_kernels.ops import cpu as cpu_backend
@@ -541,40 +542,9 @@ def test_single_channel_groups_cancel_the_conv_bias(dtype):
     assert max(largest.values()) < 1e-9, largest
 
 
-@st.composite
-def random_cases(draw):
-    """(config, x, weights, grad_out): any option of SPEC.md, odd sizes, every dtype the kernels compute
-    in, any layout; the tensors come from one drawn seed, so a failing example replays exactly."""
-    heads = draw(st.sampled_from([1, 2, 4]))
-    window = draw(st.sampled_from([-1, 1, 2, 3, 5, 7]))
-    config = SCSAConfig(4 * heads * draw(st.integers(1, 3)), head_num=heads, window_size=window,
-                        group_kernel_sizes=tuple(draw(st.lists(st.sampled_from([1, 3, 5, 7, 9]), min_size=4,
-                                                               max_size=4))),
-                        qkv_bias=draw(st.booleans()),
-                        down_sample_mode=draw(st.sampled_from(["avg_pool", "max_pool", "recombination"])),
-                        gate_layer=draw(st.sampled_from(["sigmoid", "softmax"])))
-    side = max(window, 1)
-    B, H, W = draw(st.integers(1, 3)), draw(st.integers(side, side + 9)), draw(st.integers(side, side + 9))
-    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
-    seed = draw(st.integers(0, 2 ** 31 - 1))
-    layout = draw(st.sampled_from(["contiguous", "channels_last", "sliced", "permuted"]))
-    gen = torch.Generator().manual_seed(seed)
-    C = config.dim
-    if layout == "sliced":
-        x = torch.randn(B, C + 3, H + 2, W + 5, generator=gen)[:, 1:C + 1, 1:H + 1, 2:W + 2]
-    elif layout == "permuted":
-        x = torch.randn(H, B, W, C, generator=gen).permute(1, 3, 0, 2)
-    else:
-        x = torch.randn(B, C, H, W, generator=gen)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-    grad_out = torch.randn(x.shape, dtype=torch.float64, generator=gen)
-    return config, x.to(dtype), random_weights(config, dtype=dtype, generator=gen), grad_out
-
-
 @needs_ext
 @settings(max_examples=100, deadline=None, database=None)
-@given(case=random_cases())
+@given(case=random_cases(dtypes=(torch.float32, torch.float64, torch.bfloat16)))
 def test_random_configs_match_reference(case):
     """Property: for any valid config, shape, dtype and layout, forward and every gradient match the
     reference (a random search over the option space, beside the hand-picked cases above)."""

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given, settings
 
 triton = pytest.importorskip("triton")
 
@@ -18,6 +19,7 @@ from scsa_kernels.functional import scsa  # noqa: E402
 from scsa_kernels.module import SCSA  # noqa: E402
 from scsa_kernels.testing import compare_backend, random_weights  # noqa: E402
 from dropout_masks import kernel_dropout_masks  # noqa: E402
+from strategies import random_cases  # noqa: E402
 
 REASON = backends.unavailable_reason("triton")
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"triton backend unavailable: {REASON}")
@@ -168,6 +170,15 @@ def test_max_pool_ties_go_to_the_first_element():
     x = torch.randn(2, 8, 7, 7, device=DEVICE).clamp_min(0.8) - 0.8
     assert (x == 0).float().mean() > 0.5
     assert_matches(x, config)
+
+
+@settings(max_examples=6 if DEVICE == "cpu" else 100, deadline=None, database=None)
+@given(case=random_cases(dtypes=(torch.float32, torch.float16, torch.bfloat16), device=DEVICE))
+def test_random_configs_match_reference(case):
+    """Property: for any valid config, shape, dtype and layout, forward and every gradient match the
+    reference (a random search beside the hand-picked cases; few examples under the interpreter)."""
+    config, x, weights, grad_out = case
+    assert_matches(x, config, weights=weights, grad_out=grad_out)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
