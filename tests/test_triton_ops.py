@@ -172,11 +172,12 @@ def test_max_pool_ties_go_to_the_first_element():
     assert_matches(x, config)
 
 
-@settings(max_examples=6 if DEVICE == "cpu" else 100, deadline=None, database=None)
+@settings(max_examples=6 if DEVICE == "cpu" else 15, deadline=None, database=None)
 @given(case=random_cases(dtypes=(torch.float32, torch.float16, torch.bfloat16), device=DEVICE))
 def test_random_configs_match_reference(case):
     """Property: for any valid config, shape, dtype and layout, forward and every gradient match the
-    reference (a random search beside the hand-picked cases; few examples under the interpreter)."""
+    reference (a random search beside the hand-picked cases). Few examples: the interpreter is slow, and
+    on a GPU each new shape compiles and autotunes its kernels (the GPU run caps the whole suite)."""
     config, x, weights, grad_out = case
     assert_matches(x, config, weights=weights, grad_out=grad_out)
 
