@@ -341,6 +341,10 @@ DROPOUT_CASES = {  # config, x shape, dtype
     "bfloat16_row_tail": (SCSAConfig(20, window_size=3, attn_drop_ratio=0.1), (2, 20, 6, 7), torch.bfloat16),
     "recombination": (SCSAConfig(16, head_num=2, window_size=2, attn_drop_ratio=0.3, down_sample_mode="recombination"),
                       (2, 16, 5, 6), torch.float32),
+    # rows past 32 weights draw 24 Philox counters per call: rows of 100, and of 38 (rows start mid-counter)
+    "long_rows": (SCSAConfig(100, window_size=3, attn_drop_ratio=0.3), (2, 100, 6, 7), torch.float32),
+    "long_rows_unaligned": (SCSAConfig(76, head_num=2, window_size=3, attn_drop_ratio=0.3), (2, 76, 6, 6),
+                            torch.float32),
 }
 
 
