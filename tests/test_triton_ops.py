@@ -5,6 +5,10 @@ so shapes stay small. Every buffer the kernels write is allocated NaN-filled her
 an element a kernel forgets to write shows up as a NaN mismatch.
 """
 import dataclasses
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -219,6 +223,25 @@ def test_eager_path_without_the_dispatcher(monkeypatch, name, dtype):
     with torch.no_grad():
         expected = scsa(x.float(), module.weights(), module.config, backend="reference")
         torch.testing.assert_close(module(x.float()), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", ["--eager-bypass", "--via-op"])
+def test_eager_launches_reach_triton_without_the_tracing_hop(path):
+    """On the GPU path (JIT kernels, not the interpreter, whose kernels wrap_triton passes through)
+    an eager call launches each kernel itself: through wrap_triton's tracing HOP every launch costs
+    hundreds of microseconds of host time (the dispatcher bypass did so until 2026-11-26). Runs
+    benchmarks/triton_host_overhead.py (Triton's launcher stubbed, HOP launches counted) without
+    TRITON_INTERPRET; launch counts at 7x7: forward 5, backward 8 (the means are recomputed)."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks", "triton_host_overhead.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    args = [sys.executable, script, "--reps", "2", "--dtypes", "float32", "--shape", "1", "8", "7", "7"]
+    res = subprocess.run(args + ([path] if path == "--via-op" else []), capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    counts = {case: (int(n), int(hop)) for case, n, hop in
+              re.findall(r"(\w+)\s+[\d.]+ us \((\d+) launches, (\d+) via HOP\)", res.stdout)}
+    assert counts == {"fwd_nograd": (5, 0), "fwd_grad": (5, 0), "fwdbwd": (13, 0)}, res.stdout
 
 
 def test_module_and_determinism():

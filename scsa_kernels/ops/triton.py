@@ -29,12 +29,12 @@ over the batch); x read twice, grad_out twice, dx written once:
 No atomics: every reduction belongs to one program, partials are summed by torch.sum,
 so results are bitwise reproducible.
 
-Host cost per call (benchmarks/triton_host_overhead.py, CPU with launches stubbed): eager calls
-skip the dispatcher (training: one autograd node, ops/eager.py, that packs the weights without
+Host cost per call (benchmarks/triton_host_overhead.py, CPU with Triton's launcher stubbed): eager
+calls skip the dispatcher (training: one autograd node, ops/eager.py, that packs the weights without
 autograd; inference: a direct ``_forward_impl`` call; torch.compile still sees the triton_op and
-its registered autograd), launch geometry is computed once per (shape, strides, options) in
-``_FORWARD_PLANS``/``_BACKWARD_PLANS``, and the backward's scratch buffers are views of one
-allocation.
+its registered autograd) and launch their kernels directly (``_launch``), launch geometry is
+computed once per (shape, strides, options) in ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, and the
+backward's scratch buffers are views of one allocation.
 
 Attention dropout in training runs in the channel attention kernels (Philox masks keyed by
 sample, row channel and column: ops/dropout.py); one (1,) int64 seed per call comes from torch's
@@ -216,16 +216,25 @@ def _workspace(lengths, device):
 
 
 def _launch(kernel, grid, *args, **kwargs):
-    """Every kernel launch goes through here (tests record them)."""
-    from torch.library import wrap_triton
-    if _INTERPRET and _has_fake(args):
-        return  # the interpreter dereferences pointers; under fake tensors only the shapes matter
-    wrap_triton(kernel)[grid](*args, **kwargs)
+    """Every kernel launch goes through here (tests record them). Real tensors: Triton's own launch.
+    Tracing tensors (torch.compile or export decomposing the triton_op): ``wrap_triton`` records the
+    launch in the graph. Eager calls must not go through ``wrap_triton``: it is only switched off
+    inside the op's eager dispatch, so from the dispatcher bypass (``scsa``, ops/eager.py) every
+    launch would run through its tracing HOP (milliseconds of host time per call: host benchmark)."""
+    if not _has_fake(args):
+        kernel[grid](*args, **kwargs)
+    elif not _INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
+        from torch.library import wrap_triton
+        wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+_REAL_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _has_fake(args) -> bool:
-    """Any tracing tensor (fake, functional, proxy) among the launch arguments."""
-    return any(isinstance(a, torch.Tensor) and type(a) not in (torch.Tensor, torch.nn.Parameter) for a in args)
+    """Whether the launch arguments are tracing tensors (fake, functional, proxy). Every launch passes
+    a tensor first, and a traced op body sees only tracing tensors: the first argument tells."""
+    return type(args[0]) not in _REAL_TENSOR_TYPES
 
 
 # ----------------------------------------------------------------------------------------
