@@ -244,6 +244,39 @@ def test_eager_launches_reach_triton_without_the_tracing_hop(path):
     assert counts == {"fwd_nograd": (5, 0), "fwd_grad": (5, 0), "fwdbwd": (13, 0)}, res.stdout
 
 
+def test_plans_reuse_the_autotuners_pick(monkeypatch):
+    """The first call of a launch plan goes through each autotuned kernel's autotuner and records its
+    pick in the plan; later calls of the plan launch the kernel with it directly (ops.triton._launch),
+    with bitwise the same results."""
+    from triton.runtime.autotuner import Autotuner
+
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "EAGER_BYPASS", True)
+    monkeypatch.setattr(ops, "_FORWARD_PLANS", {})
+    monkeypatch.setattr(ops, "_BACKWARD_PLANS", {})
+    tuner_runs = []
+    run = Autotuner.run
+    monkeypatch.setattr(Autotuner, "run", lambda self, *a, **k: tuner_runs.append(self) or run(self, *a, **k))
+    module = SCSA(16, head_num=2, window_size=3, backend="triton").to(DEVICE)
+    x = torch.randn(2, 16, 7, 7, device=DEVICE, requires_grad=True)
+    grad_out = torch.randn(2, 16, 7, 7, device=DEVICE)
+    results, runs_per_call = [], []
+    for _ in range(2):
+        module.zero_grad()
+        x.grad = None
+        out = module(x)
+        out.backward(grad_out)
+        results.append([out.detach(), x.grad] + [p.grad for p in module.parameters()])
+        runs_per_call.append(len(tuner_runs) - sum(runs_per_call))
+    tuned = {kernel.fn.__name__ for plans in (ops._FORWARD_PLANS, ops._BACKWARD_PLANS)
+             for plan in plans.values() for kernel in plan["tuned"]}
+    assert tuned == {"plane_means_kernel", "pool_kernel", "apply_gates_kernel", "pool_grad_sums_kernel",
+                     "input_grad_kernel"}
+    assert runs_per_call == [7, 0], "autotuner calls per forward+backward: 7 on a plan's first call, then none"
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_module_and_determinism():
     module = SCSA(16, head_num=2, window_size=3, backend="triton").to(DEVICE)
     x = torch.randn(2, 16, 7, 7, device=DEVICE, requires_grad=True)

@@ -32,9 +32,10 @@ so results are bitwise reproducible.
 Host cost per call (benchmarks/triton_host_overhead.py, CPU with Triton's launcher stubbed): eager
 calls skip the dispatcher (training: one autograd node, ops/eager.py, that packs the weights without
 autograd; inference: a direct ``_forward_impl`` call; torch.compile still sees the triton_op and
-its registered autograd) and launch their kernels directly (``_launch``), launch geometry is
-computed once per (shape, strides, options) in ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, and the
-backward's scratch buffers are views of one allocation.
+its registered autograd) and launch their kernels directly (``_launch``), launch geometry and the
+autotuned kernels' configs are resolved once per (shape, strides, dtype, options) in
+``_FORWARD_PLANS``/``_BACKWARD_PLANS``, and the backward's scratch buffers are views of one
+allocation.
 
 Attention dropout in training runs in the channel attention kernels (Philox masks keyed by
 sample, row channel and column: ops/dropout.py); one (1,) int64 seed per call comes from torch's
@@ -215,17 +216,30 @@ def _workspace(lengths, device):
     return _empty(sum(lengths), device=device, dtype=torch.float32).split(lengths)
 
 
-def _launch(kernel, grid, *args, **kwargs):
+def _launch(kernel, grid, *args, tuned=None, **kwargs):
     """Every kernel launch goes through here (tests record them). Real tensors: Triton's own launch.
     Tracing tensors (torch.compile or export decomposing the triton_op): ``wrap_triton`` records the
     launch in the graph. Eager calls must not go through ``wrap_triton``: it is only switched off
     inside the op's eager dispatch, so from the dispatcher bypass (``scsa``, ops/eager.py) every
-    launch would run through its tracing HOP (milliseconds of host time per call: host benchmark)."""
-    if not _has_fake(args):
-        kernel[grid](*args, **kwargs)
-    elif not _INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
-        from torch.library import wrap_triton
-        wrap_triton(kernel)[grid](*args, **kwargs)
+    launch would run through its tracing HOP (milliseconds of host time per call: host benchmark).
+
+    tuned: the launching plan's ``tuned`` dict, for autotuned kernels. The first launch of a plan
+    goes through the autotuner and records its pick there; later launches of the plan pass that
+    config to the kernel itself, skipping the autotuner's per-call key (dicts over every argument:
+    ~20 us per launch on a 2-core VM). A plan fixes what the key depends on (shapes, constexprs,
+    x's dtype), and every config computes the same result."""
+    if _has_fake(args):
+        if not _INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
+            from torch.library import wrap_triton
+            wrap_triton(kernel)[grid](*args, **kwargs)
+        return
+    config = None if tuned is None else tuned.get(kernel)
+    if config is not None:
+        kernel.fn[grid](*args, **kwargs, **config)
+        return
+    kernel[grid](*args, **kwargs)
+    if tuned is not None:
+        tuned[kernel] = kernel.best_config.all_kwargs()
 
 
 _REAL_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -292,8 +306,9 @@ def _pool_blocks(windows: int, WW: int, W: int, C: int, channel_tiles: bool):
                                               ONE_COL_BLOCK=W <= per_block)
 
 
-def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile):
-    """Everything _forward_impl derives from shapes and options: grids, scalars, constexprs."""
+def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile):
+    """Everything _forward_impl derives from shapes, x's dtype and options: grids, scalars, constexprs,
+    and ``tuned``: the autotuned kernels' configs picked for this plan (see _launch)."""
     B, C, H, W = shape
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
@@ -306,7 +321,7 @@ def _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine
     per_block, pool_blocks_per_sample, pool_blocks = _pool_blocks(WP, WW, W, C, channel_tiles)
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
     return dict(
-        N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
+        tuned={}, N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
         channel_tiles=channel_tiles, plane_grid=(B * -(-C // block_c),), pool_grid=(B * pool_blocks_per_sample,),
         # gates, sp_stats, pooled (recombination: the cells), gn, z, m, l, ca
         workspace=_workspace_lengths([(B, C, H + W), _float64((B, 2, 4, 2)), (B, C * WH * WW, N) if recombine else (B, C, N),
@@ -332,7 +347,8 @@ _BACKWARD_PLANS = {}
 
 def _means(plan, x, means):
     """Launches the means pass (reads x): fills means (B, C, H+W) fp32 = x_h | x_w."""
-    _launch(_kernels()[3].plane_means_kernel, plan["plane_grid"], x, means, *plan["plane_scalars"], **plan["plane_meta"])
+    _launch(_kernels()[3].plane_means_kernel, plan["plane_grid"], x, means, *plan["plane_scalars"],
+            tuned=plan["tuned"], **plan["plane_meta"])
 
 
 def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b):
@@ -385,7 +401,7 @@ def _forward_impl(
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
     x_stride = x.stride()
     recombine = conv_d is not None
-    plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, conv_w.shape[1], head_num, window_size, max_pool, recombine,
+    plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, x.dtype, conv_w.shape[1], head_num, window_size, max_pool, recombine,
                                     gate_softmax, SPATIAL_TILE), _forward_plan)
     means = _empty(B, C, H + W, device=x.device, dtype=torch.float32)  # its own allocation: the backward may keep it
     gates, sp_stats, pooled, gn, z, m, l, ca = _workspace(plan["workspace"], x.device)  # pooled: the cells with recombination
@@ -396,14 +412,14 @@ def _forward_impl(
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
     # g, sums, total: unused without HAS_GRAD
     _launch(pooling.pool_kernel, plan["pool_grid"], x, x, gates, pooled, argmax, pooled, pooled,
-            *plan["pool_scalars"], HAS_GRAD=False, **plan["pool_meta"])
+            *plan["pool_scalars"], HAS_GRAD=False, tuned=plan["tuned"], **plan["pool_meta"])
     if recombine:
         pooled = _project(conv_d, _shaped(pooled, plan["cells"]))
     _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
     out_stride = out.stride()
     _launch(apply.apply_gates_kernel, plan["plane_grid"],
             x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
-            **plan["apply_meta"])
+            tuned=plan["tuned"], **plan["apply_meta"])
     return out, means
 
 
@@ -417,13 +433,13 @@ def saves_means(shape, dtype) -> bool:
     return 4 * (H + W) <= MAX_SAVED_FRACTION * H * W * dtype.itemsize
 
 
-def _backward_plan(shape, x_stride, g_stride, recompute_means, K, head_num, window_size, max_pool, recombine,
+def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_num, window_size, max_pool, recombine,
                    gate_softmax, spatial_tile):
     """Everything _backward_impl derives from shapes and options (the forward plan's entries for the
     stages it recomputes, the plane and pooling passes with grad_out), and the lengths of its float32
     scratch buffers in their one workspace."""
     B, C, H, W = shape
-    plan = _forward_plan(shape, x_stride, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile)
+    plan = _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile)
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
     plane_meta = plan["plane_meta"]  # the backward's plane passes tile x as the forward's do
@@ -477,7 +493,7 @@ def _backward_impl(
     apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
     x_stride, g_stride = x.stride(), grad_out.stride()
     recombine = conv_d is not None
-    plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, not saves_means(x.shape, x.dtype), conv_w.shape[1],
+    plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, x.dtype, not saves_means(x.shape, x.dtype), conv_w.shape[1],
                                      head_num, window_size, max_pool, recombine, gate_softmax, SPATIAL_TILE),
                    _backward_plan)
     # the kernels write all of each scratch buffer before reading it
@@ -492,7 +508,7 @@ def _backward_impl(
     argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)
     cells = _empty(plan["cells"], device=x.device, dtype=torch.float32) if recombine else pooled
     _launch(pooling.pool_kernel, plan["grad_pool_grid"], x, grad_out, gates, cells, argmax, rsum, dca,
-            *plan["grad_pool_scalars"], HAS_GRAD=True, **plan["grad_pool_meta"])
+            *plan["grad_pool_scalars"], HAS_GRAD=True, tuned=plan["tuned"], **plan["grad_pool_meta"])
     if recombine:
         pooled = _project(conv_d, cells)
     _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
@@ -511,7 +527,7 @@ def _backward_impl(
     grad_meta = plan["grad_meta"]
     _launch(input_grad.pool_grad_sums_kernel, plan["grad_grid"],
             x, gates, dy, pooled, argmax, gn, gnsum, n_w, d_cells, psum, *plan["pool_sums_scalars"],
-            ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], **grad_meta)
+            ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], tuned=plan["tuned"], **grad_meta)
     _launch(spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
             means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
             dt, dmeans, conv_part, small_part, C, H, W, **plan["gates_meta"])
@@ -520,7 +536,7 @@ def _backward_impl(
     _launch(input_grad.input_grad_kernel, plan["grad_grid"],
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
-            WIDE=_wide_strides(x.shape, g_stride, dx_stride), **grad_meta)
+            WIDE=_wide_strides(x.shape, g_stride, dx_stride), tuned=plan["tuned"], **grad_meta)
     K = conv_w.shape[1]
     return dx, _shaped(conv_part, (B * 2, C * K + C)).sum(dim=0), _shaped(small_part, (B, 12 * C)).sum(dim=0), d_conv_d
 
