@@ -191,10 +191,18 @@ class InferencePackCache:
 _PACK_CACHE = InferencePackCache()
 
 
+def capturing_cuda_graph(t: Tensor) -> bool:
+    """Whether a CUDA graph is being captured on the current stream of CUDA tensor ``t``."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def packed_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = torch.float32) -> PackedWeights:
     """``pack_weights`` for a forward call of a fused backend: differentiable (and traceable)
-    when autograd or torch.compile needs it, else served from the inference cache."""
-    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in weights.tensors())
-    if needs_graph or torch.compiler.is_compiling():
-        return pack_weights(weights, config, dtype=dtype)  # differentiable / traced
+    when autograd or torch.compile needs it, else served from the inference cache, except while
+    a CUDA graph is captured: a replay reads the tensors the capture saw, so the packing must be
+    in the graph, or a later in-place weight update (load_state_dict) would not reach a cached pack."""
+    tensors = weights.tensors()
+    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if needs_graph or torch.compiler.is_compiling() or capturing_cuda_graph(tensors[0]):
+        return pack_weights(weights, config, dtype=dtype)  # differentiable / traced / captured
     return _PACK_CACHE.get(weights, config, dtype)

@@ -432,6 +432,66 @@ def test_gpu_torch_compile_fullgraph(attn_drop_ratio):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+def _warm_up_for_capture(fn, *args):
+    """Three calls on a side stream (autotuning, launch plans, cached index tensors), as
+    torch.cuda.graphs asks before a capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+
+
+@requires_cuda
+def test_gpu_cuda_graph_inference_follows_in_place_weight_updates():
+    """A CUDA graph captured around an inference call replays what an eager call computes, for new
+    inputs and after load_state_dict (in place) changed the weights: the capture packs the weights
+    inside the graph instead of reading the inference cache's pack."""
+    module = SCSA(64, head_num=4, window_size=7, backend="triton").cuda().eval()
+    static_x = torch.randn(4, 64, 28, 28, device="cuda")
+    with torch.no_grad():
+        _warm_up_for_capture(module, static_x)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = module(static_x)
+        for step in range(3):
+            static_x.copy_(torch.randn_like(static_x))
+            if step == 2:
+                module.load_state_dict({k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()})
+            graph.replay()
+            assert torch.equal(static_out, module(static_x)), f"replay {step} differs from the eager call"
+
+
+@requires_cuda
+@pytest.mark.parametrize("attn_drop_ratio", [0.0, 0.1])
+def test_gpu_cuda_graph_training_step(attn_drop_ratio):
+    """torch.cuda.make_graphed_callables over the module (forward and backward captured): without
+    dropout, replays give bitwise the eager output and every gradient; with attention dropout
+    every replay draws new masks (the seed comes from torch's generator inside the graph)."""
+    torch.manual_seed(0)
+    module = SCSA(64, head_num=4, window_size=7, attn_drop_ratio=attn_drop_ratio, backend="triton").cuda()
+    sample = torch.randn(4, 64, 28, 28, device="cuda", requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(module, (sample,))
+    x = torch.randn_like(sample).requires_grad_()
+    grad_out = torch.randn_like(sample)
+    if attn_drop_ratio:
+        first, second = graphed(x).detach().clone(), graphed(x).detach().clone()
+        assert torch.isfinite(first).all() and not torch.equal(first, second)
+        return
+    module.zero_grad(set_to_none=True)
+    out = graphed(x)
+    out.backward(grad_out)
+    got = [out.detach().clone(), x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
+    module.zero_grad(set_to_none=True)
+    x_eager = x.detach().clone().requires_grad_()
+    out = module(x_eager)
+    out.backward(grad_out)
+    want = [out.detach(), x_eager.grad] + [p.grad for p in module.parameters()]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 @requires_cuda
 def test_gpu_opcheck():
     from scsa_kernels.ops import triton as ops

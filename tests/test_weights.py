@@ -24,3 +24,21 @@ def test_unpack_gradients_is_the_adjoint_of_pack_weights(qkv_bias, param_dtype, 
         for g, e, p in zip(got, expected, params):
             assert g.shape == p.shape and g.dtype == p.dtype
             assert torch.equal(g, e)
+
+
+def test_cuda_graph_capture_packs_inside_the_graph(monkeypatch):
+    """While a CUDA graph is captured, inference packs the weights afresh (the packing ops land in
+    the graph, so replays follow in-place weight updates) and leaves the inference cache alone;
+    otherwise repeated inference calls share one cached pack. (The capture itself: GPU test
+    test_gpu_cuda_graph_inference_follows_in_place_weight_updates.)"""
+    from scsa_kernels import weights as weights_module
+    config = SCSAConfig(16)
+    w = random_weights(config)
+    monkeypatch.setattr(weights_module, "_PACK_CACHE", weights_module.InferencePackCache())
+    with torch.no_grad():
+        cached = weights_module.packed_weights(w, config)
+        assert weights_module.packed_weights(w, config).conv_weight is cached.conv_weight
+        monkeypatch.setattr(weights_module, "capturing_cuda_graph", lambda t: True)
+        fresh = weights_module.packed_weights(w, config)
+    assert fresh.conv_weight is not cached.conv_weight and torch.equal(fresh.conv_weight, cached.conv_weight)
+    assert len(weights_module._PACK_CACHE.entries) == 1
