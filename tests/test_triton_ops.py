@@ -493,6 +493,22 @@ def test_gpu_cuda_graph_training_step(attn_drop_ratio):
 
 
 @requires_cuda
+def test_gpu_torch_compile_reduce_overhead():
+    """torch.compile's CUDA graphs (mode="reduce-overhead") over the module: inference replays match
+    eager calls, on new inputs and after an in-place weight update."""
+    module = SCSA(64, head_num=4, window_size=7, backend="triton").cuda().eval()
+    compiled = torch.compile(module, mode="reduce-overhead", fullgraph=True)
+    with torch.no_grad():
+        for step in range(4):  # the first calls compile and record, later ones replay
+            x = torch.randn(4, 64, 28, 28, device="cuda")
+            if step == 3:
+                module.load_state_dict({k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()})
+            torch.compiler.cudagraph_mark_step_begin()
+            out = compiled(x).clone()
+            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
 def test_gpu_opcheck():
     from scsa_kernels.ops import triton as ops
     from scsa_kernels.weights import pack_weights
