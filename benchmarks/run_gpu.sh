@@ -5,7 +5,8 @@
 # 2. runs the whole pytest suite (GPU tests included),
 # 3. runs scsa-check (every available backend vs the reference),
 # 4. profiles one call of the fused backend and of the reference (benchmarks/kernel_profile.py:
-#    wall, host and per-kernel device time),
+#    wall, host and per-kernel device time) and the Triton path's host cost up to Triton's launcher
+#    (benchmarks/triton_host_overhead.py, 40 s cap),
 # 5. runs the full scsa-bench suite and the ResNet-50 end-to-end benchmark,
 # and leaves logs, CSV and PNG under benchmarks/results/<card-name>/. If $OUT is set, a tarball of
 # that folder plus the CSVs and summary.txt are copied there too.
@@ -77,6 +78,9 @@ XDIST=()
 step pytest "$(cap "$TEST_CAP_S")" "$PY" -m pytest -q -ra -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
 step check "$(cap "$CHECK_CAP_S")" "$PY" -m scsa_kernels.check
 step profile "$(cap "$PROFILE_CAP_S")" "$PY" benchmarks/kernel_profile.py
+# the Triton path's host cost up to Triton's launcher (launcher stubbed, CPU tensors): set against
+# profile.log's host time, what is left is Triton's own launcher
+step host_overhead "$(cap 40)" "$PY" benchmarks/triton_host_overhead.py --reps 300
 # bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
 # new cases, the cap (25 s more) leaves room for the case in flight and the plots
 BENCH_S=$(( $(remaining) - E2E_CAP_S - 25 - 15 ))
