@@ -307,8 +307,9 @@ def _pool_blocks(windows: int, WW: int, W: int, C: int, channel_tiles: bool):
 
 
 def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile):
-    """Everything _forward_impl derives from shapes, x's dtype and options: grids, scalars, constexprs,
-    and ``tuned``: the autotuned kernels' configs picked for this plan (see _launch)."""
+    """Everything _forward_impl derives from shapes and options: grids, scalars, constexprs, and
+    ``tuned``, where _launch records the autotuned kernels' picks for this plan. dtype (x's) is not
+    read here: it is part of the key because the autotuner's picks depend on it."""
     B, C, H, W = shape
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
