@@ -55,3 +55,27 @@ def single_channel_group_bias_grads(backend, dtype, draws, device="cpu"):
                 if "dwc" in name and name.endswith(".bias"):
                     largest[name] = max(largest.get(name, 0.0), grad.abs().max().item())
     return largest
+
+
+AUTOCAST_MODES = ("avg_pool", "max_pool", "recombination")
+
+
+def autocast_differences(backend, mode, x_dtype, device="cpu"):
+    """Names of the results (out, dx, every parameter gradient) of ``backend`` that change when the
+    forward and backward run inside ``torch.autocast(bfloat16)``: the fused paths compute in float32
+    whatever autocast says, so none may. (Autocast reaches into them: the op's kernel is called
+    with autocast on, so ATen calls inside it, recombination's GEMMs, ran in bfloat16.)"""
+    from scsa_kernels import SCSAConfig, scsa
+    from scsa_kernels.testing import random_weights
+
+    config = SCSAConfig(16, head_num=2, window_size=3, down_sample_mode=mode)
+    weights = random_weights(config, device=device).map(lambda t: t.requires_grad_())
+    x = torch.randn(2, 16, 9, 9, device=device).to(x_dtype).requires_grad_()
+    grad_out = torch.randn(x.shape, device=device, dtype=x_dtype)
+    runs = []
+    for autocast in (False, True):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+            out = scsa(x, weights, config, backend=backend)
+            runs.append([out, *torch.autograd.grad(out, [x, *weights.tensors()], grad_out)])
+    names = ["out", "x"] + weights.names()
+    return [name for name, a, b in zip(names, *runs) if not torch.equal(a, b)]

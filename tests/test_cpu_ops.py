@@ -12,7 +12,7 @@ from hypothesis import given, settings
 import torch
 from torch import nn
 
-from conftest import single_channel_group_bias_grads
+from conftest import AUTOCAST_MODES, autocast_differences, single_channel_group_bias_grads
 from strategies import random_cases
 from scsa_kernels import SCSA, BackendUnavailableError, SCSAConfig, scsa
 from scsa_kernels import backends
@@ -544,6 +544,13 @@ def test_single_channel_groups_cancel_the_conv_bias(dtype):
     """The conv bias gradients that are exactly 0 stay at rounding level (see the helper)."""
     largest = single_channel_group_bias_grads("cpu", dtype, draws=20)
     assert max(largest.values()) < 1e-9, largest
+
+
+@needs_ext
+@pytest.mark.parametrize("mode", AUTOCAST_MODES)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_autocast_changes_nothing(mode, x_dtype):
+    assert autocast_differences("cpu", mode, x_dtype) == []
 
 
 @needs_ext

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 
 triton = pytest.importorskip("triton")
 
-from conftest import HAS_CUDA, requires_cuda, single_channel_group_bias_grads  # noqa: E402
+from conftest import (AUTOCAST_MODES, HAS_CUDA, autocast_differences, requires_cuda,  # noqa: E402
+                      single_channel_group_bias_grads)
 from scsa_kernels import backends  # noqa: E402
 from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.functional import scsa  # noqa: E402
@@ -203,6 +204,15 @@ def test_nonfinite_inputs_match_the_reference(mode):
     x[1, 2, 4, 5] = float("nan")
     x[2, 0, 0, 0] = float("inf")
     assert_matches(x, config)
+
+
+@pytest.mark.parametrize("mode", AUTOCAST_MODES)
+@pytest.mark.parametrize("bypass", [False, True])
+def test_autocast_changes_nothing(monkeypatch, mode, bypass):
+    """Both eager paths (the op's dispatch, the bypass); x float32, whose autocast dtype differs."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "EAGER_BYPASS", bypass)
+    assert autocast_differences("triton", mode, torch.float32, DEVICE) == []
 
 
 @pytest.mark.parametrize("name", ["default", "softmax_gates_maxpool_heads_bias"])

@@ -77,8 +77,16 @@ inline Tensor recombination_cells(const Tensor& pooled, const PoolGeometry& pg) 
   return at::empty({cl.C * cl.cells_per_window, cl.row_stride()}, pooled.options());
 }
 
+// Recombination's GEMMs run in the compute type also inside an autocast region: the dispatcher
+// passes the op through autocast to its CPU kernel, so the ATen calls in it would be autocast
+// (bfloat16 GEMMs) unless autocast is excluded around them.
+inline c10::impl::ExcludeDispatchKeyGuard no_autocast() {
+  return c10::impl::ExcludeDispatchKeyGuard(c10::autocast_dispatch_keyset);
+}
+
 // pooled (B, C, N) = conv_d (C, C*kh*kw) @ cells, one GEMM for the batch (ATen's matmul).
 inline void project_cells(const Tensor& conv_d, const Tensor& cells, Tensor& pooled) {
+  const auto guard = no_autocast();
   const int64_t B = pooled.size(0), C = pooled.size(1), N = pooled.size(2);
   pooled.copy_(at::mm(conv_d, cells).view({C, B, N}).permute({1, 0, 2}));
 }
@@ -87,6 +95,7 @@ inline void project_cells(const Tensor& conv_d, const Tensor& cells, Tensor& poo
 // into d_cells (CellLayout), and conv_d's gradient d_pooled cells^T (C, C*kh*kw).
 inline Tensor project_cells_backward(const Tensor& conv_d, const Tensor& cells, const Tensor& d_pooled,
                                      Tensor& d_cells) {
+  const auto guard = no_autocast();
   const Tensor d_pooled_cbn = d_pooled.permute({1, 0, 2}).reshape({d_pooled.size(1), -1});
   at::mm_out(d_cells, conv_d.t(), d_pooled_cbn);
   return at::mm(d_pooled_cbn, cells.t());

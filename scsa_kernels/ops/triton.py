@@ -382,10 +382,17 @@ def _shaped(buffer, shape):
     return buffer[: math.prod(shape)].view(shape)
 
 
+def _float32_matmuls(t):
+    """Context for recombination's torch matmuls: float32 also inside an autocast region (autocast
+    would run them in half precision, and the kernels read their results as float32 buffers)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def _project(conv_d, cells):
     """Recombination's 1x1 conv (torch): conv_d (C, C*WH*WW) in the parameter's dtype, cells
     (B, C*WH*WW, N) fp32 -> pooled (B, C, N) fp32."""
-    return torch.matmul(conv_d.to(torch.float32), cells)
+    with _float32_matmuls(cells):
+        return torch.matmul(conv_d.to(torch.float32), cells)
 
 
 def _forward_impl(
@@ -521,8 +528,9 @@ def _backward_impl(
         dp = _empty(pooled.shape, device=x.device, dtype=torch.float32)
         _launch(input_grad.pooled_grad_kernel, plan["planes"], dy, pooled, gn, gnsum, n_w, dp, *plan["pooled_grad_scalars"],
                 **plan["pooled_grad_meta"])
-        d_cells = torch.matmul(conv_d.to(torch.float32).t(), dp)
-        d_conv_d = torch.einsum("bcn,bkn->ck", dp, cells).to(conv_d.dtype)
+        with _float32_matmuls(dp):
+            d_cells = torch.matmul(conv_d.to(torch.float32).t(), dp)
+            d_conv_d = torch.einsum("bcn,bkn->ck", dp, cells).to(conv_d.dtype)
     else:
         d_cells, d_conv_d = dy, dy.new_empty(0)  # d_cells unused
     grad_meta = plan["grad_meta"]
