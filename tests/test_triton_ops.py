@@ -156,7 +156,7 @@ def test_channels_last_channel_tiles(name):
     from scsa_kernels.ops import triton as ops
     shape, options = CHANNEL_TILE_CASES[name]
     x = torch.randn(*shape, device=DEVICE).to(memory_format=torch.channels_last)
-    plan = ops._forward_plan(x.shape, x.stride(), 9, options.get("head_num", 1), options["window_size"],
+    plan = ops._forward_plan(x.shape, x.stride(), x.dtype, 9, options.get("head_num", 1), options["window_size"],
                              options.get("down_sample_mode") == "max_pool", name == "recombination", False, 512)
     assert plan["plane_meta"]["BLOCK_C"] > 1 and plan["pool_meta"]["BLOCK_C"] > 1
     assert_matches(x, SCSAConfig(shape[1], **options))

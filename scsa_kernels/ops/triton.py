@@ -56,6 +56,7 @@ the speed of either layout on a GPU is measured by the CUDA suite's channels_las
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -384,7 +385,10 @@ def _shaped(buffer, shape):
 
 def _float32_matmuls(t):
     """Context for recombination's torch matmuls: float32 also inside an autocast region (autocast
-    would run them in half precision, and the kernels read their results as float32 buffers)."""
+    would run them in half precision, and the kernels read their results as float32 buffers).
+    Devices without autocast (meta, in the ahead-of-time compile test) need nothing."""
+    if not torch.amp.is_autocast_available(t.device.type):
+        return contextlib.nullcontext()
     return torch.autocast(t.device.type, enabled=False)
 
 
