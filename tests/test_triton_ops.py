@@ -4,6 +4,7 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 on CPU tensors (conftest.
 so shapes stay small. Every buffer the kernels write is allocated NaN-filled here (poison):
 an element a kernel forgets to write shows up as a NaN mismatch.
 """
+import copy
 import dataclasses
 import os
 import re
@@ -481,6 +482,7 @@ def test_gpu_cuda_graph_training_step(attn_drop_ratio):
     every replay draws new masks (the seed comes from torch's generator inside the graph)."""
     torch.manual_seed(0)
     module = SCSA(64, head_num=4, window_size=7, attn_drop_ratio=attn_drop_ratio, backend="triton").cuda()
+    eager = copy.deepcopy(module)  # make_graphed_callables replaces module.forward with the graphs
     sample = torch.randn(4, 64, 28, 28, device="cuda", requires_grad=True)
     graphed = torch.cuda.make_graphed_callables(module, (sample,))
     x = torch.randn_like(sample).requires_grad_()
@@ -489,15 +491,13 @@ def test_gpu_cuda_graph_training_step(attn_drop_ratio):
         first, second = graphed(x).detach().clone(), graphed(x).detach().clone()
         assert torch.isfinite(first).all() and not torch.equal(first, second)
         return
-    module.zero_grad(set_to_none=True)
     out = graphed(x)
     out.backward(grad_out)
     got = [out.detach().clone(), x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
-    module.zero_grad(set_to_none=True)
     x_eager = x.detach().clone().requires_grad_()
-    out = module(x_eager)
+    out = eager(x_eager)
     out.backward(grad_out)
-    want = [out.detach(), x_eager.grad] + [p.grad for p in module.parameters()]
+    want = [out.detach(), x_eager.grad] + [p.grad for p in eager.parameters()]
     for a, b in zip(got, want):
         assert torch.equal(a, b)
 
