@@ -236,8 +236,8 @@ def test_eager_path_without_the_dispatcher(monkeypatch, name, dtype):
         torch.testing.assert_close(module(x.float()), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("path", ["--eager-bypass", "--via-op"])
-def test_eager_launches_reach_triton_without_the_tracing_hop(path):
+@pytest.mark.parametrize("flags", [[], ["--via-op"]], ids=["eager-bypass", "via-op"])
+def test_eager_launches_reach_triton_without_the_tracing_hop(flags):
     """On the GPU path (JIT kernels, not the interpreter, whose kernels wrap_triton passes through)
     an eager call launches each kernel itself: through wrap_triton's tracing HOP every launch costs
     hundreds of microseconds of host time (the dispatcher bypass did so until 2026-11-26). Runs
@@ -247,8 +247,7 @@ def test_eager_launches_reach_triton_without_the_tracing_hop(path):
                           "benchmarks", "triton_host_overhead.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     args = [sys.executable, script, "--reps", "2", "--dtypes", "float32", "--shape", "1", "8", "7", "7"]
-    res = subprocess.run(args + ([path] if path == "--via-op" else []), capture_output=True, text=True,
-                         env=env, timeout=600)
+    res = subprocess.run(args + flags, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     counts = {case: (int(n), int(hop)) for case, n, hop in
               re.findall(r"(\w+)\s+[\d.]+ us \((\d+) launches, (\d+) via HOP\)", res.stdout)}
@@ -454,6 +453,11 @@ def _warm_up_for_capture(fn, *args):
     torch.cuda.current_stream().wait_stream(side)
 
 
+def _perturb_weights_in_place(module):
+    """New weights through load_state_dict, which copies into the existing parameters."""
+    module.load_state_dict({k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()})
+
+
 @requires_cuda
 def test_gpu_cuda_graph_inference_follows_in_place_weight_updates():
     """A CUDA graph captured around an inference call replays what an eager call computes, for new
@@ -469,7 +473,7 @@ def test_gpu_cuda_graph_inference_follows_in_place_weight_updates():
         for step in range(3):
             static_x.copy_(torch.randn_like(static_x))
             if step == 2:
-                module.load_state_dict({k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()})
+                _perturb_weights_in_place(module)
             graph.replay()
             assert torch.equal(static_out, module(static_x)), f"replay {step} differs from the eager call"
 
@@ -512,7 +516,7 @@ def test_gpu_torch_compile_reduce_overhead():
         for step in range(4):  # the first calls compile and record, later ones replay
             x = torch.randn(4, 64, 28, 28, device="cuda")
             if step == 3:
-                module.load_state_dict({k: v + 0.1 * torch.randn_like(v) for k, v in module.state_dict().items()})
+                _perturb_weights_in_place(module)
             torch.compiler.cudagraph_mark_step_begin()
             out = compiled(x).clone()
             torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
