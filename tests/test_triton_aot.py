@@ -3,28 +3,57 @@
 The compile runs in a subprocess (tests/triton_aot.py) without TRITON_INTERPRET: under the
 interpreter @triton.jit returns interpreted functions. No GPU is needed. The table of
 registers and shared memory per kernel variant is printed (pytest -s shows it).
+
+Also with other Triton releases: SCSA_AOT_EXTRA_TRITON lists folders (os.pathsep-separated), each
+holding one Triton release installed with ``pip install --no-deps --target DIR triton==X``; the
+compile runs once more per folder, that folder first on PYTHONPATH. CI passes triton 3.6, what
+torch 2.10/2.11 install (the lent GPU machines): kernels that compiled on 3.8 once failed there.
+On those releases every kernel must compile; ptxas may spill up to EXTRA_RELEASE_SPILL_BYTES per
+variant (triton 3.6 spills 8-56 bytes in some pool-pass variants at 32-96 registers, which 3.8
+compiles without spills); on the installed release, none.
 """
 import importlib
 import json
 import os
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pytest
 
 pytest.importorskip("triton")
 KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "plane_stats", "pooling", "spatial_gates")
+EXTRA_RELEASE_SPILL_BYTES = 64
+EXTRA_TRITONS = [d for d in os.environ.get("SCSA_AOT_EXTRA_TRITON", "").split(os.pathsep) if d]
 
 
-@pytest.fixture(scope="module")
-def compiled():
+class Compiled(NamedTuple):
+    rows: list            # one dict per (kernel, variant, config, arch), see tests/triton_aot.py
+    spill_bytes_allowed: int
+
+
+def triton_release(folder):
+    """The Triton version installed in folder (its dist-info), or None for the installed one."""
+    if folder is None:
+        return None
+    found = [n for n in os.listdir(folder) if n.startswith("triton-") and n.endswith(".dist-info")]
+    assert found, f"SCSA_AOT_EXTRA_TRITON: no triton-*.dist-info in {folder}"
+    return found[0][len("triton-"):-len(".dist-info")]
+
+
+@pytest.fixture(scope="module", params=[None] + EXTRA_TRITONS,
+                ids=lambda d: "installed-triton" if d is None else f"triton-{triton_release(d)}")
+def compiled(request):
+    folder = request.param
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if folder is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (folder, env.get("PYTHONPATH")) if p)
     script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     lines = res.stdout.strip().splitlines()
     print("\n" + "\n".join(lines[:-1]))
-    return json.loads(lines[-1])
+    return Compiled(json.loads(lines[-1]), 0 if folder is None else EXTRA_RELEASE_SPILL_BYTES)
 
 
 def all_kernel_names():
@@ -37,7 +66,7 @@ def all_kernel_names():
 
 def test_every_kernel_compiles_for_sm80_and_sm90(compiled):
     for arch in ("sm_80", "sm_90"):
-        assert {r["kernel"] for r in compiled if r["arch"] == arch} == all_kernel_names()
+        assert {r["kernel"] for r in compiled.rows if r["arch"] == arch} == all_kernel_names()
 
 
 def test_every_autotune_config_is_compiled(compiled):
@@ -48,13 +77,14 @@ def test_every_autotune_config_is_compiled(compiled):
                    input_grad.pool_grad_sums_kernel, input_grad.input_grad_kernel):
         name = kernel.fn.__name__
         for block_c, tiled in ((1, lambda c: c == 1), (16, lambda c: c > 1)):
-            seen = {(int(v["TILE"]), r["num_warps"]) for r in compiled if r["kernel"] == name
+            seen = {(int(v["TILE"]), r["num_warps"]) for r in compiled.rows if r["kernel"] == name
                     for v in [dict(kv.split("=") for kv in r["variant"].split(","))] if tiled(int(v["BLOCK_C"]))}
             assert seen == {(c.kwargs["TILE"], c.num_warps) for c in kernel.configs_for(block_c)}, (name, block_c)
 
 
 def test_no_register_spills(compiled):
-    spilled = [f"{r['kernel']} {r['arch']} {r['variant']}: {r['spill_bytes']} B" for r in compiled if r["spill_bytes"]]
+    spilled = [f"{r['kernel']} {r['arch']} {r['variant']}: {r['spill_bytes']} B" for r in compiled.rows
+               if r["spill_bytes"] > compiled.spill_bytes_allowed]
     assert not spilled, "\n".join(spilled)
 
 
@@ -64,7 +94,7 @@ def test_full_size_tiles_load_along_the_unit_stride_axis(compiled):
     tiles (BLOCK_C > 1: order [0, ...]), so a warp's loads cover whole sectors either way. Checked
     on the half-precision scenarios, where no other 3-D tensor shares x's element type."""
     checked = 0
-    for r in compiled:
+    for r in compiled.rows:
         v = dict(kv.split("=") for kv in r["variant"].split(","))
         if "BLOCK_C" not in v or r["dtype"] == "fp32":
             continue
@@ -88,5 +118,5 @@ def test_host_tile_constants_match_the_configs():
 def test_dropout_variants_are_compiled(compiled):
     """The attention kernels with in-kernel dropout (DROPOUT=True) are among the compiled, spill-checked ones."""
     for kernel in ("channel_attention_fwd_kernel", "channel_attention_bwd_kernel"):
-        variants = {r["variant"] for r in compiled if r["kernel"] == kernel}
+        variants = {r["variant"] for r in compiled.rows if r["kernel"] == kernel}
         assert any("DROPOUT=True" in v for v in variants) and any("DROPOUT=False" in v for v in variants), variants

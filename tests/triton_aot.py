@@ -1,6 +1,7 @@
 """Ahead-of-time compile of every SCSA Triton kernel, every autotune config, for sm_80 and sm_90.
 
-Run as a script (``python tests/triton_aot.py``) with TRITON_INTERPRET unset: under the
+Run as a script (``python tests/triton_aot.py [KERNEL ...]``: only those kernels, e.g. while
+tuning configs) with TRITON_INTERPRET unset: under the
 interpreter ``@triton.jit`` returns interpreted functions that cannot be compiled. The
 launches are recorded from the real op bodies (forward and backward) on meta tensors, so
 the compiled signatures and constexprs are exactly the ones the ops use. Prints one row per
@@ -159,7 +160,8 @@ def ptxas():
 
 
 def main():
-    jobs = variants(record_launches())
+    only = set(sys.argv[1:])
+    jobs = [job for job in variants(record_launches()) if not only or job[0] in only]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         rows = [r for rs in pool.map(compile_one, jobs) for r in rs]
     print(f"{'kernel':34} {'arch':6} {'dtype':5} {'warps':5} {'regs':>4} {'spill':>5} {'smem':>6}  constexprs")

@@ -82,9 +82,11 @@ CHANNEL_TILE = 16
 MIN_TILE = 256
 MAX_BLOCK_W = 256  # widest row tile of the plane passes
 SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
-# Their tiles are float64 (triton/spatial_gates.py): at most 4 elements per thread (8 warps at
-# least); the longest rows (4096) took all 255 registers at 8 warps (AOT test).
+# Their tiles are float64 (triton/spatial_gates.py): 4 elements per thread, within 8 to 16 warps
+# (AOT test): the longest rows (4096) took all 255 registers at 8 warps and spilled ~200 bytes on
+# triton 3.6 at 32 (64 registers per thread); at 16 warps (8 elements per thread), none.
 SPATIAL_ELEMENTS_PER_THREAD = 4
+SPATIAL_MAX_WARPS = 16
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
 ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
@@ -332,7 +334,8 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
         plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
         gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=block_g, BLOCK_L=block_l,
-                        num_warps=max(8, block_g * block_l // (32 * SPATIAL_ELEMENTS_PER_THREAD))),
+                        num_warps=min(SPATIAL_MAX_WARPS,
+                                      max(8, block_g * block_l // (32 * SPATIAL_ELEMENTS_PER_THREAD)))),
         pool_scalars=(C, H, W, *x_stride, *x_stride, HP, WP, WH, WW, per_block),
         pool_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, WH_POW2=_pow2(WH), WIDE=wide, **pool_blocks),
         attention_scalars=(C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5),

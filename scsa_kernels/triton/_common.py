@@ -92,8 +92,8 @@ def channel_tile(bases, offsets):
     return bases[:, None, None] + offsets[None, :, :]
 
 
-@triton.jit
-def rows_per_tile(TILE: tl.constexpr, ROW: tl.constexpr, MAX_ROWS: tl.constexpr):
+@triton.constexpr_function  # not @triton.jit: Triton 3.6 does not fold a jit call into a constexpr
+def rows_per_tile(TILE, ROW, MAX_ROWS):
     """Rows per tile of a plane pass (a constexpr): as many rows of ROW elements (BLOCK_C x
     BLOCK_W) as fill TILE elements, at most MAX_ROWS (a power of two: the plane's height, or one
     window's), at least 1."""
