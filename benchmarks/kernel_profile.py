@@ -9,13 +9,18 @@ eager reference, in forward (no autograd) and forward+backward:
 - host: the same calls' CPU time until the last one is enqueued (on a GPU, when host > device
   the call is host-bound and the kernels wait for Python, dispatch and launches);
 - device: the kernels' own time per call, from torch.profiler (on a CPU run: the ops' self time),
-  then the heaviest kernels with their launches and microseconds per call.
+  then the heaviest kernels with their launches and microseconds per call;
+- where the host time goes: forward and backward separately (on CUDA the backward's CPU work
+  runs on autograd's device thread; ``.backward()`` returns when it is done) and, for the
+  Triton backend, the time inside Triton's launcher (``JITFunction.run``: argument binding,
+  cache key, driver launch), which benchmarks/triton_host_overhead.py stubs out.
 This is the diagnosis that scsa-bench's ratios cannot give: which kernel to fix, or whether the
 host is the bottleneck. ``bash benchmarks/run_gpu.sh`` runs it (profile.log).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -56,6 +61,56 @@ def wall_and_host_us(module, x, grad_out, mode, reps):
     synchronize(x.device)
     done = time.perf_counter()
     return (done - start) / reps * 1e6, (enqueued - start) / reps * 1e6
+
+
+@contextlib.contextmanager
+def timed_triton_launches():
+    """Wraps JITFunction.run (every compiled Triton launch, on any thread) with a timer; yields
+    [launches, seconds] (zeros without triton)."""
+    totals = [0, 0.0]
+    try:
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        yield totals
+        return
+    original = JITFunction.run
+
+    def run(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            totals[0] += 1
+            totals[1] += time.perf_counter() - start
+
+    JITFunction.run = run
+    try:
+        yield totals
+    finally:
+        JITFunction.run = original
+
+
+def host_split_us(module, x, grad_out, mode, reps):
+    """(forward us, backward us, launches, us inside Triton's launcher) per call; host time only
+    (enqueueing), the GPU synchronized before and after."""
+    forward = backward = 0.0
+    synchronize(x.device)
+    with timed_triton_launches() as launched:
+        for _ in range(reps):
+            module.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            if mode == "forward":
+                with torch.no_grad():
+                    out = module(x)
+            else:
+                out = module(x)
+            middle = time.perf_counter()
+            if mode != "forward":
+                out.backward(grad_out)
+            forward += middle - start
+            backward += time.perf_counter() - middle
+    synchronize(x.device)
+    return forward / reps * 1e6, backward / reps * 1e6, launched[0] / reps, launched[1] / reps * 1e6
 
 
 def _self_time_us(event, device):
@@ -103,6 +158,10 @@ def report(shape, backend, dtype, device, mode, reps):
           f"{'kernels' if device.type == 'cuda' else 'ops'}{bound(host, device_us, device)}")
     for key, count, us in table[:TOP_KERNELS]:
         print(f"    {us:9.1f} us  x{count:<4.0f} {key[:110]}")
+    forward, backward, launches, launcher = host_split_us(module, x, grad_out, mode, reps)
+    print(f"    host: forward {forward:.1f} us + backward {backward:.1f} us" + (
+        f"; Triton's launcher {launcher:.1f} us in {launches:.0f} launches ({launcher / launches:.1f} us each)"
+        if launches else ""))
 
 
 def main(argv=None):

@@ -2,6 +2,7 @@
 import os
 import platform
 import re
+import time
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from fake_backends import install_backend
 from scsa_kernels import backends
 from scsa_kernels.bench import cli
-from scsa_kernels.bench.plots import plot_all
+from scsa_kernels.bench.plots import plot_all, provider_colours
 from scsa_kernels.bench.report import E2E_COLUMNS, ENVIRONMENT_COLUMNS, MICRO_COLUMNS, read_csv
 from scsa_kernels.bench import e2e
 from scsa_kernels.bench.resnet import ResNet
@@ -198,6 +199,14 @@ def test_plots_from_rows(tmp_path):
     assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
+def test_a_provider_keeps_its_colour_in_every_panel():
+    # the GPU run of 2026-11-26: "compile-max-autotune" timed the forward only, so the forward+backward
+    # panel drew triton in the colour the forward panel gave compile-max-autotune
+    panels = {"bf16 forward": {"compile": {}, "compile-max-autotune": {}, "triton": {}},
+              "bf16 forward+backward": {"compile": {}, "triton": {}}}
+    assert provider_colours(panels) == {"compile": "C0", "compile-max-autotune": "C1", "triton": "C2"}
+
+
 def test_resnet50_places_scsa_after_conv1_on_mid_channels():
     model = ResNet("reference")
     dims = [m.config.dim for m in model.modules() if isinstance(m, SCSA)]
@@ -259,16 +268,35 @@ def test_gpu_script_is_valid_bash():
 def test_kernel_profile_names_the_fused_op(capsys):
     """benchmarks/kernel_profile.py (run_gpu.sh's diagnosis step) on CPU: one line per backend and mode,
     and the fused backend's time lands in its own op, not in unattributed glue."""
-    import importlib.util
-
     if backends.unavailable_reason("cpu") is not None:
         pytest.skip("the C++ CPU backend is not built")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("kernel_profile", os.path.join(root, "benchmarks", "kernel_profile.py"))
-    kernel_profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kernel_profile)
+    kernel_profile = _load_kernel_profile()
     kernel_profile.main(["--device", "cpu", "--shape", "1", "8", "7", "7", "--reps", "2"])
     out = capsys.readouterr().out
     summaries = re.findall(r"^1x8x7x7 float32 (forward\+backward|forward)\s+(\w+)\s+wall .* in \d+ ops", out, re.M)
     assert sorted(summaries) == sorted([(m, b) for m in ("forward", "forward+backward") for b in ("cpu", "reference")])
     assert "scsa_kernels::scsa_forward" in out and "scsa_kernels::scsa_backward" in out
+    assert len(re.findall(r"^    host: forward \d+\.\d us \+ backward \d+\.\d us$", out, re.M)) == 4
+
+
+def _load_kernel_profile():
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("kernel_profile", os.path.join(root, "benchmarks", "kernel_profile.py"))
+    kernel_profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel_profile)
+    return kernel_profile
+
+
+def test_kernel_profile_times_every_triton_launch(monkeypatch):
+    """The launcher timer wraps JITFunction.run for its block only and counts each call."""
+    JITFunction = pytest.importorskip("triton.runtime.jit").JITFunction
+
+    kernel_profile = _load_kernel_profile()
+    monkeypatch.setattr(JITFunction, "run", lambda self, *args, **kwargs: time.sleep(0.002) or "launched")
+    stub = JITFunction.run
+    with kernel_profile.timed_triton_launches() as launched:
+        assert [JITFunction.run(None, 1, grid=(1,)) for _ in range(3)] == ["launched"] * 3
+    assert launched[0] == 3 and launched[1] >= 0.006
+    assert JITFunction.run is stub

@@ -21,6 +21,13 @@ def case_label(row: Dict) -> str:
     return f"{row['shape']} cl" if row.get("layout") == "channels_last" else row["shape"]
 
 
+def provider_colours(panels: Dict[str, Dict[str, Dict[str, float]]]) -> Dict[str, str]:
+    """One matplotlib colour per provider for every panel (a panel missing a provider must not shift
+    the others' colours), in order of first appearance."""
+    providers = dict.fromkeys(p for by_provider in panels.values() for p in by_provider)
+    return {p: f"C{i % 10}" for i, p in enumerate(providers)}
+
+
 def _bar_grid(panels: Dict[str, Dict[str, Dict[str, float]]], ylabel: str, title: str, path: str,
               baseline_line: bool) -> str:
     """One subplot per panel; x = shapes, one bar per provider. panels[panel][provider][shape] = value."""
@@ -29,6 +36,7 @@ def _bar_grid(panels: Dict[str, Dict[str, Dict[str, float]]], ylabel: str, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colour = provider_colours(panels)
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.2 * rows), squeeze=False)
@@ -37,7 +45,7 @@ def _bar_grid(panels: Dict[str, Dict[str, Dict[str, float]]], ylabel: str, title
         width = 0.8 / max(1, len(by_provider))
         for i, (provider, values) in enumerate(by_provider.items()):
             ax.bar([j + i * width for j in range(len(shapes))], [values.get(s, 0.0) for s in shapes], width,
-                   label=provider)
+                   label=provider, color=colour[provider])
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
         ax.set_xticklabels(shapes, rotation=45, ha="right", fontsize=7)
         if baseline_line:
