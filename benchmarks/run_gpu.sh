@@ -15,9 +15,12 @@
 # even when a step hangs; scsa-bench gets what is left (at most BENCH_BUDGET_S, default 900) and
 # writes its CSV row by row, so a cut run keeps its results. Caps: BUILD_CAP_S (600), TEST_CAP_S (900),
 # CHECK_CAP_S (300), PROFILE_CAP_S (120), E2E_CAP_S (300). Step exit codes and durations go to summary.txt; the script exits
-# non-zero when a step failed. On a short lease, e.g. a 10-minute call, use TOTAL_BUDGET_S=500
-# TEST_CAP_S=180 CHECK_CAP_S=40 PROFILE_CAP_S=45 E2E_CAP_S=60 BENCH_BUDGET_S=150 (results/nvidia-h200
-# came from the same settings with TEST_CAP_S=210 and no profile step).
+# non-zero when a step failed. On a short lease (15 minutes of device time, one call of 10) use
+# BUILD=0 TOTAL_BUDGET_S=520 TEST_CAP_S=150 CHECK_CAP_S=20 PROFILE_CAP_S=60 E2E_CAP_S=90
+# BENCH_BUDGET_S=170 TEST_WORKERS=12 TEST_ARGS="tests/test_triton_ops.py tests/test_triton_saved_memory.py
+# tests/test_weights.py tests/test_bench.py" (results/nvidia-h200/NOTES.md says what each run used and
+# what its caps cut: the e2e step's first Triton call autotunes 16 layer shapes, 25 s were too few).
+# pytest runs verbose, so a capped run's log still names the tests that passed.
 #
 # One interpreter for everything: $PYTHON, else the first of python3 / python that imports torch
 # (`pip` on PATH may belong to another interpreter, so the build runs `$PY -m pip`). pytest runs with
@@ -81,7 +84,7 @@ if [[ "${BUILD:-1}" != 0 ]]; then
 fi
 XDIST=()
 "$PY" -c "import xdist" 2> /dev/null && (( TEST_WORKERS > 1 )) && XDIST=(-n "$TEST_WORKERS")
-step pytest "$(cap "$TEST_CAP_S")" "$PY" -m pytest -q -ra -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} \
+step pytest "$(cap "$TEST_CAP_S")" "$PY" -m pytest -v -ra --durations=20 -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} \
   ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}
 step check "$(cap "$CHECK_CAP_S")" "$PY" -m scsa_kernels.check
 step profile "$(cap "$PROFILE_CAP_S")" "$PY" benchmarks/kernel_profile.py
