@@ -113,6 +113,46 @@ def test_shapes(shape, window):
     assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(shape[1], window_size=window))
 
 
+def _autotuned_kernels():
+    from scsa_kernels.triton import apply, input_grad, plane_stats, pooling
+    return (plane_stats.plane_means_kernel, pooling.pool_kernel, apply.apply_gates_kernel,
+            input_grad.pool_grad_sums_kernel, input_grad.input_grad_kernel)
+
+
+def _larger_tiles():
+    """The TILE sizes of the autotune configs past the smallest (which the interpreter always runs)."""
+    tiles = {c.kwargs["TILE"] for k in _autotuned_kernels() for b in (1, 16) for c in k.configs_for(b)}
+    return sorted(tiles - {min(tiles)})
+
+
+TILE_CASES = {
+    "tall_plane_avg": ((2, 8, 40, 36), False, dict(window_size=7)),
+    "channel_tiles_max_pool": ((2, 32, 20, 20), True, dict(window_size=3, down_sample_mode="max_pool", head_num=2)),
+    "wide_rows_recombination": ((1, 4, 12, 300), False, dict(window_size=3, down_sample_mode="recombination")),
+}
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on a GPU the autotuner runs every config")
+@pytest.mark.parametrize("tile", _larger_tiles())
+@pytest.mark.parametrize("case", sorted(TILE_CASES))
+def test_larger_autotune_tiles(monkeypatch, tile, case):
+    """The interpreter runs only the first (smallest) autotune config; a GPU's autotuner may pick any.
+    Every larger TILE, forced on every autotuned kernel: more rows per tile (past the window height in
+    the pool pass), fewer row blocks, channel tiles of more rows."""
+    from scsa_kernels.ops import triton as ops
+    for kernel in _autotuned_kernels():
+        monkeypatch.setattr(kernel, "configs", [triton.Config({"TILE": tile}, num_warps=4)])
+        monkeypatch.setattr(kernel, "best_config", None, raising=False)
+    monkeypatch.setattr(ops, "_FORWARD_PLANS", {})
+    monkeypatch.setattr(ops, "_BACKWARD_PLANS", {})
+    shape, channels_last, options = TILE_CASES[case]
+    x = torch.randn(*shape, device=DEVICE)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert_matches(x, SCSAConfig(shape[1], **options))
+    assert [k.best_config.kwargs["TILE"] for k in _autotuned_kernels()] == [tile] * 5
+
+
 def test_large_head_and_many_positions():
     """D = 80 > BLOCK_D (column blocks of the online softmax) and N = 81 > BLOCK_N (chunks)."""
     config = SCSAConfig(80, window_size=3, gate_layer="softmax", qkv_bias=True)
