@@ -20,6 +20,7 @@ host is the bottleneck. ``bash benchmarks/run_gpu.sh`` runs it (profile.log).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import sys
@@ -65,13 +66,13 @@ def wall_and_host_us(module, x, grad_out, mode, reps):
 
 @contextlib.contextmanager
 def timed_triton_launches():
-    """Wraps JITFunction.run (every compiled Triton launch, on any thread) with a timer; yields
-    [launches, seconds] (zeros without triton)."""
-    totals = [0, 0.0]
+    """Wraps JITFunction.run (every compiled Triton launch, on any thread) with a timer; yields a
+    dict kernel name -> [launches, seconds] (stays empty without triton)."""
+    launched = collections.defaultdict(lambda: [0, 0.0])
     try:
         from triton.runtime.jit import JITFunction
     except ImportError:
-        yield totals
+        yield launched
         return
     original = JITFunction.run
 
@@ -80,37 +81,67 @@ def timed_triton_launches():
         try:
             return original(self, *args, **kwargs)
         finally:
-            totals[0] += 1
-            totals[1] += time.perf_counter() - start
+            entry = launched[self.__name__]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - start
 
     JITFunction.run = run
     try:
-        yield totals
+        yield launched
     finally:
         JITFunction.run = original
 
 
-def host_split_us(module, x, grad_out, mode, reps):
-    """(forward us, backward us, launches, us inside Triton's launcher) per call; host time only
+class Phase:
+    """Host time of one phase (forward or backward) over the calls, and the launches inside it."""
+
+    def __init__(self):
+        self.seconds, self.launches, self.launcher_seconds = 0.0, 0, 0.0
+
+    def add(self, seconds, launched_before, launched_after):
+        self.seconds += seconds
+        self.launches += launched_after[0] - launched_before[0]
+        self.launcher_seconds += launched_after[1] - launched_before[1]
+
+    def describe(self, name, reps):
+        text = f"{name} {self.seconds / reps * 1e6:.1f} us"
+        if self.launches:
+            text += (f" (Triton's launcher {self.launcher_seconds / reps * 1e6:.1f} us in "
+                     f"{self.launches / reps:.0f} launches)")
+        return text
+
+
+def host_split(module, x, grad_out, mode, reps):
+    """(forward Phase, backward Phase, {kernel: [launches, seconds]}) over reps calls: host time only
     (enqueueing), the GPU synchronized before and after."""
-    forward = backward = 0.0
+    forward, backward = Phase(), Phase()
     synchronize(x.device)
     with timed_triton_launches() as launched:
+        def totals():
+            return [sum(n for n, _ in launched.values()), sum(t for _, t in launched.values())]
+
         for _ in range(reps):
             module.zero_grad(set_to_none=True)
-            start = time.perf_counter()
-            if mode == "forward":
-                with torch.no_grad():
-                    out = module(x)
-            else:
+            before, start = totals(), time.perf_counter()
+            with torch.set_grad_enabled(mode != "forward"):
                 out = module(x)
             middle = time.perf_counter()
+            forward.add(middle - start, before, totals())
             if mode != "forward":
+                before, middle = totals(), time.perf_counter()
                 out.backward(grad_out)
-            forward += middle - start
-            backward += time.perf_counter() - middle
+                backward.add(time.perf_counter() - middle, before, totals())
     synchronize(x.device)
-    return forward / reps * 1e6, backward / reps * 1e6, launched[0] / reps, launched[1] / reps * 1e6
+    return forward, backward, dict(launched)
+
+
+def print_host_split(module, x, grad_out, mode, reps):
+    forward, backward, launched = host_split(module, x, grad_out, mode, reps)
+    phases = [forward.describe("forward", reps)] + ([backward.describe("backward", reps)] if mode != "forward" else [])
+    print("    host: " + " + ".join(phases))
+    if launched:
+        print("    launcher per launch: " + ", ".join(
+            f"{name} {seconds / count * 1e6:.1f} us" for name, (count, seconds) in sorted(launched.items())))
 
 
 def _self_time_us(event, device):
@@ -158,10 +189,7 @@ def report(shape, backend, dtype, device, mode, reps):
           f"{'kernels' if device.type == 'cuda' else 'ops'}{bound(host, device_us, device)}")
     for key, count, us in table[:TOP_KERNELS]:
         print(f"    {us:9.1f} us  x{count:<4.0f} {key[:110]}")
-    forward, backward, launches, launcher = host_split_us(module, x, grad_out, mode, reps)
-    print(f"    host: forward {forward:.1f} us + backward {backward:.1f} us" + (
-        f"; Triton's launcher {launcher:.1f} us in {launches:.0f} launches ({launcher / launches:.1f} us each)"
-        if launches else ""))
+    print_host_split(module, x, grad_out, mode, reps)
 
 
 def main(argv=None):
