@@ -113,6 +113,16 @@ def test_shapes(shape, window):
     assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(shape[1], window_size=window))
 
 
+def test_triton_older_than_3_5_is_reported_unavailable(monkeypatch):
+    """The kernels need triton.constexpr_function (3.5+): an older Triton makes the backend unavailable,
+    with the reason, so "auto" takes the reference instead of failing in the first compile."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.delattr(triton, "constexpr_function")
+    monkeypatch.setattr(triton, "__version__", "3.4.0")
+    assert ops._find_unavailable_reason() == (
+        "triton 3.4.0 is too old: the kernels need triton >= 3.5 (torch >= 2.9 installs one)")
+
+
 def _autotuned_kernels():
     from scsa_kernels.triton import apply, input_grad, plane_stats, pooling
     return (plane_stats.plane_means_kernel, pooling.pool_kernel, apply.apply_gates_kernel,

@@ -99,9 +99,11 @@ def _interpret() -> bool:
 
 def _find_unavailable_reason():
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as exc:
         return f"triton is not installed ({exc})"
+    if not hasattr(triton, "constexpr_function"):  # the kernels' tile rules (triton/_common.py)
+        return f"triton {triton.__version__} is too old: the kernels need triton >= 3.5 (torch >= 2.9 installs one)"
     if not hasattr(torch.library, "triton_op"):
         return f"torch {torch.__version__} has no torch.library.triton_op (needs torch >= 2.6)"
     if not torch.cuda.is_available() and not _interpret():

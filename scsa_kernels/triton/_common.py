@@ -92,7 +92,9 @@ def channel_tile(bases, offsets):
     return bases[:, None, None] + offsets[None, :, :]
 
 
-@triton.constexpr_function  # not @triton.jit: Triton 3.6 does not fold a jit call into a constexpr
+# not @triton.jit: triton 3.4-3.6 do not fold a jit helper's result into a constexpr (3.8 does);
+# triton < 3.5 has no constexpr_function (ops/triton.py reports the backend unavailable there)
+@triton.constexpr_function
 def rows_per_tile(TILE, ROW, MAX_ROWS):
     """Rows per tile of a plane pass (a constexpr): as many rows of ROW elements (BLOCK_C x
     BLOCK_W) as fill TILE elements, at most MAX_ROWS (a power of two: the plane's height, or one
