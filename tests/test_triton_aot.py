@@ -22,6 +22,7 @@ from typing import NamedTuple
 import pytest
 
 pytest.importorskip("triton")
+from scsa_kernels.triton import autotuned_kernels  # noqa: E402
 KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "plane_stats", "pooling", "spatial_gates")
 EXTRA_RELEASE_SPILL_BYTES = 64
 EXTRA_TRITONS = [d for d in os.environ.get("SCSA_AOT_EXTRA_TRITON", "").split(os.pathsep) if d]
@@ -72,9 +73,10 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled):
 def test_every_autotune_config_is_compiled(compiled):
     """Every config of each autotuned kernel, for one plane per program (BLOCK_C=1) and for
     channel tiles (the pool pass has its own set for those)."""
-    from scsa_kernels.triton import apply, input_grad, plane_stats, pooling
-    for kernel in (plane_stats.plane_means_kernel, pooling.pool_kernel, apply.apply_gates_kernel,
-                   input_grad.pool_grad_sums_kernel, input_grad.input_grad_kernel):
+    kernels = autotuned_kernels()
+    assert {k.fn.__name__ for k in kernels} == {"plane_means_kernel", "pool_kernel", "apply_gates_kernel",
+                                                "pool_grad_sums_kernel", "input_grad_kernel"}
+    for kernel in kernels:
         name = kernel.fn.__name__
         for block_c, tiled in ((1, lambda c: c == 1), (16, lambda c: c > 1)):
             seen = {(int(v["TILE"]), r["num_warps"]) for r in compiled.rows if r["kernel"] == name
@@ -109,10 +111,8 @@ def test_host_tile_constants_match_the_configs():
     """ops/triton.py sizes channel tiles by MIN_TILE (it imports no triton): the smallest TILE of
     every plane and pool config."""
     from scsa_kernels.ops import triton as ops
-    from scsa_kernels.triton import apply, input_grad, plane_stats, pooling
-    kernels = (plane_stats.plane_means_kernel, pooling.pool_kernel, apply.apply_gates_kernel,
-               input_grad.pool_grad_sums_kernel, input_grad.input_grad_kernel)
-    assert {min(c.kwargs["TILE"] for c in k.configs_for(b)) for k in kernels for b in (1, 16)} == {ops.MIN_TILE}
+    assert {min(c.kwargs["TILE"] for c in k.configs_for(b)) for k in autotuned_kernels() for b in (1, 16)} == {
+        ops.MIN_TILE}
 
 
 def test_dropout_variants_are_compiled(compiled):

@@ -24,6 +24,7 @@ from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.functional import scsa  # noqa: E402
 from scsa_kernels.module import SCSA  # noqa: E402
 from scsa_kernels.testing import compare_backend, random_weights  # noqa: E402
+from scsa_kernels.triton import autotuned_kernels  # noqa: E402
 from dropout_masks import kernel_dropout_masks  # noqa: E402
 from strategies import random_cases  # noqa: E402
 
@@ -123,15 +124,9 @@ def test_triton_older_than_3_5_is_reported_unavailable(monkeypatch):
         "triton 3.4.0 is too old: the kernels need triton >= 3.5 (torch >= 2.9 installs one)")
 
 
-def _autotuned_kernels():
-    from scsa_kernels.triton import apply, input_grad, plane_stats, pooling
-    return (plane_stats.plane_means_kernel, pooling.pool_kernel, apply.apply_gates_kernel,
-            input_grad.pool_grad_sums_kernel, input_grad.input_grad_kernel)
-
-
 def _larger_tiles():
     """The TILE sizes of the autotune configs past the smallest (which the interpreter always runs)."""
-    tiles = {c.kwargs["TILE"] for k in _autotuned_kernels() for b in (1, 16) for c in k.configs_for(b)}
+    tiles = {c.kwargs["TILE"] for k in autotuned_kernels() for b in (1, 16) for c in k.configs_for(b)}
     return sorted(tiles - {min(tiles)})
 
 
@@ -150,7 +145,7 @@ def test_larger_autotune_tiles(monkeypatch, tile, case):
     Every larger TILE, forced on every autotuned kernel: more rows per tile (past the window height in
     the pool pass), fewer row blocks, channel tiles of more rows."""
     from scsa_kernels.ops import triton as ops
-    for kernel in _autotuned_kernels():
+    for kernel in autotuned_kernels():
         monkeypatch.setattr(kernel, "configs", [triton.Config({"TILE": tile}, num_warps=4)])
         monkeypatch.setattr(kernel, "best_config", None, raising=False)
     monkeypatch.setattr(ops, "_FORWARD_PLANS", {})
@@ -160,7 +155,7 @@ def test_larger_autotune_tiles(monkeypatch, tile, case):
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     assert_matches(x, SCSAConfig(shape[1], **options))
-    assert [k.best_config.kwargs["TILE"] for k in _autotuned_kernels()] == [tile] * 5
+    assert [k.best_config.kwargs["TILE"] for k in autotuned_kernels()] == [tile] * len(autotuned_kernels())
 
 
 def test_large_head_and_many_positions():

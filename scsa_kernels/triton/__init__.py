@@ -9,3 +9,11 @@ One file per stage family:
 - ``apply``: the forward apply pass (out = x * a_h * a_w * ca).
 - ``input_grad``: backward pass (b) (pool-gradient row/column sums, reads x) and pass (c) (dx, reads grad_out).
 """
+
+
+def autotuned_kernels():
+    """Every autotuned kernel (triton.autotune Autotuners with ``all_configs`` and ``configs_for``),
+    after importing every kernel module. Imports triton: call it only where the kernels are used."""
+    from . import apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates  # noqa: F401
+    from ._common import AUTOTUNED_KERNELS
+    return tuple(AUTOTUNED_KERNELS)

@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+AUTOTUNED_KERNELS = []  # every kernel autotune() wraps, as defined (scsa_kernels.triton.autotuned_kernels)
 
 
 def autotune(configs, key, channel_tile_configs=None):
@@ -31,6 +32,7 @@ def autotune(configs, key, channel_tile_configs=None):
         tuned = triton.autotune(configs=listed, key=key, prune_configs_by=prune)(fn)
         tuned.all_configs = list(configs) + [c for c in tile_configs if c not in configs]
         tuned.configs_for = lambda block_c: list(tile_configs if block_c > 1 else configs)
+        AUTOTUNED_KERNELS.append(tuned)
         return tuned
     return wrap
 
