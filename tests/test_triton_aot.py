@@ -6,11 +6,11 @@ registers and shared memory per kernel variant is printed (pytest -s shows it).
 
 Also with other Triton releases: SCSA_AOT_EXTRA_TRITON lists folders (os.pathsep-separated), each
 holding one Triton release installed with ``pip install --no-deps --target DIR triton==X``; the
-compile runs once more per folder, that folder first on PYTHONPATH. CI passes triton 3.6, what
-torch 2.10/2.11 install (the lent GPU machines): kernels that compiled on 3.8 once failed there.
-On those releases every kernel must compile; ptxas may spill up to EXTRA_RELEASE_SPILL_BYTES per
-variant (triton 3.6 spills 8-56 bytes in some pool-pass variants at 32-96 registers, which 3.8
-compiles without spills); on the installed release, none.
+compile runs once more per folder, that folder first on PYTHONPATH. CI passes triton 3.5 (the oldest
+the backend supports) and 3.6 (what torch 2.10/2.11 install, the lent GPU machines): kernels that
+compiled on 3.8 once failed on both. On those releases every kernel must compile; ptxas may spill up
+to EXTRA_RELEASE_SPILL_BYTES per variant (3.5 and 3.6 spill 8-56 bytes in some pool-pass variants,
+some at 32-96 registers, which 3.8 compiles without spills); on the installed release, none.
 """
 import importlib
 import json
