@@ -12,8 +12,10 @@ eager reference, in forward (no autograd) and forward+backward:
   then the heaviest kernels with their launches and microseconds per call;
 - where the host time goes: forward and backward separately (on CUDA the backward's CPU work
   runs on autograd's device thread; ``.backward()`` returns when it is done) and, for the
-  Triton backend, the time inside Triton's launcher (``JITFunction.run``: argument binding,
-  cache key, driver launch), which benchmarks/triton_host_overhead.py stubs out.
+  Triton backend, the time inside Triton's launch (``JITFunction.run``: argument binding, cache
+  key, driver launch; or, for ops.triton's direct launches, the compiled kernel's launcher),
+  which benchmarks/triton_host_overhead.py leaves out from the driver call on; and the wall and
+  host time with the direct launches off (every launch through ``JITFunction.run``).
 This is the diagnosis that scsa-bench's ratios cannot give: which kernel to fix, or whether the
 host is the bottleneck. ``bash benchmarks/run_gpu.sh`` runs it (profile.log).
 """
@@ -66,30 +68,38 @@ def wall_and_host_us(module, x, grad_out, mode, reps):
 
 @contextlib.contextmanager
 def timed_triton_launches():
-    """Wraps JITFunction.run (every compiled Triton launch, on any thread) with a timer; yields a
-    dict kernel name -> [launches, seconds] (stays empty without triton)."""
+    """Times every compiled Triton launch, on any thread: Triton's own (``JITFunction.run``) and
+    ops.triton's direct ones (``CompiledKernel[grid](...)``, which ``JITFunction.run`` does not call);
+    yields a dict kernel name -> [launches, seconds] (stays empty without triton)."""
     launched = collections.defaultdict(lambda: [0, 0.0])
     try:
+        from triton.compiler.compiler import CompiledKernel
         from triton.runtime.jit import JITFunction
     except ImportError:
         yield launched
         return
-    original = JITFunction.run
 
-    def run(self, *args, **kwargs):
+    def timed(call, name):
         start = time.perf_counter()
         try:
-            return original(self, *args, **kwargs)
+            return call()
         finally:
-            entry = launched[self.__name__]
+            entry = launched[name]
             entry[0] += 1
             entry[1] += time.perf_counter() - start
 
-    JITFunction.run = run
+    run, getitem = JITFunction.run, CompiledKernel.__getitem__
+    JITFunction.run = lambda self, *args, **kwargs: timed(lambda: run(self, *args, **kwargs), self.__name__)
+
+    def direct(self, grid):
+        runner = getitem(self, grid)
+        return lambda *args, **kwargs: timed(lambda: runner(*args, **kwargs), self.name)
+
+    CompiledKernel.__getitem__ = direct
     try:
         yield launched
     finally:
-        JITFunction.run = original
+        JITFunction.run, CompiledKernel.__getitem__ = run, getitem
 
 
 class Phase:
@@ -190,6 +200,20 @@ def report(shape, backend, dtype, device, mode, reps):
     for key, count, us in table[:TOP_KERNELS]:
         print(f"    {us:9.1f} us  x{count:<4.0f} {key[:110]}")
     print_host_split(module, x, grad_out, mode, reps)
+    if name == "triton":
+        print_without_direct_launches(module, x, grad_out, mode, reps)
+
+
+def print_without_direct_launches(module, x, grad_out, mode, reps):
+    """Wall and host time per call with ops.triton.DIRECT_LAUNCH off: what the direct launches save."""
+    from scsa_kernels.ops import triton as ops
+
+    direct, ops.DIRECT_LAUNCH = ops.DIRECT_LAUNCH, False
+    try:
+        wall, host = wall_and_host_us(module, x, grad_out, mode, reps)
+    finally:
+        ops.DIRECT_LAUNCH = direct
+    print(f"    direct launches off: wall {wall:.1f} us  host {host:.1f} us")
 
 
 def main(argv=None):

@@ -1,19 +1,21 @@
-"""Per-call HOST cost of the Triton backend path, measured on the CPU with Triton's launcher stubbed.
+"""Per-call HOST cost of the Triton backend path, measured on the CPU, up to the CUDA driver call.
 
     python benchmarks/triton_host_overhead.py [--reps 2000] [--profile fwdbwd] [--threads 1]
+                                              [--no-direct-launch] [--via-op]
 
 Runs module -> functional.scsa -> backends -> ops.triton on CPU tensors with the kernels compiled
-as on a GPU (``@triton.jit`` JITFunctions, not the interpreter: TRITON_INTERPRET must be unset)
-and Triton's launch entry point (``JITFunction.run``) replaced by a no-op, so no kernel runs and
-outputs are garbage (the autotuner runs, its benchmark stubbed: the first config wins). What is
-left is what a GPU call pays on the host up to Triton's launcher: Python, torch dispatch,
-autograd, allocations, weight packing, argument preparation, the path each launch takes to Triton
-(``_launch``; ``wrap_triton`` where tracing) and the autotuner's per-call key lookup.
-Not included: Triton's own launcher (argument binding, its kernel cache lookup, the driver call);
-``kernel_profile.py`` gives the whole host time on a GPU. Stubbing ``ops.triton._launch`` instead
-(this script before 2026-11-26) hid that every eager launch went through ``wrap_triton``'s tracing
-HOP, milliseconds per call. Prints median microseconds per call for forward under no_grad, forward
-with autograd (weights requiring grad, nothing backpropagated) and forward+backward.
+as on a GPU (``@triton.jit`` JITFunctions compiled for sm_90, not the interpreter: TRITON_INTERPRET
+must be unset) and Triton's active driver replaced by host_only_triton.HostOnlyDriver, whose
+launcher records nothing and runs nothing: outputs are garbage (the autotuner runs, its benchmark
+tied: the first config wins). What is left is what a GPU call pays on the host before the driver:
+Python, torch dispatch, autograd, allocations, weight packing, argument preparation, the path each
+launch takes to Triton (``_launch``; ``wrap_triton`` where tracing), Triton's own launch
+(``JITFunction.run``: binding, specialization, cache key) or ops.triton's direct launch of the
+compiled kernel, and Triton's launch metadata. Not included: Triton's C launcher and the CUDA
+driver (``kernel_profile.py`` gives the whole host time on a GPU).
+Prints median microseconds per call for forward under no_grad, forward with autograd (weights
+requiring grad, nothing backpropagated) and forward+backward, with launches per call (and how many
+went through wrap_triton's tracing HOP: none in eager calls; a test holds it).
 """
 from __future__ import annotations
 
@@ -23,26 +25,18 @@ import os
 import statistics
 import sys
 import time
-from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: this measures the GPU path's kernels (JITFunction), not the interpreter's")
 
 import torch  # noqa: E402
-from triton.runtime.autotuner import Autotuner  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
 from torch._higher_order_ops.triton_kernel_wrap import triton_kernel_wrapper_mutation  # noqa: E402
 
+import host_only_triton  # noqa: E402
 from scsa_kernels.module import SCSA  # noqa: E402
 
-LAUNCHES = []      # kernels that reached Triton's launcher
-HOP_LAUNCHES = []  # launches that went there through wrap_triton's HOP (eager calls should not)
-
-
-def _record_launch(kernel, *args, **kwargs):
-    """Stand-in for Triton's launcher: counts the launch, runs nothing."""
-    LAUNCHES.append(kernel)
+HOP_LAUNCHES = []  # launches that went to Triton through wrap_triton's HOP (eager calls should not)
 
 
 def _count_hop_launches():
@@ -56,17 +50,12 @@ def _count_hop_launches():
     hop.__call__ = counted
 
 
-def _equal_timings(self, *args, config, **kwargs):
-    """Stand-in for the autotuner's benchmark of one config: all tie, the first config wins."""
-    return [1.0, 1.0, 1.0]
-
-
 def triton_ops_without_gpu():
     """ops.triton as on a GPU machine (its triton_op registered), accepting CPU tensors, with
-    Triton's launch entry point and autotune benchmark stubbed and the launches through
-    wrap_triton's HOP counted."""
-    JITFunction.run = _record_launch
-    Autotuner._bench = _equal_timings
+    Triton's driver replaced by the host-only one and the launches through wrap_triton's HOP counted."""
+    from unittest import mock
+
+    host_only_triton.install()
     _count_hop_launches()
     with mock.patch.object(torch.cuda, "is_available", lambda: True):  # availability is decided at import
         ops = importlib.import_module("scsa_kernels.ops.triton")
@@ -86,7 +75,11 @@ def cases(shape, dtype):
     def fwd_grad():
         module(xg)
 
-    def fwd_bwd():
+    leaves = [xg, *module.parameters()]
+
+    def fwd_bwd():  # as a training step does: gradients set to None first, so none is accumulated
+        for t in leaves:
+            t.grad = None
         module(xg).sum().backward()
 
     return {"fwd_nograd": fwd_nograd, "fwd_grad": fwd_grad, "fwdbwd": fwd_bwd}
@@ -105,10 +98,9 @@ def median_us(fn, reps, warmup=50):
 
 def launches_per_call(fn):
     """(launches, of which through wrap_triton's HOP) of one call."""
-    LAUNCHES.clear()
     HOP_LAUNCHES.clear()
-    fn()
-    return len(LAUNCHES), len(HOP_LAUNCHES)
+    launches = host_only_triton.recorded_launches(fn)
+    return len(launches), len(HOP_LAUNCHES)
 
 
 def main():
@@ -120,6 +112,8 @@ def main():
     parser.add_argument("--via-op", action="store_true",
                         help="eager calls through the triton_op and its registered autograd (the path "
                              "before the dispatcher bypass; torch.compile's path)")
+    parser.add_argument("--no-direct-launch", action="store_true",
+                        help="every launch through Triton's JITFunction.run (ops.triton.DIRECT_LAUNCH off)")
     parser.add_argument("--profile", choices=["fwd_nograd", "fwd_grad", "fwdbwd"], default=None,
                         help="also print the cProfile top entries of one case (first dtype)")
     args = parser.parse_args()
@@ -127,8 +121,11 @@ def main():
     ops = triton_ops_without_gpu()
     assert ops.unavailable_reason() is None, ops.unavailable_reason()
     ops.EAGER_BYPASS = not args.via_op  # the GPU default
-    print(f"torch {torch.__version__}, shape {tuple(args.shape)}, {args.threads} thread(s), "
-          f"median of {args.reps} calls, Triton's launcher stubbed")
+    ops.DIRECT_LAUNCH = not args.no_direct_launch
+    import triton
+    print(f"torch {torch.__version__}, triton {triton.__version__}, shape {tuple(args.shape)}, "
+          f"{args.threads} thread(s), median of {args.reps} calls, up to the CUDA driver (host-only driver), "
+          f"direct launches {'on' if ops.DIRECT_LAUNCH else 'off'}")
     for name in args.dtypes:
         dtype = getattr(torch, name)
         row = {k: (median_us(fn, args.reps), launches_per_call(fn)) for k, fn in cases(args.shape, dtype).items()}

@@ -14,6 +14,33 @@ if not HAS_CUDA:
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
+# Other Triton releases for the tests that run Triton's compiler in a subprocess (test_triton_aot.py,
+# the direct-launch check of test_triton_ops.py): folders (os.pathsep-separated), each holding one
+# release installed with ``pip install --no-deps --target DIR triton==X``. CI passes 3.5 and 3.6.
+EXTRA_TRITONS = [d for d in os.environ.get("SCSA_AOT_EXTRA_TRITON", "").split(os.pathsep) if d]
+
+
+def triton_release(folder):
+    """The Triton version installed in folder (its dist-info), or None for the installed one."""
+    if folder is None:
+        return None
+    found = [n for n in os.listdir(folder) if n.startswith("triton-") and n.endswith(".dist-info")]
+    assert found, f"SCSA_AOT_EXTRA_TRITON: no triton-*.dist-info in {folder}"
+    return found[0][len("triton-"):-len(".dist-info")]
+
+
+def triton_release_id(folder):
+    return "installed-triton" if folder is None else f"triton-{triton_release(folder)}"
+
+
+def compiled_triton_env(folder=None):
+    """The environment of a subprocess that runs Triton's compiler (not the interpreter), with the
+    release in ``folder`` (an EXTRA_TRITONS entry) first on PYTHONPATH, or the installed one."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if folder is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (folder, env.get("PYTHONPATH")) if p)
+    return env
+
 
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):

@@ -291,15 +291,20 @@ def _load_kernel_profile():
 
 
 def test_kernel_profile_times_every_triton_launch(monkeypatch):
-    """The launcher timer wraps JITFunction.run for its block only and counts each call."""
+    """The launch timer wraps JITFunction.run (Triton's launch) and CompiledKernel[grid] (ops.triton's
+    direct launches) for its block only, and counts each launch under its kernel's name."""
     JITFunction = pytest.importorskip("triton.runtime.jit").JITFunction
+    from triton.compiler.compiler import CompiledKernel
 
     kernel_profile = _load_kernel_profile()
     monkeypatch.setattr(JITFunction, "run", lambda self, *args, **kwargs: time.sleep(0.002) or "launched")
-    stub = JITFunction.run
+    monkeypatch.setattr(CompiledKernel, "__getitem__", lambda self, grid: lambda *args, **kwargs: time.sleep(0.002))
+    stubs = JITFunction.run, CompiledKernel.__getitem__
     kernel = type("Kernel", (), {"__name__": "pool_kernel"})()
+    compiled = type("Compiled", (), {"name": "pool_kernel"})()
     with kernel_profile.timed_triton_launches() as launched:
         assert [JITFunction.run(kernel, 1, grid=(1,)) for _ in range(3)] == ["launched"] * 3
-    assert list(launched) == ["pool_kernel"] and launched["pool_kernel"][0] == 3
-    assert launched["pool_kernel"][1] >= 0.006
-    assert JITFunction.run is stub
+        CompiledKernel.__getitem__(compiled, (1, 1, 1))(1, stream=0)
+    assert list(launched) == ["pool_kernel"] and launched["pool_kernel"][0] == 4
+    assert launched["pool_kernel"][1] >= 0.008
+    assert (JITFunction.run, CompiledKernel.__getitem__) == stubs

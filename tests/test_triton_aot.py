@@ -5,8 +5,8 @@ interpreter @triton.jit returns interpreted functions. No GPU is needed. The tab
 registers and shared memory per kernel variant is printed (pytest -s shows it).
 
 Also with other Triton releases: SCSA_AOT_EXTRA_TRITON lists folders (os.pathsep-separated), each
-holding one Triton release installed with ``pip install --no-deps --target DIR triton==X``; the
-compile runs once more per folder, that folder first on PYTHONPATH. CI passes triton 3.5 (the oldest
+holding one Triton release installed with ``pip install --no-deps --target DIR triton==X``
+(conftest.EXTRA_TRITONS); the compile runs once more per folder, that folder first on PYTHONPATH. CI passes triton 3.5 (the oldest
 the backend supports) and 3.6 (what torch 2.10/2.11 install, the lent GPU machines): kernels that
 compiled on 3.8 once failed on both. On those releases every kernel must compile; ptxas may spill up
 to EXTRA_RELEASE_SPILL_BYTES per variant (3.5 and 3.6 spill 8-56 bytes in some pool-pass variants,
@@ -21,11 +21,12 @@ from typing import NamedTuple
 
 import pytest
 
+from conftest import EXTRA_TRITONS, compiled_triton_env, triton_release_id
+
 pytest.importorskip("triton")
 from scsa_kernels.triton import autotuned_kernels  # noqa: E402
 KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "plane_stats", "pooling", "spatial_gates")
 EXTRA_RELEASE_SPILL_BYTES = 64
-EXTRA_TRITONS = [d for d in os.environ.get("SCSA_AOT_EXTRA_TRITON", "").split(os.pathsep) if d]
 
 
 class Compiled(NamedTuple):
@@ -33,22 +34,10 @@ class Compiled(NamedTuple):
     spill_bytes_allowed: int
 
 
-def triton_release(folder):
-    """The Triton version installed in folder (its dist-info), or None for the installed one."""
-    if folder is None:
-        return None
-    found = [n for n in os.listdir(folder) if n.startswith("triton-") and n.endswith(".dist-info")]
-    assert found, f"SCSA_AOT_EXTRA_TRITON: no triton-*.dist-info in {folder}"
-    return found[0][len("triton-"):-len(".dist-info")]
-
-
-@pytest.fixture(scope="module", params=[None] + EXTRA_TRITONS,
-                ids=lambda d: "installed-triton" if d is None else f"triton-{triton_release(d)}")
+@pytest.fixture(scope="module", params=[None] + EXTRA_TRITONS, ids=triton_release_id)
 def compiled(request):
     folder = request.param
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    if folder is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (folder, env.get("PYTHONPATH")) if p)
+    env = compiled_triton_env(folder)
     script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]

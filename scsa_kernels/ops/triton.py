@@ -29,13 +29,15 @@ over the batch); x read twice, grad_out twice, dx written once:
 No atomics: every reduction belongs to one program, partials are summed by torch.sum,
 so results are bitwise reproducible.
 
-Host cost per call (benchmarks/triton_host_overhead.py, CPU with Triton's launcher stubbed): eager
+Host cost per call (benchmarks/triton_host_overhead.py, CPU with a host-only Triton driver): eager
 calls skip the dispatcher (training: one autograd node, ops/eager.py, that packs the weights without
 autograd; inference: a direct ``_forward_impl`` call; torch.compile still sees the triton_op and
-its registered autograd) and launch their kernels directly (``_launch``), launch geometry and the
+its registered autograd) and launch their kernels themselves (``_launch``), launch geometry and the
 autotuned kernels' configs are resolved once per (shape, strides, dtype, options) in
-``_FORWARD_PLANS``/``_BACKWARD_PLANS``, and the backward's scratch buffers are views of one
-allocation.
+``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's scratch buffers are views of one
+allocation, and a launch whose specialization Triton compiled before goes straight to the compiled
+kernel (``_launch_compiled``), skipping Triton's per-launch binding and cache key (a quarter of a
+forward's host cost up to the driver with triton 3.6; ``SCSA_TRITON_DIRECT_LAUNCH=0`` switches it off).
 
 Attention dropout in training runs in the channel attention kernels (Philox masks keyed by
 sample, row channel and column: ops/dropout.py); one (1,) int64 seed per call comes from torch's
@@ -222,11 +224,12 @@ def _workspace(lengths, device):
 
 
 def _launch(kernel, grid, *args, tuned=None, **kwargs):
-    """Every kernel launch goes through here (tests record them). Real tensors: Triton's own launch.
-    Tracing tensors (torch.compile or export decomposing the triton_op): ``wrap_triton`` records the
-    launch in the graph. Eager calls must not go through ``wrap_triton``: it is only switched off
-    inside the op's eager dispatch, so from the dispatcher bypass (``scsa``, ops/eager.py) every
-    launch would run through its tracing HOP (milliseconds of host time per call: host benchmark).
+    """Every kernel launch goes through here (tests record them). Real tensors: Triton's own launch,
+    or the compiled kernel directly (``_launch_compiled``). Tracing tensors (torch.compile or export
+    decomposing the triton_op): ``wrap_triton`` records the launch in the graph. Eager calls must not
+    go through ``wrap_triton``: it is only switched off inside the op's eager dispatch, so from the
+    dispatcher bypass (``scsa``, ops/eager.py) every launch would run through its tracing HOP
+    (milliseconds of host time per call: host benchmark).
 
     tuned: the launching plan's ``tuned`` dict, for autotuned kernels. The first launch of a plan
     goes through the autotuner and records its pick there; later launches of the plan pass that
@@ -238,13 +241,60 @@ def _launch(kernel, grid, *args, tuned=None, **kwargs):
             from torch.library import wrap_triton
             wrap_triton(kernel)[grid](*args, **kwargs)
         return
-    config = None if tuned is None else tuned.get(kernel)
-    if config is not None:
-        kernel.fn[grid](*args, **kwargs, **config)
-        return
-    kernel[grid](*args, **kwargs)
     if tuned is not None:
-        tuned[kernel] = kernel.best_config.all_kwargs()
+        config = tuned.get(kernel)
+        if config is None:
+            kernel[grid](*args, **kwargs)
+            tuned[kernel] = kernel.best_config.all_kwargs()
+            return
+        kernel, kwargs = kernel.fn, {**kwargs, **config}
+    if DIRECT_LAUNCH:
+        _launch_compiled(kernel, grid, args, kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+# Kill switch of the direct launches, for comparing or bisecting (the interpreter has no compiled kernels).
+DIRECT_LAUNCH = not _INTERPRET and os.environ.get("SCSA_TRITON_DIRECT_LAUNCH", "1") != "0"
+# (id of the JITFunction, current device, keyword arguments, each positional argument's specialization:
+# a tensor's dtype and 16-byte alignment, any other value itself) -> (its CompiledKernel, the values
+# of the parameters after the positional arguments). Kernels are module globals: ids are not reused.
+_COMPILED_LAUNCHES = {}
+
+
+def _launch_compiled(fn, grid, args, kwargs):
+    """Launches JITFunction ``fn``; the first launch of each specialization through Triton
+    (``fn[grid]``: binds every argument, computes the specialization and the cache key, checks the
+    kernel's globals, then launches), every later one through the CompiledKernel that returned,
+    with every parameter in signature order (as Triton's launch passes them; the launcher skips the
+    constexprs). What a compiled kernel depends on is all in the key: the options and constexprs
+    (kwargs), each tensor's dtype and 16-byte alignment, each integer's value (Triton specializes
+    integers equal to 1 and divisible by 16) and the device; floats are keyed by value too (the
+    plan's constants and the validated dropout_p: never NaN). Launch hooks (profilers) still run:
+    ``CompiledKernel[grid]`` calls them as Triton's launch does. Not checked: the kernels' globals
+    (module constants, never reassigned). The saving is measured by benchmarks/triton_host_overhead.py;
+    tests/triton_launch_check.py checks that both routes hand Triton's launcher the same arguments."""
+    driver = _triton_driver().active
+    device = driver.get_current_device()
+    # inline, not a function per argument: this key is most of a direct launch's host time
+    key = (id(fn), device, *kwargs.items(),
+           *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args])
+    launch = _COMPILED_LAUNCHES.get(key)
+    if launch is None:
+        compiled = fn[grid](*args, **kwargs)
+        if compiled is not None:  # None: a jit cache hook took the compile over
+            _COMPILED_LAUNCHES[key] = compiled, tuple(
+                kwargs[p.name] if p.name in kwargs else p.default for p in fn.params[len(args):])
+        return
+    compiled, trailing = launch
+    compiled[(*grid, 1, 1)[:3]](*args, *trailing, stream=driver.get_current_stream(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_driver():
+    """triton.runtime.driver.driver (imported lazily; its active driver can change: a test's host-only one)."""
+    from triton.runtime.driver import driver
+    return driver
 
 
 _REAL_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)

@@ -1,0 +1,125 @@
+"""ops.triton's direct launches hand Triton's launcher exactly what Triton's own launch does.
+
+    python tests/triton_launch_check.py     (TRITON_INTERPRET unset; run by test_triton_ops.py)
+
+Without a GPU: Triton's driver is benchmarks/host_only_triton.HostOnlyDriver (kernels compiled for
+sm_90, a launcher that records its arguments and runs nothing), on CPU tensors. Every launch that
+reaches ``ops.triton._launch_compiled`` is made twice: once through Triton's ``JITFunction.run`` (the
+reference) and once as ops.triton makes it (the first time of a specialization through Triton as
+well, after that straight to its CompiledKernel). The two launcher calls must agree argument by
+argument: grid, stream, the loaded kernel (a distinct handle per compiled specialization), its
+metadata, the launch metadata and hooks, and every kernel argument (the very same tensor objects, in
+the same positions). Each case runs a forward+backward three times: a plan's first call goes
+through the autotuners, its second launches their picks (first time through Triton), and the third
+must take only direct launches. Cases: every pooling mode and gate, heads, q/k/v bias, attention dropout, fp32 and bf16,
+channels_last, and x misaligned by one element (another specialization, never the aligned one's kernel).
+Prints one line per case; exits non-zero on the first mismatch.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from unittest import mock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("unset TRITON_INTERPRET: the direct launches exist only for compiled kernels")
+
+import torch  # noqa: E402
+
+import host_only_triton  # noqa: E402
+from scsa_kernels.config import SCSAConfig  # noqa: E402
+from scsa_kernels.functional import scsa  # noqa: E402
+from scsa_kernels.testing import random_weights  # noqa: E402
+
+CASES = {
+    "avg_pool_fp32": ((2, 16, 7, 7), torch.float32, "nchw", dict(window_size=3)),
+    "max_pool_softmax_heads_bias_bf16": ((2, 16, 9, 8), torch.bfloat16, "nchw",
+                                         dict(window_size=3, down_sample_mode="max_pool", gate_layer="softmax",
+                                              head_num=2, qkv_bias=True)),
+    "recombination_fp32": ((1, 8, 6, 6), torch.float32, "nchw", dict(window_size=3, down_sample_mode="recombination")),
+    "global_pool_dropout_bf16": ((2, 16, 8, 8), torch.bfloat16, "nchw", dict(window_size=-1, attn_drop_ratio=0.5)),
+    "channels_last_fp32": ((2, 16, 7, 7), torch.float32, "channels_last", dict(window_size=3)),
+    "misaligned_x_fp32": ((2, 16, 7, 7), torch.float32, "misaligned", dict(window_size=3)),
+}
+
+
+def make_input(shape, dtype, layout):
+    """x (requires grad) and grad_out in ``layout``; "misaligned": x starts one element past a 16-byte boundary."""
+    if layout == "misaligned":
+        x = torch.randn(torch.Size(shape).numel() + 1, dtype=dtype)[1:].view(shape)
+    else:
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x = torch.randn(shape, dtype=dtype).contiguous(memory_format=memory_format)
+    return x.requires_grad_(), torch.randn_like(x)
+
+
+def same_launch(reference, direct):
+    """Why two recorded launcher calls differ, or None."""
+    (ref_name, ref_args), (name, args) = reference, direct
+    if ref_name != name or len(ref_args) != len(args):
+        return f"{ref_name} with {len(ref_args)} arguments vs {name} with {len(args)}"
+    for i, (a, b) in enumerate(zip(ref_args, args)):
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            equal = a is b
+        elif type(a).__name__ == "LazyDict":  # launch metadata: a new one per launch
+            equal = type(b) is type(a) and a.data == b.data and len(a.extras) == len(b.extras)
+        else:
+            equal = a is b or a == b
+        if not equal:
+            return f"{name}: launcher argument {i} differs: {a!r} vs {b!r}"
+    return None
+
+
+class DoubleLaunch:
+    """Wraps ops.triton._launch_compiled: Triton's own launch first, then ops.triton's, compared."""
+
+    def __init__(self, ops):
+        self.ops, self.original = ops, ops._launch_compiled
+        self.direct = self.total = 0
+        self.mismatches = []
+
+    def __call__(self, fn, grid, args, kwargs):
+        launches_before = len(self.ops._COMPILED_LAUNCHES)
+        reference = host_only_triton.recorded_launches(lambda: fn[grid](*args, **kwargs))
+        ours = host_only_triton.recorded_launches(lambda: self.original(fn, grid, args, kwargs))
+        self.total += 1
+        self.direct += len(self.ops._COMPILED_LAUNCHES) == launches_before  # an existing entry: a direct launch
+        if len(reference) != 1 or len(ours) != 1:
+            self.mismatches.append(f"{fn.__name__}: {len(reference)} and {len(ours)} launcher calls")
+        elif (why := same_launch(reference[0], ours[0])) is not None:
+            self.mismatches.append(why)
+        host_only_triton.LAUNCHES[:0] = reference + ours
+
+
+def main():
+    host_only_triton.install()
+    with mock.patch.object(torch.cuda, "is_available", lambda: True):  # availability is decided at import
+        ops = importlib.import_module("scsa_kernels.ops.triton")
+    ops.unsupported_reason = lambda x, config, training: None
+    ops.EAGER_BYPASS = ops.DIRECT_LAUNCH = True  # the GPU defaults
+    double = DoubleLaunch(ops)
+    ops._launch_compiled = double
+    failed = False
+    for name, (shape, dtype, layout, options) in CASES.items():
+        config = SCSAConfig(shape[1], **options)
+        weights = random_weights(config, dtype=dtype)
+        x, grad_out = make_input(shape, dtype, layout)
+        per_call = []
+        for _ in range(3):
+            double.direct = double.total = 0
+            scsa(x, weights, config, training=True, backend="triton").backward(grad_out)
+            per_call.append((double.direct, double.total))
+        ok = not double.mismatches and per_call[-1][0] == per_call[-1][1] > 0
+        failed |= not ok
+        print(f"{name:34s} {'ok' if ok else 'FAILED'}: (direct, launches) per call {per_call}")
+        for why in double.mismatches:
+            print(f"    {why}")
+        double.mismatches.clear()
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
