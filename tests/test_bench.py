@@ -128,6 +128,31 @@ def test_max_autotune_takes_its_first_measurement_only_by_default():
         assert (reason is not None and "--autotune-all" in reason) == (limit == 1)
 
 
+def test_graphed_providers_accompany_max_autotune_on_cuda_runs(monkeypatch):
+    """A CUDA run that times compile-max-autotune (CUDA graph replays) also times each fused backend
+    under torch.compile(mode="reduce-overhead") as "<name>+cudagraphs": a compile provider (budget
+    applies) that still skips what its backend does not support."""
+    from scsa_kernels.bench.providers import make_providers
+    from scsa_kernels.config import SCSAConfig
+
+    fake = install_backend(monkeypatch, "fake")
+    monkeypatch.setattr(fake, "unsupported_reason",
+                        lambda x, config, training: "no float64" if x.dtype == torch.float64 else None)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert cli.graphed_providers(cuda, ["fake"], ("compile", "compile-max-autotune")) == ["fake"]
+    assert cli.graphed_providers(cuda, ["fake"], ("compile",)) == []
+    assert cli.graphed_providers(cpu, ["fake"], ("compile-max-autotune",)) == []
+    providers = {p.name: p for p in make_providers(["fake"], (), 60.0, graphed=["fake"])}
+    assert list(providers) == ["eager", "fake", "fake+cudagraphs"]
+    graphed = providers["fake+cudagraphs"]
+    assert graphed.is_compiled and graphed.backend == "fake"
+    x = torch.randn(1, 16, 7, 7)
+    assert graphed.why_not(x, SCSAConfig(16), False) is None
+    assert "no float64" in graphed.why_not(x.double(), SCSAConfig(16), False)
+    graphed.compile_s = 61.0
+    assert "compile budget" in graphed.why_not(x, SCSAConfig(16), False)
+
+
 def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
     install_backend(monkeypatch, "fake")
     out = str(tmp_path / "results")

@@ -50,6 +50,12 @@ def fused_backends_for(device: torch.device, names: Sequence[str]) -> List[str]:
     return usable
 
 
+def graphed_providers(device: torch.device, fused: Sequence[str], compile_modes: Sequence[str]) -> List[str]:
+    """The fused backends to time under CUDA graphs too: on a CUDA run that times
+    compile-max-autotune (whose compiled graphs replay as CUDA graphs), every fused one."""
+    return list(fused) if device.type == "cuda" and "compile-max-autotune" in compile_modes else []
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scsa-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,8 +154,9 @@ def run_micro(args, device: torch.device, env, fused: Sequence[str], out: str) -
     cases = select_cases(args, device)
     compile_choice = args.compile or ("none" if args.quick else "all" if device.type == "cuda" else "default")
     budget = args.compile_budget if args.compile_budget is not None else (60.0 if device.type == "cuda" else 150.0)
-    providers = make_providers(fused, COMPILE_CHOICES[compile_choice], budget,
-                               None if args.autotune_all else 1)
+    compile_modes = COMPILE_CHOICES[compile_choice]
+    providers = make_providers(fused, compile_modes, budget, None if args.autotune_all else 1,
+                               graphed_providers(device, fused, compile_modes))
     warmup_ms, rep_ms = TIME_PER_MEASUREMENT[(device.type, args.quick)]
     cache = last_level_cache_bytes(device)
     copy_gbps = copy_bandwidth(device, max(4 * cache, 128 << 20))

@@ -2,7 +2,10 @@
 
 Providers: ``eager`` (the reference through ``scsa(backend="reference")``),
 ``compile`` / ``compile-max-autotune`` (``torch.compile`` of the reference, static shapes),
-and every fused backend of ``backends.BACKENDS`` that is available on this machine.
+every fused backend of ``backends.BACKENDS`` that is available on this machine, and
+``<backend>+cudagraphs`` for the fused CUDA backends the caller names
+(``torch.compile(mode="reduce-overhead")`` of the fused call: CUDA graph replays, as
+``compile-max-autotune`` replays its graphs; the like-for-like comparison for it).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from .timing import Workload
 Tensor = torch.Tensor
 ScsaFn = Callable[[Tensor, SCSAWeights, SCSAConfig, bool], Tensor]
 COMPILE_MODES = {"compile": "default", "compile-max-autotune": "max-autotune"}
+GRAPHED_SUFFIX = "+cudagraphs"
 MAX_ROTATED_BYTES = 1 << 30
 
 
@@ -58,8 +62,8 @@ class Provider:
 
     def why_not(self, x: Tensor, config: SCSAConfig, training: bool) -> Optional[str]:
         """Why this provider skips this input, or None."""
-        if self.backend is not None:
-            return backends.why_not(self.backend, x, config, training)
+        if self.backend is not None and (reason := backends.why_not(self.backend, x, config, training)):
+            return reason
         if self.is_compiled and self.compile_s > self.compile_budget_s:
             return f"compile budget spent ({self.compile_s:.0f} s > {self.compile_budget_s:.0f} s)"
         if self.is_compiled and self.max_compiles is not None and self.compiles >= self.max_compiles:
@@ -73,11 +77,13 @@ def reference_call(x: Tensor, weights: SCSAWeights, config: SCSAConfig, training
 
 
 def make_providers(fused: Sequence[str], compile_modes: Sequence[str], compile_budget_s: float,
-                   autotune_compiles: Optional[int] = None) -> List[Provider]:
+                   autotune_compiles: Optional[int] = None, graphed: Sequence[str] = ()) -> List[Provider]:
     """eager first (the baseline), then the compile providers in ``compile_modes`` (keys of
-    COMPILE_MODES), then the fused backends in ``fused`` that are available on this machine.
-    ``autotune_compiles``: compile-max-autotune measures only its first this many (case, mode)
-    pairs (each one is a long autotuning compile); None: every one, within the compile budget."""
+    COMPILE_MODES), then the fused backends in ``fused`` that are available on this machine, then
+    ``<name>+cudagraphs`` for each available backend in ``graphed`` (compile providers: the compile
+    budget applies). ``autotune_compiles``: compile-max-autotune measures only its first this many
+    (case, mode) pairs (each one is a long autotuning compile); None: every one, within the compile
+    budget."""
     providers = [Provider("eager", lambda x, w, c, t: scsa(x, w, c, t, backend="reference"))]
     if compile_modes:
         allow_many_recompiles()
@@ -88,6 +94,13 @@ def make_providers(fused: Sequence[str], compile_modes: Sequence[str], compile_b
     for name in fused:
         if backends.unavailable_reason(name) is None:
             providers.append(Provider(name, lambda x, w, c, t, b=name: scsa(x, w, c, t, backend=b), backend=name))
+    if graphed:
+        allow_many_recompiles()
+    for name in graphed:
+        if backends.unavailable_reason(name) is None:
+            replayed = torch.compile(lambda x, w, c, t, b=name: scsa(x, w, c, t, backend=b), dynamic=False,
+                                     mode="reduce-overhead")
+            providers.append(Provider(name + GRAPHED_SUFFIX, replayed, backend=name, compile_budget_s=compile_budget_s))
     return providers
 
 
