@@ -5,8 +5,9 @@
 # 2. runs the whole pytest suite (GPU tests included),
 # 3. runs scsa-check (every available backend vs the reference),
 # 4. profiles one call of the fused backend and of the reference (benchmarks/kernel_profile.py:
-#    wall, host and per-kernel device time) and the Triton path's host cost up to Triton's launcher
-#    (benchmarks/triton_host_overhead.py, 40 s cap),
+#    wall, host and per-kernel device time, and for Triton the same with its direct launches off)
+#    and the Triton path's host cost up to the CUDA driver call (benchmarks/triton_host_overhead.py
+#    on a host-only Triton driver, 40 s cap),
 # 5. runs the full scsa-bench suite and the ResNet-50 end-to-end benchmark,
 # and leaves logs, CSV and PNG under benchmarks/results/<card-name>/. If $OUT is set, a tarball of
 # that folder plus the CSVs and summary.txt are copied there too.
@@ -91,6 +92,7 @@ step profile "$(cap "$PROFILE_CAP_S")" "$PY" benchmarks/kernel_profile.py
 # the Triton path's host cost up to Triton's launcher (launcher stubbed, CPU tensors): set against
 # profile.log's host time, what is left is Triton's own launcher
 step host_overhead "$(cap 40)" "$PY" benchmarks/triton_host_overhead.py --reps 300
+step host_overhead_no_direct "$(cap 30)" "$PY" benchmarks/triton_host_overhead.py --reps 300 --no-direct-launch
 # bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
 # new cases, the cap (25 s more) leaves room for the case in flight and the plots
 BENCH_S=$(( $(remaining) - E2E_CAP_S - 25 - 15 ))

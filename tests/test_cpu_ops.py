@@ -280,9 +280,11 @@ def test_torch_compile_fullgraph_with_attention_dropout():
                                     dict(down_sample_mode="recombination", window_size=5)],
                          ids=["avg", "max-softmax", "recombination"])
 def test_thread_count_independent(kwargs):
-    """Every reduction runs inside one task in a fixed order: 1 and 2 threads agree bitwise.
-    With 3 samples, 1 thread runs the passes sample by sample and 2 threads stage by stage
-    (csrc/cpu/schedule.h), so this also compares the two schedules."""
+    """Every reduction of the kernels runs inside one task in a fixed order: 1 and 2 threads agree
+    bitwise. With 3 samples, 1 thread runs the passes sample by sample and 2 threads stage by stage
+    (csrc/cpu/schedule.h), so this also compares the two schedules. Recombination's GEMMs are
+    ATen's (MKL), whose summation order may depend on the thread count: bitwise equal on the AMD
+    EPYC VMs, not on an Intel Xeon one (2026-11-27); there the results agree to float32 rounding."""
     config = SCSAConfig(dim=32, **kwargs)
     w = random_weights(config)
     x = torch.randn(3, 32, 21, 19)
@@ -300,7 +302,10 @@ def test_thread_count_independent(kwargs):
             torch.set_num_threads(previous)
 
     for a, b in zip(run(1), run(2)):
-        assert torch.equal(a, b)
+        if config.uses_conv_d:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # sums of C*ws*ws (800) products
+        else:
+            assert torch.equal(a, b)
 
 
 @needs_ext
