@@ -70,6 +70,21 @@ def install():
     Autotuner._bench = lambda self, *args, config, **kwargs: [1.0, 1.0, 1.0]
 
 
+def triton_ops():
+    """``install()``, then scsa_kernels.ops.triton as on a GPU machine (its triton_op registered,
+    availability is decided at import), accepting CPU tensors."""
+    import importlib
+    from unittest import mock
+
+    import torch
+
+    install()
+    with mock.patch.object(torch.cuda, "is_available", lambda: True):
+        ops = importlib.import_module("scsa_kernels.ops.triton")
+    ops.unsupported_reason = lambda x, config, training: None
+    return ops
+
+
 def recorded_launches(fn):
     """The (kernel name, launcher arguments) of every launch ``fn()`` makes."""
     LAUNCHES.clear()

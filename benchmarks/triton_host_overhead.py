@@ -20,7 +20,6 @@ went through wrap_triton's tracing HOP: none in eager calls; a test holds it).
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import statistics
 import sys
@@ -51,16 +50,10 @@ def _count_hop_launches():
 
 
 def triton_ops_without_gpu():
-    """ops.triton as on a GPU machine (its triton_op registered), accepting CPU tensors, with
-    Triton's driver replaced by the host-only one and the launches through wrap_triton's HOP counted."""
-    from unittest import mock
-
-    host_only_triton.install()
+    """ops.triton on the host-only Triton driver (host_only_triton.triton_ops), with the launches
+    through wrap_triton's HOP counted."""
     _count_hop_launches()
-    with mock.patch.object(torch.cuda, "is_available", lambda: True):  # availability is decided at import
-        ops = importlib.import_module("scsa_kernels.ops.triton")
-    ops.unsupported_reason = lambda x, config, training: None
-    return ops
+    return host_only_triton.triton_ops()
 
 
 def cases(shape, dtype):

@@ -320,7 +320,10 @@ def test_direct_launches_pass_what_tritons_launch_passes(folder):
 @requires_cuda
 def test_gpu_direct_launches_match_tritons_launches_bitwise(monkeypatch):
     """The same calls with ops.triton.DIRECT_LAUNCH off (every launch through JITFunction.run) and
-    on (the third call onwards launches the compiled kernels directly): bitwise the same results."""
+    on (the third call onwards launches the compiled kernels directly, none through
+    JITFunction.run): bitwise the same results."""
+    from triton.runtime.jit import JITFunction
+
     from scsa_kernels.ops import triton as ops
     module = SCSA(64, head_num=2, window_size=7, down_sample_mode="max_pool", backend="triton").cuda()
     x = torch.randn(4, 64, 28, 28, device="cuda", requires_grad=True)
@@ -336,8 +339,13 @@ def test_gpu_direct_launches_match_tritons_launches_bitwise(monkeypatch):
     monkeypatch.setattr(ops, "DIRECT_LAUNCH", False)
     expected = results()
     monkeypatch.setattr(ops, "DIRECT_LAUNCH", True)
-    for _ in range(3):
-        got = results()
+    for _ in range(2):
+        results()
+    through_triton = []
+    run = JITFunction.run
+    monkeypatch.setattr(JITFunction, "run", lambda self, *a, **k: through_triton.append(self) or run(self, *a, **k))
+    got = results()
+    assert not through_triton, "the third call still launched through JITFunction.run"
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 

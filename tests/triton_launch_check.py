@@ -17,10 +17,8 @@ Prints one line per case; exits non-zero on the first mismatch.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
@@ -95,10 +93,7 @@ class DoubleLaunch:
 
 
 def main():
-    host_only_triton.install()
-    with mock.patch.object(torch.cuda, "is_available", lambda: True):  # availability is decided at import
-        ops = importlib.import_module("scsa_kernels.ops.triton")
-    ops.unsupported_reason = lambda x, config, training: None
+    ops = host_only_triton.triton_ops()
     ops.EAGER_BYPASS = ops.DIRECT_LAUNCH = True  # the GPU defaults
     double = DoubleLaunch(ops)
     ops._launch_compiled = double
