@@ -12,7 +12,6 @@ compiled on 3.8 once failed on both. On those releases every kernel must compile
 to EXTRA_RELEASE_SPILL_BYTES per variant (3.5 and 3.6 spill 8-56 bytes in some pool-pass variants,
 some at 32-96 registers, which 3.8 compiles without spills); on the installed release, none.
 """
-import importlib
 import json
 import os
 import subprocess
@@ -24,8 +23,8 @@ import pytest
 from conftest import EXTRA_TRITONS, compiled_triton_env, triton_release_id
 
 pytest.importorskip("triton")
-from scsa_kernels.triton import autotuned_kernels  # noqa: E402
-KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "plane_stats", "pooling", "spatial_gates")
+from scsa_kernels.triton import autotuned_kernels, kernel_modules  # noqa: E402
+
 EXTRA_RELEASE_SPILL_BYTES = 64
 
 
@@ -47,11 +46,7 @@ def compiled(request):
 
 
 def all_kernel_names():
-    names = set()
-    for module in KERNEL_MODULES:
-        mod = importlib.import_module(f"scsa_kernels.triton.{module}")
-        names |= {n for n in dir(mod) if n.endswith("_kernel")}
-    return names
+    return {n for mod in kernel_modules() for n in dir(mod) if n.endswith("_kernel")}
 
 
 def test_every_kernel_compiles_for_sm80_and_sm90(compiled):

@@ -11,9 +11,18 @@ One file per stage family:
 """
 
 
+KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "plane_stats", "pooling", "spatial_gates")
+
+
+def kernel_modules():
+    """Every kernel module, imported. Imports triton: call it only where the kernels are used."""
+    import importlib
+    return tuple(importlib.import_module(f"{__name__}.{name}") for name in KERNEL_MODULES)
+
+
 def autotuned_kernels():
     """Every autotuned kernel (triton.autotune Autotuners with ``all_configs`` and ``configs_for``),
-    after importing every kernel module. Imports triton: call it only where the kernels are used."""
-    from . import apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates  # noqa: F401
+    after importing every kernel module."""
+    kernel_modules()
     from ._common import AUTOTUNED_KERNELS
     return tuple(AUTOTUNED_KERNELS)
