@@ -11,9 +11,10 @@ argument: grid, stream, the loaded kernel (a distinct handle per compiled specia
 metadata, the launch metadata and hooks, and every kernel argument (the very same tensor objects, in
 the same positions). Each case runs a forward+backward three times: a plan's first call goes
 through the autotuners, its second launches their picks (first time through Triton), and the third
-must take only direct launches. Cases: every pooling mode and gate, heads, q/k/v bias, attention dropout, fp32 and bf16,
-channels_last, and x misaligned by one element (another specialization, never the aligned one's kernel).
-Prints one line per case; exits non-zero on the first mismatch.
+must take only direct launches. Cases: every pooling mode and gate, heads, q/k/v bias, attention
+dropout, fp32 and bf16, channels_last, and x misaligned by one element (another specialization,
+never the aligned one's kernel). Prints one line per case (and its mismatches); exits non-zero when
+any case failed.
 """
 from __future__ import annotations
 
