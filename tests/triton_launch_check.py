@@ -90,7 +90,6 @@ class DoubleLaunch:
             self.mismatches.append(f"{fn.__name__}: {len(reference)} and {len(ours)} launcher calls")
         elif (why := same_launch(reference[0], ours[0])) is not None:
             self.mismatches.append(why)
-        host_only_triton.LAUNCHES[:0] = reference + ours
 
 
 def main():

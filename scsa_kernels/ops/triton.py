@@ -312,9 +312,10 @@ def _has_fake(args) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """The kernel modules (imported lazily: importing this file must not need triton)."""
-    from ..triton import apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
-    return apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
+    """The kernel modules: apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
+    (scsa_kernels.triton.KERNEL_MODULES; imported lazily: importing this file must not need triton)."""
+    from ..triton import kernel_modules
+    return kernel_modules()
 
 
 def plane_block_w(width: int, channel_tiles: bool = False) -> int:
