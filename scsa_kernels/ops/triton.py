@@ -91,7 +91,19 @@ SPATIAL_ELEMENTS_PER_THREAD = 4
 SPATIAL_MAX_WARPS = 16
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
+# At least 16 (the smallest side of a tl.dot): heads of fewer channels mask the rest.
 ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
+MIN_DOT_SIDE = 16
+ATTENTION_BLOCK_P = 16  # pooled positions per step of their serial loops (the K side of the score products)
+
+
+def _attention_warps(block_d: int, direction: str) -> int:
+    """Warps of the channel attention kernels: enough to hold the tl.dot operand slices of their
+    score tiles without spills on triton 3.8 (a few bytes on 3.5/3.6, within the AOT test's allowance):
+    the forward's 64-row tiles spilled at 8 warps, the backward's 16-row ones at 8 but not at 4."""
+    if direction == "forward":
+        return max(4, block_d // 4)
+    return 8 if block_d >= 32 else 4
 Tensor = torch.Tensor
 
 
@@ -195,7 +207,7 @@ def _attention_blocks(dim: int, heads: int, n: int, direction: str):
     """(D, BLOCK_D, BLOCK_N, NBLK) of the channel attention kernels: BLOCK_D x BLOCK_D score tiles,
     BLOCK_D x BLOCK_N tiles of the final backward loop."""
     d = dim // heads
-    block_d = min(ATTENTION_BLOCK_D[direction], _pow2(d))
+    block_d = max(MIN_DOT_SIDE, min(ATTENTION_BLOCK_D[direction], _pow2(d)))
     return d, block_d, min(32, _pow2(n)), -(-d // block_d)
 
 
@@ -392,8 +404,8 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
         pool_scalars=(C, H, W, *x_stride, *x_stride, HP, WP, WH, WW, per_block),
         pool_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, WH_POW2=_pow2(WH), WIDE=wide, **pool_blocks),
         attention_scalars=(C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5),
-        attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_F=1024,
-                            num_warps=8 if block_d >= 32 else 4),  # spill-free on triton 3.6 and 3.8 (AOT test)
+        attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_P=ATTENTION_BLOCK_P, BLOCK_F=1024,
+                            num_warps=_attention_warps(block_d, "forward")),
         softmax_grid=(B,), softmax_meta=dict(BLOCK_C=min(1024, _pow2(C)), num_warps=4),
         apply_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H)),
     )
@@ -530,8 +542,8 @@ def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_nu
         grad_pool_scalars=tuple(pool_scalars),
         grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride), **grad_pool_blocks),
         bwd_attention_scalars=(C, N, D, nblk, D ** -0.5),
-        bwd_attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_N=block_n,
-                                BLOCK_C=min(1024, _pow2(C)), num_warps=8),
+        bwd_attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_P=ATTENTION_BLOCK_P, BLOCK_N=block_n,
+                                BLOCK_C=min(1024, _pow2(C)), num_warps=_attention_warps(block_d, "backward")),
         pool_geom=(HP, WP, WH, WW, head_num * nblk),
         pooled_grad_scalars=(C, N, head_num * nblk),
         pooled_grad_meta=dict(BLOCK_N=min(1024, _pow2(N)), BLOCK_P=_pow2(head_num * nblk)),

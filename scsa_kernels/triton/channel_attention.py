@@ -6,10 +6,13 @@ length N: S = q k^T * D**-0.5 (D x D), P = softmax(S), z = P vbar with vbar = me
 a block of BLOCK_D channels and walks the head's column blocks with an online softmax, so
 only BLOCK_D x BLOCK_D score tiles ever exist (registers), never the D x D matrix.
 
-Score tiles are built from rank-1 updates, one pooled position at a time, in exact float32:
-tl.dot in "ieee" precision makes every thread hold whole operand rows (hundreds of
-registers, spills), and TF32 misses the float32 tolerance. These tiles are tiny next to the
-full-size passes, so the FMA loop costs little.
+Score tiles and the backward's dq/dk rows take BLOCK_P pooled positions per step, as tl.dot
+products in "ieee" precision (float32 FMAs: TF32 misses the float32 tolerance), with K = BLOCK_P
+(scores) or BLOCK_D (dq/dk) so that each thread's operand slices stay small (no spills: AOT test).
+The positions are the only serial loop of these kernels, and each step waits for its global
+loads: one position per step (rank-1 updates) made them latency-bound, the same ~140 us per
+backward call at batch 1 as at batch 64 (H200, 64x64x56x56). tl.dot needs every side >= 16:
+the host pads BLOCK_D to 16 for heads of fewer channels (masked rows).
 
 Every program recomputes the GroupNorm(1) statistics of its sample (C*N values, a few KB)
 instead of waiting for another launch.
@@ -43,13 +46,18 @@ def _group_norm1_stats(base, count, eps, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
-def _normalized(base, chans, cmask, ns, nmask, N, mean, rstd, nw_ptr, nb_ptr):
-    """y = GroupNorm1(pooled) at channels chans x positions ns -> (len(chans), len(ns)), 0 outside."""
+def _normalized(base, chans, cmask, ns, nmask, N, mean, rstd, gamma, beta):
+    """y = GroupNorm1(pooled) at channels chans x positions ns -> (len(chans), len(ns)), 0 outside.
+    gamma, beta: the GroupNorm(1) affine of chans."""
     mask = cmask[:, None] & nmask[None, :]
     p = tl.load(base + chans[:, None] * N + ns[None, :], mask=mask, other=0.0)
-    gamma = tl.load(nw_ptr + chans, mask=cmask, other=0.0)
-    beta = tl.load(nb_ptr + chans, mask=cmask, other=0.0)
     return tl.where(mask, (p - mean) * rstd * gamma[:, None] + beta[:, None], 0.0)
+
+
+@triton.jit
+def _scaled(y, scale, bias, cmask, nmask):
+    """scale * y + bias per channel (q, k or v of the normalized tile y), 0 outside the masks."""
+    return tl.where(cmask[:, None] & nmask[None, :], scale[:, None] * y + bias[:, None], 0.0)
 
 
 @triton.jit
@@ -62,25 +70,21 @@ def _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, chans, cmask):
 
 
 @triton.jit
-def _y_column(base, chans, cmask, n, N, mean, rstd, gamma, beta):
-    """y = GroupNorm1(pooled) of channels chans at position n (0 outside the mask)."""
-    p = tl.load(base + chans * N + n, mask=cmask, other=0.0)
-    return tl.where(cmask, (p - mean) * rstd * gamma + beta, 0.0)
-
-
-@triton.jit
 def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr,
-            BLOCK_D: tl.constexpr):
-    """(q_rows k_cols^T unscaled (BLOCK_D, BLOCK_D), vbar of the columns (BLOCK_D,)), over all N."""
+            BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):
+    """(q_rows k_cols^T unscaled (BLOCK_D, BLOCK_D), vbar of the columns (BLOCK_D,)), over all N,
+    BLOCK_P positions per step."""
     gamma_r, beta_r, wq, bq, _, _ = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, rows, rmask)
     gamma_c, beta_c, _, _, wk, bk = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
     s = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
     ysum = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for n in range(0, N):
-        q = tl.where(rmask, wq * _y_column(base, rows, rmask, n, N, mean, rstd, gamma_r, beta_r) + bq, 0.0)
-        y = _y_column(base, cols, cmask, n, N, mean, rstd, gamma_c, beta_c)
-        s += q[:, None] * tl.where(cmask, wk * y + bk, 0.0)[None, :]
-        ysum += y
+    for n0 in range(0, N, BLOCK_P):
+        ns = n0 + tl.arange(0, BLOCK_P)
+        nmask = ns < N
+        q = _scaled(_normalized(base, rows, rmask, ns, nmask, N, mean, rstd, gamma_r, beta_r), wq, bq, rmask, nmask)
+        y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
+        s = tl.dot(q, tl.trans(_scaled(y, wk, bk, cmask, nmask)), s, input_precision="ieee")
+        ysum += tl.sum(y, axis=1)
     wv = tl.load(qkv_w_ptr + 2 * C + cols, mask=cmask, other=0.0)
     bv = tl.load(qkv_b_ptr + 2 * C + cols, mask=cmask, other=0.0)
     return s, wv * ysum / N + bv
@@ -111,7 +115,8 @@ def _head_block(D, NBLK, BLOCK_D: tl.constexpr):
 def channel_attention_fwd_kernel(
         pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr,
         C, N, D, NBLK, eps, scale, drop_p,
-        GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_F: tl.constexpr):
+        GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+        BLOCK_F: tl.constexpr):
     """Forward of PCSA steps 2-6 for one block of BLOCK_D channels.
 
     pooled: (B, C, N) fp32; nw, nb: GroupNorm(1) params (C,); qkv_w, qkv_b: (3, C). All fp32.
@@ -136,7 +141,7 @@ def channel_attention_fwd_kernel(
         cj = j0 + tl.arange(0, BLOCK_D)
         cmask = cj < D
         s, vbar = _scores(base, rows, rmask, head * D + cj, cmask, C, N, mean, rstd,
-                          nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
+                          nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P)
         s = tl.where(cmask[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
@@ -214,8 +219,8 @@ def channel_attention_bwd_kernel(
         pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr, dca_ptr,
         dq_ptr, dk_ptr, dy_ptr, part_ptr, gnsum_ptr,
         C, N, D, NBLK, scale, drop_p,
-        GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_C: tl.constexpr):
+        GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Backward of PCSA steps 2-6 for one block T of BLOCK_D channels, without atomics.
 
     T is both a row block (dq_T = scale * sum_j dS_Tj k_j) and a column block
@@ -223,7 +228,7 @@ def channel_attention_bwd_kernel(
     dS_ij = P_ij dz_i (M_ij vbar_j - z_i), the softmax backward of z = (P * M) vbar (M = 1 without
     dropout; with it, regenerated from the forward's seed). dS tiles do not
     depend on the position n, so each column block's contribution to dq_T[:, n], dk_T[:, n]
-    is added into this program's own rows of the dq/dk scratch, one position at a time.
+    is added into this program's own rows of the dq/dk scratch, BLOCK_P positions at a time.
     In: pooled (B, C, N); params as in the forward; gn (B, 2); z, m, l, ca (B, C) from the
     forward; dca (B, C) = sum over the plane of grad_out * x_s. All fp32.
     Scratch: dq, dk (B, C, N) fp32 (unscaled). Out (fp32): dy (B, C, N) = gradient of the GroupNorm(1)
@@ -251,24 +256,28 @@ def channel_attention_bwd_kernel(
             keep_tj = 1.0
             keep_jt = 1.0
         s, vbar_j = _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd,
-                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
+                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P)
         ds_tj, p = _score_grad(s, scale, rmask, cmask, dz_t, z_t, m_t, l_t, vbar_j, keep_tj)
         s, vbar_t = _scores(base, cols, cmask, rows, rmask, C, N, mean, rstd,
-                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D)
+                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P)
         dz_j, z_j, m_j, l_j = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, cols, cmask, dot, GATE_SOFTMAX)
         ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t, keep_jt)
         dvbar += tl.sum(p * dz_j[:, None], axis=0)
         gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
+        ds_tj_t = tl.trans(ds_jt)  # dS_jT transposed: rows T, columns j
         tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
-        for n in range(0, N):
-            y = _y_column(base, cols, cmask, n, N, mean, rstd, gamma_c, beta_c)
-            dq = tl.sum(ds_tj * tl.where(cmask, wk_c * y + bk_c, 0.0)[None, :], axis=1)
-            dk = tl.sum(ds_jt * tl.where(cmask, wq_c * y + bq_c, 0.0)[:, None], axis=0)
-            idx = plane + rows * N + n
-            dq += tl.load(dq_ptr + idx, mask=rmask & (j0 > 0), other=0.0)
-            dk += tl.load(dk_ptr + idx, mask=rmask & (j0 > 0), other=0.0)
-            tl.store(dq_ptr + idx, dq, mask=rmask)
-            tl.store(dk_ptr + idx, dk, mask=rmask)
+        for n0 in range(0, N, BLOCK_P):
+            ns = n0 + tl.arange(0, BLOCK_P)
+            nmask = ns < N
+            y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
+            idx = plane + rows[:, None] * N + ns[None, :]
+            tile = rmask[:, None] & nmask[None, :]
+            dq = tl.load(dq_ptr + idx, mask=tile & (j0 > 0), other=0.0)
+            dk = tl.load(dk_ptr + idx, mask=tile & (j0 > 0), other=0.0)
+            dq = tl.dot(ds_tj, _scaled(y, wk_c, bk_c, cmask, nmask), dq, input_precision="ieee")
+            dk = tl.dot(ds_tj_t, _scaled(y, wq_c, bq_c, cmask, nmask), dk, input_precision="ieee")
+            tl.store(dq_ptr + idx, dq, mask=tile)
+            tl.store(dk_ptr + idx, dk, mask=tile)
     tl.debug_barrier()  # dq/dk complete: read back as tiles below
     g_nw = tl.zeros([BLOCK_D], dtype=tl.float32)  # per-channel parameter partials of this sample
     g_nb = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -280,6 +289,7 @@ def channel_attention_bwd_kernel(
     s1 = tl.full([], 0.0, tl.float32)
     s2 = tl.full([], 0.0, tl.float32)
     gamma = tl.load(nw_ptr + rows, mask=rmask, other=0.0)
+    beta = tl.load(nb_ptr + rows, mask=rmask, other=0.0)
     wq = tl.load(qkv_w_ptr + rows, mask=rmask, other=0.0)
     wk = tl.load(qkv_w_ptr + C + rows, mask=rmask, other=0.0)
     wv = tl.load(qkv_w_ptr + 2 * C + rows, mask=rmask, other=0.0)
@@ -290,7 +300,7 @@ def channel_attention_bwd_kernel(
         dq = tl.load(dq_ptr + idx, mask=mask, other=0.0) * scale
         dk = tl.load(dk_ptr + idx, mask=mask, other=0.0) * scale
         dv = tl.where(mask, (dvbar / N)[:, None], 0.0)
-        y = _normalized(base, rows, rmask, ns, ns < N, N, mean, rstd, nw_ptr, nb_ptr)
+        y = _normalized(base, rows, rmask, ns, ns < N, N, mean, rstd, gamma, beta)
         dy = wq[:, None] * dq + wk[:, None] * dk + wv[:, None] * dv
         tl.store(dy_ptr + idx, dy, mask=mask)
         yhat = tl.where(mask, (tl.load(base + rows[:, None] * N + ns[None, :], mask=mask, other=0.0) - mean) * rstd,
