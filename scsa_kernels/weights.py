@@ -81,27 +81,35 @@ _PACK_INDEX = {}  # (config, device) -> int64 gather index of pack_weights
 
 
 def _pack_index(config: SCSAConfig, device) -> Tensor:
-    """Gather index from ``cat([conv weights (flat), conv biases, the six norm params, q, k, v
-    scales, (q, k, v biases), 0])`` to the ``PackedWeights`` fields laid out back to back: the conv
-    table padded symmetrically to K, the final zero standing in for padding and absent biases."""
+    """``_gather_index``, cached per (config, device) for eager calls. Traced by torch.compile it is a
+    graph constant, built anew: reading the cache would put it in the graph's guards, and the first
+    call that fills it (the compiled call itself, or any eager one) would then trigger a recompile."""
+    if torch.compiler.is_compiling():
+        return _gather_index(config, device)
     key = (config, device)
     index = _PACK_INDEX.get(key)
     if index is None:
-        C, K = config.dim, config.max_kernel_size
-        g = config.group_channels
-        conv_size = g * sum(config.group_kernel_sizes)
-        zero = conv_size + (13 if config.qkv_bias else 10) * C
-        conv, offset = [], 0
-        for k in config.group_kernel_sizes:
-            pad = (K - k) // 2
-            for r in range(g):
-                conv += [offset + r * k + t - pad if pad <= t < pad + k else zero for t in range(K)]
-            offset += g * k
-        rest = list(range(conv_size, zero))  # conv biases, 6 norm params, q/k/v scales, (q/k/v biases)
-        biases = [] if config.qkv_bias else [zero] * (3 * C)
-        index = torch.tensor(conv + rest + biases, dtype=torch.int64).to(device)
-        _PACK_INDEX[key] = index
+        index = _PACK_INDEX[key] = _gather_index(config, device)
     return index
+
+
+def _gather_index(config: SCSAConfig, device) -> Tensor:
+    """Gather index from ``cat([conv weights (flat), conv biases, the six norm params, q, k, v
+    scales, (q, k, v biases), 0])`` to the ``PackedWeights`` fields laid out back to back: the conv
+    table padded symmetrically to K, the final zero standing in for padding and absent biases."""
+    C, K = config.dim, config.max_kernel_size
+    g = config.group_channels
+    conv_size = g * sum(config.group_kernel_sizes)
+    zero = conv_size + (13 if config.qkv_bias else 10) * C
+    conv, offset = [], 0
+    for k in config.group_kernel_sizes:
+        pad = (K - k) // 2
+        for r in range(g):
+            conv += [offset + r * k + t - pad if pad <= t < pad + k else zero for t in range(K)]
+        offset += g * k
+    rest = list(range(conv_size, zero))  # conv biases, 6 norm params, q/k/v scales, (q/k/v biases)
+    biases = [] if config.qkv_bias else [zero] * (3 * C)
+    return torch.tensor(conv + rest + biases, dtype=torch.int64).to(device)
 
 
 def packed_parameters(weights: SCSAWeights, config: SCSAConfig):

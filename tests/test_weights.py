@@ -42,3 +42,28 @@ def test_cuda_graph_capture_packs_inside_the_graph(monkeypatch):
         fresh = weights_module.packed_weights(w, config)
     assert fresh.conv_weight is not cached.conv_weight and torch.equal(fresh.conv_weight, cached.conv_weight)
     assert len(weights_module._PACK_CACHE.entries) == 1
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_a_compiled_fused_module_compiles_once(monkeypatch, backend):
+    """torch.compile traces the weight packing of a fused backend without touching its eager index
+    cache: a traced cache fill put the cache in the graph's guards, so the second compiled call
+    compiled everything again, and so would the first compiled call after any eager call that
+    fills it. Here: a compiled training step, an eager one (another module, the same config) and
+    two more compiled ones make one compilation."""
+    from scsa_kernels import SCSA, backends
+    from scsa_kernels import weights as weights_module
+    if backends.unavailable_reason(backend):
+        pytest.skip(backends.unavailable_reason(backend))
+    torch._dynamo.reset()
+    monkeypatch.setattr(weights_module, "_PACK_INDEX", {})
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward  # runs the traced graph as it is: the op itself at run time
+
+    compiled = torch.compile(SCSA(16, window_size=3, backend=backend), backend=counting_backend, fullgraph=True)
+    for step, module in enumerate([compiled, SCSA(16, window_size=3, backend=backend), compiled, compiled]):
+        module(torch.randn(2, 16, 9, 9, requires_grad=True)).sum().backward()
+        assert len(graphs) == 1, f"step {step}: {len(graphs)} compilations"
