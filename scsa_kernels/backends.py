@@ -13,6 +13,9 @@ Modules are imported when this module is (those this machine can use: ``_preload
 else on first use, each on its own, so that a broken optional dependency only disables its
 own backend. ``auto`` tries ``AUTO_ORDER[device type]`` in order and always ends with the
 reference, which runs everywhere.
+
+While ``torch.onnx.export`` runs, only the reference can: the fused backends' ops have no ONNX
+translation, so ``auto`` exports the reference (the same function, the same weights).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import os
 from typing import Optional
 
 import torch
+import torch.onnx  # imported here: torch.compile must not meet its lazy import in why_not
 
 BACKENDS = ("reference", "triton", "cuda", "cpu")
 BACKEND_CHOICES = ("auto",) + BACKENDS
@@ -57,9 +61,15 @@ def unavailable_reason(name: str) -> Optional[str]:
         return f"importing scsa_kernels.ops.{name} failed: {type(exc).__name__}: {exc}"
 
 
+ONNX_EXPORT_REASON = ("torch.onnx.export is running and the fused kernels have no ONNX translation "
+                      "(backend='auto' or 'reference' exports the reference: the same function)")
+
+
 def why_not(name: str, x, config, training: bool) -> Optional[str]:
     """Why backend ``name`` cannot run this call, or None when it can."""
     reason = unavailable_reason(name)
+    if reason is None and name != "reference" and torch.onnx.is_in_onnx_export():
+        reason = ONNX_EXPORT_REASON
     return reason if reason is not None else load(name).unsupported_reason(x, config, training)
 
 

@@ -1,0 +1,62 @@
+"""ONNX export: ``backend="auto"`` exports the reference; the fused backends refuse with the reason.
+
+The fused ops (C++ and Triton) have no ONNX translation, so while ``torch.onnx.export`` runs
+``backends.why_not`` rules them out (scsa_kernels/backends.py). The exported graph is run by
+onnxruntime on fresh inputs, with a batch size other than the traced one.
+"""
+import contextlib
+import io
+
+import pytest
+import torch
+
+from scsa_kernels import SCSA, BackendUnavailableError, backends
+from scsa_kernels.config import SCSAConfig
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")  # the dynamo exporter's translator
+
+OPTIONS = {
+    "default": dict(),
+    "heads_bias_maxpool_softmax": dict(head_num=2, qkv_bias=True, down_sample_mode="max_pool", gate_layer="softmax"),
+    "recombination_odd_kernels": dict(down_sample_mode="recombination", head_num=4, group_kernel_sizes=(1, 3, 11, 5)),
+    "global_pool": dict(window_size=-1),
+}
+
+
+def export_onnx(module, x, path, dynamo):
+    """torch.onnx.export with a dynamic batch dimension (its progress lines silenced)."""
+    if dynamo:
+        kwargs = dict(dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    else:
+        kwargs = dict(input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(module, (x,), str(path), dynamo=dynamo, **kwargs)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_onnx_export_with_auto_matches_the_module(tmp_path, name, dynamo):
+    """The exported model computes what the module computes (auto: the C++ backend on this CPU),
+    at another batch size and on inputs it never saw."""
+    module = SCSA(32, **OPTIONS[name]).eval()
+    export_onnx(module, torch.randn(2, 32, 15, 13), tmp_path / "scsa.onnx", dynamo)
+    session = onnxruntime.InferenceSession(str(tmp_path / "scsa.onnx"))
+    x = torch.randn(3, 32, 15, 13)
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = module(x)
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_backends_are_ruled_out_while_exporting(monkeypatch):
+    """auto picks the reference during an export; a fused backend asked for by name raises, saying why."""
+    x, config = torch.randn(1, 8, 4, 4), SCSAConfig(8)
+    fused = [name for name in backends.BACKENDS if name != "reference" and backends.unavailable_reason(name) is None]
+    assert fused, "no fused backend available: nothing is ruled out"
+    assert backends.auto_choice(x, config) != "reference"
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert backends.auto_choice(x, config) == "reference"
+    for name in fused:
+        with pytest.raises(BackendUnavailableError, match="no ONNX translation"):
+            backends.select(name, x, config, False)
