@@ -466,9 +466,11 @@ def test_dropout_in_eval_is_supported():
     assert_matches(torch.randn(1, 8, 4, 4, device=DEVICE), config)
 
 
-def test_op_schema_and_autograd_registration():
-    """torch.library.opcheck's schema and autograd checks (the fake-tensor ones need a GPU: the
-    interpreter reads data pointers, see test_gpu_opcheck)."""
+def test_opcheck():
+    """Every torch.library.opcheck check: schema, autograd registration, the fake kernel (the op's
+    own body on tracing tensors: _launch skips the launches) against real calls, AOT dispatch with
+    dynamic shapes. Under the interpreter the op is a custom_op (ops.triton._define_op), on a GPU a
+    triton_op with the same body and autograd (test_gpu_opcheck)."""
     from scsa_kernels.ops import triton as ops
     from scsa_kernels.weights import pack_weights
     config = SCSAConfig(8, window_size=2)
@@ -477,8 +479,7 @@ def test_op_schema_and_autograd_registration():
     seed = torch.randint(2 ** 62, (1,), device=DEVICE)
     for conv_d in (None, torch.randn(8, 8 * 4, device=DEVICE, requires_grad=True)):  # pooling, recombination
         for dropout in ((), (0.2, seed)):
-            torch.library.opcheck(ops.triton_scsa_forward, (x, *p, conv_d, 1, 2, False, False, *dropout),
-                                  test_utils=("test_schema", "test_autograd_registration"))
+            torch.library.opcheck(ops.triton_scsa_forward, (x, *p, conv_d, 1, 2, False, False, *dropout))
 
 
 @pytest.mark.parametrize("attn_drop_ratio", [0.0, 0.2])
@@ -501,6 +502,26 @@ def test_dynamo_traces_the_dispatch_path_without_graph_breaks(attn_drop_ratio):
     torch.manual_seed(0)
     expected = module(x.detach())
     assert torch.allclose(out, expected, rtol=1e-6, atol=1e-6) and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_torch_compile_through_aot_autograd(dynamic):
+    """torch.compile with AOTAutograd (aot_eager): forward and every gradient as the eager call's, for
+    two shapes. Under the interpreter the op stays opaque there (a decomposed triton_op would
+    launch nothing: the interpreter cannot trace its kernels, and the compiled graph returned
+    uninitialized memory); on a GPU it decomposes into its launches (test_gpu_torch_compile_fullgraph)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    module = SCSA(8, window_size=2, down_sample_mode="recombination", head_num=2, backend="triton").to(DEVICE)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    for shape in [(2, 8, 5, 4), (3, 8, 6, 7)]:
+        x = torch.randn(*shape, device=DEVICE, requires_grad=True)
+        grad_out = torch.randn(shape, device=DEVICE)
+        leaves = [x, *module.parameters()]
+        got = [compiled(x), *torch.autograd.grad(compiled(x), leaves, grad_out)]
+        expected = [module(x), *torch.autograd.grad(module(x), leaves, grad_out)]
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------- GPU only

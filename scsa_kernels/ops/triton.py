@@ -645,9 +645,21 @@ def _split_grads(ctx, grad_out, backward_fn):
     return (dx, *_packed_grads(dconv, dsmall, C, K), None if conv_d is None else dconv_d, *[None] * 6)
 
 
-def _define_ops():
-    from torch.library import triton_op
+def _define_op(name, fn):
+    """``triton_op``: torch.compile decomposes it into its kernel launches (``_launch`` records them
+    through ``wrap_triton``). Under the interpreter, whose kernels cannot be traced (``_launch``
+    skips them on tracing tensors), a ``custom_op`` instead, opaque to torch.compile, with its own
+    body as the fake kernel (it then only allocates the outputs): decomposed, a compiled graph
+    would launch nothing and return uninitialized memory."""
+    from torch.library import custom_op, triton_op
+    if not _INTERPRET:
+        return triton_op(name, mutates_args=())(fn)
+    op = custom_op(name, mutates_args=())(fn)
+    op.register_fake(fn)
+    return op
 
+
+def _define_ops():
     def setup_context(ctx, inputs, output):
         x = inputs[0]
         ctx.options = inputs[12:17]  # head_num, window_size, max_pool, gate_softmax, dropout_p
@@ -657,8 +669,8 @@ def _define_ops():
     def backward(ctx, grad_out, *unused):
         return _split_grads(ctx, grad_out, backward_op)
 
-    forward_op = triton_op("scsa_kernels::triton_scsa_forward", mutates_args=())(_forward_impl)
-    backward_op = triton_op("scsa_kernels::triton_scsa_backward", mutates_args=())(_backward_impl)
+    forward_op = _define_op("scsa_kernels::triton_scsa_forward", _forward_impl)
+    backward_op = _define_op("scsa_kernels::triton_scsa_backward", _backward_impl)
     forward_op.register_autograd(backward, setup_context=setup_context)
     return forward_op, backward_op
 
