@@ -317,6 +317,19 @@ def test_direct_launches_pass_what_tritons_launch_passes(folder):
     assert res.stdout.count(" ok: ") == 6, res.stdout
 
 
+def test_compiled_launches_are_the_eager_ones():
+    """On a GPU torch.compile decomposes the triton_op into its launches (with a symbolic batch under
+    dynamic shapes); the interpreter never takes that path. tests/triton_compile_check.py records
+    every launch on a host-only Triton driver: a compiled training step (aot_eager, dynamic=True)
+    makes the eager step's launches (kernels, grids, every argument), at two batch sizes with one
+    compilation, for the cases of the direct-launch check."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_compile_check.py")
+    res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=compiled_triton_env(None),
+                         timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count(" ok: ") == 6, res.stdout
+
+
 @requires_cuda
 def test_gpu_direct_launches_match_tritons_launches_bitwise(monkeypatch):
     """The same calls with ops.triton.DIRECT_LAUNCH off (every launch through JITFunction.run) and
