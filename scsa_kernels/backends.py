@@ -14,8 +14,8 @@ else on first use, each on its own, so that a broken optional dependency only di
 own backend. ``auto`` tries ``AUTO_ORDER[device type]`` in order and always ends with the
 reference, which runs everywhere.
 
-While ``torch.onnx.export`` runs, only the reference can: the fused backends' ops have no ONNX
-translation, so ``auto`` exports the reference (the same function, the same weights).
+While ``torch.onnx.export`` or ``torch.jit.trace`` runs, only the reference can (``exporting_reason``):
+``auto`` exports the reference, the same function with the same weights, as plain aten ops.
 """
 from __future__ import annotations
 
@@ -61,15 +61,24 @@ def unavailable_reason(name: str) -> Optional[str]:
         return f"importing scsa_kernels.ops.{name} failed: {type(exc).__name__}: {exc}"
 
 
-ONNX_EXPORT_REASON = ("torch.onnx.export is running and the fused kernels have no ONNX translation "
-                      "(backend='auto' or 'reference' exports the reference: the same function)")
+def exporting_reason() -> Optional[str]:
+    """Why no fused backend can run now, or None: the fused ops have no ONNX translation, and a
+    TorchScript trace of them would run only where this package's Python (Triton) or extension
+    (C++) is loaded, where a trace of the reference is plain aten ops."""
+    if torch.onnx.is_in_onnx_export():
+        return ("torch.onnx.export is running and the fused kernels have no ONNX translation "
+                "(backend='auto' or 'reference' exports the reference: the same function)")
+    if torch.jit.is_tracing():
+        return ("torch.jit.trace is running and a trace of the fused kernels would need this package "
+                "to run (backend='auto' or 'reference' traces the reference: the same function, plain aten ops)")
+    return None
 
 
 def why_not(name: str, x, config, training: bool) -> Optional[str]:
     """Why backend ``name`` cannot run this call, or None when it can."""
     reason = unavailable_reason(name)
-    if reason is None and name != "reference" and torch.onnx.is_in_onnx_export():
-        reason = ONNX_EXPORT_REASON
+    if reason is None and name != "reference":
+        reason = exporting_reason()
     return reason if reason is not None else load(name).unsupported_reason(x, config, training)
 
 

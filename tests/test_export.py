@@ -1,8 +1,9 @@
-"""ONNX export: ``backend="auto"`` exports the reference; the fused backends refuse with the reason.
+"""Exports: while ``torch.onnx.export`` or ``torch.jit.trace`` runs, ``backend="auto"`` takes the
+reference, and a fused backend asked for by name refuses with the reason (backends.exporting_reason).
 
-The fused ops (C++ and Triton) have no ONNX translation, so while ``torch.onnx.export`` runs
-``backends.why_not`` rules them out (scsa_kernels/backends.py). The exported graph is run by
-onnxruntime on fresh inputs, with a batch size other than the traced one.
+The fused ops (C++ and Triton) have no ONNX translation, and a TorchScript trace of them would run
+only where this package is loaded. The exported ONNX graph is run by onnxruntime, the saved and
+reloaded TorchScript module by torch, on fresh inputs with a batch size other than the traced one.
 """
 import contextlib
 import io
@@ -49,14 +50,34 @@ def test_onnx_export_with_auto_matches_the_module(tmp_path, name, dynamo):
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_fused_backends_are_ruled_out_while_exporting(monkeypatch):
+@pytest.mark.parametrize("name", ["default", "recombination_odd_kernels"])
+def test_torchscript_trace_with_auto_is_the_reference(tmp_path, name):
+    """torch.jit.trace of a module whose parameters require grad (a training checkpoint): the trace
+    passes torch's own check (it runs the module twice, once without grad, and compares the graphs:
+    the fused eager path traced differently each time), holds only aten ops, and reloaded from a
+    file computes what the module computes."""
+    module = SCSA(32, **OPTIONS[name]).eval()
+    traced = torch.jit.trace(module, torch.randn(2, 32, 15, 13))
+    graph = str(traced.inlined_graph)
+    assert "scsa_kernels::" not in graph and "prim::PythonOp" not in graph  # neither fused op nor autograd node
+    torch.jit.save(traced, str(tmp_path / "scsa.pt"))
+    x = torch.randn(3, 32, 15, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "scsa.pt"))(x), module(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("exporter,flag,message", [
+    ("onnx", (torch.onnx, "is_in_onnx_export"), "no ONNX translation"),
+    ("torchscript", (torch.jit, "is_tracing"), "torch.jit.trace is running"),
+])
+def test_fused_backends_are_ruled_out_while_exporting(monkeypatch, exporter, flag, message):
     """auto picks the reference during an export; a fused backend asked for by name raises, saying why."""
     x, config = torch.randn(1, 8, 4, 4), SCSAConfig(8)
     fused = [name for name in backends.BACKENDS if name != "reference" and backends.unavailable_reason(name) is None]
     assert fused, "no fused backend available: nothing is ruled out"
     assert backends.auto_choice(x, config) != "reference"
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    monkeypatch.setattr(*flag, lambda: True)
     assert backends.auto_choice(x, config) == "reference"
     for name in fused:
-        with pytest.raises(BackendUnavailableError, match="no ONNX translation"):
+        with pytest.raises(BackendUnavailableError, match=message):
             backends.select(name, x, config, False)
