@@ -14,8 +14,8 @@ else on first use, each on its own, so that a broken optional dependency only di
 own backend. ``auto`` tries ``AUTO_ORDER[device type]`` in order and always ends with the
 reference, which runs everywhere.
 
-While ``torch.onnx.export`` or ``torch.jit.trace`` runs, only the reference can (``exporting_reason``):
-``auto`` exports the reference, the same function with the same weights, as plain aten ops.
+Under torch.func transforms and while ``torch.onnx.export`` or ``torch.jit.trace`` runs, only the
+reference can (``context_reason``): ``auto`` then runs it, the same function with the same weights.
 """
 from __future__ import annotations
 
@@ -61,10 +61,14 @@ def unavailable_reason(name: str) -> Optional[str]:
         return f"importing scsa_kernels.ops.{name} failed: {type(exc).__name__}: {exc}"
 
 
-def exporting_reason() -> Optional[str]:
-    """Why no fused backend can run now, or None: the fused ops have no ONNX translation, and a
-    TorchScript trace of them would run only where this package's Python (Triton) or extension
+def context_reason() -> Optional[str]:
+    """Why no fused backend can run in the current context, or None: the fused ops have no functorch
+    rules (their eager autograd node has no vmap rule or setup_context) and no ONNX translation,
+    and a TorchScript trace of them would run only where this package's Python (Triton) or extension
     (C++) is loaded, where a trace of the reference is plain aten ops."""
+    if torch._C._are_functorch_transforms_active():  # what autograd.Function itself checks; 30 ns
+        return ("torch.func transforms (grad, vmap, ...) are active and the fused kernels do not support "
+                "them (backend='auto' or 'reference' runs the reference: the same function)")
     if torch.onnx.is_in_onnx_export():
         return ("torch.onnx.export is running and the fused kernels have no ONNX translation "
                 "(backend='auto' or 'reference' exports the reference: the same function)")
@@ -78,7 +82,7 @@ def why_not(name: str, x, config, training: bool) -> Optional[str]:
     """Why backend ``name`` cannot run this call, or None when it can."""
     reason = unavailable_reason(name)
     if reason is None and name != "reference":
-        reason = exporting_reason()
+        reason = context_reason()
     return reason if reason is not None else load(name).unsupported_reason(x, config, training)
 
 

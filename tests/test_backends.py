@@ -1,9 +1,12 @@
-"""Exports: while ``torch.onnx.export`` or ``torch.jit.trace`` runs, ``backend="auto"`` takes the
-reference, and a fused backend asked for by name refuses with the reason (backends.exporting_reason).
+"""scsa_kernels.backends: which backend runs where. The selection order is in test_module.py; here the
+contexts no fused backend can run in (backends.context_reason): torch.func transforms, ONNX export,
+TorchScript tracing. There ``backend="auto"`` runs the reference and a fused backend asked for by
+name refuses with the reason.
 
-The fused ops (C++ and Triton) have no ONNX translation, and a TorchScript trace of them would run
-only where this package is loaded. The exported ONNX graph is run by onnxruntime, the saved and
-reloaded TorchScript module by torch, on fresh inputs with a batch size other than the traced one.
+The fused ops (C++ and Triton) have no functorch rules and no ONNX translation, and a TorchScript
+trace of them would run only where this package is loaded. The exported ONNX graph is run by
+onnxruntime, the saved and reloaded TorchScript module by torch, on fresh inputs with a batch size
+other than the traced one.
 """
 import contextlib
 import io
@@ -66,12 +69,32 @@ def test_torchscript_trace_with_auto_is_the_reference(tmp_path, name):
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "scsa.pt"))(x), module(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("exporter,flag,message", [
+def test_torch_func_transforms_with_auto_match_autograd():
+    """torch.func.grad of a functional_call (autograd.Function nodes without setup_context fail there)
+    and per-sample gradients with vmap over it: what autograd gives for the module, sample by sample."""
+    from torch.func import functional_call, grad, vmap
+    module = SCSA(16, window_size=3, head_num=2)
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    x = torch.randn(3, 16, 9, 9)
+
+    def loss(params, x):
+        return functional_call(module, params, (x,)).square().sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x.unsqueeze(1))
+    for i in range(x.shape[0]):
+        module.zero_grad()
+        module(x[i:i + 1]).square().sum().backward()
+        for name, p in module.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("context,flag,message", [
+    ("torch.func", (torch._C, "_are_functorch_transforms_active"), "torch.func transforms"),
     ("onnx", (torch.onnx, "is_in_onnx_export"), "no ONNX translation"),
     ("torchscript", (torch.jit, "is_tracing"), "torch.jit.trace is running"),
 ])
-def test_fused_backends_are_ruled_out_while_exporting(monkeypatch, exporter, flag, message):
-    """auto picks the reference during an export; a fused backend asked for by name raises, saying why."""
+def test_fused_backends_are_ruled_out_in_these_contexts(monkeypatch, context, flag, message):
+    """auto picks the reference there; a fused backend asked for by name raises, saying why."""
     x, config = torch.randn(1, 8, 4, 4), SCSAConfig(8)
     fused = [name for name in backends.BACKENDS if name != "reference" and backends.unavailable_reason(name) is None]
     assert fused, "no fused backend available: nothing is ruled out"
