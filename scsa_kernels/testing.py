@@ -13,7 +13,7 @@ import torch
 
 from .config import SCSAConfig
 from .functional import scsa
-from .ops.dropout import attention_dropout_args, attention_dropout_masks
+from .ops.dropout import attention_dropout_args, kernel_masks_dropout
 from .reference import compute_dtype, scsa_reference
 from .weights import SCSAWeights
 
@@ -104,9 +104,8 @@ def _with_kernel_masks(fused_fn, x: torch.Tensor, config: SCSAConfig):
             return fn(*args)
 
     _, seed = seeded(attention_dropout_args, config, True, x.device)
-    masks = attention_dropout_masks(seed, config.attn_drop_ratio, x.shape[0], config.head_num, config.head_dim,
-                                    compute_dtype(x.dtype))
-    return (lambda xx, ww: seeded(fused_fn, xx, ww)), (lambda attn: attn * masks.to(attn.dtype))
+    return (lambda xx, ww: seeded(fused_fn, xx, ww)), kernel_masks_dropout(seed, config, x.shape[0],
+                                                                           compute_dtype(x.dtype))
 
 
 def compare_backend(backend: str, x: torch.Tensor, weights: SCSAWeights, config: SCSAConfig,

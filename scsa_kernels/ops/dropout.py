@@ -77,6 +77,16 @@ def attention_dropout_masks(seed: torch.Tensor, p: float, batch: int, heads: int
     return (kept.to(dtype) / (1 - torch.tensor(p, dtype=dtype))).view(batch, heads, head_dim, head_dim)
 
 
+def kernel_masks_dropout(seed: Optional[torch.Tensor], config, batch: int, dtype: torch.dtype):
+    """The reference's ``attention_dropout`` that applies the masks the fused kernels drew for
+    ``seed`` (``attention_dropout_masks``; dtype: the kernels' compute type), or None when no
+    dropout ran (seed None)."""
+    if seed is None:
+        return None
+    masks = attention_dropout_masks(seed, config.attn_drop_ratio, batch, config.head_num, config.head_dim, dtype)
+    return lambda attn: attn * masks.to(attn.dtype)
+
+
 def saved_dropout_p(config, dropout_seed: Optional[torch.Tensor]) -> float:
     """p for the backward of a call whose forward drew ``dropout_seed`` (None: no dropout ran)."""
     return 0.0 if dropout_seed is None else config.attn_drop_ratio

@@ -6,20 +6,26 @@ packing of the weights cost more host time than the fused CPU kernels themselves
 at small shapes. This node packs the weights without autograd, runs the backend's
 forward, and in backward runs its backward and maps the packed gradients onto the
 parameters with the adjoint of the packing (``weights.unpack_gradients``).
+
+The fused backward computes numbers, not a graph. A backward with ``create_graph=True`` (gradient
+penalties, double backward) gets the reference's differentiable gradients instead, from the same
+x and parameters, with the masks the forward's kernels drew when attention dropout ran.
 """
 from __future__ import annotations
 
 import torch
 
-from ..reference import compute_dtype
+from ..reference import compute_dtype, scsa_reference
 from ..weights import pack_weights, packed_parameters, unpack_gradients, unpacked_parameters
+from .dropout import kernel_masks_dropout
 
 
 class FusedKernels:
     """A fused backend's entry points as this node calls them.
 
     forward(x, packed, weights, config, training) -> (out, *saved): out has x's shape and dtype; saved
-        are what its backward needs besides x and the packed weights (tensors or None).
+        are what its backward needs besides x and the packed weights (tensors or None), the last
+        one the attention dropout seed ((1,) int64) or None when no dropout ran.
     backward(grad_out, x, packed, saved, weights, config) -> (grad_x, packed_grads, unpacked_grads):
         gradients of x, of the ten packed tensors (a list, or flat: see ``unpack_gradients``),
         and of ``weights.unpacked_parameters(weights, config)`` (conv_d).
@@ -46,16 +52,29 @@ class _FusedSCSAFunction(torch.autograd.Function):
     def forward(ctx, kernels, config, training, weights, x, *params):
         packed = pack_weights(weights, config, compute_dtype(x.dtype))  # grad mode is off in here
         out, *saved = kernels.forward(x, packed, weights, config, training)
-        ctx.kernels, ctx.config, ctx.weights = kernels, config, weights
+        ctx.kernels, ctx.config, ctx.weights, ctx.training = kernels, config, weights, training
         ctx.save_for_backward(x, *packed, *saved)
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, *packed_and_saved = ctx.saved_tensors
         packed, saved = packed_and_saved[:10], packed_and_saved[10:]
+        if torch.is_grad_enabled():  # backward(create_graph=True)
+            return (None, None, None, None, *_differentiable_grads(ctx, x, saved[-1], grad_out))
         grad_x, packed_grads, unpacked_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.weights,
                                                                     ctx.config)
         return (None, None, None, None, grad_x, *unpack_gradients(packed_grads, ctx.weights, ctx.config),
                 *unpacked_grads)
+
+
+def _differentiable_grads(ctx, x, dropout_seed, grad_out):
+    """Gradients of x and of the node's parameters, as the reference's autograd gives them, with a
+    graph of their own (None for inputs that need none). dropout_seed: the forward's, or None."""
+    weights, config = ctx.weights, ctx.config
+    inputs = [x, *packed_parameters(weights, config), *unpacked_parameters(weights, config)]
+    dropout = kernel_masks_dropout(dropout_seed, config, x.shape[0], compute_dtype(x.dtype))
+    out = scsa_reference(x, weights, config, ctx.training, attention_dropout=dropout)
+    wanted = [t for t in inputs if t.requires_grad]
+    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    return [next(grads) if t.requires_grad else None for t in inputs]
