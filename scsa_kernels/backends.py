@@ -69,10 +69,12 @@ def context_reason() -> Optional[str]:
     if torch._C._are_functorch_transforms_active():  # what autograd.Function itself checks; 30 ns
         return ("torch.func transforms (grad, vmap, ...) are active and the fused kernels do not support "
                 "them (backend='auto' or 'reference' runs the reference: the same function)")
-    if torch.onnx.is_in_onnx_export():
+    tracing = torch.jit.is_tracing()
+    # the ONNX exporters run under torch.jit.trace or torch.export: the cheap flags first (a call's host time)
+    if (tracing or torch.compiler.is_exporting()) and torch.onnx.is_in_onnx_export():
         return ("torch.onnx.export is running and the fused kernels have no ONNX translation "
                 "(backend='auto' or 'reference' exports the reference: the same function)")
-    if torch.jit.is_tracing():
+    if tracing:
         return ("torch.jit.trace is running and a trace of the fused kernels would need this package "
                 "to run (backend='auto' or 'reference' traces the reference: the same function, plain aten ops)")
     return None

@@ -88,18 +88,21 @@ def test_torch_func_transforms_with_auto_match_autograd():
             torch.testing.assert_close(per_sample[name][i], p.grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("context,flag,message", [
-    ("torch.func", (torch._C, "_are_functorch_transforms_active"), "torch.func transforms"),
-    ("onnx", (torch.onnx, "is_in_onnx_export"), "no ONNX translation"),
-    ("torchscript", (torch.jit, "is_tracing"), "torch.jit.trace is running"),
+@pytest.mark.parametrize("context,flags,message", [
+    ("torch.func", [(torch._C, "_are_functorch_transforms_active")], "torch.func transforms"),
+    ("onnx_dynamo", [(torch.compiler, "is_exporting"), (torch.onnx, "is_in_onnx_export")], "no ONNX translation"),
+    ("onnx_torchscript", [(torch.jit, "is_tracing"), (torch.onnx, "is_in_onnx_export")], "no ONNX translation"),
+    ("torchscript", [(torch.jit, "is_tracing")], "torch.jit.trace is running"),
 ])
-def test_fused_backends_are_ruled_out_in_these_contexts(monkeypatch, context, flag, message):
-    """auto picks the reference there; a fused backend asked for by name raises, saying why."""
+def test_fused_backends_are_ruled_out_in_these_contexts(monkeypatch, context, flags, message):
+    """auto picks the reference there; a fused backend asked for by name raises, saying why. The
+    flags each context sets (the ONNX exporters run under torch.export or torch.jit.trace)."""
     x, config = torch.randn(1, 8, 4, 4), SCSAConfig(8)
     fused = [name for name in backends.BACKENDS if name != "reference" and backends.unavailable_reason(name) is None]
     assert fused, "no fused backend available: nothing is ruled out"
     assert backends.auto_choice(x, config) != "reference"
-    monkeypatch.setattr(*flag, lambda: True)
+    for flag in flags:
+        monkeypatch.setattr(*flag, lambda: True)
     assert backends.auto_choice(x, config) == "reference"
     for name in fused:
         with pytest.raises(BackendUnavailableError, match=message):
