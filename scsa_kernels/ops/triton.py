@@ -96,14 +96,6 @@ ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
 MIN_DOT_SIDE = 16
 ATTENTION_BLOCK_P = 16  # pooled positions per step of their serial loops (the K side of the score products)
 
-
-def _attention_warps(block_d: int, direction: str) -> int:
-    """Warps of the channel attention kernels: enough to hold the tl.dot operand slices of their
-    score tiles without spills on triton 3.8 (a few bytes on 3.5/3.6, within the AOT test's allowance):
-    the forward's 64-row tiles spilled at 8 warps, the backward's 16-row ones at 8 but not at 4."""
-    if direction == "forward":
-        return max(4, block_d // 4)
-    return 8 if block_d >= 32 else 4
 Tensor = torch.Tensor
 
 
@@ -209,6 +201,15 @@ def _attention_blocks(dim: int, heads: int, n: int, direction: str):
     d = dim // heads
     block_d = max(MIN_DOT_SIDE, min(ATTENTION_BLOCK_D[direction], _pow2(d)))
     return d, block_d, min(32, _pow2(n)), -(-d // block_d)
+
+
+def _attention_warps(block_d: int, direction: str) -> int:
+    """Warps of the channel attention kernels: enough to hold the tl.dot operand slices of their
+    score tiles without spills on triton 3.8 (a few bytes on 3.5/3.6, within the AOT test's allowance):
+    the forward's 64-row tiles spilled at 8 warps, the backward's 16-row ones at 8 but not at 4."""
+    if direction == "forward":
+        return max(4, block_d // 4)
+    return 8 if block_d >= 32 else 4
 
 
 # Every buffer a kernel writes is allocated here (tests swap in NaN-filled allocators).

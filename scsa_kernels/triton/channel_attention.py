@@ -264,7 +264,7 @@ def channel_attention_bwd_kernel(
         ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t, keep_jt)
         dvbar += tl.sum(p * dz_j[:, None], axis=0)
         gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
-        ds_tj_t = tl.trans(ds_jt)  # dS_jT transposed: rows T, columns j
+        ds_jt_transposed = tl.trans(ds_jt)  # rows T, columns j
         tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
         for n0 in range(0, N, BLOCK_P):
             ns = n0 + tl.arange(0, BLOCK_P)
@@ -275,7 +275,7 @@ def channel_attention_bwd_kernel(
             dq = tl.load(dq_ptr + idx, mask=tile & (j0 > 0), other=0.0)
             dk = tl.load(dk_ptr + idx, mask=tile & (j0 > 0), other=0.0)
             dq = tl.dot(ds_tj, _scaled(y, wk_c, bk_c, cmask, nmask), dq, input_precision="ieee")
-            dk = tl.dot(ds_tj_t, _scaled(y, wq_c, bq_c, cmask, nmask), dk, input_precision="ieee")
+            dk = tl.dot(ds_jt_transposed, _scaled(y, wq_c, bq_c, cmask, nmask), dk, input_precision="ieee")
             tl.store(dq_ptr + idx, dq, mask=tile)
             tl.store(dk_ptr + idx, dk, mask=tile)
     tl.debug_barrier()  # dq/dk complete: read back as tiles below
