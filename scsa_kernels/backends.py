@@ -14,8 +14,8 @@ else on first use, each on its own, so that a broken optional dependency only di
 own backend. ``auto`` tries ``AUTO_ORDER[device type]`` in order and always ends with the
 reference, which runs everywhere.
 
-Under torch.func transforms and while ``torch.onnx.export`` or ``torch.jit.trace`` runs, only the
-reference can (``context_reason``): ``auto`` then runs it, the same function with the same weights.
+Under torch.func transforms and forward-mode AD, and while ``torch.onnx.export`` or ``torch.jit.trace``
+runs, only the reference can (``context_reason``): ``auto`` then runs it, the same function with the same weights.
 """
 from __future__ import annotations
 
@@ -63,12 +63,15 @@ def unavailable_reason(name: str) -> Optional[str]:
 
 def context_reason() -> Optional[str]:
     """Why no fused backend can run in the current context, or None: the fused ops have no functorch
-    rules (their eager autograd node has no vmap rule or setup_context) and no ONNX translation,
+    rules (their eager autograd node has no vmap rule or setup_context), no jvp and no ONNX translation,
     and a TorchScript trace of them would run only where this package's Python (Triton) or extension
     (C++) is loaded, where a trace of the reference is plain aten ops."""
     if torch._C._are_functorch_transforms_active():  # what autograd.Function itself checks; 30 ns
         return ("torch.func transforms (grad, vmap, ...) are active and the fused kernels do not support "
                 "them (backend='auto' or 'reference' runs the reference: the same function)")
+    if torch.autograd.forward_ad._current_level >= 0:  # inside forward_ad.dual_level()
+        return ("forward-mode AD (torch.autograd.forward_ad) is active and the fused kernels have no jvp "
+                "(backend='auto' or 'reference' runs the reference: the same function)")
     tracing = torch.jit.is_tracing()
     # the ONNX exporters run under torch.jit.trace or torch.export: the cheap flags first (a call's host time)
     if (tracing or torch.compiler.is_exporting()) and torch.onnx.is_in_onnx_export():

@@ -1,6 +1,6 @@
 """scsa_kernels.backends: which backend runs where. The selection order is in test_module.py; here the
-contexts no fused backend can run in (backends.context_reason): torch.func transforms, ONNX export,
-TorchScript tracing. There ``backend="auto"`` runs the reference and a fused backend asked for by
+contexts no fused backend can run in (backends.context_reason): torch.func transforms, forward-mode
+AD, ONNX export, TorchScript tracing. There ``backend="auto"`` runs the reference and a fused backend asked for by
 name refuses with the reason.
 
 The fused ops (C++ and Triton) have no functorch rules and no ONNX translation, and a TorchScript
@@ -88,8 +88,25 @@ def test_torch_func_transforms_with_auto_match_autograd():
             torch.testing.assert_close(per_sample[name][i], p.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_forward_mode_ad_with_auto_matches_the_reference():
+    """jvp of the module through torch.autograd.forward_ad (dual tensors) and torch.func.jvp: the
+    reference module's (the fused eager node has no jvp)."""
+    import torch.autograd.forward_ad as forward_ad
+    from torch.func import jvp
+    module = SCSA(16, window_size=3)
+    reference = SCSA(16, window_size=3, backend="reference")
+    reference.load_state_dict(module.state_dict())
+    x, tangent = torch.randn(2, 16, 9, 9), torch.randn(2, 16, 9, 9)
+    with forward_ad.dual_level():
+        dual = forward_ad.unpack_dual(module(forward_ad.make_dual(x, tangent))).tangent
+    _, expected = jvp(reference, (x,), (tangent,))
+    torch.testing.assert_close(dual, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(jvp(module, (x,), (tangent,))[1], expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("context,flags,message", [
     ("torch.func", [(torch._C, "_are_functorch_transforms_active")], "torch.func transforms"),
+    ("forward_ad", [(torch.autograd.forward_ad, "_current_level", 0)], "forward-mode AD"),
     ("onnx_dynamo", [(torch.compiler, "is_exporting"), (torch.onnx, "is_in_onnx_export")], "no ONNX translation"),
     ("onnx_torchscript", [(torch.jit, "is_tracing"), (torch.onnx, "is_in_onnx_export")], "no ONNX translation"),
     ("torchscript", [(torch.jit, "is_tracing")], "torch.jit.trace is running"),
@@ -101,8 +118,8 @@ def test_fused_backends_are_ruled_out_in_these_contexts(monkeypatch, context, fl
     fused = [name for name in backends.BACKENDS if name != "reference" and backends.unavailable_reason(name) is None]
     assert fused, "no fused backend available: nothing is ruled out"
     assert backends.auto_choice(x, config) != "reference"
-    for flag in flags:
-        monkeypatch.setattr(*flag, lambda: True)
+    for owner, name, *value in flags:  # a function returning True, or the given value
+        monkeypatch.setattr(owner, name, value[0] if value else lambda: True)
     assert backends.auto_choice(x, config) == "reference"
     for name in fused:
         with pytest.raises(BackendUnavailableError, match=message):
