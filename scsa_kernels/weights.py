@@ -77,26 +77,39 @@ class PackedWeights(NamedTuple):
     qkv_bias: Tensor       # (3, C): zeros when the module has no q/k/v bias
 
 
-_PACK_INDEX = {}  # (config, device) -> int64 gather index of pack_weights
+_GATHER_INDEX = {}  # (direction, config, device) -> int64 index of pack_weights / unpack_gradients
 
 
-def _pack_index(config: SCSAConfig, device) -> Tensor:
-    """``_gather_index``, cached per (config, device) for eager calls. Traced by torch.compile it is a
-    graph constant, built anew: reading the cache would put it in the graph's guards, and the first
-    call that fills it (the compiled call itself, or any eager one) would then trigger a recompile."""
+def _gather_index(direction: str, config: SCSAConfig, device) -> Tensor:
+    """The gather index of ``pack_weights`` (direction "pack") or ``unpack_gradients`` ("unpack"),
+    cached per config and device for eager calls. Traced by torch.compile it is a graph constant,
+    built anew: reading the cache would put it in the graph's guards, and the first call that fills
+    it (the compiled call itself, or any eager one) would then trigger a recompile."""
     if torch.compiler.is_compiling():
-        return _gather_index(config, device)
-    key = (config, device)
-    index = _PACK_INDEX.get(key)
+        return _new_gather_index(direction, config, device)
+    key = (direction, config, device)
+    index = _GATHER_INDEX.get(key)
     if index is None:
-        index = _PACK_INDEX[key] = _gather_index(config, device)
+        index = _GATHER_INDEX[key] = _new_gather_index(direction, config, device)
     return index
 
 
-def _gather_index(config: SCSAConfig, device) -> Tensor:
-    """Gather index from ``cat([conv weights (flat), conv biases, the six norm params, q, k, v
-    scales, (q, k, v biases), 0])`` to the ``PackedWeights`` fields laid out back to back: the conv
-    table padded symmetrically to K, the final zero standing in for padding and absent biases."""
+def _new_gather_index(direction: str, config: SCSAConfig, device) -> Tensor:
+    positions, zero = _packed_sources(config)
+    if direction == "unpack":  # every parameter element is packed exactly once: invert the map
+        inverse = [0] * zero
+        for packed, source in enumerate(positions):
+            if source != zero:
+                inverse[source] = packed
+        positions = inverse
+    return torch.tensor(positions, dtype=torch.int64).to(device)
+
+
+def _packed_sources(config: SCSAConfig):
+    """(sources, zero): for each element of the ``PackedWeights`` fields laid out back to back, its
+    position in ``cat([conv weights (flat), conv biases, the six norm params, q, k, v scales, (q, k, v
+    biases), 0])``; the conv table is padded symmetrically to K, and the final zero (position
+    ``zero``) stands in for padding and absent biases."""
     C, K = config.dim, config.max_kernel_size
     g = config.group_channels
     conv_size = g * sum(config.group_kernel_sizes)
@@ -109,7 +122,7 @@ def _gather_index(config: SCSAConfig, device) -> Tensor:
         offset += g * k
     rest = list(range(conv_size, zero))  # conv biases, 6 norm params, q/k/v scales, (q/k/v biases)
     biases = [] if config.qkv_bias else [zero] * (3 * C)
-    return torch.tensor(conv + rest + biases, dtype=torch.int64).to(device)
+    return conv + rest + biases, zero
 
 
 def packed_parameters(weights: SCSAWeights, config: SCSAConfig):
@@ -142,7 +155,7 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = 
     params = packed_parameters(weights, config)
     # torch._utils' flatten helpers (as DDP uses them): one C++ call for the reshapes + cat.
     flat = torch._utils._flatten_dense_tensors([*params, params[0].new_zeros(1)])
-    packed = flat.index_select(0, _pack_index(config, flat.device)).to(dtype)
+    packed = flat.index_select(0, _gather_index("pack", config, flat.device)).to(dtype)
     conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = packed.split(
         (C * K, C, C, C, C, C, C, C, 3 * C, 3 * C))
     return PackedWeights(conv_w.view(C, K), conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b,
@@ -153,16 +166,15 @@ def unpack_gradients(packed_grads, weights: SCSAWeights, config: SCSAConfig):
     """The adjoint of ``pack_weights``: gradients of the ten packed tensors (any float dtype; a
     sequence, or one flat tensor with the ten back to back in ``PackedWeights`` order) ->
     gradients of the parameters it read (``packed_parameters`` order: ``weights.tensors()``
-    without conv_d), in their shapes and dtype. Each packed element is a copy of one parameter
-    element, so this is a scatter-add; padding taps and absent biases land on the final zero
-    slot and drop out. Runs without autograd (the fused backends' eager backward)."""
+    without conv_d), in their shapes and dtype. Each parameter element is packed exactly once
+    (padding taps and absent biases copy the zero), so this is one gather: no zero fill, no
+    scatter-add (atomics on CUDA). Runs without autograd (the fused backends' eager backward)."""
     params = packed_parameters(weights, config)
     flat_grad = packed_grads if isinstance(packed_grads, Tensor) else torch._utils._flatten_dense_tensors(packed_grads)
-    flat = flat_grad.new_zeros(sum(t.numel() for t in params) + 1)
-    flat.index_add_(0, _pack_index(config, flat.device), flat_grad)
+    flat = flat_grad.index_select(0, _gather_index("unpack", config, flat_grad.device))
     # Module parameters share one dtype. One C++ call makes the views in the parameters' shapes
     # (a Python loop of .view costs microseconds each).
-    return list(torch._utils._unflatten_dense_tensors(flat[:-1].to(params[0].dtype), params))
+    return list(torch._utils._unflatten_dense_tensors(flat.to(params[0].dtype), params))
 
 
 class InferencePackCache:

@@ -56,7 +56,7 @@ def test_a_compiled_fused_module_compiles_once(monkeypatch, backend):
     if backends.unavailable_reason(backend):
         pytest.skip(backends.unavailable_reason(backend))
     torch._dynamo.reset()
-    monkeypatch.setattr(weights_module, "_PACK_INDEX", {})
+    monkeypatch.setattr(weights_module, "_GATHER_INDEX", {})
     graphs = []
 
     def counting_backend(graph_module, example_inputs):
