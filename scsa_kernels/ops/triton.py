@@ -170,10 +170,10 @@ def _eager_forward(x, packed, weights, config, training):
 
 def _eager_backward(grad_out, x, packed, saved, weights, config):
     means, conv_d, dropout_seed = saved
-    dx, dconv, dsmall, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *config.kernel_options,
-                                                dropout.saved_dropout_p(config, dropout_seed), dropout_seed)
+    dx, packed_grads, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *config.kernel_options,
+                                               dropout.saved_dropout_p(config, dropout_seed), dropout_seed)
     extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
-    return dx, torch.cat((dconv, dsmall)), extra  # flat, in PackedWeights order (conv weight, conv bias, the rest)
+    return dx, packed_grads, extra
 
 
 KERNELS = FusedKernels(_eager_forward, _eager_backward)
@@ -563,10 +563,10 @@ def _backward_impl(
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
         head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
         dropout_p: float = 0.0, dropout_seed: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """-> (dx, conv grads (C*K + C,) = weight (C, K) then bias, small grads (12*C,) = norm_h w, b,
-    norm_w w, b, norm w, b, qkv weight (3, C), qkv bias (3, C), conv_d's gradient (C, C*ws*ws) in
-    its dtype (empty without conv_d)).
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """-> (dx, packed_grads (C*K + 13*C,) fp32 = the gradients of the ten packed weights back to back
+    in PackedWeights order (conv weight (C, K), conv bias, norm_h w, b, norm_w w, b, norm w, b, qkv
+    weight (3, C), qkv bias (3, C)), conv_d's gradient (C, C*ws*ws) in its dtype (empty without conv_d)).
 
     saved_means (B, C, H+W) fp32: the forward's, or empty when saves_means() is false (then recomputed
     here from x). dropout_p, dropout_seed: the forward's (its dropout masks are regenerated)."""
@@ -619,8 +619,11 @@ def _backward_impl(
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
             WIDE=_wide_strides(x.shape, g_stride, dx_stride), tuned=plan["tuned"], **grad_meta)
-    K = conv_w.shape[1]
-    return dx, _shaped(conv_part, (B * 2, C * K + C)).sum(dim=0), _shaped(small_part, (B, 12 * C)).sum(dim=0), d_conv_d
+    conv_size = C * conv_w.shape[1] + C
+    packed_grads = _empty(conv_size + 12 * C, device=x.device, dtype=torch.float32)  # both sums in place: no cat
+    torch.sum(_shaped(conv_part, (B * 2, conv_size)), dim=0, out=packed_grads[:conv_size])
+    torch.sum(_shaped(small_part, (B, 12 * C)), dim=0, out=packed_grads[conv_size:])
+    return dx, packed_grads, d_conv_d
 
 
 def _saved_means(x, means):
@@ -628,22 +631,23 @@ def _saved_means(x, means):
     return means if saves_means(x.shape, x.dtype) else means.new_empty(0)
 
 
-def _packed_grads(dconv, dsmall, C, K):
-    """The ten packed weights' gradients from the backward's flat conv and (12, C) small sums."""
-    s = dsmall.view(12, C)
-    return [dconv[: C * K].view(C, K), dconv[C * K:], s[0], s[1], s[2], s[3], s[4], s[5], s[6:9], s[9:12]]
+def _packed_grads(packed_grads, C, K):
+    """The ten packed weights' gradients, views of the backward's flat (C*K + 13*C,) packed_grads."""
+    conv_w, conv_b, small = packed_grads.split((C * K, C, 12 * C))
+    s = small.view(12, C)
+    return [conv_w.view(C, K), conv_b, s[0], s[1], s[2], s[3], s[4], s[5], s[6:9], s[9:12]]
 
 
 def _split_grads(ctx, grad_out, backward_fn):
     """Gradients of (x, the 10 packed weights, conv_d, the 5 options, the dropout seed) from the
-    backward op's 4 outputs. Saved: x, means, the 10 packed weights, conv_d, the seed."""
+    backward op's 3 outputs. Saved: x, means, the 10 packed weights, conv_d, the seed."""
     *saved, dropout_seed = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(saved[0])
     C, K = saved[2].shape  # conv_w (after x and means)
-    dx, dconv, dsmall, dconv_d = backward_fn(grad_out, *saved, *ctx.options, dropout_seed)
+    dx, packed_grads, dconv_d = backward_fn(grad_out, *saved, *ctx.options, dropout_seed)
     conv_d = saved[12]
-    return (dx, *_packed_grads(dconv, dsmall, C, K), None if conv_d is None else dconv_d, *[None] * 6)
+    return (dx, *_packed_grads(packed_grads, C, K), None if conv_d is None else dconv_d, *[None] * 6)
 
 
 def _define_op(name, fn):
