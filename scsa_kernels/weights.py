@@ -77,21 +77,26 @@ class PackedWeights(NamedTuple):
     qkv_bias: Tensor       # (3, C): zeros when the module has no q/k/v bias
 
 
-_GATHER_INDEX = {}  # (direction, config, device) -> int64 index of pack_weights / unpack_gradients
+_CONSTANTS = {}  # key -> a tensor the weight packing reuses across eager calls (gather indices, a zero)
+
+
+def _constant(key, build) -> Tensor:
+    """``build()``, cached under ``key`` for eager calls. Traced by torch.compile it is a graph
+    constant, built anew: reading the cache would put it in the graph's guards, and the first call
+    that fills it (the compiled call itself, or any eager one) would then trigger a recompile."""
+    if torch.compiler.is_compiling():
+        return build()
+    value = _CONSTANTS.get(key)
+    if value is None:
+        value = build()
+        if not capturing_cuda_graph(value):  # made inside a CUDA graph capture, it holds nothing until a replay
+            _CONSTANTS[key] = value
+    return value
 
 
 def _gather_index(direction: str, config: SCSAConfig, device) -> Tensor:
-    """The gather index of ``pack_weights`` (direction "pack") or ``unpack_gradients`` ("unpack"),
-    cached per config and device for eager calls. Traced by torch.compile it is a graph constant,
-    built anew: reading the cache would put it in the graph's guards, and the first call that fills
-    it (the compiled call itself, or any eager one) would then trigger a recompile."""
-    if torch.compiler.is_compiling():
-        return _new_gather_index(direction, config, device)
-    key = (direction, config, device)
-    index = _GATHER_INDEX.get(key)
-    if index is None:
-        index = _GATHER_INDEX[key] = _new_gather_index(direction, config, device)
-    return index
+    """The gather index of ``pack_weights`` (direction "pack") or ``unpack_gradients`` ("unpack")."""
+    return _constant((direction, config, device), lambda: _new_gather_index(direction, config, device))
 
 
 def _new_gather_index(direction: str, config: SCSAConfig, device) -> Tensor:
@@ -154,7 +159,8 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = 
     C, K = config.dim, config.max_kernel_size
     params = packed_parameters(weights, config)
     # torch._utils' flatten helpers (as DDP uses them): one C++ call for the reshapes + cat.
-    flat = torch._utils._flatten_dense_tensors([*params, params[0].new_zeros(1)])
+    zero = _constant(("zero", params[0].dtype, params[0].device), lambda: params[0].new_zeros(1))  # no fill per call
+    flat = torch._utils._flatten_dense_tensors([*params, zero])
     packed = flat.index_select(0, _gather_index("pack", config, flat.device)).to(dtype)
     conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = packed.split(
         (C * K, C, C, C, C, C, C, C, 3 * C, 3 * C))

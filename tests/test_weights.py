@@ -56,7 +56,7 @@ def test_a_compiled_fused_module_compiles_once(monkeypatch, backend):
     if backends.unavailable_reason(backend):
         pytest.skip(backends.unavailable_reason(backend))
     torch._dynamo.reset()
-    monkeypatch.setattr(weights_module, "_GATHER_INDEX", {})
+    monkeypatch.setattr(weights_module, "_CONSTANTS", {})
     graphs = []
 
     def counting_backend(graph_module, example_inputs):
@@ -67,3 +67,20 @@ def test_a_compiled_fused_module_compiles_once(monkeypatch, backend):
     for step, module in enumerate([compiled, SCSA(16, window_size=3, backend=backend), compiled, compiled]):
         module(torch.randn(2, 16, 9, 9, requires_grad=True)).sum().backward()
         assert len(graphs) == 1, f"step {step}: {len(graphs)} compilations"
+
+
+def test_packing_constants_made_inside_a_cuda_graph_capture_are_not_cached(monkeypatch):
+    """The packing's cached constants (gather indices, the zero slot) are made by eager calls: one made
+    while a CUDA graph is captured holds nothing until a replay (its fill kernel is only recorded),
+    so later eager calls must not read it from the cache."""
+    from scsa_kernels import weights as weights_module
+    config = SCSAConfig(16)
+    w = random_weights(config)
+    monkeypatch.setattr(weights_module, "_CONSTANTS", {})
+    monkeypatch.setattr(weights_module, "capturing_cuda_graph", lambda t: True)
+    captured = pack_weights(w, config)
+    assert weights_module._CONSTANTS == {}
+    monkeypatch.setattr(weights_module, "capturing_cuda_graph", lambda t: False)
+    eager = pack_weights(w, config)
+    assert {key[0] for key in weights_module._CONSTANTS} == {"pack", "zero"}
+    assert all(torch.equal(a, b) for a, b in zip(captured, eager))
