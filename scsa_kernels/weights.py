@@ -100,6 +100,8 @@ def _gather_index(direction: str, config: SCSAConfig, device) -> Tensor:
 
 
 def _new_gather_index(direction: str, config: SCSAConfig, device) -> Tensor:
+    """int64 on device: "pack" gathers the packed fields from the parameters' flat cat (+ the zero),
+    "unpack" the parameters' gradients from the packed fields' flat gradients."""
     positions, zero = _packed_sources(config)
     if direction == "unpack":  # every parameter element is packed exactly once: invert the map
         inverse = [0] * zero
