@@ -1,7 +1,7 @@
 """scsa_kernels.backends: which backend runs where. The selection order is in test_module.py; here the
 contexts no fused backend can run in (backends.context_reason): torch.func transforms, forward-mode
-AD, ONNX export, TorchScript tracing. There ``backend="auto"`` runs the reference and a fused backend asked for by
-name refuses with the reason.
+AD, ONNX export, TorchScript tracing. There ``backend="auto"`` runs the reference and a fused backend
+asked for by name refuses with the reason.
 
 The fused ops (C++ and Triton) have no functorch rules and no ONNX translation, and a TorchScript
 trace of them would run only where this package is loaded. The exported ONNX graph is run by
@@ -16,9 +16,6 @@ import torch
 
 from scsa_kernels import SCSA, BackendUnavailableError, backends
 from scsa_kernels.config import SCSAConfig
-
-onnxruntime = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")  # the dynamo exporter's translator
 
 OPTIONS = {
     "default": dict(),
@@ -43,6 +40,8 @@ def export_onnx(module, x, path, dynamo):
 def test_onnx_export_with_auto_matches_the_module(tmp_path, name, dynamo):
     """The exported model computes what the module computes (auto: the C++ backend on this CPU),
     at another batch size and on inputs it never saw."""
+    onnxruntime = pytest.importorskip("onnxruntime")  # the dev extra installs both (CI runs these tests)
+    pytest.importorskip("onnxscript")  # the dynamo exporter's translator
     module = SCSA(32, **OPTIONS[name]).eval()
     export_onnx(module, torch.randn(2, 32, 15, 13), tmp_path / "scsa.onnx", dynamo)
     session = onnxruntime.InferenceSession(str(tmp_path / "scsa.onnx"))
