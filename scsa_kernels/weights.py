@@ -163,8 +163,13 @@ def pack_weights(weights: SCSAWeights, config: SCSAConfig, dtype: torch.dtype = 
     # torch._utils' flatten helpers (as DDP uses them): one C++ call for the reshapes + cat.
     zero = _constant(("zero", params[0].dtype, params[0].device), lambda: params[0].new_zeros(1))  # no fill per call
     flat = torch._utils._flatten_dense_tensors([*params, zero])
-    packed = flat.index_select(0, _gather_index("pack", config, flat.device)).to(dtype)
-    conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = packed.split(
+    return split_packed(flat.index_select(0, _gather_index("pack", config, flat.device)).to(dtype), C, K)
+
+
+def split_packed(flat: Tensor, C: int, K: int) -> PackedWeights:
+    """The ten ``PackedWeights`` fields as views of ``flat`` (C*K + 13*C,), where they lie back to back
+    (the packed weights, or their gradients from a fused backward)."""
+    conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b = flat.split(
         (C * K, C, C, C, C, C, C, C, 3 * C, 3 * C))
     return PackedWeights(conv_w.view(C, K), conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b,
                          qkv_w.view(3, C), qkv_b.view(3, C))

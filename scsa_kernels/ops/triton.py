@@ -67,7 +67,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..config import GROUP_NORM_EPS
-from ..weights import conv_d_matrix, packed_weights
+from ..weights import conv_d_matrix, packed_weights, split_packed
 from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
@@ -631,13 +631,6 @@ def _saved_means(x, means):
     return means if saves_means(x.shape, x.dtype) else means.new_empty(0)
 
 
-def _packed_grads(packed_grads, C, K):
-    """The ten packed weights' gradients, views of the backward's flat (C*K + 13*C,) packed_grads."""
-    conv_w, conv_b, small = packed_grads.split((C * K, C, 12 * C))
-    s = small.view(12, C)
-    return [conv_w.view(C, K), conv_b, s[0], s[1], s[2], s[3], s[4], s[5], s[6:9], s[9:12]]
-
-
 def _split_grads(ctx, grad_out, backward_fn):
     """Gradients of (x, the 10 packed weights, conv_d, the 5 options, the dropout seed) from the
     backward op's 3 outputs. Saved: x, means, the 10 packed weights, conv_d, the seed."""
@@ -647,7 +640,7 @@ def _split_grads(ctx, grad_out, backward_fn):
     C, K = saved[2].shape  # conv_w (after x and means)
     dx, packed_grads, dconv_d = backward_fn(grad_out, *saved, *ctx.options, dropout_seed)
     conv_d = saved[12]
-    return (dx, *_packed_grads(packed_grads, C, K), None if conv_d is None else dconv_d, *[None] * 6)
+    return (dx, *split_packed(packed_grads, C, K), None if conv_d is None else dconv_d, *[None] * 6)
 
 
 def _define_op(name, fn):
