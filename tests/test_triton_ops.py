@@ -4,6 +4,7 @@ Without a GPU the kernels run under TRITON_INTERPRET=1 on CPU tensors (conftest.
 so shapes stay small. Every buffer the kernels write is allocated NaN-filled here (poison):
 an element a kernel forgets to write shows up as a NaN mismatch.
 """
+import contextlib
 import copy
 import dataclasses
 import os
@@ -424,6 +425,51 @@ def test_float64_is_unsupported_not_downcast():
     assert reason is not None and "float64" in reason
 
 
+def test_device_guard_makes_the_device_of_x_current(monkeypatch):
+    """Triton launches on the current CUDA device: _device_guard switches to x's device where another
+    one is current (x on cuda:1, cuda:0 current) and does nothing otherwise. torch.cuda is mocked
+    here; test_gpu_second_device runs it on two GPUs."""
+    from scsa_kernels.ops import triton as ops
+    entered = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext())
+    for device in ("cpu", "meta", "cuda:0"):
+        with ops._device_guard(torch.device(device)):
+            pass
+    assert entered == []
+    with ops._device_guard(torch.device("cuda", 1)):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["op", "eager_node"])
+def test_forward_and_backward_launch_under_the_device_guard(monkeypatch, bypass):
+    """Both op bodies (forward, backward) run inside _device_guard(x.device), through the registered
+    op and through the eager node; every launch happens inside it."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "EAGER_BYPASS", bypass)
+    events = []
+
+    @contextlib.contextmanager
+    def recording_guard(device):
+        events.append(("enter", device))
+        yield
+        events.append(("exit", device))
+
+    monkeypatch.setattr(ops, "_device_guard", recording_guard)
+    monkeypatch.setattr(ops, "_launch", lambda kernel, *args, _run=ops._launch, **kwargs:
+                        events.append(("launch", kernel)) or _run(kernel, *args, **kwargs))
+    module = SCSA(8, window_size=2, backend="triton").to(DEVICE)
+    x = torch.randn(1, 8, 4, 4, device=DEVICE, requires_grad=True)
+    module(x).sum().backward()
+    kinds = [kind for kind, _ in events]
+    assert [e for e in events if e[0] != "launch"] == [("enter", x.device), ("exit", x.device)] * 2
+    forward_exit = kinds.index("exit")
+    backward_enter = kinds.index("enter", forward_exit)
+    assert kinds[-1] == "exit" and "launch" in kinds[1:forward_exit] and "launch" in kinds[backward_enter:]
+    assert "launch" not in kinds[forward_exit:backward_enter]
+
+
 @pytest.mark.parametrize("bypass", [False, True], ids=["op", "eager_node"])
 @pytest.mark.parametrize("options", [dict(head_num=2, gate_layer="softmax"),
                                      dict(head_num=1, window_size=-1, qkv_bias=True),
@@ -547,6 +593,17 @@ def test_gpu_large_shapes(shape, dtype):
     config = SCSAConfig(shape[1], head_num=2 if shape[1] > 64 else 1)
     x = torch.randn(*shape, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
     assert_matches(x, config, weights=random_weights(config, dtype=dtype, device="cuda"))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+@pytest.mark.parametrize("options", ["default", "recombination_heads"])
+def test_gpu_second_device(options):
+    """x and the weights on cuda:1 with cuda:0 current (the module moved with .to("cuda:1"), no
+    torch.cuda.set_device): the kernels launch on cuda:1 and match the reference there."""
+    torch.cuda.set_device(0)
+    config = SCSAConfig(16, **{"window_size": 3, **OPTIONS[options]})
+    assert_matches(torch.randn(2, 16, 9, 8, device="cuda:1"), config)
+    assert torch.cuda.current_device() == 0
 
 
 @requires_cuda

@@ -8,8 +8,8 @@ reaches ``ops.triton._launch_compiled`` is made twice: once through Triton's ``J
 reference) and once as ops.triton makes it (the first time of a specialization through Triton as
 well, after that straight to its CompiledKernel). The two launcher calls must agree argument by
 argument: grid, stream, the loaded kernel (a distinct handle per compiled specialization), its
-metadata, the launch metadata and hooks, and every kernel argument (the very same tensor objects, in
-the same positions). Each case runs a forward+backward three times: a plan's first call goes
+metadata, the launch metadata and hooks, and every kernel argument (each tensor as the very same
+object, or in a direct launch as its address, in the same positions). Each case runs a forward+backward three times: a plan's first call goes
 through the autotuners, its second launches their picks (first time through Triton), and the third
 must take only direct launches. Cases: every pooling mode and gate, heads, q/k/v bias, attention
 dropout, fp32 and bf16, channels_last, and x misaligned by one element (another specialization,
@@ -55,20 +55,29 @@ def make_input(shape, dtype, layout):
     return x.requires_grad_(), torch.randn_like(x)
 
 
+def describe(argument):
+    """A launcher argument for a mismatch message (a tensor by dtype, shape and address)."""
+    if isinstance(argument, torch.Tensor):
+        return f"{argument.dtype} tensor {tuple(argument.shape)} at {argument.data_ptr():#x}"
+    return f"{argument:#x}" if type(argument) is int and argument > 2 ** 32 else repr(argument)
+
+
 def same_launch(reference, direct):
     """Why two recorded launcher calls differ, or None."""
     (ref_name, ref_args), (name, args) = reference, direct
     if ref_name != name or len(ref_args) != len(args):
         return f"{ref_name} with {len(ref_args)} arguments vs {name} with {len(args)}"
     for i, (a, b) in enumerate(zip(ref_args, args)):
-        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-            equal = a is b
+        if isinstance(a, torch.Tensor):  # the same tensor, or (a direct launch) its address
+            equal = b is a or (type(b) is int and b == a.data_ptr())
+        elif isinstance(b, torch.Tensor):
+            equal = False
         elif type(a).__name__ == "LazyDict":  # launch metadata: a new one per launch
             equal = type(b) is type(a) and a.data == b.data and len(a.extras) == len(b.extras)
         else:
             equal = a is b or a == b
         if not equal:
-            return f"{name}: launcher argument {i} differs: {a!r} vs {b!r}"
+            return f"{name}: launcher argument {i} differs: {describe(a)} vs {describe(b)}"
     return None
 
 

@@ -285,13 +285,27 @@ def _launch_compiled(fn, grid, args, kwargs):
     integers equal to 1 and divisible by 16) and the device; floats are keyed by value too (the
     plan's constants and the validated dropout_p: never NaN). Launch hooks (profilers) still run:
     ``CompiledKernel[grid]`` calls them as Triton's launch does. Not checked: the kernels' globals
-    (module constants, never reassigned). The saving is measured by benchmarks/triton_host_overhead.py;
-    tests/triton_launch_check.py checks that both routes hand Triton's launcher the same arguments."""
+    (module constants, never reassigned). Tensors reach the launcher as their addresses (ints): from a
+    tensor, Triton's launcher calls its data_ptr() and asks the CUDA driver whether the address is
+    device memory (cuPointerGetAttribute), once per tensor argument per launch; an int it passes as
+    is. The op bodies run on x's device (``_on_x_device``) and validation keeps CPU tensors out, which
+    is what that check would catch. The saving up to the launcher is measured by
+    benchmarks/triton_host_overhead.py; tests/triton_launch_check.py checks that both routes hand
+    Triton's launcher the same arguments (a tensor's address for the tensor)."""
     driver = _triton_driver().active
     device = driver.get_current_device()
     # inline, not a function per argument: this key is most of a direct launch's host time
-    key = (id(fn), device, *kwargs.items(),
-           *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args])
+    key = [id(fn), device, *kwargs.items()]
+    launch_args = []
+    for a in args:
+        if isinstance(a, Tensor):
+            address = a.data_ptr()
+            key.append((a.dtype, address % 16 == 0))
+            launch_args.append(address)
+        else:
+            key.append(a)
+            launch_args.append(a)
+    key = tuple(key)
     launch = _COMPILED_LAUNCHES.get(key)
     if launch is None:
         compiled = fn[grid](*args, **kwargs)
@@ -300,7 +314,7 @@ def _launch_compiled(fn, grid, args, kwargs):
                 kwargs[p.name] if p.name in kwargs else p.default for p in fn.params[len(args):])
         return
     compiled, trailing = launch
-    compiled[(*grid, 1, 1)[:3]](*args, *trailing, stream=driver.get_current_stream(device))
+    compiled[(*grid, 1, 1)[:3]](*launch_args, *trailing, stream=driver.get_current_stream(device))
 
 
 @functools.lru_cache(maxsize=None)
@@ -317,6 +331,29 @@ def _has_fake(args) -> bool:
     """Whether the launch arguments are tracing tensors (fake, functional, proxy). Every launch passes
     a tensor first, and a traced op body sees only tracing tensors: the first argument tells."""
     return type(args[0]) not in _REAL_TENSOR_TYPES
+
+
+def _device_guard(device: torch.device):
+    """Makes ``device`` the current CUDA device while the launches run, where it is not already:
+    Triton launches on the current device (its context, its current stream), and x may live on
+    another one (``model.to("cuda:1")`` without ``torch.cuda.set_device``). Otherwise, and for
+    any other device, nothing."""
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def _on_x_device(op_body):
+    """``op_body(x, ...)`` (an op's implementation, its first argument a tensor on the device of
+    every other) run under ``_device_guard(x.device)``. Tracing tensors are left alone: the traced
+    launches run where the compiled code runs them (Inductor's generated code sets the device)."""
+    @functools.wraps(op_body)  # keeps the signature the op's schema is inferred from
+    def on_x_device(x, *args, **kwargs):
+        if type(x) not in _REAL_TENSOR_TYPES:
+            return op_body(x, *args, **kwargs)
+        with _device_guard(x.device):
+            return op_body(x, *args, **kwargs)
+    return on_x_device
 
 
 # ----------------------------------------------------------------------------------------
@@ -468,6 +505,7 @@ def _project(conv_d, cells):
         return torch.matmul(conv_d.to(torch.float32), cells)
 
 
+@_on_x_device
 def _forward_impl(
         x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
@@ -557,6 +595,7 @@ def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_nu
     return plan
 
 
+@_on_x_device
 def _backward_impl(
         grad_out: Tensor, x: Tensor, saved_means: Tensor,
         conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
