@@ -88,7 +88,8 @@ def _constant(key, build) -> Tensor:
         return build()
     value = _CONSTANTS.get(key)
     if value is None:
-        value = build()
+        with torch.inference_mode(False):  # an inference tensor could not be saved by a later call's autograd
+            value = build()
         if not capturing_cuda_graph(value):  # made inside a CUDA graph capture, it holds nothing until a replay
             _CONSTANTS[key] = value
     return value
@@ -195,11 +196,19 @@ class InferencePackCache:
     comparable to the fused CPU kernel itself at batch 1; without autograd it only
     needs redoing when a weight changes. An entry is reused only while every
     weight is the very same live tensor (weak references), with the same version
-    counter (in-place updates) and data pointer (``.data`` reassignment)."""
+    counter (in-place updates) and data pointer (``.data`` reassignment). Inference tensors (weights
+    made under ``torch.inference_mode``) have no version counter: their packs are not cached."""
 
     def __init__(self, size: int = 32):
         self.size = size
         self.entries = {}
+
+    @staticmethod
+    def _pack(weights, config, dtype):
+        # not an inference tensor (made under torch.inference_mode): a later call with autograd on x
+        # (frozen weights) saves the pack for backward
+        with torch.no_grad(), torch.inference_mode(False):
+            return pack_weights(weights, config, dtype=dtype)
 
     @staticmethod
     def _state(tensors):
@@ -207,17 +216,20 @@ class InferencePackCache:
 
     def get(self, weights, config, dtype):
         tensors = weights.tensors()
+        try:
+            state = self._state(tensors)
+        except RuntimeError:  # an inference tensor (made under torch.inference_mode) has no version counter
+            return self._pack(weights, config, dtype)
         key = (tuple(map(id, tensors)), config, dtype)
         entry = self.entries.get(key)
         if entry is not None:
-            refs, state, packed = entry
-            if all(r() is t for r, t in zip(refs, tensors)) and state == self._state(tensors):
+            refs, cached_state, packed = entry
+            if all(r() is t for r, t in zip(refs, tensors)) and cached_state == state:
                 return packed
-        with torch.no_grad():
-            packed = pack_weights(weights, config, dtype=dtype)
+        packed = self._pack(weights, config, dtype)
         if len(self.entries) >= self.size:
             self.entries.pop(next(iter(self.entries)))
-        self.entries[key] = ([weakref.ref(t) for t in tensors], self._state(tensors), packed)
+        self.entries[key] = ([weakref.ref(t) for t in tensors], state, packed)
         return packed
 
 

@@ -84,3 +84,67 @@ def test_packing_constants_made_inside_a_cuda_graph_capture_are_not_cached(monke
     eager = pack_weights(w, config)
     assert {key[0] for key in weights_module._CONSTANTS} == {"pack", "zero"}
     assert all(torch.equal(a, b) for a, b in zip(captured, eager))
+
+
+def _fused_module(backend, **kwargs):
+    from scsa_kernels import SCSA, backends
+    if backends.unavailable_reason(backend):
+        pytest.skip(backends.unavailable_reason(backend))
+    return SCSA(16, window_size=3, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainable", "frozen"])
+def test_inference_mode_calls_cache_nothing_that_autograd_cannot_save(monkeypatch, backend, frozen):
+    """A first call under torch.inference_mode fills the packing caches (gather indices, the
+    inference pack). Made there they were inference tensors, and the next call with autograd
+    failed with "Inference tensors cannot be saved for backward" (the Triton op saves its packed
+    weights; with frozen weights the pack comes from the inference cache). Then: a training step
+    works and matches the reference."""
+    from scsa_kernels import SCSA
+    from scsa_kernels import weights as weights_module
+    from scsa_kernels.testing import compare
+    monkeypatch.setattr(weights_module, "_CONSTANTS", {})
+    monkeypatch.setattr(weights_module, "_PACK_CACHE", weights_module.InferencePackCache())
+    module = _fused_module(backend).requires_grad_(not frozen)
+    x = torch.randn(2, 16, 9, 9)
+    with torch.inference_mode():
+        inferred = module(x)
+    runs = []  # (x, module) after a training step: fused, reference in float32, reference in float64
+    for m, dtype in ((module, torch.float32), (SCSA(16, window_size=3, backend="reference"), torch.float32),
+                     (SCSA(16, window_size=3, backend="reference"), torch.float64)):
+        if m is not module:
+            m.load_state_dict(module.state_dict())
+            m.to(dtype).requires_grad_(not frozen)
+        xx = x.to(dtype, copy=True).requires_grad_()
+        out = m(xx)
+        out.square().sum().backward()
+        runs.append((xx, m, out))
+    torch.testing.assert_close(runs[0][2], inferred, rtol=0, atol=0)
+    (x32, fused, _), (x32_ref, reference, _), (x64, exact, _) = runs
+    grads = [("x", x32, x32_ref, x64)]
+    grads += [(name, p, r, e) for (name, p), r, e in zip(fused.named_parameters(), reference.parameters(),
+                                                         exact.parameters()) if p.requires_grad]
+    for name, got, same_dtype, exact_value in grads:
+        result = compare(name, got.grad, same_dtype.grad, exact_value.grad.double())
+        assert result.ok, result
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_a_module_made_under_inference_mode_runs(backend):
+    """Parameters made under torch.inference_mode (a model built or loaded in an inference server's
+    inference_mode block) are inference tensors, which have no version counter: the inference pack
+    cache, which checks version counters, does not cache them (it raised on their _version)."""
+    from scsa_kernels import SCSA
+    x = torch.randn(2, 16, 9, 9)
+    with torch.inference_mode():
+        module = _fused_module(backend)
+        reference = SCSA(16, window_size=3, backend="reference")
+        reference.load_state_dict(module.state_dict())
+        first, second = module(x), module(x)
+        module.q.weight.mul_(2)  # in place, as an inference tensor allows in inference mode
+        updated = module(x)
+        reference.q.weight.mul_(2)
+        expected = reference(x)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(updated, expected)
