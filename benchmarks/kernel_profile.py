@@ -9,7 +9,9 @@ eager reference, in forward (no autograd) and forward+backward:
 - host: the same calls' CPU time until the last one is enqueued (on a GPU, when host > device
   the call is host-bound and the kernels wait for Python, dispatch and launches);
 - device: the kernels' own time per call, from torch.profiler (on a CPU run: the ops' self time),
-  then the heaviest kernels with their launches and microseconds per call;
+  then the heaviest kernels with their launches and microseconds per call; on a GPU also the
+  heaviest host-side events of the same profile (torch ops, CUDA runtime and driver calls, by self
+  time, the profiler's overhead included): which torch op or driver call the host time goes to;
 - where the host time goes: forward and backward separately (on CUDA the backward's CPU work
   runs on autograd's device thread; ``.backward()`` returns when it is done) and, for the
   Triton backend, the time inside Triton's launch (``JITFunction.run``: argument binding, cache
@@ -160,20 +162,25 @@ def _self_time_us(event, device):
     return event.self_cpu_time_total
 
 
-def kernel_table(module, x, grad_out, mode, reps):
-    """[(name, launches per call, device us per call)], heaviest first."""
+def profiled_tables(module, x, grad_out, mode, reps):
+    """One torch.profiler run of reps calls -> (kernels, host ops): [(name, launches per call, device
+    us per call)] and, on a GPU, [(name, calls per call, host us per call)] of the CPU-side events
+    (torch ops, CUDA runtime and driver calls; the profiler's own overhead included) by self time,
+    heaviest first. On a CPU the kernels are the ops (self time) and the second list is empty."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(reps):
             one_call(module, x, grad_out, mode)
         synchronize(x.device)
-    rows = []
+    kernels, host_ops = [], []
     for event in prof.key_averages():
         us = _self_time_us(event, x.device)
         kernel = getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA or x.device.type == "cpu"
         if us > 0 and kernel:
-            rows.append((event.key, event.count / reps, us / reps))
-    return sorted(rows, key=lambda r: -r[2])
+            kernels.append((event.key, event.count / reps, us / reps))
+        elif not kernel and event.self_cpu_time_total > 0:
+            host_ops.append((event.key, event.count / reps, event.self_cpu_time_total / reps))
+    return sorted(kernels, key=lambda r: -r[2]), sorted(host_ops, key=lambda r: -r[2])
 
 
 def bound(host_us, device_us, device):
@@ -191,7 +198,7 @@ def report(shape, backend, dtype, device, mode, reps):
     for _ in range(3):  # compile, autotune, warm caches
         one_call(module, x, grad_out, mode)
     wall, host = wall_and_host_us(module, x, grad_out, mode, reps)
-    table = kernel_table(module, x, grad_out, mode, reps)
+    table, host_ops = profiled_tables(module, x, grad_out, mode, reps)
     device_us = sum(us for _, _, us in table)
     launches = sum(n for _, n, _ in table)
     print(f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')} {mode:<16} {name:<10} "
@@ -199,6 +206,10 @@ def report(shape, backend, dtype, device, mode, reps):
           f"{'kernels' if device.type == 'cuda' else 'ops'}{bound(host, device_us, device)}")
     for key, count, us in table[:TOP_KERNELS]:
         print(f"    {us:9.1f} us  x{count:<4.0f} {key[:110]}")
+    if host_ops:
+        print(f"    host, self time under the profiler ({sum(us for _, _, us in host_ops):.1f} us per call):")
+        for key, count, us in host_ops[:TOP_KERNELS]:
+            print(f"    {us:9.1f} us  x{count:<4.0f} {key[:110]}")
     print_host_split(module, x, grad_out, mode, reps)
     if name == "triton":
         print_without_direct_launches(module, x, grad_out, mode, reps)
