@@ -7,6 +7,7 @@ one autograd node whose backward applies the adjoint (``unpack_gradients``).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import NamedTuple, Optional, Tuple
 
@@ -192,14 +193,20 @@ def unpack_gradients(packed_grads, weights: SCSAWeights, config: SCSAConfig):
 
 
 class InferencePackCache:
-    """Packed weights of recent inference calls. Packing is a few small torch ops, each
+    """Packed weights of inference calls. Packing is a few small torch ops, each
     comparable to the fused CPU kernel itself at batch 1; without autograd it only
     needs redoing when a weight changes. An entry is reused only while every
     weight is the very same live tensor (weak references), with the same version
     counter (in-place updates) and data pointer (``.data`` reassignment). Inference tensors (weights
-    made under ``torch.inference_mode``) have no version counter: their packs are not cached."""
+    made under ``torch.inference_mode``) have no version counter: their packs are not cached.
 
-    def __init__(self, size: int = 32):
+    An entry lives as long as its weights (a weak reference's callback drops it when one dies), so
+    every module of a live model keeps its pack: a fixed number of recent entries (32 until
+    2026-11-27) missed on every call of a model with more SCSA modules than that, called in turn
+    (SCSA in each of ResNet-101's 33 bottlenecks). ``size`` only bounds weights kept alive elsewhere
+    in great numbers; past it the oldest entry goes."""
+
+    def __init__(self, size: int = 4096):
         self.size = size
         self.entries = {}
 
@@ -229,8 +236,17 @@ class InferencePackCache:
         packed = self._pack(weights, config, dtype)
         if len(self.entries) >= self.size:
             self.entries.pop(next(iter(self.entries)))
-        self.entries[key] = ([weakref.ref(t) for t in tensors], state, packed)
+        drop = functools.partial(_drop_entry, weakref.ref(self), key)
+        self.entries[key] = ([weakref.ref(t, drop) for t in tensors], state, packed)
         return packed
+
+
+def _drop_entry(cache_ref, key, dead_weight_ref):
+    """Weak reference callback: a weight of the cache's entry under ``key`` died. (The cache is held
+    weakly: its entries hold these callbacks.)"""
+    cache = cache_ref()
+    if cache is not None:
+        cache.entries.pop(key, None)
 
 
 _PACK_CACHE = InferencePackCache()

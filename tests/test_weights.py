@@ -148,3 +148,26 @@ def test_a_module_made_under_inference_mode_runs(backend):
         expected = reference(x)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     torch.testing.assert_close(updated, expected)
+
+
+def test_inference_pack_cache_keeps_one_pack_per_live_module(monkeypatch):
+    """Every live module keeps its pack however many there are (a fixed number of recent entries missed
+    on every call of a model with more SCSA modules than that, called in turn), and a module's
+    entry goes when its weights do."""
+    import gc
+    from scsa_kernels import weights as weights_module
+    monkeypatch.setattr(weights_module, "_PACK_CACHE", weights_module.InferencePackCache())
+    packs = []
+    monkeypatch.setattr(weights_module, "pack_weights",
+                        lambda *args, _pack=weights_module.pack_weights, **kwargs:
+                        packs.append(1) or _pack(*args, **kwargs))
+    config = SCSAConfig(16)
+    models = [random_weights(config) for _ in range(40)]
+    with torch.no_grad():
+        for _ in range(3):
+            first = [weights_module.packed_weights(w, config) for w in models]
+    assert len(packs) == 40
+    assert all(a is b for a, b in zip(first, [weights_module.packed_weights(w, config) for w in models]))
+    del models[10:]
+    gc.collect()
+    assert len(weights_module._PACK_CACHE.entries) == 10
