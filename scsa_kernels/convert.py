@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+import torch
 from torch import nn
 
 from .config import SCSAConfig
@@ -33,19 +34,24 @@ def is_scsa(module: nn.Module) -> bool:
 
 
 def replacement(module: nn.Module, backend: str) -> SCSA:
+    """Our SCSA with ``module``'s options, holding ``module``'s very Parameter objects (assigned, not
+    copied): an optimizer or EMA built before the conversion keeps updating the converted model,
+    and no weight is held twice. Device, dtype and requires_grad come with them."""
     c = config_of(module)
-    new = SCSA(c.dim, c.head_num, c.window_size, c.group_kernel_sizes, c.qkv_bias,
-               c.down_sample_mode, c.attn_drop_ratio, c.gate_layer, backend=backend)
-    reference = next(module.parameters())
-    new.to(device=reference.device, dtype=reference.dtype)
-    new.load_state_dict(module.state_dict(), strict=True)
+    with torch.device("meta"):  # placeholders, replaced by module's parameters below
+        new = SCSA(c.dim, c.head_num, c.window_size, c.group_kernel_sizes, c.qkv_bias,
+                   c.down_sample_mode, c.attn_drop_ratio, c.gate_layer, backend=backend)
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    new.load_state_dict(module.state_dict(keep_vars=True), strict=True, assign=True)
+    for p in frozen:  # assign=True gives each parameter the placeholder's requires_grad
+        p.requires_grad_(False)
     return new.train(module.training)
 
 
 def convert_model(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace, in place, every SCSA submodule of ``model`` with ``scsa_kernels.SCSA``.
 
-    Weights, device, dtype and train/eval mode carry over. Returns ``model``; the
+    Weights (the very Parameter objects, see ``replacement``), device, dtype and train/eval mode carry over. Returns ``model``; the
     number replaced is logged (logger "scsa_kernels", INFO) and a warning is issued
     when there was none. ``model`` itself, if an SCSA, is returned converted.
     """

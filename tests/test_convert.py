@@ -56,3 +56,24 @@ def test_convert_a_bare_module_returns_the_replacement():
 def test_convert_warns_when_nothing_to_replace():
     with pytest.warns(UserWarning, match="found no SCSA"):
         convert_model(nn.Linear(2, 2))
+
+
+def test_converted_modules_hold_the_original_parameters():
+    """The replacements take over the very Parameter objects (no copies): an optimizer made before the
+    conversion updates the converted model, and no weight is held twice. Frozen stays frozen."""
+    model = small_model().float().train()
+    model[1].attention.q.weight.requires_grad_(False)
+    before = list(model.parameters())
+    frozen = model[1].attention.q.weight
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    convert_model(model, backend="auto")
+    assert all(a is b for a, b in zip(model.parameters(), before)) and len(list(model.parameters())) == len(before)
+    assert model[1].attention.q.weight is frozen and not frozen.requires_grad
+    snapshot = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(2, 3, 12, 12)).square().mean().backward()
+    optimizer.step()
+    for p, s in zip(model.parameters(), snapshot):
+        if p is frozen:
+            assert p.grad is None and torch.equal(p, s)
+        elif p.grad.abs().max() > 1e-6:  # (a global-pool softmax module's norm_h/norm_w biases get ~1e-20)
+            assert not torch.equal(p, s), "the optimizer made before the conversion did not update it"
