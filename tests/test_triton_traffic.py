@@ -57,6 +57,7 @@ class Traffic:
     def __init__(self, **regions):
         self.regions = {n: (t.data_ptr(), t.data_ptr() + t.untyped_storage().nbytes()) for n, t in regions.items()}
         self.loads, self.stores, self.launches = {}, {}, 0
+        self.kernel, self.kernel_stores = None, {}  # the running kernel's name; bytes stored per kernel
 
     def _add(self, table, ptrs, mask):
         addrs = ptrs.data[mask.data.astype(bool)] if mask is not None else ptrs.data.ravel()
@@ -67,6 +68,7 @@ class Traffic:
             table[name] = table.get(name, 0) + int(inside.sum()) * size
             rest &= ~inside
         table["small"] = table.get("small", 0) + int(rest.sum()) * size
+        return addrs.size * size
 
     def __enter__(self):
         from triton.runtime import interpreter
@@ -81,11 +83,13 @@ class Traffic:
             return traffic._load(builder, ptrs, mask, *args)
 
         def store(builder, ptrs, value, mask, *args):
-            traffic._add(traffic.stores, ptrs, mask)
+            stored = traffic._add(traffic.stores, ptrs, mask)
+            traffic.kernel_stores[traffic.kernel] = traffic.kernel_stores.get(traffic.kernel, 0) + stored
             return traffic._store(builder, ptrs, value, mask, *args)
 
         def run(fn, *args, **kwargs):
             traffic.launches += 1
+            traffic.kernel = fn.fn.__name__
             return traffic._run(fn, *args, **kwargs)
 
         interpreter.InterpreterBuilder.create_masked_load = load
@@ -194,3 +198,17 @@ def test_traffic_and_launches(name):
     # out (forward) and dx (backward) are not registered regions: they land in "small" with |x| bytes
     assert fwd.stores["small"] - nx <= bound + cells and fwd.loads["small"] <= bound
     assert bwd.stores["small"] - nx <= bound + cells and bwd.loads["small"] <= bound + 2 * cells
+
+
+def test_attention_backward_stores_its_rows_once_when_one_step_covers_the_positions():
+    """With N <= BLOCK_P pooled positions (planes up to 28x28 at window 7) the attention backward keeps
+    its dq/dk rows in registers over the column blocks. Its stores: dq, dk, dy (C*N floats each),
+    8 per-channel parameter partials and 2 sums per program, not dq and dk once per column block
+    (16 of them at D = 512: more bytes than x itself at 7x7 in bfloat16)."""
+    from scsa_kernels.ops.triton import ATTENTION_BLOCK_D
+    B, C, N = 2, 512, 1
+    _, _, bwd, _, _ = measure((B, C, 7, 7), SCSAConfig(C))
+    programs = B * C // ATTENTION_BLOCK_D["backward"]
+    stored = bwd.kernel_stores["channel_attention_bwd_kernel"]
+    print(f"\nchannel_attention_bwd_kernel at {(B, C, 7, 7)}: {stored} bytes stored")
+    assert stored <= 4 * (B * (3 * C * N + 8 * C) + 2 * programs)

@@ -212,6 +212,14 @@ def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar, keep):
     return p * dz[:, None] * (vbar[None, :] * keep - z[:, None]), p * keep
 
 
+@triton.jit
+def _store_rows(ptr, plane, rows, rmask, N, values, BLOCK_P: tl.constexpr):
+    """values (len(rows), BLOCK_P): positions 0 .. BLOCK_P-1 (those < N) of channels rows of the
+    (C, N) plane at ptr + plane."""
+    ns = tl.arange(0, BLOCK_P)
+    tl.store(ptr + plane + rows[:, None] * N + ns[None, :], values, mask=rmask[:, None] & (ns < N)[None, :])
+
+
 # Not specialized on N, D, NBLK == 1 (global pooling, one block per head): the loops those
 # bound, unrolled, spilled registers (AOT test with the JIT's specializations).
 @triton.jit(do_not_specialize=["N", "D", "NBLK"])
@@ -220,7 +228,7 @@ def channel_attention_bwd_kernel(
         dq_ptr, dk_ptr, dy_ptr, part_ptr, gnsum_ptr,
         C, N, D, NBLK, scale, drop_p,
         GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, ONE_STEP: tl.constexpr):
     """Backward of PCSA steps 2-6 for one block T of BLOCK_D channels, without atomics.
 
     T is both a row block (dq_T = scale * sum_j dS_Tj k_j) and a column block
@@ -228,7 +236,10 @@ def channel_attention_bwd_kernel(
     dS_ij = P_ij dz_i (M_ij vbar_j - z_i), the softmax backward of z = (P * M) vbar (M = 1 without
     dropout; with it, regenerated from the forward's seed). dS tiles do not
     depend on the position n, so each column block's contribution to dq_T[:, n], dk_T[:, n]
-    is added into this program's own rows of the dq/dk scratch, BLOCK_P positions at a time.
+    is added into this program's own rows of the dq/dk scratch, BLOCK_P positions at a time. With
+    ONE_STEP (N <= BLOCK_P: planes up to 28x28 at window 7) the (BLOCK_D, BLOCK_P) dq/dk rows stay
+    in registers over the column blocks and reach the scratch once: no store, barrier and reload
+    per column block (16 of them at D = 512).
     In: pooled (B, C, N); params as in the forward; gn (B, 2); z, m, l, ca (B, C) from the
     forward; dca (B, C) = sum over the plane of grad_out * x_s. All fp32.
     Scratch: dq, dk (B, C, N) fp32 (unscaled). Out (fp32): dy (B, C, N) = gradient of the GroupNorm(1)
@@ -245,6 +256,9 @@ def channel_attention_bwd_kernel(
     dot = _gate_dot(ca_ptr, dca_ptr, b, C, GATE_SOFTMAX, BLOCK_C)
     dz_t, z_t, m_t, l_t = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, rows, rmask, dot, GATE_SOFTMAX)
     dvbar = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if ONE_STEP:
+        dq_t = tl.zeros([BLOCK_D, BLOCK_P], dtype=tl.float32)
+        dk_t = tl.zeros([BLOCK_D, BLOCK_P], dtype=tl.float32)
     for j0 in range(0, D, BLOCK_D):
         cj = j0 + tl.arange(0, BLOCK_D)
         cmask = cj < D
@@ -265,19 +279,29 @@ def channel_attention_bwd_kernel(
         dvbar += tl.sum(p * dz_j[:, None], axis=0)
         gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
         ds_jt_transposed = tl.trans(ds_jt)  # rows T, columns j
-        tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
-        for n0 in range(0, N, BLOCK_P):
-            ns = n0 + tl.arange(0, BLOCK_P)
+        if ONE_STEP:
+            ns = tl.arange(0, BLOCK_P)
             nmask = ns < N
             y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
-            idx = plane + rows[:, None] * N + ns[None, :]
-            tile = rmask[:, None] & nmask[None, :]
-            dq = tl.load(dq_ptr + idx, mask=tile & (j0 > 0), other=0.0)
-            dk = tl.load(dk_ptr + idx, mask=tile & (j0 > 0), other=0.0)
-            dq = tl.dot(ds_tj, _scaled(y, wk_c, bk_c, cmask, nmask), dq, input_precision="ieee")
-            dk = tl.dot(ds_jt_transposed, _scaled(y, wq_c, bq_c, cmask, nmask), dk, input_precision="ieee")
-            tl.store(dq_ptr + idx, dq, mask=tile)
-            tl.store(dk_ptr + idx, dk, mask=tile)
+            dq_t = tl.dot(ds_tj, _scaled(y, wk_c, bk_c, cmask, nmask), dq_t, input_precision="ieee")
+            dk_t = tl.dot(ds_jt_transposed, _scaled(y, wq_c, bq_c, cmask, nmask), dk_t, input_precision="ieee")
+        else:
+            tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
+            for n0 in range(0, N, BLOCK_P):
+                ns = n0 + tl.arange(0, BLOCK_P)
+                nmask = ns < N
+                y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
+                idx = plane + rows[:, None] * N + ns[None, :]
+                tile = rmask[:, None] & nmask[None, :]
+                dq = tl.load(dq_ptr + idx, mask=tile & (j0 > 0), other=0.0)
+                dk = tl.load(dk_ptr + idx, mask=tile & (j0 > 0), other=0.0)
+                dq = tl.dot(ds_tj, _scaled(y, wk_c, bk_c, cmask, nmask), dq, input_precision="ieee")
+                dk = tl.dot(ds_jt_transposed, _scaled(y, wq_c, bq_c, cmask, nmask), dk, input_precision="ieee")
+                tl.store(dq_ptr + idx, dq, mask=tile)
+                tl.store(dk_ptr + idx, dk, mask=tile)
+    if ONE_STEP:
+        _store_rows(dq_ptr, plane, rows, rmask, N, dq_t, BLOCK_P)
+        _store_rows(dk_ptr, plane, rows, rmask, N, dk_t, BLOCK_P)
     tl.debug_barrier()  # dq/dk complete: read back as tiles below
     g_nw = tl.zeros([BLOCK_D], dtype=tl.float32)  # per-channel parameter partials of this sample
     g_nb = tl.zeros([BLOCK_D], dtype=tl.float32)
