@@ -213,6 +213,15 @@ def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar, keep):
 
 
 @triton.jit
+def _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq, bq, wk, bk, cmask, nmask):
+    """(dq + dS_Tj k_j, dk + dS_jT^T q_j) at the positions of the normalized column tile y
+    (len(cols), BLOCK_P); dq, dk: (BLOCK_D, BLOCK_P) rows of T; wq, bq, wk, bk: the columns'."""
+    dq = tl.dot(ds_tj, _scaled(y, wk, bk, cmask, nmask), dq, input_precision="ieee")
+    dk = tl.dot(ds_jt_transposed, _scaled(y, wq, bq, cmask, nmask), dk, input_precision="ieee")
+    return dq, dk
+
+
+@triton.jit
 def _store_rows(ptr, plane, rows, rmask, N, values, BLOCK_P: tl.constexpr):
     """values (len(rows), BLOCK_P): positions 0 .. BLOCK_P-1 (those < N) of channels rows of the
     (C, N) plane at ptr + plane."""
@@ -283,8 +292,7 @@ def channel_attention_bwd_kernel(
             ns = tl.arange(0, BLOCK_P)
             nmask = ns < N
             y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
-            dq_t = tl.dot(ds_tj, _scaled(y, wk_c, bk_c, cmask, nmask), dq_t, input_precision="ieee")
-            dk_t = tl.dot(ds_jt_transposed, _scaled(y, wq_c, bq_c, cmask, nmask), dk_t, input_precision="ieee")
+            dq_t, dk_t = _add_dq_dk(dq_t, dk_t, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c, cmask, nmask)
         else:
             tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
             for n0 in range(0, N, BLOCK_P):
@@ -295,8 +303,7 @@ def channel_attention_bwd_kernel(
                 tile = rmask[:, None] & nmask[None, :]
                 dq = tl.load(dq_ptr + idx, mask=tile & (j0 > 0), other=0.0)
                 dk = tl.load(dk_ptr + idx, mask=tile & (j0 > 0), other=0.0)
-                dq = tl.dot(ds_tj, _scaled(y, wk_c, bk_c, cmask, nmask), dq, input_precision="ieee")
-                dk = tl.dot(ds_jt_transposed, _scaled(y, wq_c, bq_c, cmask, nmask), dk, input_precision="ieee")
+                dq, dk = _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c, cmask, nmask)
                 tl.store(dq_ptr + idx, dq, mask=tile)
                 tl.store(dk_ptr + idx, dk, mask=tile)
     if ONE_STEP:
