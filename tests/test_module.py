@@ -124,3 +124,100 @@ def test_compiling_before_any_eager_call_has_no_graph_break():
               "print(torch.compile(m, backend='eager', fullgraph=True)(torch.randn(1, 8, 4, 4)).shape)")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "torch.Size([1, 8, 4, 4])" in res.stdout, res.stderr[-3000:]
+
+
+def _gradients(module, x, backward):
+    """Gradients of x and of every parameter after ``backward(out)``."""
+    x = x.clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    backward(module(x))
+    return [x.grad] + [p.grad for p in module.parameters()]
+
+
+def _plain(out):
+    out.square().sum().backward()
+
+
+def _deterministic(out):
+    torch.use_deterministic_algorithms(True)
+    try:
+        out.square().sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _anomaly_mode(out):
+    with torch.autograd.detect_anomaly(check_nan=True):
+        out.square().sum().backward()
+
+
+def _retain_graph_twice(out):
+    """Two backward passes over one graph accumulate: halved, the plain gradients (exact in binary)."""
+    loss = out.square().sum() * 0.5
+    loss.backward(retain_graph=True)
+    loss.backward()
+
+
+CONTEXTS = {"deterministic_algorithms": _deterministic, "anomaly_mode": _anomaly_mode,
+            "retain_graph_twice": _retain_graph_twice}
+
+
+@pytest.mark.parametrize("context", sorted(CONTEXTS))
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_training_contexts_give_the_plain_gradients(backend, context):
+    """Deterministic-algorithms mode, anomaly detection and a retained graph run twice: the same
+    gradients as a plain backward, bitwise (the fused backward is deterministic)."""
+    if backends.unavailable_reason(backend):
+        pytest.skip(backends.unavailable_reason(backend))
+    module = SCSA(16, window_size=3, head_num=2, backend=backend)
+    x = torch.randn(2, 16, 7, 8)
+    for got, expected in zip(_gradients(module, x, CONTEXTS[context]), _gradients(module, x, _plain)):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_full_backward_hooks_see_the_gradients(backend):
+    """register_full_backward_hook around the fused node: the hook gets grad_input = d loss / d x."""
+    if backends.unavailable_reason(backend):
+        pytest.skip(backends.unavailable_reason(backend))
+    module = SCSA(16, window_size=3, backend=backend)
+    seen = []
+    module.register_full_backward_hook(lambda m, grad_input, grad_output: seen.append(grad_input[0].clone()))
+    x = torch.randn(2, 16, 7, 8, requires_grad=True)
+    module(x).square().sum().backward()
+    assert len(seen) == 1 and torch.equal(seen[0], x.grad)
+
+
+def test_concurrent_inference_from_threads():
+    """Three modules called from four threads at once (an inference server), some calls with autograd:
+    every output is the single-threaded one, bitwise (shared caches: packs, plans, indices)."""
+    import threading
+    backend = "cpu" if backends.unavailable_reason("cpu") is None else "reference"
+    modules = [SCSA(16, window_size=3, backend=backend).eval() for _ in range(3)]
+    x = torch.randn(2, 16, 9, 9)
+    with torch.no_grad():
+        expected = [m(x) for m in modules]
+    failures = []
+
+    def worker(k):
+        try:
+            for i in range(60):
+                j = (i + k) % 3
+                if i % 7 == 0:
+                    out = modules[j](x.clone().requires_grad_())
+                    out.sum().backward()
+                    out = out.detach()
+                else:
+                    with torch.no_grad():
+                        out = modules[j](x)
+                if not torch.equal(out, expected[j]):
+                    failures.append((k, i))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:5]
