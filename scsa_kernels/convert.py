@@ -51,9 +51,9 @@ def replacement(module: nn.Module, backend: str) -> SCSA:
 def convert_model(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace, in place, every SCSA submodule of ``model`` with ``scsa_kernels.SCSA``.
 
-    Weights (the very Parameter objects, see ``replacement``), device, dtype and train/eval mode carry over. Returns ``model``; the
-    number replaced is logged (logger "scsa_kernels", INFO) and a warning is issued
-    when there was none. ``model`` itself, if an SCSA, is returned converted.
+    Weights (the very Parameter objects, see ``replacement``), device, dtype and train/eval mode
+    carry over. Returns ``model``; the number replaced is logged (logger "scsa_kernels", INFO) and a
+    warning is issued when there was none. ``model`` itself, if an SCSA, is returned converted.
     """
     if is_scsa(model):
         return replacement(model, backend)

@@ -14,6 +14,14 @@ if not HAS_CUDA:
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
+
+def skip_unless_available(backend):
+    """Skips the calling test, with the reason, where ``backend`` cannot run here."""
+    from scsa_kernels import backends
+    reason = backends.unavailable_reason(backend)
+    if reason:
+        pytest.skip(reason)
+
 # Other Triton releases for the tests that run Triton's compiler in a subprocess (test_triton_aot.py,
 # the direct-launch check of test_triton_ops.py): folders (os.pathsep-separated), each holding one
 # release installed with ``pip install --no-deps --target DIR triton==X``. CI passes 3.5 and 3.6.

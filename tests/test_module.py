@@ -7,6 +7,7 @@ import torch
 from scsa_kernels import SCSA, SCSAConfig, backends
 
 from authors_scsa import SCSA as AuthorsSCSA
+from conftest import skip_unless_available
 
 OPTION_SETS = [
     dict(dim=16, head_num=1),
@@ -167,8 +168,7 @@ CONTEXTS = {"deterministic_algorithms": _deterministic, "anomaly_mode": _anomaly
 def test_training_contexts_give_the_plain_gradients(backend, context):
     """Deterministic-algorithms mode, anomaly detection and a retained graph run twice: the same
     gradients as a plain backward, bitwise (the fused backward is deterministic)."""
-    if backends.unavailable_reason(backend):
-        pytest.skip(backends.unavailable_reason(backend))
+    skip_unless_available(backend)
     module = SCSA(16, window_size=3, head_num=2, backend=backend)
     x = torch.randn(2, 16, 7, 8)
     for got, expected in zip(_gradients(module, x, CONTEXTS[context]), _gradients(module, x, _plain)):
@@ -178,8 +178,7 @@ def test_training_contexts_give_the_plain_gradients(backend, context):
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_full_backward_hooks_see_the_gradients(backend):
     """register_full_backward_hook around the fused node: the hook gets grad_input = d loss / d x."""
-    if backends.unavailable_reason(backend):
-        pytest.skip(backends.unavailable_reason(backend))
+    skip_unless_available(backend)
     module = SCSA(16, window_size=3, backend=backend)
     seen = []
     module.register_full_backward_hook(lambda m, grad_input, grad_output: seen.append(grad_input[0].clone()))

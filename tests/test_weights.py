@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import skip_unless_available
 from scsa_kernels import SCSAConfig
 from scsa_kernels.testing import random_weights
 from scsa_kernels.weights import packed_parameters, pack_weights, unpack_gradients
@@ -51,10 +52,9 @@ def test_a_compiled_fused_module_compiles_once(monkeypatch, backend):
     compiled everything again, and so would the first compiled call after any eager call that
     fills it. Here: a compiled training step, an eager one (another module, the same config) and
     two more compiled ones make one compilation."""
-    from scsa_kernels import SCSA, backends
+    from scsa_kernels import SCSA
     from scsa_kernels import weights as weights_module
-    if backends.unavailable_reason(backend):
-        pytest.skip(backends.unavailable_reason(backend))
+    skip_unless_available(backend)
     torch._dynamo.reset()
     monkeypatch.setattr(weights_module, "_CONSTANTS", {})
     graphs = []
@@ -87,9 +87,8 @@ def test_packing_constants_made_inside_a_cuda_graph_capture_are_not_cached(monke
 
 
 def _fused_module(backend, **kwargs):
-    from scsa_kernels import SCSA, backends
-    if backends.unavailable_reason(backend):
-        pytest.skip(backends.unavailable_reason(backend))
+    from scsa_kernels import SCSA
+    skip_unless_available(backend)
     return SCSA(16, window_size=3, backend=backend, **kwargs)
 
 
