@@ -15,6 +15,12 @@ if not HAS_CUDA:
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 
+def backend_device(backend):
+    """Where a test runs ``backend``: the GPU backends (triton, cuda) on "cuda" when there is one,
+    else everything on "cpu" (Triton under the interpreter there)."""
+    return "cuda" if HAS_CUDA and backend in ("triton", "cuda") else "cpu"
+
+
 def skip_unless_available(backend):
     """Skips the calling test, with the reason, where ``backend`` cannot run here."""
     from scsa_kernels import backends

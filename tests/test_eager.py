@@ -7,6 +7,7 @@ the same inputs and, with attention dropout, the masks the forward's kernels dre
 import pytest
 import torch
 
+from conftest import backend_device
 from scsa_kernels import SCSA, backends
 
 FUSED = [name for name in ("cpu", "triton") if backends.unavailable_reason(name) is None]
@@ -38,10 +39,11 @@ def gradient_penalty_grads(module, x):
 @pytest.mark.parametrize("options", [dict(), dict(down_sample_mode="recombination", head_num=2, qkv_bias=True)],
                          ids=["default", "recombination"])
 def test_double_backward_matches_the_reference(backend, options):
-    module = SCSA(16, window_size=3, backend=backend, **options)
-    reference = SCSA(16, window_size=3, backend="reference", **options)
+    device = backend_device(backend)
+    module = SCSA(16, window_size=3, backend=backend, **options).to(device)
+    reference = SCSA(16, window_size=3, backend="reference", **options).to(device)
     reference.load_state_dict(module.state_dict())
-    x = torch.randn(2, 16, 9, 9)
+    x = torch.randn(2, 16, 9, 9, device=device)
     close(gradient_penalty_grads(module, x), gradient_penalty_grads(reference, x))
 
 
@@ -49,8 +51,9 @@ def test_double_backward_matches_the_reference(backend, options):
 def test_create_graph_keeps_the_forwards_dropout_masks(backend):
     """Training with attention dropout: the differentiable gradients (create_graph) are the fused
     kernels' gradients for the same dropout draw, not those of other masks."""
-    module = SCSA(16, window_size=3, head_num=2, attn_drop_ratio=0.5, backend=backend).train()
-    x = torch.randn(2, 16, 9, 9, requires_grad=True)
+    device = backend_device(backend)
+    module = SCSA(16, window_size=3, head_num=2, attn_drop_ratio=0.5, backend=backend).to(device).train()
+    x = torch.randn(2, 16, 9, 9, device=device, requires_grad=True)
     grads = []
     for create_graph in (False, True):
         torch.manual_seed(7)  # the same dropout seed for both calls

@@ -363,6 +363,28 @@ def test_gpu_direct_launches_match_tritons_launches_bitwise(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
+def test_traced_workspace_buffers_are_separate_allocations():
+    """Eager calls split one float32 allocation into the workspace buffers (a float64 one as a view);
+    traced calls (torch.compile's fake tensors) allocate each buffer in its own dtype. Inductor
+    functionalizes the kernels' writes into these buffers, and for the float64 view of a slice it
+    generated a copy reading the whole allocation's length in float64 from the slice's start (torch
+    2.11): past the end, an illegal memory access under CUDA graphs on an H200 (the benchmark's
+    triton+cudagraphs provider, 2026-11-27; test_gpu_torch_compile_reduce_overhead holds that case).
+    On a CPU those reads land in the allocator's memory and every value comes out right, so this
+    holds the layout itself."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from scsa_kernels.ops import triton as ops
+    layout = ops._workspace_layout([((2, 24), torch.float32), ((2, 4, 2), torch.float64), ((40,), torch.float32)])
+    assert layout.float64_at == (1,) and layout.slots == (48, 32, 48) and layout.lengths == (48, 16, 48)
+    eager = ops._workspace(layout, torch.empty(1))
+    with FakeTensorMode() as mode:
+        traced = ops._workspace(layout, mode.from_tensor(torch.empty(1)))
+    assert len({b.untyped_storage().data_ptr() for b in eager}) == 1
+    assert [(b.shape, b.dtype) for b in eager] == [(b.shape, b.dtype) for b in traced] == \
+        [((n,), d) for n, d in zip(layout.lengths, layout.dtypes)]
+    assert all(b.storage_offset() == 0 and b.untyped_storage().nbytes() == b.nbytes for b in traced)
+
+
 def test_plans_reuse_the_autotuners_pick(monkeypatch):
     """The first call of a launch plan goes through each autotuned kernel's autotuner and records its
     pick in the plan; later calls of the plan launch the kernel with it directly (ops.triton._launch),
@@ -693,19 +715,25 @@ def test_gpu_cuda_graph_training_step(attn_drop_ratio):
 
 
 @requires_cuda
-def test_gpu_torch_compile_reduce_overhead():
+@pytest.mark.parametrize("shape,dtype,head_num", [((4, 64, 28, 28), torch.float32, 4), ((64, 64, 56, 56), torch.bfloat16, 1)],
+                         ids=["small", "resnet50_stage1_bf16"])
+def test_gpu_torch_compile_reduce_overhead(shape, dtype, head_num):
     """torch.compile's CUDA graphs (mode="reduce-overhead") over the module: inference replays match
-    eager calls, on new inputs and after an in-place weight update."""
-    module = SCSA(64, head_num=4, window_size=7, backend="triton").cuda().eval()
+    eager calls, on new inputs and after an in-place weight update. The benchmark's case (64x64x56x56
+    bf16) met an illegal memory access in an Inductor copy of the workspace's float64 view before the
+    traced workspace took an allocation per buffer (test_traced_workspace_buffers_are_separate_allocations)."""
+    module = SCSA(shape[1], head_num=head_num, window_size=7, backend="triton").cuda().to(dtype).eval()
     compiled = torch.compile(module, mode="reduce-overhead", fullgraph=True)
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
     with torch.no_grad():
         for step in range(4):  # the first calls compile and record, later ones replay
-            x = torch.randn(4, 64, 28, 28, device="cuda")
+            x = torch.randn(shape, device="cuda", dtype=dtype)
             if step == 3:
                 _perturb_weights_in_place(module)
             torch.compiler.cudagraph_mark_step_begin()
             out = compiled(x).clone()
-            torch.testing.assert_close(out, module(x), rtol=1e-5, atol=1e-5)
+            torch.cuda.synchronize()  # an illegal memory access surfaces here, not at a later test
+            torch.testing.assert_close(out, module(x), **tolerance)
 
 
 @requires_cuda

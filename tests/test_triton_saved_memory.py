@@ -10,6 +10,7 @@ the batch (per-sample tensors plus the batch-independent packed parameters).
 import pytest
 import torch
 
+from conftest import backend_device
 from scsa_kernels import backends
 from scsa_kernels.bench.providers import saved_tensor_bytes
 from scsa_kernels.config import SCSAConfig
@@ -26,9 +27,10 @@ TARGET = 0.10  # saved beyond x, as a fraction of x's bytes
 def saved_beyond_x(chw, dtype, batch=BATCH):
     """(bytes saved beyond x, bytes of x) of one training forward at ``batch``."""
     config = SCSAConfig(chw[0])
-    weights = random_weights(config, dtype=dtype).map(lambda t: t.requires_grad_())
+    device = backend_device("triton")
+    weights = random_weights(config, dtype=dtype, device=device).map(lambda t: t.requires_grad_())
     fn = lambda x, w, c, training: scsa(x, w, c, training=training, backend="triton")
-    saved = [saved_tensor_bytes(fn, torch.randn(b, *chw, dtype=dtype, requires_grad=True), weights, config)
+    saved = [saved_tensor_bytes(fn, torch.randn(b, *chw, dtype=dtype, device=device, requires_grad=True), weights, config)
              for b in (1, 2)]
     total = saved[0] + (batch - 1) * (saved[1] - saved[0])
     x_bytes = batch * torch.Size(chw).numel() * dtype.itemsize

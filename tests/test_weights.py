@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import skip_unless_available
+from conftest import backend_device, skip_unless_available
 from scsa_kernels import SCSAConfig
 from scsa_kernels.testing import random_weights
 from scsa_kernels.weights import packed_parameters, pack_weights, unpack_gradients
@@ -63,9 +63,10 @@ def test_a_compiled_fused_module_compiles_once(monkeypatch, backend):
         graphs.append(graph_module)
         return graph_module.forward  # runs the traced graph as it is: the op itself at run time
 
-    compiled = torch.compile(SCSA(16, window_size=3, backend=backend), backend=counting_backend, fullgraph=True)
-    for step, module in enumerate([compiled, SCSA(16, window_size=3, backend=backend), compiled, compiled]):
-        module(torch.randn(2, 16, 9, 9, requires_grad=True)).sum().backward()
+    device = backend_device(backend)
+    compiled = torch.compile(SCSA(16, window_size=3, backend=backend).to(device), backend=counting_backend, fullgraph=True)
+    for step, module in enumerate([compiled, SCSA(16, window_size=3, backend=backend).to(device), compiled, compiled]):
+        module(torch.randn(2, 16, 9, 9, device=device, requires_grad=True)).sum().backward()
         assert len(graphs) == 1, f"step {step}: {len(graphs)} compilations"
 
 
@@ -89,7 +90,7 @@ def test_packing_constants_made_inside_a_cuda_graph_capture_are_not_cached(monke
 def _fused_module(backend, **kwargs):
     from scsa_kernels import SCSA
     skip_unless_available(backend)
-    return SCSA(16, window_size=3, backend=backend, **kwargs)
+    return SCSA(16, window_size=3, backend=backend, **kwargs).to(backend_device(backend))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -106,7 +107,7 @@ def test_inference_mode_calls_cache_nothing_that_autograd_cannot_save(monkeypatc
     monkeypatch.setattr(weights_module, "_CONSTANTS", {})
     monkeypatch.setattr(weights_module, "_PACK_CACHE", weights_module.InferencePackCache())
     module = _fused_module(backend).requires_grad_(not frozen)
-    x = torch.randn(2, 16, 9, 9)
+    x = torch.randn(2, 16, 9, 9, device=backend_device(backend))
     with torch.inference_mode():
         inferred = module(x)
     runs = []  # (x, module) after a training step: fused, reference in float32, reference in float64
@@ -114,7 +115,7 @@ def test_inference_mode_calls_cache_nothing_that_autograd_cannot_save(monkeypatc
                      (SCSA(16, window_size=3, backend="reference"), torch.float64)):
         if m is not module:
             m.load_state_dict(module.state_dict())
-            m.to(dtype).requires_grad_(not frozen)
+            m.to(device=x.device, dtype=dtype).requires_grad_(not frozen)
         xx = x.to(dtype, copy=True).requires_grad_()
         out = m(xx)
         out.square().sum().backward()
@@ -137,10 +138,11 @@ def test_a_module_made_under_inference_mode_runs(backend):
     in-place update there reaches the next call. Outputs by the tolerance rule (float64 reference)."""
     from scsa_kernels import SCSA
     from scsa_kernels.testing import compare
-    x = torch.randn(2, 16, 9, 9)
+    x = torch.randn(2, 16, 9, 9, device=backend_device(backend))
     with torch.inference_mode():
         module = _fused_module(backend)
-        references = [SCSA(16, window_size=3, backend="reference").to(dtype) for dtype in (torch.float32, torch.float64)]
+        references = [SCSA(16, window_size=3, backend="reference").to(device=x.device, dtype=dtype)
+                      for dtype in (torch.float32, torch.float64)]
         for reference in references:
             reference.load_state_dict(module.state_dict())
         first, second = module(x), module(x)

@@ -62,7 +62,7 @@ import contextlib
 import functools
 import math
 import os
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -97,6 +97,7 @@ MIN_DOT_SIDE = 16
 ATTENTION_BLOCK_P = 16  # pooled positions per step of their serial loops (the K side of the score products)
 
 Tensor = torch.Tensor
+F32, F64 = torch.float32, torch.float64  # workspace buffer dtypes
 
 
 def _interpret() -> bool:
@@ -217,23 +218,39 @@ _empty = torch.empty
 _empty_like = torch.empty_like
 
 
-def _workspace_lengths(shapes):
-    """Lengths that split one float32 workspace into buffers of these shapes, each padded to 16
-    elements (64 bytes): every buffer starts 16-byte aligned, which the kernels specialize on."""
-    return [-(-math.prod(shape) // 16) * 16 for shape in shapes]
+class WorkspaceLayout(NamedTuple):
+    """The scratch buffers of one op call: buffer i is flat, ``lengths[i]`` elements of ``dtypes[i]``
+    (float32, or float64 at ``float64_at``), and takes ``slots[i]`` float32 slots of one allocation:
+    its elements padded to 64 bytes, so that every buffer starts 16-byte aligned, which the kernels
+    specialize on."""
+    lengths: Tuple[int, ...]
+    dtypes: Tuple[torch.dtype, ...]
+    slots: Tuple[int, ...]
+    float64_at: Tuple[int, ...]
 
 
-def _float64(shape):
-    """Workspace shape of a float64 buffer: two float32 slots per element (the split buffer is
-    viewed as float64 where it is used)."""
-    return (*shape, 2)
+def _workspace_layout(buffers) -> WorkspaceLayout:
+    """buffers: [(shape, dtype)], dtype float32 or float64."""
+    dtypes = tuple(dtype for _, dtype in buffers)
+    slots = tuple(-(-math.prod(shape) * (d.itemsize // 4) // 16) * 16 for (shape, _), d in zip(buffers, dtypes))
+    return WorkspaceLayout(tuple(n * 4 // d.itemsize for n, d in zip(slots, dtypes)), dtypes, slots,
+                           tuple(i for i, d in enumerate(dtypes) if d == torch.float64))
 
 
-def _workspace(lengths, device):
-    """Flat float32 buffers of these lengths, views of one allocation: one split is one C++ call,
-    where slicing and viewing each buffer costs a few microseconds of host time per buffer. The
-    kernels only see pointers; the few buffers torch reads are shaped where they are used."""
-    return _empty(sum(lengths), device=device, dtype=torch.float32).split(lengths)
+def _workspace(layout: WorkspaceLayout, x: Tensor):
+    """The layout's buffers on x's device. Real tensors: views of one float32 allocation (one split is
+    one C++ call, where an allocation per buffer costs a few microseconds of host time each); the
+    kernels only see pointers, and the few buffers torch reads are shaped where they are used.
+    Tracing tensors (torch.compile): an allocation each, of the same length. Inductor functionalizes the kernels' writes,
+    and from a float64 view of a slice of one float32 allocation (torch 2.11) it generated a copy that
+    read the whole allocation's length in float64 from the slice's start: past its end (an illegal
+    memory access under CUDA graphs on an H200, wrong values otherwise; test_triton_ops.py shows it)."""
+    if type(x) not in _REAL_TENSOR_TYPES:
+        return [_empty(n, device=x.device, dtype=d) for n, d in zip(layout.lengths, layout.dtypes)]
+    buffers = list(_empty(sum(layout.slots), device=x.device, dtype=torch.float32).split(layout.slots))
+    for i in layout.float64_at:
+        buffers[i] = buffers[i].view(torch.float64)
+    return buffers
 
 
 def _launch(kernel, grid, *args, tuned=None, **kwargs):
@@ -431,8 +448,9 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
         tuned={}, N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
         channel_tiles=channel_tiles, plane_grid=(B * -(-C // block_c),), pool_grid=(B * pool_blocks_per_sample,),
         # gates, sp_stats, pooled (recombination: the cells), gn, z, m, l, ca
-        workspace=_workspace_lengths([(B, C, H + W), _float64((B, 2, 4, 2)), (B, C * WH * WW, N) if recombine else (B, C, N),
-                                      (B, 2), (B, C), (B, C), (B, C), (B, C)]),
+        workspace=_workspace_layout([((B, C, H + W), F32), ((B, 2, 4, 2), F64),
+                                     ((B, C * WH * WW, N) if recombine else (B, C, N), F32),
+                                     ((B, 2), F32), ((B, C), F32), ((B, C), F32), ((B, C), F32), ((B, C), F32)]),
         plane_scalars=(C, H, W, *x_stride),
         plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
@@ -523,8 +541,7 @@ def _forward_impl(
     plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, x.dtype, conv_w.shape[1], head_num, window_size, max_pool, recombine,
                                     gate_softmax, SPATIAL_TILE), _forward_plan)
     means = _empty(B, C, H + W, device=x.device, dtype=torch.float32)  # its own allocation: the backward may keep it
-    gates, sp_stats, pooled, gn, z, m, l, ca = _workspace(plan["workspace"], x.device)  # pooled: the cells with recombination
-    sp_stats = sp_stats.view(torch.float64)
+    gates, sp_stats, pooled, gn, z, m, l, ca = _workspace(plan["workspace"], x)  # pooled: the cells with recombination
     argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
     out = _empty_like(x)
     _means(plan, x, means)
@@ -565,10 +582,10 @@ def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_nu
     D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
     # rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
     # gates, sp_stats (the names in _backward_impl; sp_stats float64)
-    workspace = _workspace_lengths([
+    workspace = _workspace_layout([(shape, F32) for shape in (
         (B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
         (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
-        (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W), _float64((B, 2, 4, 2))])
+        (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W))] + [((B, 2, 4, 2), F64)])
     # pass (a) also walks the columns right of the window grid
     grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W, C, plan["channel_tiles"])
     pool_scalars = list(plan["pool_scalars"])
@@ -619,8 +636,7 @@ def _backward_impl(
                    _backward_plan)
     # the kernels write all of each scratch buffer before reading it
     (rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
-     gates, sp_stats) = _workspace(plan["workspace"], x.device)
-    sp_stats = sp_stats.view(torch.float64)
+     gates, sp_stats) = _workspace(plan["workspace"], x)
     if plan["recompute_means"]:
         _means(plan, x, means)
     else:
