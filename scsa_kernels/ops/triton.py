@@ -241,10 +241,10 @@ def _workspace(layout: WorkspaceLayout, x: Tensor):
     """The layout's buffers on x's device. Real tensors: views of one float32 allocation (one split is
     one C++ call, where an allocation per buffer costs a few microseconds of host time each); the
     kernels only see pointers, and the few buffers torch reads are shaped where they are used.
-    Tracing tensors (torch.compile): an allocation each, of the same length. Inductor functionalizes the kernels' writes,
-    and from a float64 view of a slice of one float32 allocation (torch 2.11) it generated a copy that
-    read the whole allocation's length in float64 from the slice's start: past its end (an illegal
-    memory access under CUDA graphs on an H200, wrong values otherwise; test_triton_ops.py shows it)."""
+    Tracing tensors (torch.compile): an allocation each, of the same length. Inductor functionalizes
+    the kernels' writes, and for a float64 view of a slice of one float32 allocation (torch 2.11) it
+    generated a copy reading the whole allocation's length in float64 from the slice's start, past
+    its end: an illegal memory access under CUDA graphs on an H200 (benchmarks/results/nvidia-h200)."""
     if type(x) not in _REAL_TENSOR_TYPES:
         return [_empty(n, device=x.device, dtype=d) for n, d in zip(layout.lengths, layout.dtypes)]
     buffers = list(_empty(sum(layout.slots), device=x.device, dtype=torch.float32).split(layout.slots))
