@@ -169,8 +169,9 @@ def test_training_contexts_give_the_plain_gradients(backend, context):
     """Deterministic-algorithms mode, anomaly detection and a retained graph run twice: the same
     gradients as a plain backward, bitwise (the fused backward is deterministic)."""
     skip_unless_available(backend)
-    module = SCSA(16, window_size=3, head_num=2, backend=backend).to(backend_device(backend))
-    x = torch.randn(2, 16, 7, 8, device=backend_device(backend))
+    device = backend_device(backend)
+    module = SCSA(16, window_size=3, head_num=2, backend=backend).to(device)
+    x = torch.randn(2, 16, 7, 8, device=device)
     for got, expected in zip(_gradients(module, x, CONTEXTS[context]), _gradients(module, x, _plain)):
         assert torch.equal(got, expected)
 
@@ -179,10 +180,11 @@ def test_training_contexts_give_the_plain_gradients(backend, context):
 def test_full_backward_hooks_see_the_gradients(backend):
     """register_full_backward_hook around the fused node: the hook gets grad_input = d loss / d x."""
     skip_unless_available(backend)
-    module = SCSA(16, window_size=3, backend=backend).to(backend_device(backend))
+    device = backend_device(backend)
+    module = SCSA(16, window_size=3, backend=backend).to(device)
     seen = []
     module.register_full_backward_hook(lambda m, grad_input, grad_output: seen.append(grad_input[0].clone()))
-    x = torch.randn(2, 16, 7, 8, device=backend_device(backend), requires_grad=True)
+    x = torch.randn(2, 16, 7, 8, device=device, requires_grad=True)
     module(x).square().sum().backward()
     assert len(seen) == 1 and torch.equal(seen[0], x.grad)
 

@@ -245,7 +245,7 @@ def _workspace(layout: WorkspaceLayout, x: Tensor):
     the kernels' writes, and for a float64 view of a slice of one float32 allocation (torch 2.11) it
     generated a copy reading the whole allocation's length in float64 from the slice's start, past
     its end: an illegal memory access under CUDA graphs on an H200 (benchmarks/results/nvidia-h200)."""
-    if type(x) not in _REAL_TENSOR_TYPES:
+    if _is_tracing(x):
         return [_empty(n, device=x.device, dtype=d) for n, d in zip(layout.lengths, layout.dtypes)]
     buffers = list(_empty(sum(layout.slots), device=x.device, dtype=torch.float32).split(layout.slots))
     for i in layout.float64_at:
@@ -266,7 +266,7 @@ def _launch(kernel, grid, *args, tuned=None, **kwargs):
     config to the kernel itself, skipping the autotuner's per-call key (dicts over every argument:
     ~20 us per launch on a 2-core VM). A plan fixes what the key depends on (shapes, constexprs,
     x's dtype), and every config computes the same result."""
-    if _has_fake(args):
+    if _is_tracing(args[0]):
         if not _INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
             from torch.library import wrap_triton
             wrap_triton(kernel)[grid](*args, **kwargs)
@@ -344,10 +344,10 @@ def _triton_driver():
 _REAL_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def _has_fake(args) -> bool:
-    """Whether the launch arguments are tracing tensors (fake, functional, proxy). Every launch passes
-    a tensor first, and a traced op body sees only tracing tensors: the first argument tells."""
-    return type(args[0]) not in _REAL_TENSOR_TYPES
+def _is_tracing(t: Tensor) -> bool:
+    """Whether t is a tracing tensor (fake, functional, proxy): a traced op body sees only those, so
+    its first tensor tells (every launch passes a tensor first)."""
+    return type(t) not in _REAL_TENSOR_TYPES
 
 
 def _device_guard(device: torch.device):
@@ -366,7 +366,7 @@ def _on_x_device(op_body):
     launches run where the compiled code runs them (Inductor's generated code sets the device)."""
     @functools.wraps(op_body)  # keeps the signature the op's schema is inferred from
     def on_x_device(x, *args, **kwargs):
-        if type(x) not in _REAL_TENSOR_TYPES:
+        if _is_tracing(x):
             return op_body(x, *args, **kwargs)
         with _device_guard(x.device):
             return op_body(x, *args, **kwargs)
