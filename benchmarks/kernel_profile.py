@@ -13,7 +13,9 @@ eager reference, in forward (no autograd) and forward+backward:
   heaviest host-side events of the same profile (torch ops, CUDA runtime and driver calls, by self
   time, the profiler's overhead included): which torch op or driver call the host time goes to;
 - where the host time goes: forward and backward separately (on CUDA the backward's CPU work
-  runs on autograd's device thread; ``.backward()`` returns when it is done) and, for the
+  runs on autograd's device thread; ``.backward()`` returns when it is done), the time in each
+  Python layer of the fused path (the autograd node, packing, op bodies, workspace, launches;
+  what the backward spends outside its node is autograd's engine) and, for the
   Triton backend, the time inside Triton's launch (``JITFunction.run``: argument binding, cache
   key, driver launch; or, for ops.triton's direct launches, the compiled kernel's launcher),
   which benchmarks/triton_host_overhead.py leaves out from the driver call on; and the wall and
@@ -104,6 +106,50 @@ def timed_triton_launches():
         JITFunction.run, CompiledKernel.__getitem__ = run, getitem
 
 
+def _python_layers():
+    """(owner, attribute, label) of the fused path's Python layers, outermost first: the eager autograd
+    node (ops/eager.py) and, for the Triton backend, its op bodies, workspace and launches."""
+    from scsa_kernels.ops import eager
+    layers = [(eager._FusedSCSAFunction, "forward", "node.forward"), (eager, "pack_weights", "pack_weights"),
+              (eager._FusedSCSAFunction, "backward", "node.backward"), (eager, "unpack_gradients", "unpack_gradients")]
+    try:
+        from scsa_kernels.ops import triton as ops
+    except ImportError:
+        return layers
+    return layers + [(ops, "_forward_impl", "_forward_impl"), (ops, "_backward_impl", "_backward_impl"),
+                     (ops, "_workspace", "_workspace"), (ops, "_launch", "_launch")]
+
+
+@contextlib.contextmanager
+def timed_python_layers():
+    """Times the fused path's Python layers (``_python_layers``), on any thread (on CUDA the backward
+    runs on autograd's device thread, which cProfile on the caller's would not see); yields a dict
+    label -> [calls, seconds], inclusive of the layers inside. What the backward phase spends outside
+    node.backward is autograd's engine (the hand-over to its device thread, AccumulateGrad)."""
+    timed = collections.defaultdict(lambda: [0, 0.0])
+    originals = []
+    for owner, attribute, label in _python_layers():
+        original = owner.__dict__[attribute]
+        function = original.__func__ if isinstance(original, staticmethod) else original
+
+        def wrapper(*args, _function=function, _label=label, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _function(*args, **kwargs)
+            finally:
+                entry = timed[_label]
+                entry[0] += 1
+                entry[1] += time.perf_counter() - start
+
+        setattr(owner, attribute, staticmethod(wrapper) if isinstance(original, staticmethod) else wrapper)
+        originals.append((owner, attribute, original))
+    try:
+        yield timed
+    finally:
+        for owner, attribute, original in originals:
+            setattr(owner, attribute, original)
+
+
 class Phase:
     """Host time of one phase (forward or backward) over the calls, and the launches inside it."""
 
@@ -128,7 +174,7 @@ def host_split(module, x, grad_out, mode, reps):
     (enqueueing), the GPU synchronized before and after."""
     forward, backward = Phase(), Phase()
     synchronize(x.device)
-    with timed_triton_launches() as launched:
+    with timed_triton_launches() as launched, timed_python_layers() as layers:
         def totals():
             return [sum(n for n, _ in launched.values()), sum(t for _, t in launched.values())]
 
@@ -144,16 +190,20 @@ def host_split(module, x, grad_out, mode, reps):
                 out.backward(grad_out)
                 backward.add(time.perf_counter() - middle, before, totals())
     synchronize(x.device)
-    return forward, backward, dict(launched)
+    return forward, backward, dict(launched), dict(layers)
 
 
 def print_host_split(module, x, grad_out, mode, reps):
-    forward, backward, launched = host_split(module, x, grad_out, mode, reps)
+    forward, backward, launched, layers = host_split(module, x, grad_out, mode, reps)
     phases = [forward.describe("forward", reps)] + ([backward.describe("backward", reps)] if mode != "forward" else [])
     print("    host: " + " + ".join(phases))
     if launched:
         print("    launcher per launch: " + ", ".join(
             f"{name} {seconds / count * 1e6:.1f} us" for name, (count, seconds) in sorted(launched.items())))
+    if layers:
+        print("    python layers per call (inclusive): " + ", ".join(
+            f"{label} {layers[label][1] / reps * 1e6:.1f} us x{layers[label][0] / reps:.0f}"
+            for _, _, label in _python_layers() if label in layers))
 
 
 def _self_time_us(event, device):

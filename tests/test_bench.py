@@ -295,9 +295,15 @@ def test_kernel_profile_names_the_fused_op(capsys):
     and the fused backend's time lands in its own op, not in unattributed glue."""
     if backends.unavailable_reason("cpu") is not None:
         pytest.skip("the C++ CPU backend is not built")
+    from scsa_kernels.ops import eager
     kernel_profile = _load_kernel_profile()
+    node_methods = dict(eager._FusedSCSAFunction.__dict__)
     kernel_profile.main(["--device", "cpu", "--shape", "1", "8", "7", "7", "--reps", "2"])
     out = capsys.readouterr().out
+    # the Python layers' timers: the node's forward and backward once per call, then unwrapped
+    assert len(re.findall(r"^    python layers per call \(inclusive\): node\.forward [\d.]+ us x1, pack_weights "
+                          r"[\d.]+ us x1, node\.backward [\d.]+ us x1, unpack_gradients [\d.]+ us x1$", out, re.M)) == 1
+    assert all(eager._FusedSCSAFunction.__dict__[m] is node_methods[m] for m in ("forward", "backward"))
     summaries = re.findall(r"^1x8x7x7 float32 (forward\+backward|forward)\s+(\w+)\s+wall .* in \d+ ops", out, re.M)
     assert sorted(summaries) == sorted([(m, b) for m in ("forward", "forward+backward") for b in ("cpu", "reference")])
     assert "scsa_kernels::scsa_forward" in out and "scsa_kernels::scsa_backward" in out

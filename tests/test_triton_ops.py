@@ -116,6 +116,32 @@ def test_shapes(shape, window):
     assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(shape[1], window_size=window))
 
 
+# (shape, window, heads) -> pooled positions N, whether the attention products are tl.dots
+ATTENTION_PRODUCT_CASES = {
+    "one_position_heads_of_8": (((2, 32, 7, 7), 7, 4), 1, False),
+    "four_positions": (((1, 16, 14, 15), 7, 1), 4, False),
+    "eight_positions_softmax": (((1, 16, 8, 19), 4, 2), 8, False),
+    "nine_positions_padded_dot": (((1, 16, 9, 9), 3, 1), 9, True),
+    "sixteen_positions_heads_of_8": (((1, 32, 8, 8), 2, 4), 16, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_PRODUCT_CASES))
+def test_attention_products_dot_or_broadcast(name):
+    """The channel attention kernels take tl.dot products from 9 pooled positions on (BLOCK_P = 16,
+    BLOCK_D >= 16) and broadcast sums below (BLOCK_P = next power of two, at least 2; BLOCK_D down to
+    the head's channels): both routes, forward and backward, match the reference."""
+    from scsa_kernels.ops import triton as ops
+    (shape, window, heads), n, dot = ATTENTION_PRODUCT_CASES[name]
+    C = shape[1]
+    for direction in ("forward", "backward"):
+        blocks = ops._attention_blocks(C, heads, n, direction)
+        assert blocks.DOT == dot and blocks.BLOCK_P == (16 if dot else max(2, ops._pow2(n))), blocks
+        assert blocks.BLOCK_D == (max(16, ops._pow2(C // heads)) if dot else ops._pow2(C // heads)), blocks
+    options = dict(gate_layer="softmax") if "softmax" in name else {}
+    assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(C, window_size=window, head_num=heads, **options))
+
+
 def test_triton_older_than_3_5_is_reported_unavailable(monkeypatch):
     """The kernels need triton.constexpr_function (3.5+): an older Triton makes the backend unavailable,
     with the reason, so "auto" takes the reference instead of failing in the first compile."""

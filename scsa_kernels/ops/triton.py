@@ -91,10 +91,10 @@ SPATIAL_ELEMENTS_PER_THREAD = 4
 SPATIAL_MAX_WARPS = 16
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
-# At least 16 (the smallest side of a tl.dot): heads of fewer channels mask the rest.
+# At least 16 (the smallest side of a tl.dot) where the products are dots: heads of fewer channels mask the rest.
 ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
 MIN_DOT_SIDE = 16
-ATTENTION_BLOCK_P = 16  # pooled positions per step of their serial loops (the K side of the score products)
+ATTENTION_BLOCK_P = 16  # pooled positions per step of their dot loops (the K side of the score products)
 
 Tensor = torch.Tensor
 F32, F64 = torch.float32, torch.float64  # workspace buffer dtypes
@@ -196,21 +196,39 @@ def _pow2(n: int) -> int:
     return 1 << (max(int(n), 1) - 1).bit_length()
 
 
-def _attention_blocks(dim: int, heads: int, n: int, direction: str):
-    """(D, BLOCK_D, BLOCK_N, NBLK) of the channel attention kernels: BLOCK_D x BLOCK_D score tiles,
-    BLOCK_D x BLOCK_N tiles of the final backward loop."""
+class AttentionBlocks(NamedTuple):
+    """Geometry of the channel attention kernels (triton/channel_attention.py) for heads of D channels
+    and N pooled positions: BLOCK_D x BLOCK_D score tiles, NBLK of them per head side, BLOCK_P
+    positions per step, as tl.dot products (DOT) or, below tl.dot's smallest side, broadcast sums;
+    BLOCK_D x BLOCK_N tiles in the backward's final loop."""
+    D: int
+    BLOCK_D: int
+    BLOCK_P: int
+    DOT: bool
+    BLOCK_N: int
+    NBLK: int
+
+
+def _attention_blocks(dim: int, heads: int, n: int, direction: str) -> AttentionBlocks:
     d = dim // heads
-    block_d = max(MIN_DOT_SIDE, min(ATTENTION_BLOCK_D[direction], _pow2(d)))
-    return d, block_d, min(32, _pow2(n)), -(-d // block_d)
+    dot = _pow2(n) >= MIN_DOT_SIDE
+    block_d = min(ATTENTION_BLOCK_D[direction], _pow2(d))
+    if dot:
+        block_d = max(MIN_DOT_SIDE, block_d)
+    # at least 2 positions per step: triton 3.5 failed to lower the broadcast products with a size-1 axis
+    return AttentionBlocks(d, block_d, ATTENTION_BLOCK_P if dot else max(2, _pow2(n)), dot, min(32, _pow2(n)),
+                           -(-d // block_d))
 
 
-def _attention_warps(block_d: int, direction: str) -> int:
+def _attention_warps(blocks: AttentionBlocks, direction: str) -> int:
     """Warps of the channel attention kernels: enough to hold the tl.dot operand slices of their
     score tiles without spills on triton 3.8 (a few bytes on 3.5/3.6, within the AOT test's allowance):
-    the forward's 64-row tiles spilled at 8 warps, the backward's 16-row ones at 8 but not at 4."""
-    if direction == "forward":
-        return max(4, block_d // 4)
-    return 8 if block_d >= 32 else 4
+    the forward's 64-row tiles spilled at 8 warps, the backward's 16-row ones at 8 but not at 4.
+    Without dots, 8 for 32 channels or more: the rank-1 steps ran so (63 and 289 us per forward and
+    backward call at 64x512x7x7 on an H200); the forward at 16 spilled at N = 1 (sm_90)."""
+    if direction == "forward" and blocks.DOT:
+        return max(4, blocks.BLOCK_D // 4)
+    return 8 if blocks.BLOCK_D >= 32 else 4
 
 
 # Every buffer a kernel writes is allocated here (tests swap in NaN-filled allocators).
@@ -443,9 +461,9 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
     block_g = min(_pow2(C // 4), max(1, spatial_tile // block_l))
     wide = _wide_strides(shape, x_stride)
     per_block, pool_blocks_per_sample, pool_blocks = _pool_blocks(WP, WW, W, C, channel_tiles)
-    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "forward")
+    blocks = _attention_blocks(C, head_num, N, "forward")
     return dict(
-        tuned={}, N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * nblk),
+        tuned={}, N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * blocks.NBLK),
         channel_tiles=channel_tiles, plane_grid=(B * -(-C // block_c),), pool_grid=(B * pool_blocks_per_sample,),
         # gates, sp_stats, pooled (recombination: the cells), gn, z, m, l, ca
         workspace=_workspace_layout([((B, C, H + W), F32), ((B, 2, 4, 2), F64),
@@ -459,9 +477,9 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
                                       max(8, block_g * block_l // (32 * SPATIAL_ELEMENTS_PER_THREAD)))),
         pool_scalars=(C, H, W, *x_stride, *x_stride, HP, WP, WH, WW, per_block),
         pool_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, WH_POW2=_pow2(WH), WIDE=wide, **pool_blocks),
-        attention_scalars=(C, N, D, nblk, GROUP_NORM_EPS, D ** -0.5),
-        attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_P=ATTENTION_BLOCK_P, BLOCK_F=1024,
-                            num_warps=_attention_warps(block_d, "forward")),
+        attention_scalars=(C, N, blocks.D, blocks.NBLK, GROUP_NORM_EPS, blocks.D ** -0.5),
+        attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=blocks.BLOCK_D, BLOCK_P=blocks.BLOCK_P, DOT=blocks.DOT,
+                            BLOCK_F=1024, num_warps=_attention_warps(blocks, "forward")),
         softmax_grid=(B,), softmax_meta=dict(BLOCK_C=min(1024, _pow2(C)), num_warps=4),
         apply_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H)),
     )
@@ -579,7 +597,8 @@ def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_nu
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
     plane_meta = plan["plane_meta"]  # the backward's plane passes tile x as the forward's do
-    D, block_d, block_n, nblk = _attention_blocks(C, head_num, N, "backward")
+    blocks = _attention_blocks(C, head_num, N, "backward")
+    nblk = blocks.NBLK
     # rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
     # gates, sp_stats (the names in _backward_impl; sp_stats float64)
     workspace = _workspace_layout([(shape, F32) for shape in (
@@ -593,14 +612,14 @@ def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_nu
     pool_scalars[-1] = grad_per_block
     plan.update(
         recompute_means=recompute_means, workspace=workspace,
-        bwd_attention_grid=(B, head_num * nblk), grad_pool_grid=(B * grad_pool_blocks_per_sample,),
+        bwd_attention_grid=(B, head_num * blocks.NBLK), grad_pool_grid=(B * grad_pool_blocks_per_sample,),
         grad_grid=plan["plane_grid"],
         grad_pool_scalars=tuple(pool_scalars),
         grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride), **grad_pool_blocks),
-        bwd_attention_scalars=(C, N, D, nblk, D ** -0.5),
-        bwd_attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=block_d, BLOCK_P=ATTENTION_BLOCK_P, BLOCK_N=block_n,
-                                BLOCK_C=min(1024, _pow2(C)), ONE_STEP=N <= ATTENTION_BLOCK_P,
-                                num_warps=_attention_warps(block_d, "backward")),
+        bwd_attention_scalars=(C, N, blocks.D, nblk, blocks.D ** -0.5),
+        bwd_attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=blocks.BLOCK_D, BLOCK_P=blocks.BLOCK_P, DOT=blocks.DOT,
+                                BLOCK_N=blocks.BLOCK_N, BLOCK_C=min(1024, _pow2(C)), ONE_STEP=N <= blocks.BLOCK_P,
+                                num_warps=_attention_warps(blocks, "backward")),
         pool_geom=(HP, WP, WH, WW, head_num * nblk),
         pooled_grad_scalars=(C, N, head_num * nblk),
         pooled_grad_meta=dict(BLOCK_N=min(1024, _pow2(N)), BLOCK_P=_pow2(head_num * nblk)),

@@ -12,7 +12,11 @@ products in "ieee" precision (float32 FMAs: TF32 misses the float32 tolerance), 
 The positions are the only serial loop of these kernels, and each step waits for its global
 loads: one position per step (rank-1 updates) made them latency-bound, the same ~140 us per
 backward call at batch 1 as at batch 64 (H200, 64x64x56x56). tl.dot needs every side >= 16:
-the host pads BLOCK_D to 16 for heads of fewer channels (masked rows).
+the host pads BLOCK_D to 16 for heads of fewer channels (masked rows). With fewer than 16
+positions (DOT false: 7x7 and 14x14 planes at window 7, global pooling) BLOCK_P = next power of
+two >= N (at least 2) and the products are broadcast sums instead (``_matmul_acc``): a dot padded to K = 16
+was 15/16 padding at N = 1, and its operands took 255 registers per thread in the backward (one
+program per SM): 1008 us per backward call at 64x512x7x7 on an H200 against 289 us with rank-1 steps.
 
 Every program recomputes the GroupNorm(1) statistics of its sample (C*N values, a few KB)
 instead of waiting for another launch.
@@ -61,6 +65,15 @@ def _scaled(y, scale, bias, cmask, nmask):
 
 
 @triton.jit
+def _matmul_acc(a, b, acc, DOT: tl.constexpr):
+    """acc + a @ b, a (M, K) and b (K, N) fp32: a tl.dot in "ieee" precision (every side >= 16), or
+    without DOT the products broadcast over (M, K, N) and summed over K (small K or N)."""
+    if DOT:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+
+
+@triton.jit
 def _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, chans, cmask):
     """(gamma, beta, wq, bq, wk, bk) of channels chans: GroupNorm(1) affine, q and k scales/biases."""
     return (tl.load(nw_ptr + chans, mask=cmask, other=0.0), tl.load(nb_ptr + chans, mask=cmask, other=0.0),
@@ -71,7 +84,7 @@ def _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, chans, cmask):
 
 @triton.jit
 def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr,
-            BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):
+            BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, DOT: tl.constexpr):
     """(q_rows k_cols^T unscaled (BLOCK_D, BLOCK_D), vbar of the columns (BLOCK_D,)), over all N,
     BLOCK_P positions per step."""
     gamma_r, beta_r, wq, bq, _, _ = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, rows, rmask)
@@ -83,7 +96,7 @@ def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qk
         nmask = ns < N
         q = _scaled(_normalized(base, rows, rmask, ns, nmask, N, mean, rstd, gamma_r, beta_r), wq, bq, rmask, nmask)
         y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
-        s = tl.dot(q, tl.trans(_scaled(y, wk, bk, cmask, nmask)), s, input_precision="ieee")
+        s = _matmul_acc(q, tl.trans(_scaled(y, wk, bk, cmask, nmask)), s, DOT)
         ysum += tl.sum(y, axis=1)
     wv = tl.load(qkv_w_ptr + 2 * C + cols, mask=cmask, other=0.0)
     bv = tl.load(qkv_b_ptr + 2 * C + cols, mask=cmask, other=0.0)
@@ -116,7 +129,7 @@ def channel_attention_fwd_kernel(
         pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr,
         C, N, D, NBLK, eps, scale, drop_p,
         GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
-        BLOCK_F: tl.constexpr):
+        DOT: tl.constexpr, BLOCK_F: tl.constexpr):
     """Forward of PCSA steps 2-6 for one block of BLOCK_D channels.
 
     pooled: (B, C, N) fp32; nw, nb: GroupNorm(1) params (C,); qkv_w, qkv_b: (3, C). All fp32.
@@ -141,7 +154,7 @@ def channel_attention_fwd_kernel(
         cj = j0 + tl.arange(0, BLOCK_D)
         cmask = cj < D
         s, vbar = _scores(base, rows, rmask, head * D + cj, cmask, C, N, mean, rstd,
-                          nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P)
+                          nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P, DOT)
         s = tl.where(cmask[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
@@ -213,11 +226,11 @@ def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar, keep):
 
 
 @triton.jit
-def _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq, bq, wk, bk, cmask, nmask):
+def _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq, bq, wk, bk, cmask, nmask, DOT: tl.constexpr):
     """(dq + dS_Tj k_j, dk + dS_jT^T q_j) at the positions of the normalized column tile y
     (len(cols), BLOCK_P); dq, dk: (BLOCK_D, BLOCK_P) rows of T; wq, bq, wk, bk: the columns'."""
-    dq = tl.dot(ds_tj, _scaled(y, wk, bk, cmask, nmask), dq, input_precision="ieee")
-    dk = tl.dot(ds_jt_transposed, _scaled(y, wq, bq, cmask, nmask), dk, input_precision="ieee")
+    dq = _matmul_acc(ds_tj, _scaled(y, wk, bk, cmask, nmask), dq, DOT)
+    dk = _matmul_acc(ds_jt_transposed, _scaled(y, wq, bq, cmask, nmask), dk, DOT)
     return dq, dk
 
 
@@ -237,7 +250,7 @@ def channel_attention_bwd_kernel(
         dq_ptr, dk_ptr, dy_ptr, part_ptr, gnsum_ptr,
         C, N, D, NBLK, scale, drop_p,
         GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, ONE_STEP: tl.constexpr):
+        DOT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, ONE_STEP: tl.constexpr):
     """Backward of PCSA steps 2-6 for one block T of BLOCK_D channels, without atomics.
 
     T is both a row block (dq_T = scale * sum_j dS_Tj k_j) and a column block
@@ -279,10 +292,10 @@ def channel_attention_bwd_kernel(
             keep_tj = 1.0
             keep_jt = 1.0
         s, vbar_j = _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd,
-                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P)
+                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P, DOT)
         ds_tj, p = _score_grad(s, scale, rmask, cmask, dz_t, z_t, m_t, l_t, vbar_j, keep_tj)
         s, vbar_t = _scores(base, cols, cmask, rows, rmask, C, N, mean, rstd,
-                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P)
+                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P, DOT)
         dz_j, z_j, m_j, l_j = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, cols, cmask, dot, GATE_SOFTMAX)
         ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t, keep_jt)
         dvbar += tl.sum(p * dz_j[:, None], axis=0)
@@ -292,7 +305,8 @@ def channel_attention_bwd_kernel(
             ns = tl.arange(0, BLOCK_P)
             nmask = ns < N
             y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
-            dq_t, dk_t = _add_dq_dk(dq_t, dk_t, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c, cmask, nmask)
+            dq_t, dk_t = _add_dq_dk(dq_t, dk_t, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c,
+                                    cmask, nmask, DOT)
         else:
             tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
             for n0 in range(0, N, BLOCK_P):
@@ -303,7 +317,8 @@ def channel_attention_bwd_kernel(
                 tile = rmask[:, None] & nmask[None, :]
                 dq = tl.load(dq_ptr + idx, mask=tile & (j0 > 0), other=0.0)
                 dk = tl.load(dk_ptr + idx, mask=tile & (j0 > 0), other=0.0)
-                dq, dk = _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c, cmask, nmask)
+                dq, dk = _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c,
+                                    cmask, nmask, DOT)
                 tl.store(dq_ptr + idx, dq, mask=tile)
                 tl.store(dk_ptr + idx, dk, mask=tile)
     if ONE_STEP:
