@@ -68,9 +68,24 @@ OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(OPTIONS))
-def test_options(name):
-    config = SCSAConfig(32, **{"window_size": 3, **OPTIONS[name]})
+def _option_cases():
+    """{"name-products": (OPTIONS name, window_size)}: every option with 4 pooled positions (window 3
+    over 7x8: the attention kernels' broadcast products) and with 12 (window 2: tl.dot products);
+    the global pooling options have their one position."""
+    cases = {}
+    for name, options in OPTIONS.items():
+        windows = {"global": None} if "window_size" in options else {"broadcast": 3, "dot": 2}
+        cases.update({f"{name}-{products}": (name, window) for products, window in windows.items()})
+    return cases
+
+
+OPTION_CASES = _option_cases()
+
+
+@pytest.mark.parametrize("case", sorted(OPTION_CASES))
+def test_options(case):
+    name, window_size = OPTION_CASES[case]
+    config = SCSAConfig(32, **{"window_size": window_size, **OPTIONS[name]})
     assert_matches(torch.randn(2, 32, 7, 8, device=DEVICE), config)
 
 
@@ -521,8 +536,9 @@ def test_forward_and_backward_launch_under_the_device_guard(monkeypatch, bypass)
 @pytest.mark.parametrize("bypass", [False, True], ids=["op", "eager_node"])
 @pytest.mark.parametrize("options", [dict(head_num=2, gate_layer="softmax"),
                                      dict(head_num=1, window_size=-1, qkv_bias=True),
-                                     dict(head_num=4, down_sample_mode="max_pool")], ids=["softmax_heads",
-                                                                                          "global", "four_heads"])
+                                     dict(head_num=4, down_sample_mode="max_pool"),
+                                     dict(head_num=2, window_size=2)],  # 12 pooled positions: tl.dot products
+                         ids=["softmax_heads", "global", "four_heads", "dot_products"])
 def test_attention_dropout_matches_the_reference_with_the_same_masks(monkeypatch, bypass, options):
     """Training with attn_drop_ratio > 0: forward and every gradient against the reference when both
     apply the masks the kernels draw (the backward regenerates them from the saved seed)."""
