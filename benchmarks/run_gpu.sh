@@ -7,7 +7,8 @@
 # 4. profiles one call of the fused backend and of the reference (benchmarks/kernel_profile.py:
 #    wall, host and per-kernel device time, and for Triton the same with its direct launches off)
 #    and the Triton path's host cost up to the CUDA driver call (benchmarks/triton_host_overhead.py
-#    on a host-only Triton driver, 40 s cap),
+#    on a host-only Triton driver, 40 s cap), and times the channel attention kernels with each
+#    product route (benchmarks/attention_routes.py, ROUTES_CAP_S, default 60),
 # 5. runs the full scsa-bench suite and the ResNet-50 end-to-end benchmark,
 # and leaves logs, CSV and PNG under benchmarks/results/<card-name>/. If $OUT is set, a tarball of
 # that folder plus the CSVs and summary.txt are copied there too.
@@ -37,6 +38,7 @@ TEST_CAP_S=${TEST_CAP_S:-900}
 CHECK_CAP_S=${CHECK_CAP_S:-300}
 PROFILE_CAP_S=${PROFILE_CAP_S:-120}
 E2E_CAP_S=${E2E_CAP_S:-300}
+ROUTES_CAP_S=${ROUTES_CAP_S:-60}
 TEST_WORKERS=${TEST_WORKERS:-8}
 read -r -a TEST_ARGS <<< "${TEST_ARGS:-}"
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -93,6 +95,7 @@ step profile "$(cap "$PROFILE_CAP_S")" "$PY" benchmarks/kernel_profile.py
 # profile.log's host time, what is left is Triton's own launcher
 step host_overhead "$(cap 40)" "$PY" benchmarks/triton_host_overhead.py --reps 300
 step host_overhead_no_direct "$(cap 30)" "$PY" benchmarks/triton_host_overhead.py --reps 300 --no-direct-launch
+step attention_routes "$(cap "$ROUTES_CAP_S")" "$PY" benchmarks/attention_routes.py
 # bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
 # new cases, the cap (25 s more) leaves room for the case in flight and the plots
 BENCH_S=$(( $(remaining) - E2E_CAP_S - 25 - 15 ))

@@ -296,7 +296,7 @@ def test_kernel_profile_names_the_fused_op(capsys):
     if backends.unavailable_reason("cpu") is not None:
         pytest.skip("the C++ CPU backend is not built")
     from scsa_kernels.ops import eager
-    kernel_profile = _load_kernel_profile()
+    kernel_profile = _load_benchmark_script("kernel_profile")
     node_methods = dict(eager._FusedSCSAFunction.__dict__)
     kernel_profile.main(["--device", "cpu", "--shape", "1", "8", "7", "7", "--reps", "2"])
     out = capsys.readouterr().out
@@ -311,14 +311,15 @@ def test_kernel_profile_names_the_fused_op(capsys):
     assert len(re.findall(r"^    host: forward \d+\.\d us \+ backward \d+\.\d us$", out, re.M)) == 2
 
 
-def _load_kernel_profile():
+def _load_benchmark_script(name):
+    """benchmarks/<name>.py as a module."""
     import importlib.util
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("kernel_profile", os.path.join(root, "benchmarks", "kernel_profile.py"))
-    kernel_profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kernel_profile)
-    return kernel_profile
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "benchmarks", f"{name}.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def test_kernel_profile_times_every_triton_launch(monkeypatch):
@@ -327,7 +328,7 @@ def test_kernel_profile_times_every_triton_launch(monkeypatch):
     JITFunction = pytest.importorskip("triton.runtime.jit").JITFunction
     from triton.compiler.compiler import CompiledKernel
 
-    kernel_profile = _load_kernel_profile()
+    kernel_profile = _load_benchmark_script("kernel_profile")
     monkeypatch.setattr(JITFunction, "run", lambda self, *args, **kwargs: time.sleep(0.002) or "launched")
     monkeypatch.setattr(CompiledKernel, "__getitem__", lambda self, grid: lambda *args, **kwargs: time.sleep(0.002))
     stubs = JITFunction.run, CompiledKernel.__getitem__
@@ -339,3 +340,23 @@ def test_kernel_profile_times_every_triton_launch(monkeypatch):
     assert list(launched) == ["pool_kernel"] and launched["pool_kernel"][0] == 4
     assert launched["pool_kernel"][1] >= 0.008
     assert (JITFunction.run, CompiledKernel.__getitem__) == stubs
+
+
+def test_attention_routes_forces_each_route_and_restores_the_rule():
+    """benchmarks/attention_routes.py (run_gpu.sh) forces the attention product route through
+    ops.triton._attention_blocks, rebuilding the plans, and puts the rule back; without a GPU it
+    says that it needs one."""
+    pytest.importorskip("triton")
+    from scsa_kernels.ops import triton as ops
+    routes = _load_benchmark_script("attention_routes")
+    rule = ops._attention_blocks
+    try:
+        for route, n, dot in (("dot", 1, True), ("broadcast", 64, False), ("rule", 1, False), ("rule", 64, True)):
+            ops._FORWARD_PLANS[("stale",)] = None
+            routes.routed(route)
+            assert ops._attention_blocks(64, 1, n, "forward").DOT is dot and not ops._FORWARD_PLANS
+    finally:
+        ops._attention_blocks = rule
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            routes.main([])

@@ -157,6 +157,20 @@ def test_attention_products_dot_or_broadcast(name):
     assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(C, window_size=window, head_num=heads, **options))
 
 
+@pytest.mark.parametrize("dot", [True, False], ids=["dot_at_1_position", "broadcast_at_12_positions"])
+def test_attention_product_routes_can_be_forced(monkeypatch, dot):
+    """Either route is valid at any N (benchmarks/attention_routes.py forces each to time them):
+    dots at 1 pooled position, broadcast sums at 12 (BLOCK_P 16), forward and gradients."""
+    import functools
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "_attention_blocks", functools.partial(ops._attention_blocks, dot=dot))
+    monkeypatch.setattr(ops, "_FORWARD_PLANS", {})
+    monkeypatch.setattr(ops, "_BACKWARD_PLANS", {})
+    shape, window, positions = ((2, 32, 7, 7), 7, 1) if dot else ((1, 16, 8, 6), 2, 12)
+    assert all(ops._attention_blocks(shape[1], 2, positions, d).DOT is dot for d in ("forward", "backward"))
+    assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(shape[1], window_size=window, head_num=2))
+
+
 def test_triton_older_than_3_5_is_reported_unavailable(monkeypatch):
     """The kernels need triton.constexpr_function (3.5+): an older Triton makes the backend unavailable,
     with the reason, so "auto" takes the reference instead of failing in the first compile."""

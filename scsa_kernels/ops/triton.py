@@ -209,9 +209,12 @@ class AttentionBlocks(NamedTuple):
     NBLK: int
 
 
-def _attention_blocks(dim: int, heads: int, n: int, direction: str) -> AttentionBlocks:
+def _attention_blocks(dim: int, heads: int, n: int, direction: str, dot: Optional[bool] = None) -> AttentionBlocks:
+    """dot: None picks the route by n (dots from 9 positions on); True or False forces one
+    (benchmarks/attention_routes.py times both)."""
     d = dim // heads
-    dot = _pow2(n) >= MIN_DOT_SIDE
+    if dot is None:
+        dot = _pow2(n) >= MIN_DOT_SIDE
     block_d = min(ATTENTION_BLOCK_D[direction], _pow2(d))
     if dot:
         block_d = max(MIN_DOT_SIDE, block_d)
