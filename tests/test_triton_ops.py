@@ -144,15 +144,15 @@ ATTENTION_PRODUCT_CASES = {
 @pytest.mark.parametrize("name", sorted(ATTENTION_PRODUCT_CASES))
 def test_attention_products_dot_or_broadcast(name):
     """The channel attention kernels take tl.dot products from 9 pooled positions on (BLOCK_P = 16,
-    BLOCK_D >= 16) and broadcast sums below (BLOCK_P = next power of two, at least 2; BLOCK_D down to
-    the head's channels): both routes, forward and backward, match the reference."""
+    BLOCK_D >= 16) and broadcast sums below (BLOCK_P = next power of two, at least 2): both routes,
+    forward and backward, match the reference, heads of fewer than 16 channels included."""
     from scsa_kernels.ops import triton as ops
     (shape, window, heads), n, dot = ATTENTION_PRODUCT_CASES[name]
     C = shape[1]
     for direction in ("forward", "backward"):
         blocks = ops._attention_blocks(C, heads, n, direction)
         assert blocks.DOT == dot and blocks.BLOCK_P == (16 if dot else max(2, ops._pow2(n))), blocks
-        assert blocks.BLOCK_D == (max(16, ops._pow2(C // heads)) if dot else ops._pow2(C // heads)), blocks
+        assert blocks.BLOCK_D == max(16, ops._pow2(C // heads)), blocks
     options = dict(gate_layer="softmax") if "softmax" in name else {}
     assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(C, window_size=window, head_num=heads, **options))
 

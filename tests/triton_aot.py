@@ -36,6 +36,7 @@ SCENARIOS = [
     ((2, 512, 7, 7), torch.float32, dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax")),
     ((2, 256, 14, 14), torch.bfloat16, dict()),  # 4 and 8 pooled positions: broadcast products (DOT=False)
     ((2, 256, 14, 28), torch.bfloat16, dict(head_num=2)),
+    ((2, 8, 14, 14), torch.float32, dict(head_num=8, attn_drop_ratio=0.1)),  # heads of 1 channel
     ((1, 128, 160, 160), torch.float16, dict(head_num=4, window_size=-1, qkv_bias=True)),
     ((1, 16, 12, 600), torch.float32, dict(down_sample_mode="max_pool")),  # rows wider than one tile
     ((1, 16, 8, 2000), torch.float32, dict(gate_layer="softmax")),  # gate rows of 2048: 16 warps

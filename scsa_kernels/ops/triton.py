@@ -91,7 +91,8 @@ SPATIAL_ELEMENTS_PER_THREAD = 4
 SPATIAL_MAX_WARPS = 16
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
-# At least 16 (the smallest side of a tl.dot) where the products are dots: heads of fewer channels mask the rest.
+# At least 16 (the smallest side of a tl.dot): heads of fewer channels mask the rest. So too with the
+# broadcast products: with 1 or 2 rows their tiles spilled registers (AOT test's tiny heads).
 ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
 MIN_DOT_SIDE = 16
 ATTENTION_BLOCK_P = 16  # pooled positions per step of their dot loops (the K side of the score products)
@@ -215,9 +216,7 @@ def _attention_blocks(dim: int, heads: int, n: int, direction: str, dot: Optiona
     d = dim // heads
     if dot is None:
         dot = _pow2(n) >= MIN_DOT_SIDE
-    block_d = min(ATTENTION_BLOCK_D[direction], _pow2(d))
-    if dot:
-        block_d = max(MIN_DOT_SIDE, block_d)
+    block_d = max(MIN_DOT_SIDE, min(ATTENTION_BLOCK_D[direction], _pow2(d)))
     # at least 2 positions per step: triton 3.5 failed to lower the broadcast products with a size-1 axis
     return AttentionBlocks(d, block_d, ATTENTION_BLOCK_P if dot else max(2, _pow2(n)), dot, min(32, _pow2(n)),
                            -(-d // block_d))

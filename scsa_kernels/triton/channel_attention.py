@@ -12,11 +12,12 @@ products in "ieee" precision (float32 FMAs: TF32 misses the float32 tolerance), 
 The positions are the only serial loop of these kernels, and each step waits for its global
 loads: one position per step (rank-1 updates) made them latency-bound, the same ~140 us per
 backward call at batch 1 as at batch 64 (H200, 64x64x56x56). tl.dot needs every side >= 16:
-the host pads BLOCK_D to 16 for heads of fewer channels (masked rows). With fewer than 16
-positions (DOT false: 7x7 and 14x14 planes at window 7, global pooling) BLOCK_P = next power of
-two >= N (at least 2) and the products are broadcast sums instead (``_matmul_acc``): a dot padded to K = 16
-was 15/16 padding at N = 1, and its operands took 255 registers per thread in the backward (one
-program per SM): 1008 us per backward call at 64x512x7x7 on an H200 against 289 us with rank-1 steps.
+the host pads BLOCK_D to 16 for heads of fewer channels (masked rows). With at most 8 positions
+(DOT false: 7x7 and 14x14 planes at window 7, global pooling) BLOCK_P = next power of two >= N
+(at least 2) and the products are broadcast sums instead (``_matmul_acc``): a dot padded to
+K = 16 was 15/16 padding at N = 1, and its operands took 255 registers per thread in the backward
+(one program per SM): 1008 us per backward call at 64x512x7x7 on an H200, against 289 us with
+rank-1 steps before the dots.
 
 Every program recomputes the GroupNorm(1) statistics of its sample (C*N values, a few KB)
 instead of waiting for another launch.
