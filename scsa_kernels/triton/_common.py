@@ -47,6 +47,11 @@ PLANE_CONFIGS = [
     triton.Config({"TILE": 2048}, num_warps=4),
 ]
 PLANE_KEY = ["H", "W"]
+# The means and apply passes hold one full-size tile (the backward passes several) and also compile
+# spill-free at 4096 elements over 8 warps: a 56x56 plane in one step, more of x in flight per program
+# (the autotuner keeps it only where it is faster). Not the means pass with channel tiles: it spilled
+# 24-32 bytes there (triton 3.8), so it keeps PLANE_CONFIGS for those, and BLOCK_C in its key.
+FORWARD_PLANE_CONFIGS = PLANE_CONFIGS + [triton.Config({"TILE": 4096}, num_warps=8)]
 # The pool pass caps its rows per step at the window height, so tiles past 1024 add nothing;
 # these three compile without spills on triton 3.6 and 3.8 (ptxas spills a few bytes at
 # 1024/4 warps on 3.6 and 2048/4 warps on 3.8 for this kernel).

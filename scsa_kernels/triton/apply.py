@@ -2,11 +2,11 @@
 import triton
 import triton.language as tl
 
-from ._common import (PLANE_CONFIGS, PLANE_KEY, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile,
+from ._common import (FORWARD_PLANE_CONFIGS, PLANE_KEY, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile,
                       tile_offsets)
 
 
-@autotune(PLANE_CONFIGS, PLANE_KEY)
+@autotune(FORWARD_PLANE_CONFIGS, PLANE_KEY)
 @triton.jit
 def apply_gates_kernel(
         x_ptr, out_ptr, gates_ptr, ca_ptr,

@@ -6,10 +6,10 @@ forward did not keep them, see ``saves_means`` in scsa_kernels/ops/triton.py).
 import triton
 import triton.language as tl
 
-from ._common import PLANE_CONFIGS, PLANE_KEY, autotune, channel_block, channel_tile, rows_per_tile, tile_offsets
+from ._common import FORWARD_PLANE_CONFIGS, PLANE_CONFIGS, PLANE_KEY, autotune, channel_block, channel_tile, rows_per_tile, tile_offsets
 
 
-@autotune(PLANE_CONFIGS, PLANE_KEY)
+@autotune(FORWARD_PLANE_CONFIGS, PLANE_KEY + ["BLOCK_C"], PLANE_CONFIGS)
 @triton.jit
 def plane_means_kernel(
         x_ptr, means_ptr, C, H, W, sx_b, sx_c, sx_h, sx_w,
