@@ -614,7 +614,7 @@ def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_nu
     pool_scalars[-1] = grad_per_block
     plan.update(
         recompute_means=recompute_means, workspace=workspace,
-        bwd_attention_grid=(B, head_num * blocks.NBLK), grad_pool_grid=(B * grad_pool_blocks_per_sample,),
+        bwd_attention_grid=(B, head_num * nblk), grad_pool_grid=(B * grad_pool_blocks_per_sample,),
         grad_grid=plan["plane_grid"],
         grad_pool_scalars=tuple(pool_scalars),
         grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride), **grad_pool_blocks),
