@@ -14,6 +14,7 @@ The output is checked against the reference (float64) for every route.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -33,21 +34,22 @@ ROUTES = {"rule": None, "dot": True, "broadcast": False}
 MAX_BROADCAST_POSITIONS = 16
 
 
+ORIGINAL_BLOCKS = ops._attention_blocks
+
+
 def routed(route):
-    """ops.triton with the attention product route forced (None: the rule); plans rebuilt."""
-    ops._attention_blocks = functools.partial(ORIGINAL_BLOCKS, dot=ROUTES[route])
+    """ops.triton with the attention product route forced ("rule": ops.triton's own); plans rebuilt."""
+    dot = ROUTES[route]
+    ops._attention_blocks = ORIGINAL_BLOCKS if dot is None else functools.partial(ORIGINAL_BLOCKS, dot=dot)
     ops._FORWARD_PLANS.clear()
     ops._BACKWARD_PLANS.clear()
-
-
-ORIGINAL_BLOCKS = ops._attention_blocks
 
 
 def relative_error(module, x):
     """max |out - out64| / max |out64| of the module's output against the float64 reference."""
     with torch.no_grad():
         out = module(x).double()
-        reference = SCSA(module.config.dim, window_size=7, backend="reference").to(x.device, torch.float64)
+        reference = SCSA(**dataclasses.asdict(module.config), backend="reference").to(x.device, torch.float64)
         reference.load_state_dict(module.state_dict())
         expected = reference(x.double())
     return ((out - expected).abs().max() / expected.abs().max()).item()

@@ -15,7 +15,7 @@ backward call at batch 1 as at batch 64 (H200, 64x64x56x56). tl.dot needs every 
 the host pads BLOCK_D to 16 for heads of fewer channels (masked rows). With at most 8 positions
 (DOT false: 7x7 and 14x14 planes at window 7, global pooling) BLOCK_P = next power of two >= N
 (at least 2) and the products are broadcast sums instead (``_matmul_acc``): a dot padded to
-K = 16 was 15/16 padding at N = 1, and its operands took 255 registers per thread in the backward
+K = 16 was 15/16 padding at N = 1, and the backward took 221-255 registers per thread
 (one program per SM): 1008 us per backward call at 64x512x7x7 on an H200, against 289 us with
 rank-1 steps before the dots.
 
