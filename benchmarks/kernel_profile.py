@@ -108,15 +108,18 @@ def timed_triton_launches():
 
 def _python_layers():
     """(owner, attribute, label) of the fused path's Python layers, outermost first: the eager autograd
-    node (ops/eager.py) and, for the Triton backend, its op bodies, workspace and launches."""
-    from scsa_kernels.ops import eager
+    node (ops/eager.py) with the C++ backend's weight packing and gradient unpacking (torch ops) and,
+    for the Triton backend, its packing kernel, op bodies, parameter gradient kernel, workspace and
+    launches."""
+    from scsa_kernels.ops import cpu, eager
     layers = [(eager._FusedSCSAFunction, "forward", "node.forward"), (eager, "pack_weights", "pack_weights"),
-              (eager._FusedSCSAFunction, "backward", "node.backward"), (eager, "unpack_gradients", "unpack_gradients")]
+              (eager._FusedSCSAFunction, "backward", "node.backward"), (cpu, "unpack_gradients", "unpack_gradients")]
     try:
         from scsa_kernels.ops import triton as ops
     except ImportError:
         return layers
-    return layers + [(ops, "_forward_impl", "_forward_impl"), (ops, "_backward_impl", "_backward_impl"),
+    return layers + [(ops.KERNELS, "pack", "pack (kernel)"), (ops, "_forward_impl", "_forward_impl"),
+                     (ops, "_backward_passes", "_backward_passes"), (ops, "_parameter_grads", "_parameter_grads"),
                      (ops, "_workspace", "_workspace"), (ops, "_launch", "_launch")]
 
 

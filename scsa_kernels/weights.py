@@ -96,6 +96,14 @@ def _constant(key, build) -> Tensor:
     return value
 
 
+def gradient_index(config: SCSAConfig, device) -> Tensor:
+    """(n,) int64 on device, n = the packed parameters' element count: for each element of their flat
+    concatenation (``packed_parameters`` order), its position among the ``PackedWeights`` fields laid
+    out back to back. ``unpack_gradients`` gathers by it; so does the Triton backend's
+    parameter_grads_kernel."""
+    return _gather_index("unpack", config, device)
+
+
 def _gather_index(direction: str, config: SCSAConfig, device) -> Tensor:
     """The gather index of ``pack_weights`` (direction "pack") or ``unpack_gradients`` ("unpack")."""
     return _constant((direction, config, device), lambda: _new_gather_index(direction, config, device))
@@ -186,7 +194,7 @@ def unpack_gradients(packed_grads, weights: SCSAWeights, config: SCSAConfig):
     scatter-add (atomics on CUDA). Runs without autograd (the fused backends' eager backward)."""
     params = packed_parameters(weights, config)
     flat_grad = packed_grads if isinstance(packed_grads, Tensor) else torch._utils._flatten_dense_tensors(packed_grads)
-    flat = flat_grad.index_select(0, _gather_index("unpack", config, flat_grad.device))
+    flat = flat_grad.index_select(0, gradient_index(config, flat_grad.device))
     # Module parameters share one dtype. One C++ call makes the views in the parameters' shapes
     # (a Python loop of .view costs microseconds each).
     return list(torch._utils._unflatten_dense_tensors(flat.to(params[0].dtype), params))

@@ -26,6 +26,7 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 
 from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.ops import triton as ops  # noqa: E402
+from scsa_kernels.testing import random_weights  # noqa: E402
 
 # (shape, dtype, options): together every constexpr branch (HAS_GRAD, GATE_SOFTMAX, IS_MAX, RECOMBINE, ONE_COL_BLOCK,
 # DROPOUT: attn_drop_ratio > 0 is recorded as a training call),
@@ -74,6 +75,11 @@ def record_launches():
         dropout = (config.attn_drop_ratio, meta(1, dt=torch.int64)) if config.attn_drop_ratio else ()
         out, means = ops._forward_impl(x, *params, conv_d, *flags, *dropout)
         ops._backward_impl(out, x, ops._saved_means(x, means), *params, conv_d, *flags, *dropout)
+        # the eager training step's own launches: its weight packing and parameter gradients
+        weights = random_weights(config, dtype=x.dtype, device="meta")
+        ops._eager_pack(x, weights, config)
+        parts = ops.ParameterPartials(meta(2 * B * (C * K + C)), meta(B * 12 * C), 2 * B, C * K + C, B, 12 * C)
+        ops._parameter_grads(parts, weights, config, x.device)
     return launches
 
 

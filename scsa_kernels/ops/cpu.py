@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 
 from ..reference import compute_dtype
-from ..weights import conv_d_matrix, packed_weights
+from ..weights import conv_d_matrix, packed_weights, unpack_gradients
 from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
@@ -77,7 +77,8 @@ def _backward(grad_out, x, packed, saved, weights, config):
     grad_x, *packed_grads, grad_conv_d = torch.ops.scsa_kernels.scsa_backward(
         grad_out, x, *packed, *small, *config.kernel_options, dropout.saved_dropout_p(config, dropout_seed),
         dropout_seed, conv_d)
-    return grad_x, packed_grads, [] if conv_d is None else [grad_conv_d.view_as(weights.conv_d_weight)]
+    return (grad_x, unpack_gradients(packed_grads, weights, config),
+            [] if conv_d is None else [grad_conv_d.view_as(weights.conv_d_weight)])
 
 
 KERNELS = FusedKernels(_forward, _backward)

@@ -3,9 +3,10 @@
 The registered ops (torch.library) are what torch.compile traces and opcheck checks.
 In eager mode, their Python autograd wrapper plus the separate differentiable
 packing of the weights cost more host time than the fused CPU kernels themselves
-at small shapes. This node packs the weights without autograd, runs the backend's
-forward, and in backward runs its backward and maps the packed gradients onto the
-parameters with the adjoint of the packing (``weights.unpack_gradients``).
+at small shapes. This node packs the weights without autograd (the backend's ``pack``:
+torch ops, or one kernel), runs the backend's forward, and in backward runs its backward,
+which returns the parameters' gradients (the packed ones mapped back by the adjoint of the
+packing, ``weights.unpack_gradients``, or by a kernel).
 
 The fused backward computes numbers, not a graph. A backward with ``create_graph=True`` (gradient
 penalties, double backward) gets the reference's differentiable gradients instead, from the same
@@ -16,24 +17,33 @@ from __future__ import annotations
 import torch
 
 from ..reference import compute_dtype, scsa_reference
-from ..weights import pack_weights, packed_parameters, unpack_gradients, unpacked_parameters
+from ..weights import pack_weights, packed_parameters, unpacked_parameters
 from .dropout import kernel_masks_dropout
+
+
+def pack_with_torch(x, weights, config):
+    """``weights.pack_weights`` in x's compute dtype: the default ``FusedKernels.pack``."""
+    return pack_weights(weights, config, compute_dtype(x.dtype))
 
 
 class FusedKernels:
     """A fused backend's entry points as this node calls them.
 
+    pack(x, weights, config) -> PackedWeights: ``weights.pack_weights``'s values in x's compute dtype
+        (called with grad mode off).
     forward(x, packed, weights, config, training) -> (out, *saved): out has x's shape and dtype; saved
         are what its backward needs besides x and the packed weights (tensors or None), the last
         one the attention dropout seed ((1,) int64) or None when no dropout ran.
-    backward(grad_out, x, packed, saved, weights, config) -> (grad_x, packed_grads, unpacked_grads):
-        gradients of x, of the ten packed tensors (a list, or flat: see ``unpack_gradients``),
-        and of ``weights.unpacked_parameters(weights, config)`` (conv_d).
+    backward(grad_out, x, packed, saved, weights, config) -> (grad_x, parameter_grads, unpacked_grads):
+        gradients of x, of ``weights.packed_parameters(weights, config)`` (in their shapes, e.g. by
+        ``weights.unpack_gradients`` of the packed tensors' gradients) and of
+        ``weights.unpacked_parameters(weights, config)`` (conv_d).
     """
 
-    def __init__(self, forward, backward):
+    def __init__(self, forward, backward, pack=pack_with_torch):
         self.forward = forward
         self.backward = backward
+        self.pack = pack
 
 
 def needs_autograd(x, weights) -> bool:
@@ -50,7 +60,7 @@ def fused_scsa_with_grad(kernels: FusedKernels, x, weights, config, training: bo
 class _FusedSCSAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernels, config, training, weights, x, *params):
-        packed = pack_weights(weights, config, compute_dtype(x.dtype))  # grad mode is off in here
+        packed = kernels.pack(x, weights, config)  # grad mode is off in here
         out, *saved = kernels.forward(x, packed, weights, config, training)
         ctx.kernels, ctx.config, ctx.weights, ctx.training = kernels, config, weights, training
         ctx.save_for_backward(x, *packed, *saved)
@@ -62,10 +72,9 @@ class _FusedSCSAFunction(torch.autograd.Function):
         packed, saved = packed_and_saved[:10], packed_and_saved[10:]
         if torch.is_grad_enabled():  # backward(create_graph=True)
             return (None, None, None, None, *_differentiable_grads(ctx, x, saved[-1], grad_out))
-        grad_x, packed_grads, unpacked_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.weights,
-                                                                    ctx.config)
-        return (None, None, None, None, grad_x, *unpack_gradients(packed_grads, ctx.weights, ctx.config),
-                *unpacked_grads)
+        grad_x, parameter_grads, unpacked_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.weights,
+                                                                       ctx.config)
+        return (None, None, None, None, grad_x, *parameter_grads, *unpacked_grads)
 
 
 def _differentiable_grads(ctx, x, dropout_seed, grad_out):

@@ -26,13 +26,17 @@ over the batch); x read twice, grad_out twice, dx written once:
                                             reads the cells' gradient too, and (c) as well)
       ``spatial_gates_bwd``              -> d(x_h)/W, d(x_w)/H, parameter partials
   (c) ``input_grad`` (reads grad_out, writes dx)
-No atomics: every reduction belongs to one program, partials are summed by torch.sum,
-so results are bitwise reproducible.
+No atomics: every reduction belongs to one program, partials are summed by torch.sum (eager
+training: by ``parameter_grads``, below) in a fixed order, so results are bitwise reproducible.
 
 Host cost per call (benchmarks/triton_host_overhead.py, CPU with a host-only Triton driver): eager
-calls skip the dispatcher (training: one autograd node, ops/eager.py, that packs the weights without
-autograd; inference: a direct ``_forward_impl`` call; torch.compile still sees the triton_op and
-its registered autograd) and launch their kernels themselves (``_launch``), launch geometry and the
+calls skip the dispatcher (training: one autograd node, ops/eager.py; inference: a direct
+``_forward_impl`` call with cached packed weights; torch.compile still sees the triton_op and its
+registered autograd). An eager training step packs the weights with one launch
+(``pack_parameters``, triton/parameters.py) and turns the backward's parameter partials into the
+parameters' gradients with one more (``parameter_grads``: the sums over the batch, the packing's
+adjoint gather and the cast), where torch took 7 ops (cat, gather, cast; two sums, gather, cast),
+each a CUDA launch with its host cost: 6 launches forward, 8 backward. Eager calls launch their kernels themselves (``_launch``), launch geometry and the
 autotuned kernels' configs are resolved once per (shape, strides, dtype, options) in
 ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's scratch buffers are views of one
 allocation, and a launch whose specialization Triton compiled before goes straight to the compiled
@@ -62,12 +66,13 @@ import contextlib
 import functools
 import math
 import os
+import types
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from ..config import GROUP_NORM_EPS
-from ..weights import conv_d_matrix, packed_weights, split_packed
+from ..weights import conv_d_matrix, gradient_index, packed_parameters, packed_weights, split_packed
 from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
@@ -96,6 +101,9 @@ SPATIAL_MAX_WARPS = 16
 ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
 MIN_DOT_SIDE = 16
 ATTENTION_BLOCK_P = 16  # pooled positions per step of their dot loops (the K side of the score products)
+PACK_BLOCK = 1024      # packed elements per program of pack_parameters_kernel
+GRADS_BLOCK_E = 128    # gradient elements per program of parameter_grads_kernel,
+GRADS_BLOCK_R = 16     # and partial rows per step (a tree sum within the step, the steps in order)
 
 Tensor = torch.Tensor
 F32, F64 = torch.float32, torch.float64  # workspace buffer dtypes
@@ -161,24 +169,6 @@ def scsa(x, weights, config, training):
     if not EAGER_BYPASS or torch.compiler.is_compiling():
         return torch.ops.scsa_kernels.triton_scsa_forward(*args)[0]
     return _forward_impl(*args)[0]
-
-
-def _eager_forward(x, packed, weights, config, training):
-    conv_d = conv_d_matrix(weights, config)
-    dropout_p, dropout_seed = dropout.attention_dropout_args(config, training, x.device)
-    out, means = _forward_impl(x, *packed, conv_d, *config.kernel_options, dropout_p, dropout_seed)
-    return out, _saved_means(x, means), conv_d, dropout_seed
-
-
-def _eager_backward(grad_out, x, packed, saved, weights, config):
-    means, conv_d, dropout_seed = saved
-    dx, packed_grads, dconv_d = _backward_impl(grad_out, x, means, *packed, conv_d, *config.kernel_options,
-                                               dropout.saved_dropout_p(config, dropout_seed), dropout_seed)
-    extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
-    return dx, packed_grads, extra
-
-
-KERNELS = FusedKernels(_eager_forward, _eager_backward)
 
 
 # ----------------------------------------------------------------------------------------
@@ -400,10 +390,10 @@ def _on_x_device(op_body):
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """The kernel modules: apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates
-    (scsa_kernels.triton.KERNEL_MODULES; imported lazily: importing this file must not need triton)."""
-    from ..triton import kernel_modules
-    return kernel_modules()
+    """The kernel modules by name: ``_kernels().pooling.pool_kernel`` (scsa_kernels.triton.KERNEL_MODULES;
+    imported lazily: importing this file must not need triton)."""
+    from ..triton import KERNEL_MODULES, kernel_modules
+    return types.SimpleNamespace(**dict(zip(KERNEL_MODULES, kernel_modules())))
 
 
 def plane_block_w(width: int, channel_tiles: bool = False) -> int:
@@ -494,14 +484,14 @@ _BACKWARD_PLANS = {}
 
 def _means(plan, x, means):
     """Launches the means pass (reads x): fills means (B, C, H+W) fp32 = x_h | x_w."""
-    _launch(_kernels()[3].plane_means_kernel, plan["plane_grid"], x, means, *plan["plane_scalars"],
+    _launch(_kernels().plane_stats.plane_means_kernel, plan["plane_grid"], x, means, *plan["plane_scalars"],
             tuned=plan["tuned"], **plan["plane_meta"])
 
 
 def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b):
     """Launches the spatial gate kernel: from means (B, C, H+W) fp32 fills gates (B, C, H+W) fp32 =
     a_h | a_w and sp_stats (B, 2, 4, 2) fp64 = GroupNorm(4) (mean, rstd)."""
-    _launch(_kernels()[5].spatial_gates_fwd_kernel, plan["gates_grid"],
+    _launch(_kernels().spatial_gates.spatial_gates_fwd_kernel, plan["gates_grid"],
             means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, *plan["gates_scalars"],
             **plan["gates_meta"])
 
@@ -509,7 +499,7 @@ def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_
 def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed):
     """Launches the channel attention forward (and the softmax gate): from pooled (B, C, N) fills
     gn (B, 2), z, m, l and ca (B, C), all fp32, with attention dropout when dropout_p > 0."""
-    _, channel_attention, _, _, _, _ = _kernels()
+    channel_attention = _kernels().channel_attention
     _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
             pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, z, m, l, ca,
             *plan["attention_scalars"], dropout_p, DROPOUT=dropout_p > 0, **plan["attention_meta"])
@@ -556,7 +546,7 @@ def _forward_impl(
     or None for the pooling modes. dropout_p > 0: attention dropout with the Philox stream of
     dropout_seed ((1,) int64, see ops/dropout.py)."""
     B, C, H, W = x.shape
-    apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
+    kernels = _kernels()
     x_stride = x.stride()
     recombine = conv_d is not None
     plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, x.dtype, conv_w.shape[1], head_num, window_size, max_pool, recombine,
@@ -568,13 +558,13 @@ def _forward_impl(
     _means(plan, x, means)
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
     # g, sums, total: unused without HAS_GRAD
-    _launch(pooling.pool_kernel, plan["pool_grid"], x, x, gates, pooled, argmax, pooled, pooled,
+    _launch(kernels.pooling.pool_kernel, plan["pool_grid"], x, x, gates, pooled, argmax, pooled, pooled,
             *plan["pool_scalars"], HAS_GRAD=False, tuned=plan["tuned"], **plan["pool_meta"])
     if recombine:
         pooled = _project(conv_d, _shaped(pooled, plan["cells"]))
     _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
     out_stride = out.stride()
-    _launch(apply.apply_gates_kernel, plan["plane_grid"],
+    _launch(kernels.apply.apply_gates_kernel, plan["plane_grid"],
             x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
             tuned=plan["tuned"], **plan["apply_meta"])
     return out, means
@@ -635,6 +625,18 @@ def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_nu
     return plan
 
 
+class ParameterPartials(NamedTuple):
+    """The backward's per-sample parameter gradients, fp32, flat workspace buffers: conv (rows 2*B,
+    conv_size = C*K + C: the packed conv table and bias), small (rows B, 12*C: the other packed fields,
+    in PackedWeights order). Their sums over the rows are the packed weights' gradients."""
+    conv: Tensor
+    small: Tensor
+    conv_rows: int
+    conv_size: int
+    small_rows: int
+    small_size: int
+
+
 @_on_x_device
 def _backward_impl(
         grad_out: Tensor, x: Tensor, saved_means: Tensor,
@@ -646,11 +648,26 @@ def _backward_impl(
     """-> (dx, packed_grads (C*K + 13*C,) fp32 = the gradients of the ten packed weights back to back
     in PackedWeights order (conv weight (C, K), conv bias, norm_h w, b, norm_w w, b, norm w, b, qkv
     weight (3, C), qkv bias (3, C)), conv_d's gradient (C, C*ws*ws) in its dtype (empty without conv_d)).
+    The passes are ``_backward_passes``'s; the partials' sums over the batch are two torch sums."""
+    dx, parts, d_conv_d = _backward_passes(grad_out, x, saved_means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b,
+                                           qkv_w, qkv_b, conv_d, head_num, window_size, max_pool, gate_softmax,
+                                           dropout_p, dropout_seed)
+    packed_grads = _empty(parts.conv_size + parts.small_size, device=x.device, dtype=torch.float32)  # no cat
+    torch.sum(_shaped(parts.conv, (parts.conv_rows, parts.conv_size)), dim=0, out=packed_grads[:parts.conv_size])
+    torch.sum(_shaped(parts.small, (parts.small_rows, parts.small_size)), dim=0, out=packed_grads[parts.conv_size:])
+    return dx, packed_grads, d_conv_d
+
+
+def _backward_passes(grad_out, x, saved_means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, conv_d,
+                     head_num, window_size, max_pool, gate_softmax, dropout_p, dropout_seed):
+    """The backward's launches, on x's device: -> (dx, ParameterPartials, conv_d's gradient (C, C*ws*ws)
+    in its dtype (empty without conv_d)). Arguments as ``_backward_impl``'s.
 
     saved_means (B, C, H+W) fp32: the forward's, or empty when saves_means() is false (then recomputed
     here from x). dropout_p, dropout_seed: the forward's (its dropout masks are regenerated)."""
     B, C, H, W = x.shape
-    apply, channel_attention, input_grad, plane_stats, pooling, spatial_gates = _kernels()
+    kernels = _kernels()
+    channel_attention, input_grad = kernels.channel_attention, kernels.input_grad
     x_stride, g_stride = x.stride(), grad_out.stride()
     recombine = conv_d is not None
     plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, x.dtype, not saves_means(x.shape, x.dtype), conv_w.shape[1],
@@ -666,7 +683,7 @@ def _backward_impl(
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
     argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)
     cells = _empty(plan["cells"], device=x.device, dtype=torch.float32) if recombine else pooled
-    _launch(pooling.pool_kernel, plan["grad_pool_grid"], x, grad_out, gates, cells, argmax, rsum, dca,
+    _launch(kernels.pooling.pool_kernel, plan["grad_pool_grid"], x, grad_out, gates, cells, argmax, rsum, dca,
             *plan["grad_pool_scalars"], HAS_GRAD=True, tuned=plan["tuned"], **plan["grad_pool_meta"])
     if recombine:
         pooled = _project(conv_d, cells)
@@ -688,7 +705,7 @@ def _backward_impl(
     _launch(input_grad.pool_grad_sums_kernel, plan["grad_grid"],
             x, gates, dy, pooled, argmax, gn, gnsum, n_w, d_cells, psum, *plan["pool_sums_scalars"],
             ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], tuned=plan["tuned"], **grad_meta)
-    _launch(spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
+    _launch(kernels.spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
             means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
             dt, dmeans, conv_part, small_part, C, H, W, **plan["gates_meta"])
     dx = _empty_like(x)
@@ -697,16 +714,76 @@ def _backward_impl(
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
             WIDE=_wide_strides(x.shape, g_stride, dx_stride), tuned=plan["tuned"], **grad_meta)
-    conv_size = C * conv_w.shape[1] + C
-    packed_grads = _empty(conv_size + 12 * C, device=x.device, dtype=torch.float32)  # both sums in place: no cat
-    torch.sum(_shaped(conv_part, (B * 2, conv_size)), dim=0, out=packed_grads[:conv_size])
-    torch.sum(_shaped(small_part, (B, 12 * C)), dim=0, out=packed_grads[conv_size:])
-    return dx, packed_grads, d_conv_d
+    return dx, ParameterPartials(conv_part, small_part, 2 * B, C * conv_w.shape[1] + C, B, 12 * C), d_conv_d
 
 
 def _saved_means(x, means):
     """means when saves_means() for x, else an empty tensor (the backward recomputes them)."""
     return means if saves_means(x.shape, x.dtype) else means.new_empty(0)
+
+
+# ----------------------------------------------------------------------------------------
+# The eager training path (ops/eager.py's autograd node): packing, forward, backward, parameter gradients
+
+
+def _eager_forward(x, packed, weights, config, training):
+    conv_d = conv_d_matrix(weights, config)
+    dropout_p, dropout_seed = dropout.attention_dropout_args(config, training, x.device)
+    out, means = _forward_impl(x, *packed, conv_d, *config.kernel_options, dropout_p, dropout_seed)
+    return out, _saved_means(x, means), conv_d, dropout_seed
+
+
+@_on_x_device
+def _eager_pack(x, weights, config):
+    """PackedWeights (float32) of the weights, for an eager training call: one launch of
+    pack_parameters_kernel (``weights.pack_weights`` takes a cat, a gather and a cast)."""
+    params = [p if p.is_contiguous() else p.contiguous() for p in packed_parameters(weights, config)]  # read flat
+    C, K = config.dim, config.max_kernel_size
+    grid, meta = _pack_launch(config)
+    packed = _empty(C * K + 13 * C, device=x.device, dtype=torch.float32)
+    biases = params[17:] if config.qkv_bias else [packed] * 3  # unread without QKV_BIAS
+    _launch(_kernels().parameters.pack_parameters_kernel, grid, *params[:17], *biases, packed, config.group_channels,
+            **meta)
+    return split_packed(packed, C, K)
+
+
+@functools.lru_cache(maxsize=None)
+def _pack_launch(config):
+    """(grid, constexprs) of pack_parameters_kernel for config."""
+    n = config.dim * (config.max_kernel_size + 13)
+    k0, k1, k2, k3 = config.group_kernel_sizes
+    return (-(-n // PACK_BLOCK),), dict(K=config.max_kernel_size, K0=k0, K1=k1, K2=k2, K3=k3, QKV_BIAS=config.qkv_bias,
+                                        BLOCK=PACK_BLOCK)
+
+
+@_on_x_device
+def _eager_backward(grad_out, x, packed, saved, weights, config):
+    means, conv_d, dropout_seed = saved
+    dx, parts, dconv_d = _backward_passes(grad_out, x, means, *packed, conv_d, *config.kernel_options,
+                                          dropout.saved_dropout_p(config, dropout_seed), dropout_seed)
+    extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
+    return dx, _parameter_grads(parts, weights, config, x.device), extra
+
+
+def _parameter_grads(parts, weights, config, device):
+    """The gradients of ``packed_parameters(weights, config)`` in their shapes and dtype (views of one
+    allocation) from the backward's ParameterPartials: one launch of parameter_grads_kernel (the sums
+    over the batch, ``unpack_gradients``'s gather and the cast)."""
+    params = packed_parameters(weights, config)
+    index = gradient_index(config, device)
+    n = index.shape[0]
+    grads = _empty(n, device=device, dtype=params[0].dtype)
+    _launch(_kernels().parameters.parameter_grads_kernel, (-(-n // GRADS_BLOCK_E),),
+            parts.conv, parts.small, index, grads, n, parts.conv_rows, parts.conv_size, parts.small_rows,
+            parts.small_size, BLOCK_E=GRADS_BLOCK_E, BLOCK_R=GRADS_BLOCK_R)
+    return torch._utils._unflatten_dense_tensors(grads, params)
+
+
+KERNELS = FusedKernels(_eager_forward, _eager_backward, _eager_pack)
+
+
+# ----------------------------------------------------------------------------------------
+# Registration (torch.library): the path of torch.compile, export and opcheck
 
 
 def _split_grads(ctx, grad_out, backward_fn):

@@ -8,10 +8,11 @@ One file per stage family:
 - ``channel_attention``: GroupNorm(1) + q/k/v + flash-style channel attention + gate, forward and backward.
 - ``apply``: the forward apply pass (out = x * a_h * a_w * ca).
 - ``input_grad``: backward pass (b) (pool-gradient row/column sums, reads x) and pass (c) (dx, reads grad_out).
+- ``parameters``: the eager training path's weight packing and parameter gradients.
 """
 
 
-KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "plane_stats", "pooling", "spatial_gates")
+KERNEL_MODULES = ("apply", "channel_attention", "input_grad", "parameters", "plane_stats", "pooling", "spatial_gates")
 
 
 def kernel_modules():
