@@ -19,8 +19,8 @@
 # CHECK_CAP_S (300), PROFILE_CAP_S (120), E2E_CAP_S (300). Step exit codes and durations go to summary.txt; the script exits
 # non-zero when a step failed. On a short lease (15 minutes of device time, one call of 10) use
 # BUILD=0 TOTAL_BUDGET_S=520 TEST_CAP_S=150 CHECK_CAP_S=20 PROFILE_CAP_S=60 E2E_CAP_S=90
-# BENCH_BUDGET_S=170 TEST_WORKERS=12 TEST_ARGS="tests/test_triton_ops.py tests/test_triton_saved_memory.py
-# tests/test_weights.py tests/test_bench.py" (results/nvidia-h200/NOTES.md says what each run used and
+# BENCH_BUDGET_S=170 TEST_WORKERS=12 TEST_ARGS="tests/test_triton_ops.py tests/test_triton_parameters.py
+# tests/test_triton_saved_memory.py tests/test_weights.py tests/test_bench.py" (results/nvidia-h200/NOTES.md says what each run used and
 # what its caps cut: the e2e step's first Triton call autotunes 16 layer shapes, 25 s were too few).
 # pytest runs verbose, so a capped run's log still names the tests that passed.
 #

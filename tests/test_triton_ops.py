@@ -96,8 +96,39 @@ def test_backward_from_saved_means(monkeypatch):
     monkeypatch.setattr(ops, "MAX_SAVED_FRACTION", 1.0)
     config = SCSAConfig(16, **{"window_size": 3, **OPTIONS["softmax_gates_maxpool_heads_bias"]})
     x = torch.randn(2, 16, 7, 8, device=DEVICE)
-    assert ops.saves_means(x.shape, x.dtype)
+    assert ops.saves_means(x.shape, x.dtype) and ops.saves_attention_stats(x.shape, x.dtype)
     assert_matches(x, config)
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["op", "eager_node"])
+@pytest.mark.parametrize("kept", [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["recompute_both", "stats_kept", "means_kept", "both_kept"])
+def test_backward_with_each_saved_set(monkeypatch, kept, bypass):
+    """Each set the forward may keep for the backward (the means, the attention statistics: both,
+    either, neither), forced whatever the shape; the softmax gate (its statistics too), attention
+    dropout (the kept statistics are the forward's, drawn with its masks) and recombination."""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "_kept_for_backward", lambda shape, dtype, fraction=None: kept)
+    monkeypatch.setattr(ops, "_FORWARD_PLANS", {})
+    monkeypatch.setattr(ops, "_BACKWARD_PLANS", {})
+    monkeypatch.setattr(ops, "EAGER_BYPASS", bypass)
+    config = SCSAConfig(16, window_size=3, head_num=2, gate_layer="softmax", attn_drop_ratio=0.2,
+                        down_sample_mode="recombination")
+    x = torch.randn(2, 16, 7, 8, device=DEVICE)
+    results = compare_backend("triton", x, random_weights(config, device=DEVICE), config, training=True)
+    bad = [f"{r.name}: error {r.error:.3g} > bound {r.bound:.3g}" for r in results if not r.ok]
+    assert not bad, "\n".join(bad)
+
+
+def test_kept_for_backward_at_the_resnet_shapes():
+    """Means first (within 10% of x's bytes per sample), then the statistics (both within 8%) (bf16 / fp32)."""
+    from scsa_kernels.ops import triton as ops
+    kept = {(c, h, dtype): ops._kept_for_backward((64, c, h, h), dtype)
+            for c, h in [(64, 56), (128, 28), (256, 14), (512, 7)] for dtype in (torch.bfloat16, torch.float32)}
+    assert kept == {(64, 56, torch.bfloat16): (True, True), (64, 56, torch.float32): (True, True),
+                    (128, 28, torch.bfloat16): (False, True), (128, 28, torch.float32): (True, True),
+                    (256, 14, torch.bfloat16): (False, True), (256, 14, torch.float32): (False, True),
+                    (512, 7, torch.bfloat16): (False, False), (512, 7, torch.float32): (False, False)}
 
 
 RECOMBINATION_CASES = {
@@ -362,19 +393,32 @@ def test_eager_launches_reach_triton_without_the_tracing_hop(flags, training_lau
     assert counts == {"fwd_nograd": (5, 0), "fwd_grad": (forward, 0), "fwdbwd": (step, 0)}, res.stdout
 
 
+def _launch_check_cases():
+    """The case names of tests/triton_launch_check.py (shared by triton_compile_check.py)."""
+    import ast
+    source = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_launch_check.py")).read()
+    cases = next(node.value for node in ast.parse(source).body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CASES")
+    return [key.value for key in cases.keys]
+
+
+LAUNCH_CHECK_CASES = _launch_check_cases()
+
+
 @pytest.mark.parametrize("folder", [None] + EXTRA_TRITONS, ids=triton_release_id)
 def test_direct_launches_pass_what_tritons_launch_passes(folder):
     """ops.triton launches a compiled kernel directly once Triton's own launch compiled that
     specialization. tests/triton_launch_check.py makes every launch both ways on a host-only Triton
     driver (kernels compiled for sm_90, a launcher that records its arguments) and compares them
     argument by argument: every pooling mode and gate, dropout, fp32/bf16, channels_last, and x
-    misaligned by one element (its own specialization); the third call of each is all direct. With
+    misaligned by one element (its own specialization), each set of buffers the forward keeps for the
+    backward; the third call of each is all direct. With
     the installed Triton and each release of SCSA_AOT_EXTRA_TRITON (CI: 3.5 and 3.6)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_launch_check.py")
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=compiled_triton_env(folder),
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.stdout.count(" ok: ") == 6, res.stdout
+    assert res.stdout.count(" ok: ") == len(LAUNCH_CHECK_CASES), res.stdout
 
 
 def test_compiled_launches_are_the_eager_ones():
@@ -387,7 +431,7 @@ def test_compiled_launches_are_the_eager_ones():
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=compiled_triton_env(None),
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.stdout.count(" ok: ") == 6, res.stdout
+    assert res.stdout.count(" ok: ") == len(LAUNCH_CHECK_CASES), res.stdout
 
 
 @requires_cuda

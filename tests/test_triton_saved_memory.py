@@ -46,5 +46,6 @@ def test_saved_for_backward_within_target(monkeypatch, chw, dtype, eager):
     monkeypatch.setattr(ops, "EAGER_BYPASS", eager)
     beyond, x_bytes = saved_beyond_x(chw, dtype)
     print(f"\n{BATCH}x{'x'.join(map(str, chw))} {dtype}: x {x_bytes / 1e6:.2f} MB, saved beyond x "
-          f"{beyond / 1e6:.3f} MB = {100 * beyond / x_bytes:.2f}%, means kept: {ops.saves_means((BATCH, *chw), dtype)}")
+          f"{beyond / 1e6:.3f} MB = {100 * beyond / x_bytes:.2f}%, kept: means {ops.saves_means((BATCH, *chw), dtype)}, "
+          f"attention statistics {ops.saves_attention_stats((BATCH, *chw), dtype)}")
     assert 0 <= beyond <= TARGET * x_bytes

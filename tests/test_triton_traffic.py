@@ -8,12 +8,13 @@ full-size tensors (x, out, grad_out, dx) by address; everything else is "small".
 
 Budgets held here (the design of scsa_kernels/ops/triton.py):
 - forward: x read <= 3 |x|, out written <= |x|; 5 Triton launches (6 with the softmax gate);
-- backward: x read <= 2 |x|, grad_out read <= 2 |x|, dx written <= |x|; 7 Triton launches (8 with
-  the softmax gate): the forward keeps only the row/column means, so the backward reruns the
-  spatial gate kernel and the channel attention forward (tiny) on top of its 5 passes. When the
-  forward does not keep the means either (``saves_means``: they would exceed 10% of x's bytes,
-  every plane of 28x28 or less in bfloat16), the backward first recomputes them: one more read
-  of x (<= 3 |x|) and one more launch;
+- backward: x read <= 2 |x|, grad_out read <= 2 |x|, dx written <= |x|; 6 Triton launches: its 5
+  passes and a rerun of the spatial gate kernel, as the forward keeps at most the row/column means
+  and the channel attention's statistics (``_kept_for_backward``: within 10% of x's bytes, the
+  means first). Without the statistics (7x7 planes in bfloat16) it reruns the channel attention
+  forward too (tiny): one more launch, two with the softmax gate. Without the means (every plane
+  of 28x28 or less in bfloat16, of 14x14 or less in float32) it first recomputes them: one more
+  read of x (<= 3 |x|) and one more launch;
 - recombination adds its space-to-depth cells (B, C*ws*ws, N) fp32 (at most 4/itemsize |x|; the
   1x1 projection and its backward are torch matmuls inside the op): the forward writes them once
   (3 reads of x + 2 |x|-sized writes), the backward writes them once and reads their gradient
@@ -32,7 +33,7 @@ from conftest import HAS_CUDA
 from scsa_kernels import backends
 from scsa_kernels.config import SCSAConfig
 from scsa_kernels.functional import scsa
-from scsa_kernels.ops.triton import saves_means
+from scsa_kernels.ops.triton import saves_attention_stats, saves_means
 from scsa_kernels.testing import random_weights
 
 pytestmark = [
@@ -41,7 +42,8 @@ pytestmark = [
 ]
 
 FORWARD_LAUNCHES = {"sigmoid": 5, "softmax": 6}
-BACKWARD_LAUNCHES = {"sigmoid": 7, "softmax": 8}
+BACKWARD_LAUNCHES = 6
+RECOMPUTED_STATS_LAUNCHES = {"sigmoid": 1, "softmax": 2}
 RECOMPUTED_MEANS_LAUNCHES = 1
 RECOMBINATION_BACKWARD_LAUNCHES = 1
 # Outside the Triton kernels: pack_weights (pads, cats, stack, and casts of half parameters to
@@ -158,7 +160,8 @@ def report(label, shape, config, x, fwd, bwd, fwd_ops, bwd_ops):
     nx = x.numel() * x.element_size()
     f = lambda d, k: d.get(k, 0) / nx
     print(f"\n{label} {tuple(shape)} {x.dtype}: |x| = {nx} bytes, small-tensor bound {small_bound(shape, config):.0f}"
-          f" B, recombination cells {cells_bytes(shape, config)} B, means saved: {saves_means(x.shape, x.dtype)}")
+          f" B, recombination cells {cells_bytes(shape, config)} B, means saved: {saves_means(x.shape, x.dtype)},"
+          f" attention statistics saved: {saves_attention_stats(x.shape, x.dtype)}")
     print(f"  forward : x read {f(fwd.loads, 'x'):.3f}|x|, out write {f(fwd.stores, 'small'):.3f}|x| (out is"
           f" unregistered), small read {fwd.loads.get('small', 0)} B, {fwd.launches} Triton launches,"
           f" torch ops {len(fwd_ops.ops)}: {fwd_ops.ops}")
@@ -174,6 +177,8 @@ CASES = {
     "global_pool": ((1, 16, 20, 24), SCSAConfig(16, window_size=-1)),
     "recombination": ((2, 16, 9, 10), SCSAConfig(16, head_num=2, window_size=3, down_sample_mode="recombination")),
     "channels_last_partial_tile": ((2, 24, 11, 9), SCSAConfig(24, window_size=3, down_sample_mode="max_pool")),
+    # planes too small to keep the means or the attention statistics (bfloat16): both recomputed
+    "small_plane_softmax": ((2, 32, 5, 6), SCSAConfig(32, window_size=2, gate_layer="softmax")),
 }
 
 
@@ -191,7 +196,9 @@ def test_traffic_and_launches(name):
     assert bwd.loads["grad_out"] <= 2 * nx
     assert bwd.stores.get("x", 0) == 0 and bwd.stores.get("grad_out", 0) == 0
     assert fwd.launches == FORWARD_LAUNCHES[config.gate_layer]
-    assert bwd.launches == (BACKWARD_LAUNCHES[config.gate_layer] + (0 if means_saved else RECOMPUTED_MEANS_LAUNCHES)
+    stats_saved = saves_attention_stats(x.shape, x.dtype)
+    assert bwd.launches == (BACKWARD_LAUNCHES + (0 if means_saved else RECOMPUTED_MEANS_LAUNCHES)
+                            + (0 if stats_saved else RECOMPUTED_STATS_LAUNCHES[config.gate_layer])
                             + (RECOMBINATION_BACKWARD_LAUNCHES if config.uses_conv_d else 0))
     assert len(fwd_ops.ops) <= TORCH_OPS["forward"] and len(bwd_ops.ops) <= TORCH_OPS["backward"]
     bound, cells = small_bound(shape, config), cells_bytes(shape, config)

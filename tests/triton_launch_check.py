@@ -12,9 +12,9 @@ metadata, the launch metadata and hooks, and every kernel argument (each tensor 
 object, or in a direct launch as its address, in the same positions). Each case runs a forward+backward three times: a plan's first call goes
 through the autotuners, its second launches their picks (first time through Triton), and the third
 must take only direct launches. Cases: every pooling mode and gate, heads, q/k/v bias, attention
-dropout, fp32 and bf16, channels_last, and x misaligned by one element (another specialization,
-never the aligned one's kernel). Prints one line per case (and its mismatches); exits non-zero when
-any case failed.
+dropout, fp32 and bf16, channels_last, x misaligned by one element (another specialization,
+never the aligned one's kernel), and each set of buffers the forward keeps for the backward.
+Prints one line per case (and its mismatches); exits non-zero when any case failed.
 """
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ CASES = {
     "global_pool_dropout_bf16": ((2, 16, 8, 8), torch.bfloat16, "nchw", dict(window_size=-1, attn_drop_ratio=0.5)),
     "channels_last_fp32": ((2, 16, 7, 7), torch.float32, "channels_last", dict(window_size=3)),
     "misaligned_x_fp32": ((2, 16, 7, 7), torch.float32, "misaligned", dict(window_size=3)),
+    # planes large enough for the forward to keep the attention statistics, and the means too
+    "stats_kept_fp32": ((2, 16, 14, 14), torch.float32, "nchw", dict(window_size=7)),
+    "means_and_stats_kept_softmax_fp32": ((1, 8, 32, 32), torch.float32, "nchw", dict(window_size=8, gate_layer="softmax")),
 }
 
 

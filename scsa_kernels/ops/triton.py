@@ -9,16 +9,19 @@ Forward, 5 launches (6 with the softmax channel gate); x read 3 times, out writt
   4. ``channel_attention_fwd``            -> ca (B, C), softmax row stats, GroupNorm(1) stats
      (+ ``channel_softmax_gate`` when gate_layer="softmax")
   5. ``apply_gates`` (reads x, writes out)
-Saved for backward: x itself (no copy), the packed weights, and the means x_h, x_w when they cost
-at most MAX_SAVED_FRACTION (10%) of x's bytes (``saves_means``: square planes from 40x40 in bf16,
-from 20x20 in fp32). Everything else is recomputed: the memory target is <= 10% of |x| saved beyond
-x, and on small planes even a (B, C, H+W) tensor exceeds it (2/7 of x's elements at 7x7).
-Backward, 7 Triton launches (8 with the softmax gate, 1 more for recombination) + 2 tiny torch sums (parameter gradients
+Saved for backward: x itself (no copy), the packed weights, and in one fp32 allocation what fits
+the memory target (<= MAX_SAVED_FRACTION, 10%, of |x| saved beyond x; ``_kept_for_backward``): the
+means x_h, x_w (planes from 40x40 in bf16, from 20x20 in fp32), then the channel attention's
+statistics z, m, l, ca (B, C) and gn (B, 2) (16 bytes per plane: every ResNet-50 stage shape but
+7x7). Everything else is recomputed: on small planes even a (B, C, H+W) tensor exceeds the target
+(2/7 of x's elements at 7x7).
+Backward, 6 Triton launches (+1, or +2 with the softmax gate, to rerun the channel attention forward
+where its statistics were not kept; +1 for recombination) + 2 tiny torch sums (parameter gradients
 over the batch); x read twice, grad_out twice, dx written once:
   (0) ``plane_means`` (reads x), only when the means were not saved: one more launch and read of x
       ``spatial_gates_fwd``              -> a_h, a_w again, from the means
   (a) ``pool`` with grad (reads x and grad_out) -> pooled again, sum_w g x a_w, sum_h g x a_h, d(ca)
-      ``channel_attention_fwd``          -> ca and the attention statistics again
+      ``channel_attention_fwd``          -> ca and the attention statistics again, where not saved
       ``channel_attention_bwd``          -> dy (B, C, N), parameter partials
       recombination: ``pooled_grad`` -> dp (B, C, N); torch matmuls: the cells' gradient
       conv_d^T dp (B, C*ws*ws, N) and conv_d's gradient sum_b dp cells^T, the cells rewritten by (a)
@@ -36,8 +39,9 @@ registered autograd). An eager training step packs the weights with one launch
 (``pack_parameters``, triton/parameters.py) and turns the backward's parameter partials into the
 parameters' gradients with one more (``parameter_grads``: the sums over the batch, the packing's
 adjoint gather and the cast), where torch took 7 ops (cat, gather, cast; two sums, gather, cast),
-each a CUDA launch with its host cost: 6 launches forward, 8 backward. Eager calls launch their kernels themselves (``_launch``), launch geometry and the
-autotuned kernels' configs are resolved once per (shape, strides, dtype, options) in
+each a CUDA launch with its host cost: 6 launches forward, 7 backward (at 64x64x56x56). Eager calls
+launch their kernels themselves (``_launch``), launch geometry and the autotuned kernels' configs
+are resolved once per (shape, strides, dtype, options) in
 ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's scratch buffers are views of one
 allocation, and a launch whose specialization Triton compiled before goes straight to the compiled
 kernel (``_launch_compiled``), skipping Triton's per-launch binding and cache key (a quarter of a
@@ -79,7 +83,8 @@ from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 NAME = "triton"
 MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_SAVED_FRACTION = 0.1  # saved for backward beyond x itself, as a fraction of x's bytes (see saves_means)
+MAX_SAVED_FRACTION = 0.1  # saved for backward beyond x itself, as a fraction of x's bytes (see _kept_for_backward)
+STATS_SHARE = 0.8  # of that budget, what the means and the attention statistics may take together
 POOL_WINDOWS_PER_BLOCK = 8  # windows per column block of pool_kernel (its window map is BLOCK_J x BLOCK_W)
 # Plane passes on channels_last x (channels are the unit-stride axis): a program takes up to
 # CHANNEL_TILE neighbouring channels, so its loads coalesce along C (one plane per program
@@ -168,7 +173,7 @@ def scsa(x, weights, config, training):
             *dropout.attention_dropout_args(config, training, x.device))
     if not EAGER_BYPASS or torch.compiler.is_compiling():
         return torch.ops.scsa_kernels.triton_scsa_forward(*args)[0]
-    return _forward_impl(*args)[0]
+    return _forward_impl(*args, keep_for_backward=False)[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -440,11 +445,14 @@ def _pool_blocks(windows: int, WW: int, W: int, C: int, channel_tiles: bool):
                                               ONE_COL_BLOCK=W <= per_block)
 
 
-def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile):
-    """Everything _forward_impl derives from shapes and options: grids, scalars, constexprs, and
-    ``tuned``, where _launch records the autotuned kernels' picks for this plan. dtype (x's) is not
-    read here: it is part of the key because the autotuner's picks depend on it."""
+def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile,
+                  saved_fraction=None):
+    """Everything _forward_impl derives from shapes and options: grids, scalars, constexprs, what it
+    keeps for the backward (``kept``, ``saved_lengths``: see _kept_for_backward), and ``tuned``, where
+    _launch records the autotuned kernels' picks for this plan. saved_fraction: MAX_SAVED_FRACTION
+    (None: its value now; the plan caches key it, as tests change it)."""
     B, C, H, W = shape
+    kept = _kept_for_backward(shape, dtype, saved_fraction)
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
     channel_tiles = _channel_tiles(x_stride)
@@ -458,10 +466,11 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
     return dict(
         tuned={}, N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * blocks.NBLK),
         channel_tiles=channel_tiles, plane_grid=(B * -(-C // block_c),), pool_grid=(B * pool_blocks_per_sample,),
-        # gates, sp_stats, pooled (recombination: the cells), gn, z, m, l, ca
+        # gates, sp_stats, pooled (recombination: the cells), then the means and statistics not kept
         workspace=_workspace_layout([((B, C, H + W), F32), ((B, 2, 4, 2), F64),
-                                     ((B, C * WH * WW, N) if recombine else (B, C, N), F32),
-                                     ((B, 2), F32), ((B, C), F32), ((B, C), F32), ((B, C), F32), ((B, C), F32)]),
+                                     ((B, C * WH * WW, N) if recombine else (B, C, N), F32)]
+                                    + _scratch_means_and_stats(shape, kept)),
+        kept=kept, saved_lengths=_saved_lengths(shape, kept),
         plane_scalars=(C, H, W, *x_stride),
         plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
@@ -539,20 +548,24 @@ def _forward_impl(
         x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
         head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
-        dropout_p: float = 0.0, dropout_seed: Optional[Tensor] = None,
+        dropout_p: float = 0.0, dropout_seed: Optional[Tensor] = None, keep_for_backward: bool = True,
 ) -> Tuple[Tensor, Tensor]:
-    """-> (out, means (B, C, H+W) fp32 = x_h | x_w): the backward keeps the means when saves_means()
-    and recomputes everything else from them and x. conv_d: recombination's projection (C, C*ws*ws),
-    or None for the pooling modes. dropout_p > 0: attention dropout with the Philox stream of
-    dropout_seed ((1,) int64, see ops/dropout.py)."""
+    """-> (out, saved): saved (n,) fp32 holds what the backward gets from this forward besides x
+    (_kept_for_backward: the means (B, C, H+W) = x_h | x_w and the channel attention's statistics
+    where they fit the memory target; empty when neither does), the rest it recomputes from x.
+    conv_d: recombination's projection (C, C*ws*ws), or None for the pooling modes. dropout_p > 0:
+    attention dropout with the Philox stream of dropout_seed ((1,) int64, see ops/dropout.py).
+    keep_for_backward=False (eager inference): nothing is kept, saved is empty."""
     B, C, H, W = x.shape
     kernels = _kernels()
     x_stride = x.stride()
     recombine = conv_d is not None
     plan = _cached(_FORWARD_PLANS, (x.shape, x_stride, x.dtype, conv_w.shape[1], head_num, window_size, max_pool, recombine,
-                                    gate_softmax, SPATIAL_TILE), _forward_plan)
-    means = _empty(B, C, H + W, device=x.device, dtype=torch.float32)  # its own allocation: the backward may keep it
-    gates, sp_stats, pooled, gn, z, m, l, ca = _workspace(plan["workspace"], x)  # pooled: the cells with recombination
+                                    gate_softmax, SPATIAL_TILE, MAX_SAVED_FRACTION if keep_for_backward else 0.0),
+                   _forward_plan)
+    saved, kept = _kept_buffers(plan, x)
+    gates, sp_stats, pooled, *scratch = _workspace(plan["workspace"], x)  # pooled: the cells with recombination
+    means, z, m, l, ca, gn = _means_and_stats(plan, kept, scratch)
     argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
     out = _empty_like(x)
     _means(plan, x, means)
@@ -567,44 +580,106 @@ def _forward_impl(
     _launch(kernels.apply.apply_gates_kernel, plan["plane_grid"],
             x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
             tuned=plan["tuned"], **plan["apply_meta"])
-    return out, means
+    return out, torch.cat(kept) if saved is None else saved
+
+
+def _kept_for_backward(shape, dtype, saved_fraction=None):
+    """(means, statistics): whether the forward keeps the row and column means (B, C, H+W) and the
+    channel attention's statistics z, m, l, ca (B, C) and gn (B, 2) (all fp32) for the backward,
+    within saved_fraction (MAX_SAVED_FRACTION) of x's bytes: the means first (without them the
+    backward reads x once more: the means pass), then the statistics (without them it reruns the
+    channel attention forward, and the softmax gate: one or two launches, no pass over x).
+    The spatial gates need the means before any pass over x that uses the gates, and a (B, C, H+W)
+    tensor is (H+W)/(H*W) of x's elements (2/7 at 7x7): no backward that reads x only twice can meet
+    the memory target on small planes. Per sample: x has C*H*W*itemsize bytes, the means 4*C*(H+W),
+    the statistics 4*(4*C + 2). The statistics leave a fifth of the budget (STATS_SHARE) to what is
+    saved besides the per-sample tensors: the packed weights, and on the op's path the tensors the
+    traced packing saves (2% of x at 64x512x7x7 in float32)."""
+    B, C, H, W = shape
+    budget = (MAX_SAVED_FRACTION if saved_fraction is None else saved_fraction) * C * H * W * dtype.itemsize
+    means = bool(4 * C * (H + W) <= budget)  # bool: a guard on symbolic sizes, as their tile rules take
+    return means, bool(4 * (4 * C + 2) + (4 * C * (H + W) if means else 0) <= STATS_SHARE * budget)
 
 
 def saves_means(shape, dtype) -> bool:
-    """Whether the forward keeps the row and column means (B, C, H+W) fp32 for the backward: only
-    when they stay within MAX_SAVED_FRACTION of x's bytes. Otherwise the backward recomputes them,
-    which costs one more read of x (the means pass). The spatial gates need them before any pass
-    over x that uses the gates, and a (B, C, H+W) tensor is (H+W)/(H*W) of x's elements (2/7 at
-    7x7): no backward that reads x only twice can meet the memory target on small planes."""
+    """Whether the forward keeps the means for the backward (``_kept_for_backward``)."""
+    return _kept_for_backward(shape, dtype)[0]
+
+
+def saves_attention_stats(shape, dtype) -> bool:
+    """Whether the forward keeps the channel attention's statistics for the backward (``_kept_for_backward``)."""
+    return _kept_for_backward(shape, dtype)[1]
+
+
+def _saved_lengths(shape, kept):
+    """Lengths of the fp32 buffers in the forward's ``saved`` allocation, in order: the means (B*C*(H+W))
+    if kept, then the statistics z, m, l, ca (B*C each) and gn (B*2) if kept. C is a multiple of 4, so
+    every buffer starts 16-byte aligned (the kernels specialize on it) with no padding: the op returns
+    ``saved``, and opcheck compares every element of it."""
     B, C, H, W = shape
-    return 4 * (H + W) <= MAX_SAVED_FRACTION * H * W * dtype.itemsize
+    return (B * C * (H + W),) * kept[0] + (B * C, B * C, B * C, B * C, B * 2) * kept[1]
 
 
-def _backward_plan(shape, x_stride, g_stride, dtype, recompute_means, K, head_num, window_size, max_pool, recombine,
-                   gate_softmax, spatial_tile):
+def _scratch_means_and_stats(shape, kept):
+    """Workspace buffers [(shape, dtype)] for the means and statistics not kept, in _saved_lengths' order."""
+    B, C, H, W = shape
+    return [((B, C, H + W), F32)] * (not kept[0]) + [((B, C), F32)] * 4 * (not kept[1]) + [((B, 2), F32)] * (not kept[1])
+
+
+def _kept_buffers(plan, x):
+    """(saved, buffers): the forward's ``saved`` allocation (fp32) and the kept buffers, views of it in
+    _saved_lengths' order. Tracing tensors (torch.compile), when something is kept: each buffer its own
+    allocation and saved None, for the op body to concatenate them after the launches (as in
+    ``_workspace``, the kernels' writes stay off views of a shared allocation there)."""
+    lengths = plan["saved_lengths"]
+    if _is_tracing(x) and lengths:
+        return None, [_empty(n, device=x.device, dtype=torch.float32) for n in lengths]
+    saved = _empty(sum(lengths), device=x.device, dtype=torch.float32)
+    return saved, _split_saved(plan, saved)
+
+
+def _split_saved(plan, saved):
+    """The kept buffers of the forward's ``saved`` (read only by the backward), in _saved_lengths' order."""
+    lengths = plan["saved_lengths"]
+    return saved.split(lengths) if lengths else ()
+
+
+def _means_and_stats(plan, kept, scratch):
+    """(means, z, m, l, ca, gn): the next of ``kept`` (the forward's kept buffers, in _saved_lengths'
+    order) where plan["kept"] says, else the next of ``scratch`` (workspace buffers)."""
+    kept_buffers = iter(kept)
+    scratch = iter(scratch)
+    means = next(kept_buffers if plan["kept"][0] else scratch)
+    stats = kept_buffers if plan["kept"][1] else scratch
+    return (means, *(next(stats) for _ in range(5)))
+
+
+def _backward_plan(shape, x_stride, g_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax,
+                   spatial_tile, saved_fraction=None):
     """Everything _backward_impl derives from shapes and options (the forward plan's entries for the
     stages it recomputes, the plane and pooling passes with grad_out), and the lengths of its float32
     scratch buffers in their one workspace."""
     B, C, H, W = shape
-    plan = _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile)
+    plan = _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax, spatial_tile,
+                         saved_fraction)
     HP, WP, WH, WW = _windows(H, W, window_size)
     N = HP * WP
     plane_meta = plan["plane_meta"]  # the backward's plane passes tile x as the forward's do
     blocks = _attention_blocks(C, head_num, N, "backward")
     nblk = blocks.NBLK
-    # rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
-    # gates, sp_stats (the names in _backward_impl; sp_stats float64)
+    # rsum, dca, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gates, sp_stats (the names
+    # in _backward_passes; sp_stats float64), then the means and statistics the forward did not keep
     workspace = _workspace_layout([(shape, F32) for shape in (
-        (B, C, H + W), (B, C), (B, C, H + W), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
+        (B, C, H + W), (B, C), (B, C, N), (B, C, N), (B, C, N), (B, 12 * C),
         (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
-        (B, C, N), (B, 2), (B, C), (B, C), (B, C), (B, C), (B, C, H + W))] + [((B, 2, 4, 2), F64)])
+        (B, C, N), (B, C, H + W))] + [((B, 2, 4, 2), F64)] + _scratch_means_and_stats(shape, plan["kept"]))
     # pass (a) also walks the columns right of the window grid
     grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W, C, plan["channel_tiles"])
     pool_scalars = list(plan["pool_scalars"])
     pool_scalars[7:11] = g_stride
     pool_scalars[-1] = grad_per_block
     plan.update(
-        recompute_means=recompute_means, workspace=workspace,
+        workspace=workspace,
         bwd_attention_grid=(B, head_num * nblk), grad_pool_grid=(B * grad_pool_blocks_per_sample,),
         grad_grid=plan["plane_grid"],
         grad_pool_scalars=tuple(pool_scalars),
@@ -639,7 +714,7 @@ class ParameterPartials(NamedTuple):
 
 @_on_x_device
 def _backward_impl(
-        grad_out: Tensor, x: Tensor, saved_means: Tensor,
+        grad_out: Tensor, x: Tensor, saved: Tensor,
         conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
         head_num: int, window_size: int, max_pool: bool, gate_softmax: bool,
@@ -649,7 +724,7 @@ def _backward_impl(
     in PackedWeights order (conv weight (C, K), conv bias, norm_h w, b, norm_w w, b, norm w, b, qkv
     weight (3, C), qkv bias (3, C)), conv_d's gradient (C, C*ws*ws) in its dtype (empty without conv_d)).
     The passes are ``_backward_passes``'s; the partials' sums over the batch are two torch sums."""
-    dx, parts, d_conv_d = _backward_passes(grad_out, x, saved_means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b,
+    dx, parts, d_conv_d = _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b,
                                            qkv_w, qkv_b, conv_d, head_num, window_size, max_pool, gate_softmax,
                                            dropout_p, dropout_seed)
     packed_grads = _empty(parts.conv_size + parts.small_size, device=x.device, dtype=torch.float32)  # no cat
@@ -658,28 +733,28 @@ def _backward_impl(
     return dx, packed_grads, d_conv_d
 
 
-def _backward_passes(grad_out, x, saved_means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, conv_d,
+def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, n_w, n_b, qkv_w, qkv_b, conv_d,
                      head_num, window_size, max_pool, gate_softmax, dropout_p, dropout_seed):
     """The backward's launches, on x's device: -> (dx, ParameterPartials, conv_d's gradient (C, C*ws*ws)
     in its dtype (empty without conv_d)). Arguments as ``_backward_impl``'s.
 
-    saved_means (B, C, H+W) fp32: the forward's, or empty when saves_means() is false (then recomputed
-    here from x). dropout_p, dropout_seed: the forward's (its dropout masks are regenerated)."""
+    saved: the forward's (what _kept_for_backward says it kept: the means, then the attention statistics;
+    what it did not keep is recomputed here, the means from x). dropout_p, dropout_seed: the forward's
+    (its dropout masks are regenerated)."""
     B, C, H, W = x.shape
     kernels = _kernels()
     channel_attention, input_grad = kernels.channel_attention, kernels.input_grad
     x_stride, g_stride = x.stride(), grad_out.stride()
     recombine = conv_d is not None
-    plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, x.dtype, not saves_means(x.shape, x.dtype), conv_w.shape[1],
-                                     head_num, window_size, max_pool, recombine, gate_softmax, SPATIAL_TILE),
-                   _backward_plan)
+    plan = _cached(_BACKWARD_PLANS, (x.shape, x_stride, g_stride, x.dtype, conv_w.shape[1], head_num, window_size, max_pool,
+                                     recombine, gate_softmax, SPATIAL_TILE, MAX_SAVED_FRACTION), _backward_plan)
     # the kernels write all of each scratch buffer before reading it
-    (rsum, dca, means, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gn, z, m, l, ca,
-     gates, sp_stats) = _workspace(plan["workspace"], x)
-    if plan["recompute_means"]:
+    (rsum, dca, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gates, sp_stats,
+     *scratch) = _workspace(plan["workspace"], x)
+    means, z, m, l, ca, gn = _means_and_stats(plan, _split_saved(plan, saved), scratch)
+    means_kept, stats_kept = plan["kept"]
+    if not means_kept:
         _means(plan, x, means)
-    else:
-        means = saved_means
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
     argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)
     cells = _empty(plan["cells"], device=x.device, dtype=torch.float32) if recombine else pooled
@@ -687,7 +762,8 @@ def _backward_passes(grad_out, x, saved_means, conv_w, conv_b, nh_w, nh_b, nw_w,
             *plan["grad_pool_scalars"], HAS_GRAD=True, tuned=plan["tuned"], **plan["grad_pool_meta"])
     if recombine:
         pooled = _project(conv_d, cells)
-    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
+    if not stats_kept:
+        _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
     _launch(channel_attention.channel_attention_bwd_kernel, plan["bwd_attention_grid"],
             pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, z, m, l, ca, dca, dq, dk, dy,
             small_part, gnsum, *plan["bwd_attention_scalars"], dropout_p, DROPOUT=dropout_p > 0,
@@ -717,11 +793,6 @@ def _backward_passes(grad_out, x, saved_means, conv_w, conv_b, nh_w, nh_b, nw_w,
     return dx, ParameterPartials(conv_part, small_part, 2 * B, C * conv_w.shape[1] + C, B, 12 * C), d_conv_d
 
 
-def _saved_means(x, means):
-    """means when saves_means() for x, else an empty tensor (the backward recomputes them)."""
-    return means if saves_means(x.shape, x.dtype) else means.new_empty(0)
-
-
 # ----------------------------------------------------------------------------------------
 # The eager training path (ops/eager.py's autograd node): packing, forward, backward, parameter gradients
 
@@ -729,8 +800,8 @@ def _saved_means(x, means):
 def _eager_forward(x, packed, weights, config, training):
     conv_d = conv_d_matrix(weights, config)
     dropout_p, dropout_seed = dropout.attention_dropout_args(config, training, x.device)
-    out, means = _forward_impl(x, *packed, conv_d, *config.kernel_options, dropout_p, dropout_seed)
-    return out, _saved_means(x, means), conv_d, dropout_seed
+    out, saved = _forward_impl(x, *packed, conv_d, *config.kernel_options, dropout_p, dropout_seed)
+    return out, saved, conv_d, dropout_seed
 
 
 @_on_x_device
@@ -758,8 +829,8 @@ def _pack_launch(config):
 
 @_on_x_device
 def _eager_backward(grad_out, x, packed, saved, weights, config):
-    means, conv_d, dropout_seed = saved
-    dx, parts, dconv_d = _backward_passes(grad_out, x, means, *packed, conv_d, *config.kernel_options,
+    kept, conv_d, dropout_seed = saved
+    dx, parts, dconv_d = _backward_passes(grad_out, x, kept, *packed, conv_d, *config.kernel_options,
                                           dropout.saved_dropout_p(config, dropout_seed), dropout_seed)
     extra = [] if conv_d is None else [dconv_d.view_as(weights.conv_d_weight)]
     return dx, _parameter_grads(parts, weights, config, x.device), extra
@@ -787,15 +858,16 @@ KERNELS = FusedKernels(_eager_forward, _eager_backward, _eager_pack)
 
 
 def _split_grads(ctx, grad_out, backward_fn):
-    """Gradients of (x, the 10 packed weights, conv_d, the 5 options, the dropout seed) from the
-    backward op's 3 outputs. Saved: x, means, the 10 packed weights, conv_d, the seed."""
+    """Gradients of (x, the 10 packed weights, conv_d, the 5 options, the dropout seed, keep_for_backward)
+    from the backward op's 3 outputs. Saved: x, the forward's ``saved`` buffer, the 10 packed weights,
+    conv_d, the seed."""
     *saved, dropout_seed = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(saved[0])
-    C, K = saved[2].shape  # conv_w (after x and means)
+    C, K = saved[2].shape  # conv_w (after x and the forward's saved buffer)
     dx, packed_grads, dconv_d = backward_fn(grad_out, *saved, *ctx.options, dropout_seed)
     conv_d = saved[12]
-    return (dx, *split_packed(packed_grads, C, K), None if conv_d is None else dconv_d, *[None] * 6)
+    return (dx, *split_packed(packed_grads, C, K), None if conv_d is None else dconv_d, *[None] * 7)
 
 
 def _define_op(name, fn):
@@ -816,8 +888,8 @@ def _define_ops():
     def setup_context(ctx, inputs, output):
         x = inputs[0]
         ctx.options = inputs[12:17]  # head_num, window_size, max_pool, gate_softmax, dropout_p
-        ctx.set_materialize_grads(False)  # means gets no gradient: no zeros launch
-        ctx.save_for_backward(x, _saved_means(x, output[1]), *inputs[1:12], inputs[17])
+        ctx.set_materialize_grads(False)  # the saved buffer gets no gradient: no zeros launch
+        ctx.save_for_backward(x, output[1], *inputs[1:12], inputs[17])
 
     def backward(ctx, grad_out, *unused):
         return _split_grads(ctx, grad_out, backward_op)
