@@ -72,7 +72,7 @@ def _partials(config, batch, generator):
     C, K = config.dim, config.max_kernel_size
     conv = torch.randn(2 * batch * (C * K + C), generator=generator).to(DEVICE)
     small = torch.randn(batch * 12 * C, generator=generator).to(DEVICE)
-    return ops.ParameterPartials(conv, small, 2 * batch, C * K + C, batch, 12 * C)
+    return ops.ParameterPartials.of(conv, small, batch, C, K)
 
 
 @pytest.mark.parametrize("batch", [1, 7, 9, 40])  # one partial row step or several, a partial last one

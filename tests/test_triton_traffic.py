@@ -11,8 +11,8 @@ Budgets held here (the design of scsa_kernels/ops/triton.py):
 - backward: x read <= 2 |x|, grad_out read <= 2 |x|, dx written <= |x|; 6 Triton launches: its 5
   passes and a rerun of the spatial gate kernel, as the forward keeps at most the row/column means
   and the channel attention's statistics (``_kept_for_backward``: within 10% of x's bytes, the
-  means first). Without the statistics (7x7 planes in bfloat16) it reruns the channel attention
-  forward too (tiny): one more launch, two with the softmax gate. Without the means (every plane
+  means first). Without the statistics (at the ResNet-50 shapes: 7x7 planes) it reruns the
+  channel attention forward too (tiny): one more launch, two with the softmax gate. Without the means (every plane
   of 28x28 or less in bfloat16, of 14x14 or less in float32) it first recomputes them: one more
   read of x (<= 3 |x|) and one more launch;
 - recombination adds its space-to-depth cells (B, C*ws*ws, N) fp32 (at most 4/itemsize |x|; the

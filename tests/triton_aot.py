@@ -78,7 +78,7 @@ def record_launches():
         # the eager training step's own launches: its weight packing and parameter gradients
         weights = random_weights(config, dtype=x.dtype, device="meta")
         ops._eager_pack(x, weights, config)
-        parts = ops.ParameterPartials(meta(2 * B * (C * K + C)), meta(B * 12 * C), 2 * B, C * K + C, B, 12 * C)
+        parts = ops.ParameterPartials.of(meta(2 * B * (C * K + C)), meta(B * 12 * C), B, C, K)
         ops._parameter_grads(parts, weights, config, x.device)
     return launches
 

@@ -611,19 +611,23 @@ def saves_attention_stats(shape, dtype) -> bool:
     return _kept_for_backward(shape, dtype)[1]
 
 
-def _saved_lengths(shape, kept):
-    """Lengths of the fp32 buffers in the forward's ``saved`` allocation, in order: the means (B*C*(H+W))
-    if kept, then the statistics z, m, l, ca (B*C each) and gn (B*2) if kept. C is a multiple of 4, so
-    every buffer starts 16-byte aligned (the kernels specialize on it) with no padding: the op returns
-    ``saved``, and opcheck compares every element of it."""
+def _means_and_stats_shapes(shape, kept):
+    """[(buffer shape, kept)] of the fp32 means (B, C, H+W) and statistics z, m, l, ca (B, C), gn (B, 2),
+    in that order; kept: _kept_for_backward's (means, statistics)."""
     B, C, H, W = shape
-    return (B * C * (H + W),) * kept[0] + (B * C, B * C, B * C, B * C, B * 2) * kept[1]
+    return [((B, C, H + W), kept[0])] + [((B, C), kept[1])] * 4 + [((B, 2), kept[1])]
+
+
+def _saved_lengths(shape, kept):
+    """Lengths of the fp32 buffers in the forward's ``saved`` allocation: the kept means and statistics,
+    in order. C is a multiple of 4, so every buffer starts 16-byte aligned (the kernels specialize on
+    it) with no padding: the op returns ``saved``, and opcheck compares every element of it."""
+    return tuple(math.prod(s) for s, is_kept in _means_and_stats_shapes(shape, kept) if is_kept)
 
 
 def _scratch_means_and_stats(shape, kept):
-    """Workspace buffers [(shape, dtype)] for the means and statistics not kept, in _saved_lengths' order."""
-    B, C, H, W = shape
-    return [((B, C, H + W), F32)] * (not kept[0]) + [((B, C), F32)] * 4 * (not kept[1]) + [((B, 2), F32)] * (not kept[1])
+    """Workspace buffers [(shape, dtype)] for the means and statistics not kept, in order."""
+    return [(s, F32) for s, is_kept in _means_and_stats_shapes(shape, kept) if not is_kept]
 
 
 def _kept_buffers(plan, x):
@@ -711,6 +715,11 @@ class ParameterPartials(NamedTuple):
     small_rows: int
     small_size: int
 
+    @classmethod
+    def of(cls, conv, small, B, C, K):
+        """The partials of a batch of B, dim C, conv table width K."""
+        return cls(conv, small, 2 * B, C * K + C, B, 12 * C)
+
 
 @_on_x_device
 def _backward_impl(
@@ -790,7 +799,7 @@ def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b,
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
             WIDE=_wide_strides(x.shape, g_stride, dx_stride), tuned=plan["tuned"], **grad_meta)
-    return dx, ParameterPartials(conv_part, small_part, 2 * B, C * conv_w.shape[1] + C, B, 12 * C), d_conv_d
+    return dx, ParameterPartials.of(conv_part, small_part, B, C, conv_w.shape[1]), d_conv_d
 
 
 # ----------------------------------------------------------------------------------------
@@ -809,22 +818,21 @@ def _eager_pack(x, weights, config):
     """PackedWeights (float32) of the weights, for an eager training call: one launch of
     pack_parameters_kernel (``weights.pack_weights`` takes a cat, a gather and a cast)."""
     params = [p if p.is_contiguous() else p.contiguous() for p in packed_parameters(weights, config)]  # read flat
-    C, K = config.dim, config.max_kernel_size
-    grid, meta = _pack_launch(config)
-    packed = _empty(C * K + 13 * C, device=x.device, dtype=torch.float32)
+    n, grid, meta = _pack_launch(config)
+    packed = _empty(n, device=x.device, dtype=torch.float32)
     biases = params[17:] if config.qkv_bias else [packed] * 3  # unread without QKV_BIAS
     _launch(_kernels().parameters.pack_parameters_kernel, grid, *params[:17], *biases, packed, config.group_channels,
             **meta)
-    return split_packed(packed, C, K)
+    return split_packed(packed, config.dim, config.max_kernel_size)
 
 
 @functools.lru_cache(maxsize=None)
 def _pack_launch(config):
-    """(grid, constexprs) of pack_parameters_kernel for config."""
+    """(packed length C*K + 13*C, grid, constexprs) of pack_parameters_kernel for config."""
     n = config.dim * (config.max_kernel_size + 13)
     k0, k1, k2, k3 = config.group_kernel_sizes
-    return (-(-n // PACK_BLOCK),), dict(K=config.max_kernel_size, K0=k0, K1=k1, K2=k2, K3=k3, QKV_BIAS=config.qkv_bias,
-                                        BLOCK=PACK_BLOCK)
+    return n, (-(-n // PACK_BLOCK),), dict(K=config.max_kernel_size, K0=k0, K1=k1, K2=k2, K3=k3,
+                                           QKV_BIAS=config.qkv_bias, BLOCK=PACK_BLOCK)
 
 
 @_on_x_device
