@@ -351,7 +351,7 @@ def test_attention_routes_forces_each_route_and_restores_the_rule():
     routes = _load_benchmark_script("attention_routes")
     rule = ops._attention_blocks
     try:
-        for route, n, dot in (("dot", 1, True), ("broadcast", 64, False), ("rule", 1, False), ("rule", 64, True)):
+        for route, n, dot in (("dot", 1, True), ("rank1", 64, False), ("rule", 1, False), ("rule", 64, True)):
             ops._FORWARD_PLANS[("stale",)] = None
             routes.routed(route)
             assert ops._attention_blocks(64, 1, n, "forward").DOT is dot and not ops._FORWARD_PLANS

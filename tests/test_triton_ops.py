@@ -70,11 +70,11 @@ OPTIONS = {
 
 def _option_cases():
     """{"name-products": (OPTIONS name, window_size)}: every option with 4 pooled positions (window 3
-    over 7x8: the attention kernels' broadcast products) and with 12 (window 2: tl.dot products);
+    over 7x8: the attention kernels' rank-1 products) and with 12 (window 2: tl.dot products);
     the global pooling options have their one position."""
     cases = {}
     for name, options in OPTIONS.items():
-        windows = {"global": None} if "window_size" in options else {"broadcast": 3, "dot": 2}
+        windows = {"global": None} if "window_size" in options else {"rank1": 3, "dot": 2}
         cases.update({f"{name}-{products}": (name, window) for products, window in windows.items()})
     return cases
 
@@ -173,25 +173,25 @@ ATTENTION_PRODUCT_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(ATTENTION_PRODUCT_CASES))
-def test_attention_products_dot_or_broadcast(name):
+def test_attention_products_dot_or_rank1(name):
     """The channel attention kernels take tl.dot products from 9 pooled positions on (BLOCK_P = 16,
-    BLOCK_D >= 16) and broadcast sums below (BLOCK_P = next power of two, at least 2): both routes,
+    BLOCK_D >= 16) and rank-1 updates below (BLOCK_P = next power of two): both routes,
     forward and backward, match the reference, heads of fewer than 16 channels included."""
     from scsa_kernels.ops import triton as ops
     (shape, window, heads), n, dot = ATTENTION_PRODUCT_CASES[name]
     C = shape[1]
     for direction in ("forward", "backward"):
         blocks = ops._attention_blocks(C, heads, n, direction)
-        assert blocks.DOT == dot and blocks.BLOCK_P == (16 if dot else max(2, ops._pow2(n))), blocks
+        assert blocks.DOT == dot and blocks.BLOCK_P == (16 if dot else ops._pow2(n)), blocks
         assert blocks.BLOCK_D == max(16, ops._pow2(C // heads)), blocks
     options = dict(gate_layer="softmax") if "softmax" in name else {}
     assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(C, window_size=window, head_num=heads, **options))
 
 
-@pytest.mark.parametrize("dot", [True, False], ids=["dot_at_1_position", "broadcast_at_12_positions"])
+@pytest.mark.parametrize("dot", [True, False], ids=["dot_at_1_position", "rank1_at_12_positions"])
 def test_attention_product_routes_can_be_forced(monkeypatch, dot):
     """Either route is valid at any N (benchmarks/attention_routes.py forces each to time them):
-    dots at 1 pooled position, broadcast sums at 12 (BLOCK_P 16), forward and gradients."""
+    dots at 1 pooled position, rank-1 updates at 12 (BLOCK_P 16), forward and gradients."""
     import functools
     from scsa_kernels.ops import triton as ops
     monkeypatch.setattr(ops, "_attention_blocks", functools.partial(ops._attention_blocks, dot=dot))

@@ -35,7 +35,7 @@ from scsa_kernels.testing import random_weights  # noqa: E402
 SCENARIOS = [
     ((2, 64, 56, 56), torch.bfloat16, dict()),
     ((2, 512, 7, 7), torch.float32, dict(head_num=2, down_sample_mode="max_pool", gate_layer="softmax")),
-    ((2, 256, 14, 14), torch.bfloat16, dict()),  # 4 and 8 pooled positions: broadcast products (DOT=False)
+    ((2, 256, 14, 14), torch.bfloat16, dict()),  # 4 and 8 pooled positions: rank-1 products (DOT=False)
     ((2, 256, 14, 28), torch.bfloat16, dict(head_num=2)),
     ((2, 8, 14, 14), torch.float32, dict(head_num=8, attn_drop_ratio=0.1)),  # heads of 1 channel
     ((1, 128, 160, 160), torch.float16, dict(head_num=4, window_size=-1, qkv_bias=True)),

@@ -102,7 +102,7 @@ SPATIAL_MAX_WARPS = 16
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
 # At least 16 (the smallest side of a tl.dot): heads of fewer channels mask the rest. So too with the
-# broadcast products: with 1 or 2 rows their tiles spilled registers (AOT test's tiny heads).
+# rank-1 products: with 1 or 2 rows their tiles spilled registers (AOT test's tiny heads).
 ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
 MIN_DOT_SIDE = 16
 ATTENTION_BLOCK_P = 16  # pooled positions per step of their dot loops (the K side of the score products)
@@ -195,8 +195,8 @@ def _pow2(n: int) -> int:
 class AttentionBlocks(NamedTuple):
     """Geometry of the channel attention kernels (triton/channel_attention.py) for heads of D channels
     and N pooled positions: BLOCK_D x BLOCK_D score tiles, NBLK of them per head side, BLOCK_P
-    positions per step, as tl.dot products (DOT) or, below tl.dot's smallest side, broadcast sums;
-    BLOCK_D x BLOCK_N tiles in the backward's final loop."""
+    positions per step, as tl.dot products (DOT) or, below tl.dot's smallest side, rank-1 updates
+    (BLOCK_P >= N: one step); BLOCK_D x BLOCK_N tiles in the backward's final loop."""
     D: int
     BLOCK_D: int
     BLOCK_P: int
@@ -212,8 +212,7 @@ def _attention_blocks(dim: int, heads: int, n: int, direction: str, dot: Optiona
     if dot is None:
         dot = _pow2(n) >= MIN_DOT_SIDE
     block_d = max(MIN_DOT_SIDE, min(ATTENTION_BLOCK_D[direction], _pow2(d)))
-    # at least 2 positions per step: triton 3.5 failed to lower the broadcast products with a size-1 axis
-    return AttentionBlocks(d, block_d, ATTENTION_BLOCK_P if dot else max(2, _pow2(n)), dot, min(32, _pow2(n)),
+    return AttentionBlocks(d, block_d, ATTENTION_BLOCK_P if dot else _pow2(n), dot, min(32, _pow2(n)),
                            -(-d // block_d))
 
 

@@ -13,11 +13,13 @@ The positions are the only serial loop of these kernels, and each step waits for
 loads: one position per step (rank-1 updates) made them latency-bound, the same ~140 us per
 backward call at batch 1 as at batch 64 (H200, 64x64x56x56). tl.dot needs every side >= 16:
 the host pads BLOCK_D to 16 for heads of fewer channels (masked rows). With at most 8 positions
-(DOT false: 7x7 and 14x14 planes at window 7, global pooling) BLOCK_P = next power of two >= N
-(at least 2) and the products are broadcast sums instead (``_matmul_acc``): a dot padded to
-K = 16 was 15/16 padding at N = 1, and the backward took 221-255 registers per thread
-(one program per SM): 1008 us per backward call at 64x512x7x7 on an H200, against 289 us with
-rank-1 steps before the dots.
+(DOT false: 7x7 and 14x14 planes at window 7, global pooling) the products are rank-1 updates
+instead, one position per step (the backward's dq/dk rows: BLOCK_P = next power of two >= N,
+in registers): a dot padded to K = 16 was 15/16 padding at N = 1, and the backward took 221-255
+registers per thread (one program per SM): 1008 us per backward call at 64x512x7x7 on an H200.
+Not (BLOCK_D, BLOCK_P, BLOCK_D) broadcast products summed over the middle axis: right under the
+interpreter, they gave wrong results on an H200 with triton 3.6 at BLOCK_P 2 and 4 (relative
+errors 0.06-0.27, right at 16).
 
 Every program recomputes the GroupNorm(1) statistics of its sample (C*N values, a few KB)
 instead of waiting for another launch.
@@ -60,18 +62,28 @@ def _normalized(base, chans, cmask, ns, nmask, N, mean, rstd, gamma, beta):
 
 
 @triton.jit
+def _normalized_at(base, chans, cmask, n, N, mean, rstd, gamma, beta):
+    """y = GroupNorm1(pooled) at channels chans, position n -> (len(chans),), 0 outside cmask."""
+    p = tl.load(base + chans * N + n, mask=cmask, other=0.0)
+    return tl.where(cmask, (p - mean) * rstd * gamma + beta, 0.0)
+
+
+@triton.jit
 def _scaled(y, scale, bias, cmask, nmask):
     """scale * y + bias per channel (q, k or v of the normalized tile y), 0 outside the masks."""
     return tl.where(cmask[:, None] & nmask[None, :], scale[:, None] * y + bias[:, None], 0.0)
 
 
 @triton.jit
-def _matmul_acc(a, b, acc, DOT: tl.constexpr):
-    """acc + a @ b, a (M, K) and b (K, N) fp32: a tl.dot in "ieee" precision (every side >= 16), or
-    without DOT the products broadcast over (M, K, N) and summed over K (small K or N)."""
-    if DOT:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+def _scaled_at(y, scale, bias, mask):
+    """scale * y + bias per channel (q, k or v of the normalized column y), 0 outside mask."""
+    return tl.where(mask, scale * y + bias, 0.0)
+
+
+@triton.jit
+def _dot_acc(a, b, acc):
+    """acc + a @ b, a (M, K) and b (K, N) fp32 (every side >= 16), in "ieee" precision."""
+    return tl.dot(a, b, acc, input_precision="ieee")
 
 
 @triton.jit
@@ -86,19 +98,27 @@ def _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, chans, cmask):
 @triton.jit
 def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr,
             BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, DOT: tl.constexpr):
-    """(q_rows k_cols^T unscaled (BLOCK_D, BLOCK_D), vbar of the columns (BLOCK_D,)), over all N,
-    BLOCK_P positions per step."""
+    """(q_rows k_cols^T unscaled (BLOCK_D, BLOCK_D), vbar of the columns (BLOCK_D,)), over all N:
+    tl.dots over BLOCK_P positions per step (DOT), else one rank-1 update per position."""
     gamma_r, beta_r, wq, bq, _, _ = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, rows, rmask)
     gamma_c, beta_c, _, _, wk, bk = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
     s = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
     ysum = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_P):
-        ns = n0 + tl.arange(0, BLOCK_P)
-        nmask = ns < N
-        q = _scaled(_normalized(base, rows, rmask, ns, nmask, N, mean, rstd, gamma_r, beta_r), wq, bq, rmask, nmask)
-        y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
-        s = _matmul_acc(q, tl.trans(_scaled(y, wk, bk, cmask, nmask)), s, DOT)
-        ysum += tl.sum(y, axis=1)
+    if DOT:
+        for n0 in range(0, N, BLOCK_P):
+            ns = n0 + tl.arange(0, BLOCK_P)
+            nmask = ns < N
+            q = _scaled(_normalized(base, rows, rmask, ns, nmask, N, mean, rstd, gamma_r, beta_r), wq, bq, rmask,
+                        nmask)
+            y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
+            s = _dot_acc(q, tl.trans(_scaled(y, wk, bk, cmask, nmask)), s)
+            ysum += tl.sum(y, axis=1)
+    else:
+        for n in range(0, N):
+            q = _scaled_at(_normalized_at(base, rows, rmask, n, N, mean, rstd, gamma_r, beta_r), wq, bq, rmask)
+            y = _normalized_at(base, cols, cmask, n, N, mean, rstd, gamma_c, beta_c)
+            s += q[:, None] * _scaled_at(y, wk, bk, cmask)[None, :]
+            ysum += y
     wv = tl.load(qkv_w_ptr + 2 * C + cols, mask=cmask, other=0.0)
     bv = tl.load(qkv_b_ptr + 2 * C + cols, mask=cmask, other=0.0)
     return s, wv * ysum / N + bv
@@ -227,11 +247,26 @@ def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar, keep):
 
 
 @triton.jit
-def _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq, bq, wk, bk, cmask, nmask, DOT: tl.constexpr):
-    """(dq + dS_Tj k_j, dk + dS_jT^T q_j) at the positions of the normalized column tile y
+def _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq, bq, wk, bk, cmask, nmask):
+    """(dq + dS_Tj k_j, dk + dS_jT^T q_j) as tl.dots at the positions of the normalized column tile y
     (len(cols), BLOCK_P); dq, dk: (BLOCK_D, BLOCK_P) rows of T; wq, bq, wk, bk: the columns'."""
-    dq = _matmul_acc(ds_tj, _scaled(y, wk, bk, cmask, nmask), dq, DOT)
-    dk = _matmul_acc(ds_jt_transposed, _scaled(y, wq, bq, cmask, nmask), dk, DOT)
+    dq = _dot_acc(ds_tj, _scaled(y, wk, bk, cmask, nmask), dq)
+    dk = _dot_acc(ds_jt_transposed, _scaled(y, wq, bq, cmask, nmask), dk)
+    return dq, dk
+
+
+@triton.jit
+def _add_dq_dk_by_position(dq, dk, ds_tj, ds_jt, base, cols, cmask, N, mean, rstd, gamma, beta, wq, bq, wk, bk,
+                           BLOCK_P: tl.constexpr):
+    """_add_dq_dk over all N <= BLOCK_P positions, one at a time: column n of dq, dk gets
+    dS_Tj k_j[:, n], dS_jT^T q_j[:, n] (row sums of (BLOCK_D, BLOCK_D) tiles); gamma .. bk: the columns'."""
+    at = tl.arange(0, BLOCK_P)
+    for n in range(0, N):
+        y = _normalized_at(base, cols, cmask, n, N, mean, rstd, gamma, beta)
+        dq_n = tl.sum(ds_tj * _scaled_at(y, wk, bk, cmask)[None, :], axis=1)
+        dk_n = tl.sum(ds_jt * _scaled_at(y, wq, bq, cmask)[:, None], axis=0)
+        dq += tl.where((at == n)[None, :], dq_n[:, None], 0.0)
+        dk += tl.where((at == n)[None, :], dk_n[:, None], 0.0)
     return dq, dk
 
 
@@ -269,6 +304,7 @@ def channel_attention_bwd_kernel(
     output y; part (B, 12*C): writes [4C, 12C) = norm weight, norm bias, qkv weight (3C), qkv bias (3C)
     of this sample; gnsum (B, heads*NBLK, 2) = this block's sums of gamma*dy and gamma*dy*yhat.
     """
+    tl.static_assert(DOT or ONE_STEP, "rank-1 products (DOT false) cover every position in one step")
     scale = tl.cast(scale, tl.float32)  # torch.compile passes Python floats as fp64
     drop_p = tl.cast(drop_p, tl.float32)
     b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
@@ -301,15 +337,17 @@ def channel_attention_bwd_kernel(
         ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t, keep_jt)
         dvbar += tl.sum(p * dz_j[:, None], axis=0)
         gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
-        ds_jt_transposed = tl.trans(ds_jt)  # rows T, columns j
-        if ONE_STEP:
+        if ONE_STEP & DOT:
             ns = tl.arange(0, BLOCK_P)
             nmask = ns < N
             y = _normalized(base, cols, cmask, ns, nmask, N, mean, rstd, gamma_c, beta_c)
-            dq_t, dk_t = _add_dq_dk(dq_t, dk_t, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c,
-                                    cmask, nmask, DOT)
+            dq_t, dk_t = _add_dq_dk(dq_t, dk_t, ds_tj, tl.trans(ds_jt), y, wq_c, bq_c, wk_c, bk_c, cmask, nmask)
+        elif ONE_STEP:
+            dq_t, dk_t = _add_dq_dk_by_position(dq_t, dk_t, ds_tj, ds_jt, base, cols, cmask, N, mean, rstd,
+                                                gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c, BLOCK_P)
         else:
             tl.debug_barrier()  # the previous column block's dq/dk stores are re-read below
+            ds_jt_transposed = tl.trans(ds_jt)  # rows T, columns j
             for n0 in range(0, N, BLOCK_P):
                 ns = n0 + tl.arange(0, BLOCK_P)
                 nmask = ns < N
@@ -318,8 +356,7 @@ def channel_attention_bwd_kernel(
                 tile = rmask[:, None] & nmask[None, :]
                 dq = tl.load(dq_ptr + idx, mask=tile & (j0 > 0), other=0.0)
                 dk = tl.load(dk_ptr + idx, mask=tile & (j0 > 0), other=0.0)
-                dq, dk = _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c,
-                                    cmask, nmask, DOT)
+                dq, dk = _add_dq_dk(dq, dk, ds_tj, ds_jt_transposed, y, wq_c, bq_c, wk_c, bk_c, cmask, nmask)
                 tl.store(dq_ptr + idx, dq, mask=tile)
                 tl.store(dk_ptr + idx, dk, mask=tile)
     if ONE_STEP:
