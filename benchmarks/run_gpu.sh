@@ -17,12 +17,19 @@
 # even when a step hangs; scsa-bench gets what is left (at most BENCH_BUDGET_S, default 900) and
 # writes its CSV row by row, so a cut run keeps its results. Caps: BUILD_CAP_S (600), TEST_CAP_S (900),
 # CHECK_CAP_S (300), PROFILE_CAP_S (120), E2E_CAP_S (300). Step exit codes and durations go to summary.txt; the script exits
-# non-zero when a step failed. On a short lease (15 minutes of device time, one call of 10) use
-# BUILD=0 TOTAL_BUDGET_S=520 TEST_CAP_S=150 CHECK_CAP_S=20 PROFILE_CAP_S=60 E2E_CAP_S=90
-# BENCH_BUDGET_S=170 TEST_WORKERS=12 TEST_ARGS="tests/test_triton_ops.py tests/test_triton_parameters.py
-# tests/test_triton_saved_memory.py tests/test_weights.py tests/test_bench.py" (results/nvidia-h200/NOTES.md says what each run used and
-# what its caps cut: the e2e step's first Triton call autotunes 16 layer shapes, 25 s were too few).
-# pytest runs verbose, so a capped run's log still names the tests that passed.
+# non-zero when a step failed. pytest runs verbose, so a capped run's log still names the tests that passed.
+#
+# STEPS (default: all) runs only the named steps, comma-separated (build, pytest, check, profile,
+# host_overhead, host_overhead_no_direct, attention_routes, bench, e2e). On a short lease (15 minutes
+# of device time, at most 10 per call) one call cannot hold both the GPU tests (the five
+# GPU-relevant files took more than 140 s with 12 workers: 38 % ran on 2026-11-27) and the
+# timings; two calls can, each bringing back its own logs and summary.txt:
+#   BUILD=0 STEPS=pytest TOTAL_BUDGET_S=400 TEST_CAP_S=390 TEST_WORKERS=12 TEST_ARGS="tests/test_triton_ops.py
+#     tests/test_triton_parameters.py tests/test_triton_saved_memory.py tests/test_weights.py"
+#   BUILD=0 STEPS=profile,attention_routes,bench,e2e TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
+#     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170
+# (results/nvidia-h200/NOTES.md says what each run used and what its caps cut: the e2e step's first
+# Triton call autotunes 16 layer shapes, 25 s were too few).
 #
 # One interpreter for everything: $PYTHON, else the first of python3 / python that imports torch
 # (`pip` on PATH may belong to another interpreter, so the build runs `$PY -m pip`). pytest runs with
@@ -39,6 +46,7 @@ CHECK_CAP_S=${CHECK_CAP_S:-300}
 PROFILE_CAP_S=${PROFILE_CAP_S:-120}
 E2E_CAP_S=${E2E_CAP_S:-300}
 ROUTES_CAP_S=${ROUTES_CAP_S:-60}
+STEPS=${STEPS:-all}
 TEST_WORKERS=${TEST_WORKERS:-8}
 read -r -a TEST_ARGS <<< "${TEST_ARGS:-}"
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -68,9 +76,13 @@ FAILED=0
 remaining() { echo $(( TOTAL_BUDGET_S - SECONDS )); }
 cap() { local want=$1 left; left=$(remaining); (( left < want )) && want=$left; (( want < 10 )) && want=10; echo "$want"; }
 
+wanted() { [[ "$STEPS" == all || ",$STEPS," == *",$1,"* ]]; }
+
 # step NAME CAP_S COMMAND...: runs COMMAND under `timeout`, log in $RESULTS/NAME.log, status in summary.txt
+# (nothing when STEPS leaves NAME out)
 step() {
   local name=$1 limit=$2 start=$SECONDS rc; shift 2
+  wanted "$name" || return 0
   echo "[$(date -u +%H:%M:%S)] $name: $* (cap ${limit}s)" | tee -a "$SUMMARY"
   timeout --kill-after=10 "$limit" "$@" > "$RESULTS/$name.log" 2>&1
   rc=$?
@@ -98,7 +110,9 @@ step host_overhead_no_direct "$(cap 30)" "$PY" benchmarks/triton_host_overhead.p
 step attention_routes "$(cap "$ROUTES_CAP_S")" "$PY" benchmarks/attention_routes.py
 # bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
 # new cases, the cap (25 s more) leaves room for the case in flight and the plots
-BENCH_S=$(( $(remaining) - E2E_CAP_S - 25 - 15 ))
+E2E_RESERVE_S=0
+wanted e2e && E2E_RESERVE_S=$E2E_CAP_S
+BENCH_S=$(( $(remaining) - E2E_RESERVE_S - 25 - 15 ))
 (( BENCH_S > BENCH_BUDGET_S )) && BENCH_S=$BENCH_BUDGET_S
 (( BENCH_S < 20 )) && BENCH_S=20
 step bench $(( BENCH_S + 25 )) "$PY" -m scsa_kernels.bench --time-budget "$BENCH_S" --out "$RESULTS"

@@ -290,6 +290,28 @@ def test_gpu_script_is_valid_bash():
     assert any('"$PY" -m pip install' in l for l in commands)
 
 
+def test_gpu_script_runs_only_the_steps_named(tmp_path):
+    """run_gpu.sh with STEPS runs those steps and no other (a stub interpreter records the commands)."""
+    import shutil
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(os.path.join(root, "benchmarks", "run_gpu.sh"), tmp_path / "benchmarks")
+    stub = tmp_path / "stub-python"
+    stub.write_text('#!/usr/bin/env bash\ncase "$*" in *results_folder_name*) echo stub-card;; *) echo "ran: $*";; esac\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(stub), "STEPS": "profile,bench", "TOTAL_BUDGET_S": "200"}
+    res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    results = tmp_path / "benchmarks" / "results" / "stub-card"
+    assert sorted(p.name for p in results.glob("*.log")) == ["bench.log", "profile.log"]
+    assert "ran: benchmarks/kernel_profile.py" in (results / "profile.log").read_text()
+    summary = (results / "summary.txt").read_text()
+    assert "profile:" in summary and "bench:" in summary and "pytest:" not in summary and "e2e:" not in summary
+
+
 def test_kernel_profile_names_the_fused_op(capsys):
     """benchmarks/kernel_profile.py (run_gpu.sh's diagnosis step) on CPU: one line per backend and mode,
     and the fused backend's time lands in its own op, not in unattributed glue."""
