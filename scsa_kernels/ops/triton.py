@@ -101,8 +101,8 @@ SPATIAL_ELEMENTS_PER_THREAD = 4
 SPATIAL_MAX_WARPS = 16
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
-# At least 16 (the smallest side of a tl.dot): heads of fewer channels mask the rest. So too with the
-# rank-1 products: with 1 or 2 rows their tiles spilled registers (AOT test's tiny heads).
+# At least 16 (the smallest side of a tl.dot): heads of fewer channels mask the rest. So too without
+# dots: tiles of 1 or 2 rows spilled registers (AOT test's heads of one channel).
 ATTENTION_BLOCK_D = {"forward": 64, "backward": 32}
 MIN_DOT_SIDE = 16
 ATTENTION_BLOCK_P = 16  # pooled positions per step of their dot loops (the K side of the score products)
@@ -195,8 +195,9 @@ def _pow2(n: int) -> int:
 class AttentionBlocks(NamedTuple):
     """Geometry of the channel attention kernels (triton/channel_attention.py) for heads of D channels
     and N pooled positions: BLOCK_D x BLOCK_D score tiles, NBLK of them per head side, BLOCK_P
-    positions per step, as tl.dot products (DOT) or, below tl.dot's smallest side, rank-1 updates
-    (BLOCK_P >= N: one step); BLOCK_D x BLOCK_N tiles in the backward's final loop."""
+    positions per step as tl.dot products (DOT), or, below tl.dot's smallest side, rank-1 updates one
+    position at a time (BLOCK_P >= N: the backward's dq/dk rows hold every position); BLOCK_D x
+    BLOCK_N tiles in the backward's final loop."""
     D: int
     BLOCK_D: int
     BLOCK_P: int
