@@ -53,31 +53,31 @@ def _group_norm1_stats(base, count, eps, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
+def _normalized_at(base, chans, mask, n, N, mean, rstd, gamma, beta):
+    """y = GroupNorm1(pooled) at channels chans, positions n (broadcast together, gamma and beta, the
+    GroupNorm(1) affine of chans, likewise), 0 outside mask: one position's column of len(chans)."""
+    p = tl.load(base + chans * N + n, mask=mask, other=0.0)
+    return tl.where(mask, (p - mean) * rstd * gamma + beta, 0.0)
+
+
+@triton.jit
 def _normalized(base, chans, cmask, ns, nmask, N, mean, rstd, gamma, beta):
-    """y = GroupNorm1(pooled) at channels chans x positions ns -> (len(chans), len(ns)), 0 outside.
-    gamma, beta: the GroupNorm(1) affine of chans."""
-    mask = cmask[:, None] & nmask[None, :]
-    p = tl.load(base + chans[:, None] * N + ns[None, :], mask=mask, other=0.0)
-    return tl.where(mask, (p - mean) * rstd * gamma[:, None] + beta[:, None], 0.0)
-
-
-@triton.jit
-def _normalized_at(base, chans, cmask, n, N, mean, rstd, gamma, beta):
-    """y = GroupNorm1(pooled) at channels chans, position n -> (len(chans),), 0 outside cmask."""
-    p = tl.load(base + chans * N + n, mask=cmask, other=0.0)
-    return tl.where(cmask, (p - mean) * rstd * gamma + beta, 0.0)
-
-
-@triton.jit
-def _scaled(y, scale, bias, cmask, nmask):
-    """scale * y + bias per channel (q, k or v of the normalized tile y), 0 outside the masks."""
-    return tl.where(cmask[:, None] & nmask[None, :], scale[:, None] * y + bias[:, None], 0.0)
+    """_normalized_at over channels chans x positions ns -> (len(chans), len(ns))."""
+    return _normalized_at(base, chans[:, None], cmask[:, None] & nmask[None, :], ns[None, :], N, mean, rstd,
+                          gamma[:, None], beta[:, None])
 
 
 @triton.jit
 def _scaled_at(y, scale, bias, mask):
-    """scale * y + bias per channel (q, k or v of the normalized column y), 0 outside mask."""
+    """scale * y + bias per channel (q, k or v of the normalized y; scale, bias broadcast with it),
+    0 outside mask."""
     return tl.where(mask, scale * y + bias, 0.0)
+
+
+@triton.jit
+def _scaled(y, scale, bias, cmask, nmask):
+    """_scaled_at of the normalized tile y (len(cmask), len(nmask)), scale and bias per row."""
+    return _scaled_at(y, scale[:, None], bias[:, None], cmask[:, None] & nmask[None, :])
 
 
 @triton.jit
