@@ -19,7 +19,9 @@ eager reference, in forward (no autograd) and forward+backward:
   Triton backend, the time inside Triton's launch (``JITFunction.run``: argument binding, cache
   key, driver launch; or, for ops.triton's direct launches, the compiled kernel's launcher),
   which benchmarks/triton_host_overhead.py leaves out from the driver call on; and the wall and
-  host time with the direct launches off (every launch through ``JITFunction.run``).
+  host time with the direct launches off (every launch through ``JITFunction.run``), and the device
+  time per kernel with the row vectors off (every plane pass one element per load or store: what
+  ``aligned`` saves).
 This is the diagnosis that scsa-bench's ratios cannot give: which kernel to fix, or whether the
 host is the bottleneck. ``bash benchmarks/run_gpu.sh`` runs it (profile.log).
 """
@@ -266,6 +268,7 @@ def report(shape, backend, dtype, device, mode, reps):
     print_host_split(module, x, grad_out, mode, reps)
     if name == "triton":
         print_without_direct_launches(module, x, grad_out, mode, reps)
+        print_without_row_vectors(module, x, grad_out, mode, reps)
 
 
 def print_without_direct_launches(module, x, grad_out, mode, reps):
@@ -278,6 +281,28 @@ def print_without_direct_launches(module, x, grad_out, mode, reps):
     finally:
         ops.DIRECT_LAUNCH = direct
     print(f"    direct launches off: wall {wall:.1f} us  host {host:.1f} us")
+
+
+def print_without_row_vectors(module, x, grad_out, mode, reps):
+    """Device time per kernel with ops.triton.ROW_VECTORS off (VEC=1 in every plane pass), on fresh plans;
+    the plans made with it on are put back after."""
+    from scsa_kernels.ops import triton as ops
+
+    kept = ops.ROW_VECTORS, dict(ops._FORWARD_PLANS), dict(ops._BACKWARD_PLANS)
+    ops.ROW_VECTORS = False
+    ops._FORWARD_PLANS.clear()
+    ops._BACKWARD_PLANS.clear()
+    try:
+        for _ in range(3):  # compile the VEC=1 variants
+            one_call(module, x, grad_out, mode)
+        table, _ = profiled_tables(module, x, grad_out, mode, reps)
+    finally:
+        ops.ROW_VECTORS = kept[0]
+        for plans, before in ((ops._FORWARD_PLANS, kept[1]), (ops._BACKWARD_PLANS, kept[2])):
+            plans.clear()
+            plans.update(before)
+    print(f"    row vectors off: device {sum(us for _, _, us in table):.1f} us: "
+          + ", ".join(f"{key[:40]} {us:.1f} us" for key, _, us in table[:TOP_KERNELS]))
 
 
 def main(argv=None):

@@ -5,7 +5,8 @@
 # 2. runs the whole pytest suite (GPU tests included),
 # 3. runs scsa-check (every available backend vs the reference),
 # 4. profiles one call of the fused backend and of the reference (benchmarks/kernel_profile.py:
-#    wall, host and per-kernel device time, and for Triton the same with its direct launches off)
+#    wall, host and per-kernel device time, and for Triton the host time with its direct launches off
+#    and the per-kernel device time with its row vectors off)
 #    and the Triton path's host cost up to the CUDA driver call (benchmarks/triton_host_overhead.py
 #    on a host-only Triton driver, 40 s cap), and times the channel attention kernels with each
 #    product route (benchmarks/attention_routes.py, ROUTES_CAP_S, default 60),

@@ -364,6 +364,28 @@ def test_kernel_profile_times_every_triton_launch(monkeypatch):
     assert (JITFunction.run, CompiledKernel.__getitem__) == stubs
 
 
+def test_kernel_profile_times_the_kernels_without_row_vectors(monkeypatch, capsys):
+    """kernel_profile's A/B of the row vectors: its calls run with ops.triton.ROW_VECTORS off on fresh
+    plans; the switch and the plans made before are put back."""
+    from scsa_kernels.ops import triton as ops
+    kernel_profile = _load_benchmark_script("kernel_profile")
+    monkeypatch.setattr(ops, "ROW_VECTORS", True)
+    monkeypatch.setattr(ops, "_FORWARD_PLANS", {"made before": 1})
+    monkeypatch.setattr(ops, "_BACKWARD_PLANS", {"made before": 2})
+    seen = []
+
+    def state(*args):
+        seen.append((ops.ROW_VECTORS, dict(ops._FORWARD_PLANS), dict(ops._BACKWARD_PLANS)))
+
+    monkeypatch.setattr(kernel_profile, "one_call", state)
+    monkeypatch.setattr(kernel_profile, "profiled_tables", lambda *args: state() or (
+        [("pool_kernel", 1, 30.0), ("apply_gates_kernel", 1, 20.5)], []))
+    kernel_profile.print_without_row_vectors(None, None, None, "forward", 2)
+    assert seen == [(False, {}, {})] * 4
+    assert ops.ROW_VECTORS and ops._FORWARD_PLANS == {"made before": 1} and ops._BACKWARD_PLANS == {"made before": 2}
+    assert "row vectors off: device 50.5 us: pool_kernel 30.0 us, apply_gates_kernel 20.5 us" in capsys.readouterr().out
+
+
 def test_attention_routes_forces_each_route_and_restores_the_rule():
     """benchmarks/attention_routes.py (run_gpu.sh) forces the attention product route through
     ops.triton._attention_blocks, rebuilding the plans, and puts the rule back; without a GPU it

@@ -91,6 +91,30 @@ def test_full_size_tiles_load_along_the_unit_stride_axis(compiled):
     assert checked
 
 
+def test_contiguous_half_rows_move_as_vectors(compiled):
+    """With VEC > 1 (ops/triton.py ``_row_vector``: the strides and column limits of 56-, 28- and 14-wide
+    contiguous half-precision rows are multiples of 8, 4 and 2 elements) the plane passes load and store
+    x, grad_out, out and dx at least two halves per instruction: no single-element access is left in
+    their PTX (before ``aligned``, every one was ``ld.global.b16``: the JIT proves no divisibility for
+    a row stride of 56). Every half-precision NCHW scenario of tests/triton_aot.py but the 7x7 ones,
+    where a tile holds at least two elements per thread (a 16x16 tile over 8 warps has one)."""
+    checked = set()
+    for r in compiled.rows:
+        v = dict(kv.split("=") for kv in r["variant"].split(","))
+        if r["dtype"] != "fp32" and int(v.get("VEC", 1)) > 1 and tile_elements(v) >= 64 * r["num_warps"]:
+            assert r["half_element_accesses"] == 0, (r["kernel"], r["arch"], r["variant"], r["num_warps"])
+            checked.add(r["kernel"])
+    assert checked == {k.fn.__name__ for k in autotuned_kernels()}
+
+
+def tile_elements(variant):
+    """Elements of one full-size tile of a plane pass variant (its constexprs, as strings): BLOCK_C x rows x
+    BLOCK_W, rows as ``rows_per_tile`` gives them (TILE's worth, at most the plane's or window's height)."""
+    row = int(variant["BLOCK_C"]) * int(variant["BLOCK_W"])
+    max_rows = int(variant.get("WH_POW2", variant.get("H_POW2")))
+    return row * max(1, min(int(variant["TILE"]) // row, max_rows))
+
+
 def test_host_tile_constants_match_the_configs():
     """ops/triton.py sizes channel tiles by MIN_TILE (it imports no triton): the smallest TILE of
     every plane and pool config."""

@@ -299,6 +299,62 @@ def test_channels_last_channel_tiles(name):
     assert_matches(x, SCSAConfig(shape[1], **options))
 
 
+ROW_VECTOR_CASES = {
+    # (shape, dtype, how x is made from a contiguous tensor, column limits) -> VEC
+    "56_wide_bf16": ((2, 64, 56, 56), torch.bfloat16, None, (56,), 8),  # 16 bytes: 8 halves
+    "56_wide_fp32": ((2, 64, 56, 56), torch.float32, None, (56,), 4),
+    "28_wide_bf16": ((2, 128, 28, 28), torch.bfloat16, None, (28,), 4),
+    "14_wide_bf16": ((2, 256, 14, 14), torch.bfloat16, None, (14,), 2),
+    "7_wide_bf16": ((2, 512, 7, 7), torch.bfloat16, None, (7,), 1),
+    "window_grid_55_wide": ((2, 64, 56, 56), torch.bfloat16, None, (55, 55), 1),  # window 5: 11 windows of 5
+    "row_stride_64": ((2, 8, 16, 64), torch.bfloat16, lambda t: t[..., 4:28], (24,), 8),  # the offset is Triton's
+    "row_stride_57": ((2, 8, 16, 57), torch.bfloat16, lambda t: t[..., :56], (56,), 1),
+    "every_other_column": ((2, 8, 16, 64), torch.bfloat16, lambda t: t[..., ::2], (32,), 1),
+    "channels_last": ((2, 64, 56, 56), torch.bfloat16, lambda t: t.to(memory_format=torch.channels_last), (56,), 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_VECTOR_CASES))
+def test_row_vector_divides_every_limit_and_stride(name):
+    """VEC of the plane passes (what triton/_common.py's ``aligned`` lets the compiler assume): at most
+    16 bytes, dividing the column limits and x's batch, channel and row strides; 1 off unit-stride rows."""
+    from scsa_kernels.ops import triton as ops
+    shape, dtype, view, sizes, vec = ROW_VECTOR_CASES[name]
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    x = view(x) if view else x
+    assert ops._row_vector(x.dtype.itemsize, sizes, x.stride()) == vec
+    assert ops._row_vector(x.dtype.itemsize, sizes, x.stride(), torch.empty_like(x).stride()) == vec
+
+
+def test_row_vectors_switch_off(monkeypatch):
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(ops, "ROW_VECTORS", False)
+    assert ops._row_vector(2, (56,), (200704, 3136, 56, 1)) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "row_sliced"])
+def test_plane_passes_with_row_vectors(monkeypatch, dtype, layout):
+    """Every plane pass launched with VEC > 1 (24-wide rows, window 4: 6 whole windows, every stride a
+    multiple of 8) matches the reference; the interpreter computes ``aligned`` literally, so a VEC that
+    did not divide a stride or limit would move the loads. row_sliced: rows of 40 of which 24 are used,
+    from column 4 on (the data pointer is off 16 bytes' alignment: Triton's specialization, not VEC)."""
+    from scsa_kernels.ops import triton as ops
+    vecs = {}
+    launch = ops._launch
+    monkeypatch.setattr(ops, "_launch", lambda kernel, grid, *args, **kwargs: vecs.setdefault(
+        getattr(kernel, "fn", kernel).__name__, set()).add(kwargs.get("VEC")) or launch(kernel, grid, *args, **kwargs))
+    x = torch.randn(2, 8, 16, 40 if layout == "row_sliced" else 24, device=DEVICE, dtype=dtype)
+    x = x[..., 4:28] if layout == "row_sliced" else x
+    config = SCSAConfig(8, window_size=4, down_sample_mode="max_pool", head_num=2)
+    assert_matches(x, config, weights=random_weights(config, dtype=dtype, device=DEVICE))
+    expected = 16 // x.dtype.itemsize
+    assert {name: vecs[name] for name in PLANE_PASSES} == {name: {expected} for name in PLANE_PASSES}
+
+
+PLANE_PASSES = ("plane_means_kernel", "pool_kernel", "apply_gates_kernel", "pool_grad_sums_kernel", "input_grad_kernel")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_types(dtype):
     config = SCSAConfig(16, head_num=2, window_size=3, qkv_bias=True, gate_layer="softmax")
@@ -514,8 +570,7 @@ def test_plans_reuse_the_autotuners_pick(monkeypatch):
         runs_per_call.append(len(tuner_runs) - sum(runs_per_call))
     tuned = {kernel.fn.__name__ for plans in (ops._FORWARD_PLANS, ops._BACKWARD_PLANS)
              for plan in plans.values() for kernel in plan["tuned"]}
-    assert tuned == {"plane_means_kernel", "pool_kernel", "apply_gates_kernel", "pool_grad_sums_kernel",
-                     "input_grad_kernel"}
+    assert tuned == set(PLANE_PASSES)
     assert runs_per_call == [7, 0], "autotuner calls per forward+backward: 7 on a plan's first call, then none"
     for a, b in zip(*results):
         assert torch.equal(a, b)

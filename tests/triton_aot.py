@@ -149,8 +149,15 @@ def compile_one(job):
         dtype = next((t for t in signature.values() if t in ("*fp16", "*bf16")), "*fp32")[1:]
         rows.append(dict(kernel=name, variant=variant, dtype=dtype, num_warps=num_warps, arch=f"sm_{arch}",
                          registers=regs, spill_bytes=spills, shared=compiled.metadata.shared,
-                         tile_load_orders=tile_load_orders(compiled.asm["ttgir"], dtype)))
+                         tile_load_orders=tile_load_orders(compiled.asm["ttgir"], dtype),
+                         half_element_accesses=half_element_accesses(compiled.asm["ptx"])))
     return rows
+
+
+def half_element_accesses(ptx):
+    """Global loads and stores of one 16-bit element (``ld.global.b16``, not ``.v2.b16`` or ``.b32``) in
+    the PTX: in a half-precision plane pass, accesses of x / grad_out / out / dx one element at a time."""
+    return sum(1 for op in re.findall(r"\b(?:ld|st)\.global\S*", ptx) if op.endswith(".b16") and ".v" not in op)
 
 
 def tile_load_orders(ttgir, dtype):

@@ -433,6 +433,25 @@ def _wide_strides(shape, *strides) -> bool:
     return any((shape[2] - 1) * abs(s[2]) + (shape[3] - 1) * abs(s[3]) >= 2 ** 31 for s in strides)
 
 
+# Kill switch of the row vectors (every plane pass at VEC=1), for comparing (benchmarks/kernel_profile.py)
+# or bisecting; plans made before a change keep their VEC (any VEC _row_vector gives is correct).
+ROW_VECTORS = os.environ.get("SCSA_TRITON_ROW_VECTORS", "1") != "0"
+
+
+def _row_vector(itemsize: int, sizes, *strides) -> int:
+    """VEC of a plane pass (the ``aligned`` helper in triton/_common.py): elements per load or store
+    along a row, a power of two of at most 16 bytes that divides every column limit in ``sizes`` and
+    every batch, channel and row stride of the full-size tensors the pass walks. 1 unless all of them
+    have unit column stride (channels_last tiles vectorise along C by themselves), or ROW_VECTORS is off."""
+    if not ROW_VECTORS or any(s[3] != 1 for s in strides):
+        return 1
+    values = [*sizes, *(v for s in strides for v in s[:3])]
+    vec = 16 // itemsize
+    while vec > 1 and any(v % vec for v in values):
+        vec //= 2
+    return vec
+
+
 def _pool_blocks(windows: int, WW: int, W: int, C: int, channel_tiles: bool):
     """(cols_per_block, grid blocks per sample, constexprs) of pool_kernel walking ``windows`` window
     columns: whole windows per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is
@@ -472,13 +491,15 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
                                     + _scratch_means_and_stats(shape, kept)),
         kept=kept, saved_lengths=_saved_lengths(shape, kept),
         plane_scalars=(C, H, W, *x_stride),
-        plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide),
+        plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide,
+                        VEC=_row_vector(dtype.itemsize, (W,), x_stride)),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
         gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=block_g, BLOCK_L=block_l,
                         num_warps=min(SPATIAL_MAX_WARPS,
                                       max(8, block_g * block_l // (32 * SPATIAL_ELEMENTS_PER_THREAD)))),
         pool_scalars=(C, H, W, *x_stride, *x_stride, HP, WP, WH, WW, per_block),
-        pool_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, WH_POW2=_pow2(WH), WIDE=wide, **pool_blocks),
+        pool_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, WH_POW2=_pow2(WH), WIDE=wide,
+                       VEC=_row_vector(dtype.itemsize, (WP * WW, per_block), x_stride), **pool_blocks),
         attention_scalars=(C, N, blocks.D, blocks.NBLK, GROUP_NORM_EPS, blocks.D ** -0.5),
         attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=blocks.BLOCK_D, BLOCK_P=blocks.BLOCK_P, DOT=blocks.DOT,
                             BLOCK_F=1024, num_warps=_attention_warps(blocks, "forward")),
@@ -579,7 +600,7 @@ def _forward_impl(
     out_stride = out.stride()
     _launch(kernels.apply.apply_gates_kernel, plan["plane_grid"],
             x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
-            tuned=plan["tuned"], **plan["apply_meta"])
+            VEC=_row_vector(x.dtype.itemsize, (W,), x_stride, out_stride), tuned=plan["tuned"], **plan["apply_meta"])
     return out, torch.cat(kept) if saved is None else saved
 
 
@@ -687,7 +708,8 @@ def _backward_plan(shape, x_stride, g_stride, dtype, K, head_num, window_size, m
         bwd_attention_grid=(B, head_num * nblk), grad_pool_grid=(B * grad_pool_blocks_per_sample,),
         grad_grid=plan["plane_grid"],
         grad_pool_scalars=tuple(pool_scalars),
-        grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride), **grad_pool_blocks),
+        grad_pool_meta=dict(plan["pool_meta"], WIDE=_wide_strides(shape, x_stride, g_stride),
+                            VEC=_row_vector(dtype.itemsize, (W, grad_per_block), x_stride, g_stride), **grad_pool_blocks),
         bwd_attention_scalars=(C, N, blocks.D, nblk, blocks.D ** -0.5),
         bwd_attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=blocks.BLOCK_D, BLOCK_P=blocks.BLOCK_P, DOT=blocks.DOT,
                                 BLOCK_N=blocks.BLOCK_N, BLOCK_C=min(1024, _pow2(C)), ONE_STEP=N <= blocks.BLOCK_P,
@@ -700,6 +722,7 @@ def _backward_plan(shape, x_stride, g_stride, dtype, K, head_num, window_size, m
                        BLOCK_P=_pow2(head_num * nblk)),
         pool_sums_scalars=(C, H, W, *x_stride, HP, WP, WH, WW, head_num * nblk),
         one_col_block=plane_meta["ONE_COL_BLOCK"], wide_x=plane_meta["WIDE"],
+        pool_sums_vec=_row_vector(dtype.itemsize, (WP * WW,), x_stride),
     )
     return plan
 
@@ -789,7 +812,8 @@ def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b,
     grad_meta = plan["grad_meta"]
     _launch(input_grad.pool_grad_sums_kernel, plan["grad_grid"],
             x, gates, dy, pooled, argmax, gn, gnsum, n_w, d_cells, psum, *plan["pool_sums_scalars"],
-            ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], tuned=plan["tuned"], **grad_meta)
+            ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], VEC=plan["pool_sums_vec"], tuned=plan["tuned"],
+            **grad_meta)
     _launch(kernels.spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
             means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
             dt, dmeans, conv_part, small_part, C, H, W, **plan["gates_meta"])
@@ -798,7 +822,8 @@ def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b,
     _launch(input_grad.input_grad_kernel, plan["grad_grid"],
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
-            WIDE=_wide_strides(x.shape, g_stride, dx_stride), tuned=plan["tuned"], **grad_meta)
+            WIDE=_wide_strides(x.shape, g_stride, dx_stride), VEC=_row_vector(x.dtype.itemsize, (W,), g_stride, dx_stride),
+            tuned=plan["tuned"], **grad_meta)
     return dx, ParameterPartials.of(conv_part, small_part, B, C, conv_w.shape[1]), d_conv_d
 
 

@@ -53,11 +53,11 @@ PLANE_KEY = ["H", "W"]
 # 24-32 bytes there (triton 3.8), so it keeps PLANE_CONFIGS for those, and BLOCK_C in its key.
 FORWARD_PLANE_CONFIGS = PLANE_CONFIGS + [triton.Config({"TILE": 4096}, num_warps=8)]
 # The pool pass caps its rows per step at the window height, so tiles past 1024 add nothing;
-# these three compile without spills on triton 3.6 and 3.8 (ptxas spills a few bytes at
-# 1024/4 warps on 3.6 and 2048/4 warps on 3.8 for this kernel).
+# these three compile without spills on triton 3.6 and 3.8 (with 8-element vectors along 56-wide
+# rows, 1024 over 2 warps spilled 16 bytes on sm_90, triton 3.8).
 POOL_CONFIGS = [
     triton.Config({"TILE": 256}, num_warps=1),
-    triton.Config({"TILE": 1024}, num_warps=2),
+    triton.Config({"TILE": 1024}, num_warps=4),
     triton.Config({"TILE": 1024}, num_warps=8),
 ]
 # With channel tiles (BLOCK_C > 1) the last two spilled 24 bytes on triton 3.8 (max pooling at 8
@@ -72,6 +72,19 @@ POOL_CHANNEL_TILE_CONFIGS = [
 @triton.jit
 def sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def aligned(value, VEC: tl.constexpr):
+    """value, a multiple of VEC (the host checked: ops/triton.py ``_row_vector``), written so that the
+    compiler's alignment analysis knows it. With a plane pass's strides and column limits aligned, a
+    row of a contiguous plane loads and stores VEC elements (up to 16 bytes) per instruction instead
+    of one: the JIT proves divisibility only for arguments that are multiples of 16 (a 56-wide row
+    is not)."""
+    if VEC > 1:
+        return value // VEC * VEC
+    else:
+        return value
 
 
 @triton.jit

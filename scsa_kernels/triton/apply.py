@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from ._common import (FORWARD_PLANE_CONFIGS, PLANE_KEY, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile,
+from ._common import (FORWARD_PLANE_CONFIGS, PLANE_KEY, aligned, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile,
                       tile_offsets)
 
 
@@ -12,17 +12,19 @@ def apply_gates_kernel(
         x_ptr, out_ptr, gates_ptr, ca_ptr,
         C, H, W, sx_b, sx_c, sx_h, sx_w, so_b, so_c, so_h, so_w,
         BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, H_POW2: tl.constexpr, WIDE: tl.constexpr,
-        TILE: tl.constexpr):
+        VEC: tl.constexpr, TILE: tl.constexpr):
     """One program per BLOCK_C channels of one sample (grid B * cdiv(C, BLOCK_C)).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. out: same shape and dtype, strides so_*.
     gates: (B, C, H+W) fp32 (a_h | a_w). ca: (B, C) fp32. Computed in fp32 in the
-    reference's order ((x * a_h) * a_w) * ca.
+    reference's order ((x * a_h) * a_w) * ca. VEC: W and the strides but sx_w, so_w are multiples of
+    VEC (see ``aligned``).
     """
     BLOCK_H: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, H_POW2)
+    W, sx_h, so_h = aligned(W, VEC), aligned(sx_h, VEC), aligned(so_h, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    x_bases = x_ptr + b * sx_b + cs * sx_c
-    o_bases = out_ptr + b * so_b + cs * so_c
+    x_bases = x_ptr + b * aligned(sx_b, VEC) + cs * aligned(sx_c, VEC)
+    o_bases = out_ptr + b * aligned(so_b, VEC) + cs * aligned(so_c, VEC)
     small = gates_ptr + (b * C + cs) * (H + W)
     ca = tl.load(ca_ptr + b * C + cs, mask=cmask, other=0.0)
     for h0 in range(0, H, BLOCK_H):

@@ -18,7 +18,7 @@ both passes read that per-element gradient instead of spreading dp over the wind
 import triton
 import triton.language as tl
 
-from ._common import PLANE_CONFIGS, autotune, channel_block, channel_tile, plane_index, plane_offsets, rows_per_tile
+from ._common import PLANE_CONFIGS, aligned, autotune, channel_block, channel_tile, plane_index, plane_offsets, rows_per_tile
 
 
 @triton.jit
@@ -108,7 +108,7 @@ def pool_grad_sums_kernel(
         C, H, W, sx_b, sx_c, sx_h, sx_w, HP, WP, WH, WW, NPROG,
         IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
         WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr, ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr,
-        TILE: tl.constexpr):
+        VEC: tl.constexpr, TILE: tl.constexpr):
     """Backward pass (b), one program per BLOCK_C channels of one sample (grid B * cdiv(C, BLOCK_C)).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32. dy, pooled: (B, C, N)
@@ -116,10 +116,12 @@ def pool_grad_sums_kernel(
     RECOMBINE: dcells (B, C*WH*WW, N) fp32, the cells' gradient, replaces all of these.
     psum: (B, C, H+W) fp32 out (psum_h | psum_w), zero outside the window grid.
     ONE_COL_BLOCK: W <= BLOCK_W, so row sums need no read-modify-write across column blocks.
+    VEC: WP*WW and x's strides but sx_w are multiples of VEC (see ``aligned``).
     """
     BLOCK_R: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, WH_POW2)
+    sx_h, grid_w = aligned(sx_h, VEC), aligned(WP * WW, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    x_bases = x_ptr + b * sx_b + cs * sx_c
+    x_bases = x_ptr + b * aligned(sx_b, VEC) + cs * aligned(sx_c, VEC)
     small = (b * C + cs) * (H + W)
     plane_n = (b * C + cs) * HP * WP
     if not RECOMBINE:
@@ -130,7 +132,7 @@ def pool_grad_sums_kernel(
         cols = w0 + tl.arange(0, BLOCK_W)
         if RECOMBINE:
             cell_cols = _cell_columns(cols, HP, WP, WW)
-        inside = cols < WP * WW
+        inside = cols < grid_w
         plane_inside = cmask[:, None] & inside[None, :]
         a_w = tl.load(gates_ptr + small[:, None] + H + cols[None, :], mask=plane_inside, other=0.0)
         cols_acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=tl.float32)
@@ -169,17 +171,19 @@ def input_grad_kernel(
         g_ptr, dx_ptr, gates_ptr, ca_ptr, dmeans_ptr, dy_ptr, pooled_ptr, argmax_ptr, gn_ptr, gnsum_ptr, nw_ptr,
         dcells_ptr, C, H, W, sg_b, sg_c, sg_h, sg_w, sd_b, sd_c, sd_h, sd_w, HP, WP, WH, WW, NPROG,
         IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
-        WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
+        WH_POW2: tl.constexpr, BLOCK_P: tl.constexpr, WIDE: tl.constexpr, VEC: tl.constexpr, TILE: tl.constexpr):
     """Backward pass (c), one program per BLOCK_C channels of one sample (grid B * cdiv(C, BLOCK_C)).
 
     g: grad_out (B, C, H, W), strides sg_*; dx: (B, C, H, W) out in x's dtype, strides sd_*.
     gates, dmeans: (B, C, H+W) fp32 (dmeans = d(x_h)/W | d(x_w)/H); ca: (B, C) fp32; the pooling
     inputs as in pool_grad_sums_kernel (dcells with RECOMBINE). Window row HP is the remainder below the grid (no dp).
+    VEC: W and the strides but sg_w, sd_w are multiples of VEC (see ``aligned``).
     """
     BLOCK_R: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, WH_POW2)
+    W, sg_h, sd_h = aligned(W, VEC), aligned(sg_h, VEC), aligned(sd_h, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    g_bases = g_ptr + b * sg_b + cs * sg_c
-    d_bases = dx_ptr + b * sd_b + cs * sd_c
+    g_bases = g_ptr + b * aligned(sg_b, VEC) + cs * aligned(sg_c, VEC)
+    d_bases = dx_ptr + b * aligned(sd_b, VEC) + cs * aligned(sd_c, VEC)
     small = (b * C + cs) * (H + W)
     plane_n = (b * C + cs) * HP * WP
     ca = tl.load(ca_ptr + b * C + cs, mask=cmask, other=0.0)

@@ -6,7 +6,8 @@ forward did not keep them, see ``saves_means`` in scsa_kernels/ops/triton.py).
 import triton
 import triton.language as tl
 
-from ._common import FORWARD_PLANE_CONFIGS, PLANE_CONFIGS, PLANE_KEY, autotune, channel_block, channel_tile, rows_per_tile, tile_offsets
+from ._common import (FORWARD_PLANE_CONFIGS, PLANE_CONFIGS, PLANE_KEY, aligned, autotune, channel_block, channel_tile,
+                      rows_per_tile, tile_offsets)
 
 
 @autotune(FORWARD_PLANE_CONFIGS, PLANE_KEY + ["BLOCK_C"], PLANE_CONFIGS)
@@ -14,16 +15,18 @@ from ._common import FORWARD_PLANE_CONFIGS, PLANE_CONFIGS, PLANE_KEY, autotune, 
 def plane_means_kernel(
         x_ptr, means_ptr, C, H, W, sx_b, sx_c, sx_h, sx_w,
         BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, H_POW2: tl.constexpr, ONE_COL_BLOCK: tl.constexpr,
-        WIDE: tl.constexpr, TILE: tl.constexpr):
+        WIDE: tl.constexpr, VEC: tl.constexpr, TILE: tl.constexpr):
     """One program per BLOCK_C channels of one sample (grid B * cdiv(C, BLOCK_C)).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*.
     means: (B, C, H+W) fp32 out: mean over w of each row in [:H], mean over h of each column in [H:].
     ONE_COL_BLOCK: W <= BLOCK_W, so row results need no read-modify-write across column blocks.
+    VEC: W and x's strides but sx_w are multiples of VEC (see ``aligned``).
     """
     BLOCK_H: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, H_POW2)
+    W, sx_h = aligned(W, VEC), aligned(sx_h, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    x_bases = x_ptr + b * sx_b + cs * sx_c
+    x_bases = x_ptr + b * aligned(sx_b, VEC) + cs * aligned(sx_c, VEC)
     small = (b * C + cs) * (H + W)  # offsets of these planes' rows of the (B, C, H+W) buffer
     # Column blocks outside, rows inside: a column mean is complete after the inner loop;
     # row sums of later column blocks add to what earlier ones stored (same program, no atomics).

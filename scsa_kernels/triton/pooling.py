@@ -13,7 +13,7 @@ values (so the forward does not keep them) and sums what the backward needs from
 import triton
 import triton.language as tl
 
-from ._common import POOL_CHANNEL_TILE_CONFIGS, POOL_CONFIGS, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile
+from ._common import POOL_CHANNEL_TILE_CONFIGS, POOL_CONFIGS, aligned, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile
 
 BIG_INDEX = tl.constexpr(2 ** 31 - 1)
 
@@ -42,7 +42,8 @@ def pool_kernel(
         C, H, W, sx_b, sx_c, sx_h, sx_w, sg_b, sg_c, sg_h, sg_w, HP, WP, WH, WW, cols_per_block,
         IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, HAS_GRAD: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
-        WH_POW2: tl.constexpr, ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, TILE: tl.constexpr):
+        WH_POW2: tl.constexpr, ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, VEC: tl.constexpr,
+        TILE: tl.constexpr):
     """One program per BLOCK_C channels of one sample (grid B * cdiv(C, BLOCK_C)).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32 (a_h | a_w).
@@ -55,15 +56,18 @@ def pool_kernel(
     cols_per_block: a multiple of WW (whole windows per column block), <= BLOCK_W;
     BLOCK_J >= cols_per_block // WW windows per block.
     ONE_COL_BLOCK (HAS_GRAD): W <= cols_per_block, so row results need no read-modify-write.
+    VEC: the walked width (W with HAS_GRAD, else WP*WW), cols_per_block and the strides but sx_w, sg_w
+    are multiples of VEC (see ``aligned``).
     """
     BLOCK_R: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, WH_POW2)
+    sx_h, sg_h, cols_per_block = aligned(sx_h, VEC), aligned(sg_h, VEC), aligned(cols_per_block, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    x_bases = x_ptr + b * sx_b + cs * sx_c
-    g_bases = g_ptr + b * sg_b + cs * sg_c
+    x_bases = x_ptr + b * aligned(sx_b, VEC) + cs * aligned(sx_c, VEC)
+    g_bases = g_ptr + b * aligned(sg_b, VEC) + cs * aligned(sg_c, VEC)
     small = (b * C + cs) * (H + W)  # (BLOCK_C,) offsets of the planes' rows of the (B, C, H+W) buffers
     out = (b * C + cs) * HP * WP
     cells = pooled_ptr + out * WH * WW  # the planes' rows of the RECOMBINE cells
-    walk_w = W if HAS_GRAD else WP * WW  # the backward sums cover the columns right of the grid too
+    walk_w = aligned(W if HAS_GRAD else WP * WW, VEC)  # the backward sums cover the columns right of the grid too
     total = tl.zeros([BLOCK_C], dtype=tl.float32)
     for w0 in range(0, walk_w, cols_per_block):
         if HAS_GRAD:
