@@ -355,6 +355,19 @@ def test_plane_passes_with_row_vectors(monkeypatch, dtype, layout):
 PLANE_PASSES = ("plane_means_kernel", "pool_kernel", "apply_gates_kernel", "pool_grad_sums_kernel", "input_grad_kernel")
 
 
+@pytest.mark.parametrize("shape,planes", [((64, 64, 56, 56), 1), ((64, 128, 28, 28), 1), ((64, 256, 14, 14), 4),
+                                          ((64, 512, 7, 7), 16), ((2, 8, 7, 8), 8), ((1, 16, 1, 64), 4)])
+def test_small_nchw_planes_share_a_program(shape, planes):
+    """NCHW plane passes take as many whole small planes per program as fit PLANE_GROUP (16 of 7x7), with
+    BLOCK_C x BLOCK_W within MIN_TILE (1x64 planes: 4); the grids shrink by that factor."""
+    from scsa_kernels.ops import triton as ops
+    B, C, H, W = shape
+    plan = ops._forward_plan(shape, (C * H * W, H * W, W, 1), torch.bfloat16, 9, 1, min(7, H), False, False, False,
+                             512)
+    assert plan["plane_meta"]["BLOCK_C"] == planes and plan["plane_grid"] == (B * C // planes,)
+    assert plan["pool_meta"]["BLOCK_C"] * plan["pool_meta"]["BLOCK_W"] <= ops.MIN_TILE
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_types(dtype):
     config = SCSAConfig(16, head_num=2, window_size=3, qkv_bias=True, gate_layer="softmax")

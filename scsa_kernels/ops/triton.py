@@ -92,6 +92,11 @@ POOL_WINDOWS_PER_BLOCK = 8  # windows per column block of pool_kernel (its windo
 # smallest TILE of the plane and pool configs (scsa_kernels/triton/_common.py).
 CHANNEL_TILE = 16
 MIN_TILE = 256
+# Without channel tiles, small planes go CHANNEL_TILE at most to a program, as many as fit PLANE_GROUP
+# elements (the plane padded to powers of two): 16 of 7x7, 4 of 14x14, one from 32x32 up. One 7x7 plane
+# per program made 32768 programs of 49 elements each at 64x512x7x7 (every plane pass ~21 us, 0.15 TB/s,
+# on the H200 on 2026-11-27).
+PLANE_GROUP = 1024
 MAX_BLOCK_W = 256  # widest row tile of the plane passes
 SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
 # Their tiles are float64 (triton/spatial_gates.py): 4 elements per thread, within 8 to 16 warps
@@ -412,10 +417,14 @@ def _channel_tiles(x_stride) -> bool:
     return x_stride[1] == 1 and x_stride[3] != 1
 
 
-def _channels_per_program(C: int, block_w: int, channel_tiles: bool) -> int:
-    """BLOCK_C of a plane pass with row tiles block_w wide: 1 without channel tiles, else as many
-    neighbouring channels as fit MIN_TILE (a whole window wider than the usual row tile leaves fewer)."""
-    return max(1, min(CHANNEL_TILE, _pow2(C), MIN_TILE // block_w)) if channel_tiles else 1
+def _channels_per_program(C: int, block_w: int, channel_tiles: bool, H: int, W: int) -> int:
+    """BLOCK_C of a plane pass with row tiles block_w wide over H x W planes: as many channels as fit
+    BLOCK_C x block_w in MIN_TILE (a whole window wider than the usual row tile leaves fewer), CHANNEL_TILE
+    at most, and without channel tiles only as many whole planes as fit PLANE_GROUP."""
+    block_c = min(CHANNEL_TILE, _pow2(C), MIN_TILE // block_w)
+    if not channel_tiles:
+        block_c = min(block_c, PLANE_GROUP // (_pow2(H) * _pow2(W)))
+    return max(1, block_c)
 
 
 def _cached(plans, key, build):
@@ -452,14 +461,14 @@ def _row_vector(itemsize: int, sizes, *strides) -> int:
     return vec
 
 
-def _pool_blocks(windows: int, WW: int, W: int, C: int, channel_tiles: bool):
+def _pool_blocks(windows: int, WW: int, H: int, W: int, C: int, channel_tiles: bool):
     """(cols_per_block, grid blocks per sample, constexprs) of pool_kernel walking ``windows`` window
     columns: whole windows per column block, at most POOL_WINDOWS_PER_BLOCK (the window map is
     BLOCK_J x BLOCK_W); one window when it is wider than a row tile."""
     row_tile = plane_block_w(windows * WW, channel_tiles)
     per_block = WW * max(1, min(windows, POOL_WINDOWS_PER_BLOCK, row_tile // WW))
     block_w = _pow2(per_block)
-    block_c = _channels_per_program(C, block_w, channel_tiles)
+    block_c = _channels_per_program(C, block_w, channel_tiles, H, W)
     return per_block, -(-C // block_c), dict(BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_J=_pow2(per_block // WW),
                                               ONE_COL_BLOCK=W <= per_block)
 
@@ -476,11 +485,11 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
     N = HP * WP
     channel_tiles = _channel_tiles(x_stride)
     block_w = plane_block_w(W, channel_tiles)
-    block_c = _channels_per_program(C, block_w, channel_tiles)
+    block_c = _channels_per_program(C, block_w, channel_tiles, H, W)
     block_l = _pow2(max(H, W))
     block_g = min(_pow2(C // 4), max(1, spatial_tile // block_l))
     wide = _wide_strides(shape, x_stride)
-    per_block, pool_blocks_per_sample, pool_blocks = _pool_blocks(WP, WW, W, C, channel_tiles)
+    per_block, pool_blocks_per_sample, pool_blocks = _pool_blocks(WP, WW, H, W, C, channel_tiles)
     blocks = _attention_blocks(C, head_num, N, "forward")
     return dict(
         tuned={}, N=N, cells=(B, C * WH * WW, N), planes=(B * C,), gates_grid=(B * 4, 2), attention_grid=(B, head_num * blocks.NBLK),
@@ -699,7 +708,7 @@ def _backward_plan(shape, x_stride, g_stride, dtype, K, head_num, window_size, m
         (B, head_num * nblk, 2), (B, C, H + W), (B, C, H + W), (B, C, H + W), (B, 2, C * K + C),
         (B, C, N), (B, C, H + W))] + [((B, 2, 4, 2), F64)] + _scratch_means_and_stats(shape, plan["kept"]))
     # pass (a) also walks the columns right of the window grid
-    grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, W, C, plan["channel_tiles"])
+    grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, H, W, C, plan["channel_tiles"])
     pool_scalars = list(plan["pool_scalars"])
     pool_scalars[7:11] = g_stride
     pool_scalars[-1] = grad_per_block

@@ -6,7 +6,7 @@ from ._common import (FORWARD_PLANE_CONFIGS, PLANE_KEY, aligned, autotune, chann
                       tile_offsets)
 
 
-@autotune(FORWARD_PLANE_CONFIGS, PLANE_KEY)
+@autotune(FORWARD_PLANE_CONFIGS, PLANE_KEY + ["BLOCK_C"])
 @triton.jit
 def apply_gates_kernel(
         x_ptr, out_ptr, gates_ptr, ca_ptr,
