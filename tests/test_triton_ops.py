@@ -256,11 +256,25 @@ def test_large_head_and_many_positions():
 
 
 def test_spatial_gates_loop_over_channel_blocks(monkeypatch):
-    """Force several channel blocks per GroupNorm group in the spatial gate kernels."""
+    """Force several channel blocks per GroupNorm group in the spatial gate kernels (ONE_BLOCK off: the
+    conv recomputed in each loop); every other test's groups fit one block."""
     from scsa_kernels.ops import triton as ops
     monkeypatch.setattr(ops, "SPATIAL_TILE", 16)
     config = SCSAConfig(32, window_size=2, gate_layer="softmax")
-    assert_matches(torch.randn(2, 32, 6, 5, device=DEVICE), config)
+    x = torch.randn(2, 32, 6, 5, device=DEVICE)
+    assert not ops._forward_plan(x.shape, x.stride(), x.dtype, 9, 1, 2, False, False, True, 16)["gates_meta"]["ONE_BLOCK"]
+    assert_matches(x, config)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 56, 56), (64, 128, 28, 28), (64, 256, 14, 14), (64, 512, 7, 7)])
+def test_spatial_gate_groups_fit_one_block_at_the_resnet_shapes(shape):
+    """At every ResNet-50 stage shape a GroupNorm group (C/4 channels x the gate row) fits one tile of
+    SPATIAL_TILE: the spatial gate kernels compute each conv once (ONE_BLOCK)."""
+    from scsa_kernels.ops import triton as ops
+    B, C, H, W = shape
+    plan = ops._forward_plan(shape, (C * H * W, H * W, W, 1), torch.bfloat16, 9, 1, 7, False, False, False,
+                             ops.SPATIAL_TILE)
+    assert plan["gates_meta"]["ONE_BLOCK"] and plan["gates_meta"]["BLOCK_G"] >= C // 4
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "permuted"])

@@ -98,11 +98,15 @@ MIN_TILE = 256
 # on the H200 on 2026-11-27).
 PLANE_GROUP = 1024
 MAX_BLOCK_W = 256  # widest row tile of the plane passes
-SPATIAL_TILE = 512     # elements of one (channels x length) tile of the spatial gate kernels
-# Their tiles are float64 (triton/spatial_gates.py): 4 elements per thread, within 8 to 16 warps
+# Elements of one (channels x length) tile of the spatial gate kernels: 1024 holds a whole GroupNorm
+# group (C/4 channels x BLOCK_L) at every ResNet-50 stage shape (64x56x56 ... 512x7x7), so each conv
+# is computed once (ONE_BLOCK in triton/spatial_gates.py; 3 times in the forward, 2 in the backward, otherwise)
+SPATIAL_TILE = 1024
+# Their tiles are float64 (triton/spatial_gates.py): 2 elements per thread, within 8 to 16 warps
 # (AOT test): the longest rows (4096) took all 255 registers at 8 warps and spilled ~200 bytes on
-# triton 3.6 at 32 (64 registers per thread); at 16 warps (8 elements per thread), none.
-SPATIAL_ELEMENTS_PER_THREAD = 4
+# triton 3.6 at 32 (64 registers per thread); at 16 warps (8 elements per thread), none. At 4 per
+# thread the backward's one-block tiles (16 x 64, tn and du live throughout) spilled 16 bytes (3.8).
+SPATIAL_ELEMENTS_PER_THREAD = 2
 SPATIAL_MAX_WARPS = 16
 # Channels per program (= score tile side) of the channel attention kernels; the backward
 # holds two dS tiles through its position loop, so it takes smaller ones (no spills, see AOT test).
@@ -503,7 +507,7 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
         plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide,
                         VEC=_row_vector(dtype.itemsize, (W,), x_stride)),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
-        gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=block_g, BLOCK_L=block_l,
+        gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=block_g, BLOCK_L=block_l, ONE_BLOCK=block_g >= C // 4,
                         num_warps=min(SPATIAL_MAX_WARPS,
                                       max(8, block_g * block_l // (32 * SPATIAL_ELEMENTS_PER_THREAD)))),
         pool_scalars=(C, H, W, *x_stride, *x_stride, HP, WP, WH, WW, per_block),

@@ -6,8 +6,10 @@ GroupNorm groups coincide with the conv groups, so one program owns one whole
 normalisation group and needs no cross-program reduction.
 
 Small buffers share one layout, (B, C, H + W): direction 0 in [:H], 1 in [H:].
-The conv is recomputed from the means in every loop instead of being kept in a
-scratch buffer: K loads of a tiny, cached tensor are cheaper than a round trip.
+When the whole group fits one tile (ONE_BLOCK: C/4 channels x BLOCK_L, every ResNet-50 stage
+shape), its conv is computed once and kept in registers through the statistics, the gate and the
+backward's sums; otherwise the conv is recomputed from the means in every loop over channel blocks
+instead of being kept in a scratch buffer: K loads of a tiny, cached tensor are cheaper than a round trip.
 
 The conv, GroupNorm, gate and their gradients up to the conv's parameter gradients compute in
 float64 (GATE_T), as the C++ kernels do (csrc/cpu/small_stages.h): GroupNorm over a group of
@@ -88,43 +90,63 @@ def _gate_grad(a, da, GATE_SOFTMAX: tl.constexpr):
 
 
 @triton.jit
+def _store_gates(t, mean, rstd, gates_ptr, nh_w_ptr, nh_b_ptr, nw_w_ptr, nw_b_ptr, cs, cmask, row, ls, valid, d,
+                 GATE_SOFTMAX: tl.constexpr):
+    """Stores the gates of one channel block from its conv output t (BLOCK_G, BLOCK_L) GATE_T."""
+    gamma = _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)
+    beta = _select(nh_b_ptr, nw_b_ptr, cs, cmask, d)
+    a = _gate((t - mean) * rstd * gamma[:, None] + beta[:, None], valid, GATE_SOFTMAX)
+    tl.store(gates_ptr + row[:, None] + ls[None, :], a, mask=valid)
+
+
+@triton.jit
 def spatial_gates_fwd_kernel(
         means_ptr, cw_ptr, cb_ptr, nh_w_ptr, nh_b_ptr, nw_w_ptr, nw_b_ptr, gates_ptr, stats_ptr,
         C, H, W, eps,
-        GATE_SOFTMAX: tl.constexpr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr):
+        GATE_SOFTMAX: tl.constexpr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr,
+        ONE_BLOCK: tl.constexpr):
     """a = gate(GroupNorm4(conv(means))) for one (sample, group, direction).
 
     means: (B, C, H+W) fp32 (x_h | x_w). cw: (C, K), cb: (C,), norm params (C,), all fp32.
     gates: (B, C, H+W) fp32 out (a_h | a_w). stats: (B, 2, 4, 2) fp64 out, (mean, rstd) per group.
-    BLOCK_L >= max(H, W) (softmax gates need whole rows); BLOCK_G channels per step.
+    BLOCK_L >= max(H, W) (softmax gates need whole rows); BLOCK_G channels per step; ONE_BLOCK:
+    C/4 <= BLOCK_G.
     """
     eps = tl.cast(eps, GATE_T)  # fp32 in eager launches, fp64 under torch.compile
     b, j, d, L, off = _direction(C, H, W)
     ls = tl.arange(0, BLOCK_L)
     G = C // 4
     n = G * L
-    total = tl.full([], 0.0, GATE_T)
-    for g0 in range(0, G, BLOCK_G):
-        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+    if ONE_BLOCK:
+        cs, cmask, row = _group_block(b, j, 0, C, H, W, off, BLOCK_G)
         valid = cmask[:, None] & (ls < L)[None, :]
         t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
-        total += tl.sum(tl.where(valid, t, 0.0))
-    mean = total / n
-    sq = tl.full([], 0.0, GATE_T)  # second pass for the variance: no cancellation
-    for g0 in range(0, G, BLOCK_G):
-        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
-        valid = cmask[:, None] & (ls < L)[None, :]
-        t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
-        sq += tl.sum(tl.where(valid, (t - mean) * (t - mean), 0.0))
-    rstd = 1.0 / tl.sqrt(sq / n + eps)
-    for g0 in range(0, G, BLOCK_G):
-        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
-        valid = cmask[:, None] & (ls < L)[None, :]
-        t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
-        gamma = _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)
-        beta = _select(nh_b_ptr, nw_b_ptr, cs, cmask, d)
-        a = _gate((t - mean) * rstd * gamma[:, None] + beta[:, None], valid, GATE_SOFTMAX)
-        tl.store(gates_ptr + row[:, None] + ls[None, :], a, mask=valid)
+        mean = tl.sum(tl.where(valid, t, 0.0)) / n
+        centred = tl.where(valid, t - mean, 0.0)  # the variance from the centred values: no cancellation
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred) / n + eps)
+        _store_gates(t, mean, rstd, gates_ptr, nh_w_ptr, nh_b_ptr, nw_w_ptr, nw_b_ptr, cs, cmask, row, ls, valid, d,
+                     GATE_SOFTMAX)
+    else:
+        total = tl.full([], 0.0, GATE_T)
+        for g0 in range(0, G, BLOCK_G):
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
+            t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
+            total += tl.sum(tl.where(valid, t, 0.0))
+        mean = total / n
+        sq = tl.full([], 0.0, GATE_T)  # second pass for the variance: no cancellation
+        for g0 in range(0, G, BLOCK_G):
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
+            t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
+            sq += tl.sum(tl.where(valid, (t - mean) * (t - mean), 0.0))
+        rstd = 1.0 / tl.sqrt(sq / n + eps)
+        for g0 in range(0, G, BLOCK_G):
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
+            t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
+            _store_gates(t, mean, rstd, gates_ptr, nh_w_ptr, nh_b_ptr, nw_w_ptr, nw_b_ptr, cs, cmask, row, ls, valid,
+                         d, GATE_SOFTMAX)
     stat = stats_ptr + ((b * 2 + d) * 4 + j) * 2
     tl.store(stat, mean)
     tl.store(stat + 1, rstd)
@@ -148,12 +170,40 @@ def _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_
 
 
 @triton.jit
+def _norm_grads(tn, du, norm_part_ptr, nh_w_ptr, nw_w_ptr, b, C, cs, cmask, d):
+    """Stores one channel block's GroupNorm weight and bias gradients (direction d) -> its parts
+    (sum dtn, sum dtn * tn) of the group sums of the GroupNorm backward, dtn = du * gamma."""
+    part = norm_part_ptr + b * 12 * C + d * 2 * C
+    tl.store(part + cs, tl.sum(du * tn, axis=1), mask=cmask)
+    tl.store(part + C + cs, tl.sum(du, axis=1), mask=cmask)
+    dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
+    return tl.sum(dtn), tl.sum(dtn * tn)
+
+
+@triton.jit
+def _conv_grads(tn, du, s1, s2, n, rstd, means_ptr, nh_w_ptr, nw_w_ptr, dt_ptr, part, C, cs, cmask, row, ls, L, valid,
+                d, K: tl.constexpr):
+    """One channel block's gradient dt of the conv output (stored for the conv input gradient) and its
+    conv weight and bias gradients (stored at part: this sample's and direction's (C*K + C,) row)."""
+    dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
+    dt = tl.where(valid, rstd * (dtn - s1 / n - tn * (s2 / n)), 0.0)
+    for k in tl.static_range(K):  # dw[k] = sum_l dt[l] * m[l + shift]
+        src = ls + (k - K // 2)
+        ok = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
+        m = tl.load(means_ptr + row[:, None] + src[None, :], mask=ok, other=0.0).to(GATE_T)
+        tl.store(part + cs * K + k, tl.sum(dt * m, axis=1), mask=cmask)
+    tl.store(part + C * K + cs, tl.sum(dt, axis=1), mask=cmask)
+    tl.store(dt_ptr + row[:, None] + ls[None, :], dt, mask=valid)
+
+
+@triton.jit
 def spatial_gates_bwd_kernel(
         means_ptr, gates_ptr, stats_ptr, rsum_ptr, psum_ptr, ca_ptr,
         cw_ptr, cb_ptr, nh_w_ptr, nw_w_ptr,
         dt_ptr, dmeans_ptr, conv_part_ptr, norm_part_ptr,
         C, H, W,
-        GATE_SOFTMAX: tl.constexpr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr):
+        GATE_SOFTMAX: tl.constexpr, K: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr,
+        ONE_BLOCK: tl.constexpr):
     """Backward of spatial_gates_fwd_kernel for one (sample, group, direction).
 
     In (fp32): means, gates, rsum, psum (B, C, H+W); ca (B, C); cw (C, K); cb, norm weights (C,);
@@ -162,6 +212,7 @@ def spatial_gates_bwd_kernel(
     dmeans: (B, C, H+W) fp32 out: d(x_h) / W | d(x_w) / H, ready to broadcast into dx.
     conv_part: (B, 2, C*K + C) fp32 out: this sample's and direction's conv weight and bias gradients.
     norm_part: (B, 12*C) fp32: writes [2dC, 2dC + 2C) = GroupNorm weight and bias gradients of direction d.
+    ONE_BLOCK: C/4 <= BLOCK_G, one channel block (its tn and du computed once).
     """
     b, j, d, L, off = _direction(C, H, W)
     ls = tl.arange(0, BLOCK_L)
@@ -170,34 +221,33 @@ def spatial_gates_bwd_kernel(
     stat = stats_ptr + ((b * 2 + d) * 4 + j) * 2
     mean = tl.load(stat)
     rstd = tl.load(stat + 1)
-    s1 = tl.full([], 0.0, GATE_T)
-    s2 = tl.full([], 0.0, GATE_T)
-    for g0 in range(0, G, BLOCK_G):  # GroupNorm affine gradients and the group sums of its backward
-        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
-        valid = cmask[:, None] & (ls < L)[None, :]
-        tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
-                                cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
-        part = norm_part_ptr + b * 12 * C + d * 2 * C
-        tl.store(part + cs, tl.sum(du * tn, axis=1), mask=cmask)
-        tl.store(part + C + cs, tl.sum(du, axis=1), mask=cmask)
-        dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
-        s1 += tl.sum(dtn)
-        s2 += tl.sum(dtn * tn)
     part = conv_part_ptr + (b * 2 + d) * (C * K + C)
-    for g0 in range(0, G, BLOCK_G):  # gradient dt of the conv output, the conv weight and bias gradients
-        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+    if ONE_BLOCK:
+        cs, cmask, row = _group_block(b, j, 0, C, H, W, off, BLOCK_G)
         valid = cmask[:, None] & (ls < L)[None, :]
         tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
                                 cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
-        dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
-        dt = tl.where(valid, rstd * (dtn - s1 / n - tn * (s2 / n)), 0.0)
-        for k in tl.static_range(K):  # dw[k] = sum_l dt[l] * m[l + shift]
-            src = ls + (k - K // 2)
-            ok = cmask[:, None] & ((src >= 0) & (src < L))[None, :]
-            m = tl.load(means_ptr + row[:, None] + src[None, :], mask=ok, other=0.0).to(GATE_T)
-            tl.store(part + cs * K + k, tl.sum(dt * m, axis=1), mask=cmask)
-        tl.store(part + C * K + cs, tl.sum(dt, axis=1), mask=cmask)
-        tl.store(dt_ptr + row[:, None] + ls[None, :], dt, mask=valid)
+        s1, s2 = _norm_grads(tn, du, norm_part_ptr, nh_w_ptr, nw_w_ptr, b, C, cs, cmask, d)
+        _conv_grads(tn, du, s1, s2, n, rstd, means_ptr, nh_w_ptr, nw_w_ptr, dt_ptr, part, C, cs, cmask, row, ls, L,
+                    valid, d, K)
+    else:
+        s1 = tl.full([], 0.0, GATE_T)
+        s2 = tl.full([], 0.0, GATE_T)
+        for g0 in range(0, G, BLOCK_G):  # GroupNorm affine gradients and the group sums of its backward
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
+            tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
+                                    cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
+            block_s1, block_s2 = _norm_grads(tn, du, norm_part_ptr, nh_w_ptr, nw_w_ptr, b, C, cs, cmask, d)
+            s1 += block_s1
+            s2 += block_s2
+        for g0 in range(0, G, BLOCK_G):  # gradient dt of the conv output, the conv weight and bias gradients
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
+            tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
+                                    cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
+            _conv_grads(tn, du, s1, s2, n, rstd, means_ptr, nh_w_ptr, nw_w_ptr, dt_ptr, part, C, cs, cmask, row, ls,
+                        L, valid, d, K)
     tl.debug_barrier()  # the conv input gradient reads dt shifted: other threads' stores must be visible
     scale = 1.0 / (W + d * (H - W))  # x_h is a mean over W columns, x_w over H rows
     for g0 in range(0, G, BLOCK_G):  # conv input gradient, in fp32 (rstd no longer amplifies its rounding)
