@@ -9,8 +9,9 @@ holding one Triton release installed with ``pip install --no-deps --target DIR t
 (conftest.EXTRA_TRITONS); the compile runs once more per folder, that folder first on PYTHONPATH. CI passes triton 3.5 (the oldest
 the backend supports) and 3.6 (what torch 2.10/2.11 install, the lent GPU machines): kernels that
 compiled on 3.8 once failed on both. On those releases every kernel must compile; ptxas may spill up
-to EXTRA_RELEASE_SPILL_BYTES per variant (3.5 and 3.6 spill 8-56 bytes in some pool-pass variants,
-some at 32-96 registers, which 3.8 compiles without spills); on the installed release, none.
+to EXTRA_RELEASE_SPILL_BYTES per variant (3.5 and 3.6 spill 8-56 bytes in some plane-pass variants,
+pool passes mostly, some at 32-96 registers, which 3.8 compiles without spills); on the installed
+release, none.
 """
 import json
 import os
