@@ -64,9 +64,11 @@ def test_every_autotune_config_is_compiled(compiled):
     for kernel in kernels:
         name = kernel.fn.__name__
         for block_c, tiled in ((1, lambda c: c == 1), (16, lambda c: c > 1)):
-            seen = {(int(v["TILE"]), r["num_warps"]) for r in compiled.rows if r["kernel"] == name
+            seen = {(int(v["TILE"]), int(v.get("NUM_STAGES", 1)), r["num_warps"]) for r in compiled.rows
+                    if r["kernel"] == name
                     for v in [dict(kv.split("=") for kv in r["variant"].split(","))] if tiled(int(v["BLOCK_C"]))}
-            assert seen == {(c.kwargs["TILE"], c.num_warps) for c in kernel.configs_for(block_c)}, (name, block_c)
+            assert seen == {(c.kwargs["TILE"], c.kwargs.get("NUM_STAGES", 1), c.num_warps)
+                            for c in kernel.configs_for(block_c)}, (name, block_c)
 
 
 def test_no_register_spills(compiled):
@@ -84,7 +86,7 @@ def test_full_size_tiles_load_along_the_unit_stride_axis(compiled):
     checked = 0
     for r in compiled.rows:
         v = dict(kv.split("=") for kv in r["variant"].split(","))
-        if "BLOCK_C" not in v or r["dtype"] == "fp32":
+        if "BLOCK_C" not in v or r["dtype"] == "fp32" or int(v.get("NUM_STAGES", 1)) > 1:  # pipelined: no tt.load
             continue
         axis = "2" if any(k.startswith("s") and k.endswith("_w") and n == "1" for k, n in v.items()) else "0"
         assert r["tile_load_orders"] and all(o.split(",")[0] == axis for o in r["tile_load_orders"]), (
@@ -107,6 +109,24 @@ def test_contiguous_half_rows_move_as_vectors(compiled):
             assert r["half_element_accesses"] == 0, (r["kernel"], r["arch"], r["variant"], r["num_warps"])
             checked.add(r["kernel"])
     assert checked == {k.fn.__name__ for k in autotuned_kernels()}
+
+
+def test_pipelined_pool_passes_copy_asynchronously(compiled):
+    """The pool pass's configs with NUM_STAGES > 1 are software-pipelined: their tiles arrive by cp.async
+    (the next row steps in flight while one is reduced), where plain ``range`` loops issue no copy ahead.
+    Every such variant whose x rows hold 4-byte pieces (fp32, or halves with VEC > 1; cp.async moves 4, 8
+    or 16 bytes); the unpipelined ones have none."""
+    checked = 0
+    for r in compiled.rows:
+        v = dict(kv.split("=") for kv in r["variant"].split(","))
+        if r["kernel"] != "pool_kernel":
+            continue
+        if int(v["NUM_STAGES"]) == 1:
+            assert r["async_copies"] == 0, r["variant"]
+        elif r["dtype"] == "fp32" or int(v.get("VEC", 1)) > 1:
+            assert r["async_copies"] > 0, (r["arch"], r["num_warps"], r["variant"])
+            checked += 1
+    assert checked
 
 
 def tile_elements(variant):

@@ -236,8 +236,8 @@ def test_larger_autotune_tiles(monkeypatch, tile, case):
     Every larger TILE, forced on every autotuned kernel: more rows per tile (past the window height in
     the pool pass), fewer row blocks, channel tiles of more rows."""
     from scsa_kernels.ops import triton as ops
-    for kernel in autotuned_kernels():
-        monkeypatch.setattr(kernel, "configs", [triton.Config({"TILE": tile}, num_warps=4)])
+    for kernel in autotuned_kernels():  # TILE replaced, any other parameter (NUM_STAGES) as in the first config
+        monkeypatch.setattr(kernel, "configs", [triton.Config({**kernel.configs[0].kwargs, "TILE": tile}, num_warps=4)])
         monkeypatch.setattr(kernel, "best_config", None, raising=False)
     monkeypatch.setattr(ops, "_FORWARD_PLANS", {})
     monkeypatch.setattr(ops, "_BACKWARD_PLANS", {})

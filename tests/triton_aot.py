@@ -150,7 +150,8 @@ def compile_one(job):
         rows.append(dict(kernel=name, variant=variant, dtype=dtype, num_warps=num_warps, arch=f"sm_{arch}",
                          registers=regs, spill_bytes=spills, shared=compiled.metadata.shared,
                          tile_load_orders=tile_load_orders(compiled.asm["ttgir"], dtype),
-                         half_element_accesses=half_element_accesses(compiled.asm["ptx"])))
+                         half_element_accesses=half_element_accesses(compiled.asm["ptx"]),
+                         async_copies=len(re.findall(r"\bcp\.async\.c[ag]\b", compiled.asm["ptx"]))))
     return rows
 
 

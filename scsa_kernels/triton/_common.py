@@ -52,20 +52,22 @@ PLANE_KEY = ["H", "W"]
 # (the autotuner keeps it only where it is faster). Not the means pass with channel tiles: it spilled
 # 24-32 bytes there (triton 3.8), so it keeps PLANE_CONFIGS for those, and BLOCK_C in its key.
 FORWARD_PLANE_CONFIGS = PLANE_CONFIGS + [triton.Config({"TILE": 4096}, num_warps=8)]
-# The pool pass caps its rows per step at the window height, so tiles past 1024 add nothing;
-# these three compile without spills on triton 3.6 and 3.8 (with 8-element vectors along 56-wide
-# rows, 1024 over 2 warps spilled 16 bytes on sm_90, triton 3.8).
+# The pool pass caps its rows per step at the window height, so tiles past 1024 add nothing. Its
+# third config software-pipelines the row steps (NUM_STAGES, pooling.py: the next step's tile in flight
+# by cp.async while one is reduced), the autotuner keeping it only where it is faster. All compile
+# without spills on triton 3.8; tried and spilling there (8-60 bytes): 1024 over 2 warps with 8-element
+# vectors along 56-wide rows (sm_90), 1024 over 4 warps pipelined (fp16 rows of 256, 2 stages; 3 stages
+# spilled in a dozen variants), 1024 or 2048 over 8 warps with channel tiles or grouped 7x7 planes.
 POOL_CONFIGS = [
-    triton.Config({"TILE": 256}, num_warps=1),
-    triton.Config({"TILE": 1024}, num_warps=4),
-    triton.Config({"TILE": 1024}, num_warps=8),
+    triton.Config({"TILE": 256, "NUM_STAGES": 1}, num_warps=1),
+    triton.Config({"TILE": 1024, "NUM_STAGES": 1}, num_warps=4),
+    triton.Config({"TILE": 1024, "NUM_STAGES": 2}, num_warps=8),
 ]
-# With channel tiles (BLOCK_C > 1) the last two spilled 24 bytes on triton 3.8 (max pooling at 8
-# warps; recombination's backward at 2 warps on sm_80); these three do not.
+# With several channels per program (BLOCK_C > 1: channels_last tiles, grouped small NCHW planes).
 POOL_CHANNEL_TILE_CONFIGS = [
-    triton.Config({"TILE": 256}, num_warps=1),
-    triton.Config({"TILE": 1024}, num_warps=4),
-    triton.Config({"TILE": 2048}, num_warps=8),
+    triton.Config({"TILE": 256, "NUM_STAGES": 1}, num_warps=1),
+    triton.Config({"TILE": 1024, "NUM_STAGES": 1}, num_warps=4),
+    triton.Config({"TILE": 2048, "NUM_STAGES": 1}, num_warps=4),
 ]
 
 

@@ -43,7 +43,7 @@ def pool_kernel(
         IS_MAX: tl.constexpr, RECOMBINE: tl.constexpr, HAS_GRAD: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
         WH_POW2: tl.constexpr, ONE_COL_BLOCK: tl.constexpr, WIDE: tl.constexpr, VEC: tl.constexpr,
-        TILE: tl.constexpr):
+        TILE: tl.constexpr, NUM_STAGES: tl.constexpr):
     """One program per BLOCK_C channels of one sample (grid B * cdiv(C, BLOCK_C)).
 
     x: (B, C, H, W) fp32/fp16/bf16, strides sx_*. gates: (B, C, H+W) fp32 (a_h | a_w).
@@ -58,6 +58,11 @@ def pool_kernel(
     ONE_COL_BLOCK (HAS_GRAD): W <= cols_per_block, so row results need no read-modify-write.
     VEC: the walked width (W with HAS_GRAD, else WP*WW), cols_per_block and the strides but sx_w, sg_w
     are multiples of VEC (see ``aligned``).
+    The rows of a column block are one flat loop of steps (window bands x row chunks of BLOCK_R), so that
+    NUM_STAGES > 1 software-pipelines it: the next step's tile is in flight (cp.async) while one is
+    reduced. With one band per step and one plane per program, a 56x56 plane's pool pass made 8
+    band-sized round trips in sequence and ran at 1.0 TB/s on an H200 (the means pass, one whole-plane
+    step: 1.9).
     """
     BLOCK_R: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, WH_POW2)
     sx_h, sg_h, cols_per_block = aligned(sx_h, VEC), aligned(sg_h, VEC), aligned(cols_per_block, VEC)
@@ -78,43 +83,47 @@ def pool_kernel(
         plane_cols = cmask[:, None] & col_mask[None, :]
         a_w = tl.load(gates_ptr + small[:, None] + H + cols[None, :], mask=plane_cols, other=0.0)
         cols_acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=tl.float32)
-        for i in range(0, HP):
+        acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=tl.float32)
+        arg = tl.zeros([BLOCK_C, BLOCK_W], dtype=tl.int32)
+        chunks = tl.cdiv(WH, BLOCK_R)  # steps per window band
+        bands = HP
+        if HAS_GRAD:
+            bands = HP + 1  # band HP: the rows below the grid (H - HP*WH < WH of them), backward sums only
+        for step in tl.range(0, bands * chunks, num_stages=NUM_STAGES):
+            i = step // chunks
+            band_start = step == i * chunks  # the window accumulators start over
+            band_end = step == i * chunks + chunks - 1  # the band's windows are complete: stored
             if IS_MAX:
-                acc = tl.full([BLOCK_C, BLOCK_W], float("-inf"), tl.float32)
-                arg = tl.broadcast_to((i * WH * W + cols).to(tl.int32)[None, :], [BLOCK_C, BLOCK_W])
+                acc = tl.where(band_start, float("-inf"), acc)
+                arg = tl.where(band_start, (i * WH * W + cols).to(tl.int32)[None, :], arg)
             else:
-                acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=tl.float32)
-            if HAS_GRAD:  # the last window row also walks the rows below the grid (backward sums only)
-                row_end = tl.where(i == HP - 1, H, i * WH + WH)
+                acc = tl.where(band_start, 0.0, acc)
+            rows = i * WH + (step - i * chunks) * BLOCK_R + tl.arange(0, BLOCK_R)
+            in_rows = (rows < i * WH + WH) & (rows < H)
+            pooled_rows = in_rows & (i < HP)
+            mask = cmask[:, None, None] & in_rows[None, :, None] & col_mask[None, None, :]
+            x = tl.load(channel_tile(x_bases, plane_offsets(rows, cols, sx_h, sx_w, WIDE)), mask=mask,
+                        other=0.0).to(tl.float32)
+            plane_rows = cmask[:, None] & in_rows[None, :]
+            a_h = tl.load(gates_ptr + small[:, None] + rows[None, :], mask=plane_rows, other=0.0)
+            if HAS_GRAD:
+                cols_acc += _grad_sums(x, g_bases, rows, plane_rows, cols, mask, a_h, a_w, sums_ptr + small,
+                                       w0, sg_h, sg_w, ONE_COL_BLOCK, WIDE)
+            v = x * a_h[:, :, None] * a_w[:, None, :]
+            if RECOMBINE:
+                cell = (((rows - i * WH)[:, None] * WW + (cols % WW)[None, :]) * (HP * WP)
+                        + i * WP + (cols // WW)[None, :])
+                in_grid = pooled_rows[:, None] & (col_mask & (cols < WP * WW))[None, :]
+                tl.store(channel_tile(cells, cell), v, mask=cmask[:, None, None] & in_grid[None, :, :])
+            elif IS_MAX:
+                v = tl.where(pooled_rows[None, :, None] & col_mask[None, None, :], v, float("-inf"))
+                top = tl.max(v, axis=1)
+                first = tl.min(tl.where(v == top[:, None, :], rows[None, :, None], BIG_INDEX), axis=1)
+                better = top > acc  # strict: earlier rows keep ties
+                arg = tl.where(better, (first * W + cols[None, :]).to(tl.int32), arg)
+                acc = tl.where(better, top, acc)
             else:
-                row_end = i * WH + WH
-            for r0 in range(i * WH, row_end, BLOCK_R):
-                rows = r0 + tl.arange(0, BLOCK_R)
-                in_rows = rows < row_end
-                pooled_rows = in_rows & (rows < i * WH + WH)
-                mask = cmask[:, None, None] & in_rows[None, :, None] & col_mask[None, None, :]
-                x = tl.load(channel_tile(x_bases, plane_offsets(rows, cols, sx_h, sx_w, WIDE)), mask=mask,
-                            other=0.0).to(tl.float32)
-                plane_rows = cmask[:, None] & in_rows[None, :]
-                a_h = tl.load(gates_ptr + small[:, None] + rows[None, :], mask=plane_rows, other=0.0)
-                if HAS_GRAD:
-                    cols_acc += _grad_sums(x, g_bases, rows, plane_rows, cols, mask, a_h, a_w, sums_ptr + small,
-                                           w0, sg_h, sg_w, ONE_COL_BLOCK, WIDE)
-                v = x * a_h[:, :, None] * a_w[:, None, :]
-                if RECOMBINE:
-                    cell = (((rows - i * WH)[:, None] * WW + (cols % WW)[None, :]) * (HP * WP)
-                            + i * WP + (cols // WW)[None, :])
-                    in_grid = pooled_rows[:, None] & (col_mask & (cols < WP * WW))[None, :]
-                    tl.store(channel_tile(cells, cell), v, mask=cmask[:, None, None] & in_grid[None, :, :])
-                elif IS_MAX:
-                    v = tl.where(pooled_rows[None, :, None] & col_mask[None, None, :], v, float("-inf"))
-                    top = tl.max(v, axis=1)
-                    first = tl.min(tl.where(v == top[:, None, :], rows[None, :, None], BIG_INDEX), axis=1)
-                    better = top > acc  # strict: earlier rows keep ties
-                    arg = tl.where(better, (first * W + cols[None, :]).to(tl.int32), arg)
-                    acc = tl.where(better, top, acc)
-                else:
-                    acc += tl.sum(tl.where(pooled_rows[None, :, None], v, 0.0), axis=1)
+                acc += tl.sum(tl.where(pooled_rows[None, :, None], v, 0.0), axis=1)
             if not RECOMBINE:
                 # (BLOCK_J, BLOCK_W) column -> window map, built here rather than kept live through the row loop;
                 # columns right of the grid map to window WP, never stored
@@ -122,7 +131,7 @@ def pool_kernel(
                 jmask = (js < (w0 + cols_per_block) // WW) & (js < WP)
                 in_window = (((cols // WW)[None, :] == js[:, None]) & col_mask[None, :])[None, :, :]
                 windows = out[:, None] + i * WP + js[None, :]
-                window_mask = cmask[:, None] & jmask[None, :]
+                window_mask = cmask[:, None] & jmask[None, :] & (band_end & (i < HP))
                 if IS_MAX:
                     wins = tl.where(in_window, acc[:, None, :], float("-inf"))
                     top = tl.max(wins, axis=2)
