@@ -90,6 +90,13 @@ def aligned(value, VEC: tl.constexpr):
 
 
 @triton.jit
+def plane_bases(ptr, b, cs, s_b, s_c, VEC: tl.constexpr):
+    """Pointers (BLOCK_C,) to the planes of channels cs of sample b of a full-size tensor (batch and
+    channel strides s_b, s_c, multiples of VEC: ``aligned``)."""
+    return ptr + b * aligned(s_b, VEC) + cs * aligned(s_c, VEC)
+
+
+@triton.jit
 def plane_index(C):
     """(b, c) of this plane program as int64 (so that b * stride never overflows)."""
     pid = tl.program_id(0).to(tl.int64)

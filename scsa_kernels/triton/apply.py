@@ -2,8 +2,8 @@
 import triton
 import triton.language as tl
 
-from ._common import (FORWARD_PLANE_CONFIGS, PLANE_KEY, aligned, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile,
-                      tile_offsets)
+from ._common import (FORWARD_PLANE_CONFIGS, PLANE_KEY, aligned, autotune, channel_block, channel_tile, plane_bases,
+                      plane_offsets, rows_per_tile, tile_offsets)
 
 
 @autotune(FORWARD_PLANE_CONFIGS, PLANE_KEY + ["BLOCK_C"])
@@ -23,8 +23,8 @@ def apply_gates_kernel(
     BLOCK_H: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, H_POW2)
     W, sx_h, so_h = aligned(W, VEC), aligned(sx_h, VEC), aligned(so_h, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    x_bases = x_ptr + b * aligned(sx_b, VEC) + cs * aligned(sx_c, VEC)
-    o_bases = out_ptr + b * aligned(so_b, VEC) + cs * aligned(so_c, VEC)
+    x_bases = plane_bases(x_ptr, b, cs, sx_b, sx_c, VEC)
+    o_bases = plane_bases(out_ptr, b, cs, so_b, so_c, VEC)
     small = gates_ptr + (b * C + cs) * (H + W)
     ca = tl.load(ca_ptr + b * C + cs, mask=cmask, other=0.0)
     for h0 in range(0, H, BLOCK_H):

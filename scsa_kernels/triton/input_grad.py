@@ -18,7 +18,8 @@ both passes read that per-element gradient instead of spreading dp over the wind
 import triton
 import triton.language as tl
 
-from ._common import PLANE_CONFIGS, aligned, autotune, channel_block, channel_tile, plane_index, plane_offsets, rows_per_tile
+from ._common import (PLANE_CONFIGS, aligned, autotune, channel_block, channel_tile, plane_bases, plane_index, plane_offsets,
+                      rows_per_tile)
 
 
 @triton.jit
@@ -121,7 +122,7 @@ def pool_grad_sums_kernel(
     BLOCK_R: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, WH_POW2)
     sx_h, grid_w = aligned(sx_h, VEC), aligned(WP * WW, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    x_bases = x_ptr + b * aligned(sx_b, VEC) + cs * aligned(sx_c, VEC)
+    x_bases = plane_bases(x_ptr, b, cs, sx_b, sx_c, VEC)
     small = (b * C + cs) * (H + W)
     plane_n = (b * C + cs) * HP * WP
     if not RECOMBINE:
@@ -182,8 +183,8 @@ def input_grad_kernel(
     BLOCK_R: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, WH_POW2)
     W, sg_h, sd_h = aligned(W, VEC), aligned(sg_h, VEC), aligned(sd_h, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    g_bases = g_ptr + b * aligned(sg_b, VEC) + cs * aligned(sg_c, VEC)
-    d_bases = dx_ptr + b * aligned(sd_b, VEC) + cs * aligned(sd_c, VEC)
+    g_bases = plane_bases(g_ptr, b, cs, sg_b, sg_c, VEC)
+    d_bases = plane_bases(dx_ptr, b, cs, sd_b, sd_c, VEC)
     small = (b * C + cs) * (H + W)
     plane_n = (b * C + cs) * HP * WP
     ca = tl.load(ca_ptr + b * C + cs, mask=cmask, other=0.0)

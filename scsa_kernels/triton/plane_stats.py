@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from ._common import (FORWARD_PLANE_CONFIGS, PLANE_CONFIGS, PLANE_KEY, aligned, autotune, channel_block, channel_tile,
-                      rows_per_tile, tile_offsets)
+                      plane_bases, rows_per_tile, tile_offsets)
 
 
 @autotune(FORWARD_PLANE_CONFIGS, PLANE_KEY + ["BLOCK_C"], PLANE_CONFIGS)
@@ -26,7 +26,7 @@ def plane_means_kernel(
     BLOCK_H: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, H_POW2)
     W, sx_h = aligned(W, VEC), aligned(sx_h, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    x_bases = x_ptr + b * aligned(sx_b, VEC) + cs * aligned(sx_c, VEC)
+    x_bases = plane_bases(x_ptr, b, cs, sx_b, sx_c, VEC)
     small = (b * C + cs) * (H + W)  # offsets of these planes' rows of the (B, C, H+W) buffer
     # Column blocks outside, rows inside: a column mean is complete after the inner loop;
     # row sums of later column blocks add to what earlier ones stored (same program, no atomics).

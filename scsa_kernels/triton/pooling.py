@@ -13,7 +13,8 @@ values (so the forward does not keep them) and sums what the backward needs from
 import triton
 import triton.language as tl
 
-from ._common import POOL_CHANNEL_TILE_CONFIGS, POOL_CONFIGS, aligned, autotune, channel_block, channel_tile, plane_offsets, rows_per_tile
+from ._common import (POOL_CHANNEL_TILE_CONFIGS, POOL_CONFIGS, aligned, autotune, channel_block, channel_tile, plane_bases,
+                      plane_offsets, rows_per_tile)
 
 BIG_INDEX = tl.constexpr(2 ** 31 - 1)
 
@@ -67,8 +68,8 @@ def pool_kernel(
     BLOCK_R: tl.constexpr = rows_per_tile(TILE, BLOCK_C * BLOCK_W, WH_POW2)
     sx_h, sg_h, cols_per_block = aligned(sx_h, VEC), aligned(sg_h, VEC), aligned(cols_per_block, VEC)
     b, cs, cmask = channel_block(C, BLOCK_C)
-    x_bases = x_ptr + b * aligned(sx_b, VEC) + cs * aligned(sx_c, VEC)
-    g_bases = g_ptr + b * aligned(sg_b, VEC) + cs * aligned(sg_c, VEC)
+    x_bases = plane_bases(x_ptr, b, cs, sx_b, sx_c, VEC)
+    g_bases = plane_bases(g_ptr, b, cs, sg_b, sg_c, VEC)
     small = (b * C + cs) * (H + W)  # (BLOCK_C,) offsets of the planes' rows of the (B, C, H+W) buffers
     out = (b * C + cs) * HP * WP
     cells = pooled_ptr + out * WH * WW  # the planes' rows of the RECOMBINE cells

@@ -46,6 +46,18 @@ def _group_block(b, j, g0, C, H, W, off, BLOCK_G: tl.constexpr):
 
 
 @triton.jit
+def _valid_sum(t, valid):
+    """Sum of t over valid (a channel block's part of the group's sum)."""
+    return tl.sum(tl.where(valid, t, 0.0))
+
+
+@triton.jit
+def _squared_deviation_sum(t, mean, valid):
+    """Sum of (t - mean)^2 over valid: the variance from centred values, no cancellation."""
+    return tl.sum(tl.where(valid, (t - mean) * (t - mean), 0.0))
+
+
+@triton.jit
 def _select(p_h_ptr, p_w_ptr, cs, cmask, d):
     """Per-channel parameter (GATE_T) of direction d: p_h for d == 0, p_w for d == 1 (one load each)."""
     return (tl.load(p_h_ptr + cs, mask=cmask & (d == 0), other=0.0)
@@ -121,9 +133,8 @@ def spatial_gates_fwd_kernel(
         cs, cmask, row = _group_block(b, j, 0, C, H, W, off, BLOCK_G)
         valid = cmask[:, None] & (ls < L)[None, :]
         t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
-        mean = tl.sum(tl.where(valid, t, 0.0)) / n
-        centred = tl.where(valid, t - mean, 0.0)  # the variance from the centred values: no cancellation
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred) / n + eps)
+        mean = _valid_sum(t, valid) / n
+        rstd = 1.0 / tl.sqrt(_squared_deviation_sum(t, mean, valid) / n + eps)
         _store_gates(t, mean, rstd, gates_ptr, nh_w_ptr, nh_b_ptr, nw_w_ptr, nw_b_ptr, cs, cmask, row, ls, valid, d,
                      GATE_SOFTMAX)
     else:
@@ -132,14 +143,14 @@ def spatial_gates_fwd_kernel(
             cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
             valid = cmask[:, None] & (ls < L)[None, :]
             t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
-            total += tl.sum(tl.where(valid, t, 0.0))
+            total += _valid_sum(t, valid)
         mean = total / n
-        sq = tl.full([], 0.0, GATE_T)  # second pass for the variance: no cancellation
+        sq = tl.full([], 0.0, GATE_T)  # second pass for the variance
         for g0 in range(0, G, BLOCK_G):
             cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
             valid = cmask[:, None] & (ls < L)[None, :]
             t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
-            sq += tl.sum(tl.where(valid, (t - mean) * (t - mean), 0.0))
+            sq += _squared_deviation_sum(t, mean, valid)
         rstd = 1.0 / tl.sqrt(sq / n + eps)
         for g0 in range(0, G, BLOCK_G):
             cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
