@@ -5,8 +5,8 @@
 // scsa_forward returns the output and the small tensors the backward needs:
 //   out (x's shape, dtype and layout), x_h (B,C,H) / x_w (B,C,W) row/column means,
 //   a_h, a_w spatial gates, pooled (B,C,N), argmax (B,C,N) int64 plane offsets for
-//   max pooling (else (0,C,N)), attn_out (B,C) o = P mean_N(v) before the gate,
-//   attn_lse (B,C) log-sum-exp of each score row, ca (B,C) channel gate.
+//   max pooling (else (0,C,N)), attn_lse (B,C) log-sum-exp of each score row, ca (B,C)
+//   channel gate.
 // Small tensors are float32 (float64 for float64 x), as are the packed weights.
 #include <Python.h>
 #include <torch/library.h>
@@ -46,10 +46,10 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(scsa_kernels, m) {
   m.def("scsa_forward(Tensor x, " SCSA_PACKED_WEIGHTS ", " SCSA_OPTIONS
         ") -> (Tensor out, Tensor x_h, Tensor x_w, Tensor a_h, Tensor a_w, Tensor pooled, Tensor argmax, "
-        "Tensor attn_out, Tensor attn_lse, Tensor ca)");
+        "Tensor attn_lse, Tensor ca)");
   m.def("scsa_backward(Tensor grad_out, Tensor x, " SCSA_PACKED_WEIGHTS
-        ", Tensor x_h, Tensor x_w, Tensor a_h, Tensor a_w, Tensor pooled, Tensor argmax, Tensor attn_out, "
-        "Tensor attn_lse, Tensor ca, " SCSA_OPTIONS
+        ", Tensor x_h, Tensor x_w, Tensor a_h, Tensor a_w, Tensor pooled, Tensor argmax, Tensor attn_lse, "
+        "Tensor ca, " SCSA_OPTIONS
         ") -> (Tensor grad_x, Tensor grad_conv_weight, Tensor grad_conv_bias, Tensor grad_norm_h_weight, "
         "Tensor grad_norm_h_bias, Tensor grad_norm_w_weight, Tensor grad_norm_w_bias, Tensor grad_norm_weight, "
         "Tensor grad_norm_bias, Tensor grad_qkv_weight, Tensor grad_qkv_bias, Tensor grad_conv_d)");

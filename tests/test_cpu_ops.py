@@ -12,7 +12,7 @@ from hypothesis import given, settings
 import torch
 from torch import nn
 
-from conftest import AUTOCAST_MODES, autocast_differences, single_channel_group_bias_grads
+from conftest import AUTOCAST_MODES, autocast_differences, dominated_softmax_errors, single_channel_group_bias_grads
 from strategies import random_cases
 from scsa_kernels import SCSA, BackendUnavailableError, SCSAConfig, scsa
 from scsa_kernels import backends
@@ -549,6 +549,14 @@ def test_single_channel_groups_cancel_the_conv_bias(dtype):
     """The conv bias gradients that are exactly 0 stay at rounding level (see the helper)."""
     largest = single_channel_group_bias_grads("cpu", dtype, draws=20)
     assert max(largest.values()) < 1e-9, largest
+
+
+@needs_ext
+def test_dominated_softmax_rows_keep_the_q_k_gradients_accurate():
+    """Where one attention weight dominates a row (conftest.DOMINATED_SOFTMAX_DRAW), the q and k weight
+    gradients stay within twice the float32 reference's own error (the tolerance rule without its floor)."""
+    for name, (fused, reference) in dominated_softmax_errors("cpu").items():
+        assert fused <= 2 * reference, (name, fused, reference)
 
 
 @needs_ext

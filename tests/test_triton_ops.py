@@ -19,7 +19,7 @@ from hypothesis import given, settings
 triton = pytest.importorskip("triton")
 
 from conftest import (AUTOCAST_MODES, EXTRA_TRITONS, HAS_CUDA, autocast_differences,  # noqa: E402
-                      compiled_triton_env, requires_cuda, triton_release_id,
+                      compiled_triton_env, dominated_softmax_errors, requires_cuda, triton_release_id,
                       single_channel_group_bias_grads)
 from scsa_kernels import backends  # noqa: E402
 from scsa_kernels.config import SCSAConfig  # noqa: E402
@@ -160,6 +160,13 @@ def test_recombination(monkeypatch, name):
 def test_shapes(shape, window):
     """H = W = window, odd sides not divisible by the window, rows wider than one tile (300)."""
     assert_matches(torch.randn(*shape, device=DEVICE), SCSAConfig(shape[1], window_size=window))
+
+
+def test_dominated_softmax_rows_keep_the_q_k_gradients_accurate():
+    """Where one attention weight dominates a row (conftest.DOMINATED_SOFTMAX_DRAW), the q and k weight
+    gradients stay within twice the float32 reference's own error (the tolerance rule without its floor)."""
+    for name, (fused, reference) in dominated_softmax_errors("triton", DEVICE).items():
+        assert fused <= 2 * reference, (name, fused, reference)
 
 
 # (shape, window, heads) -> pooled positions N, whether the attention products are tl.dots

@@ -19,7 +19,7 @@ struct ChannelAttentionBuffers {
   T* q;             // (B, C, N)
   T* k_t;           // (B, heads, N, d)
   T* v_mean;        // (B, C): mean over positions of v
-  T* attn_out;      // (B, C): o = P v_mean (saved for the backward)
+  T* attn_out;      // (B, C): o = P v_mean (the forward's, before the gate)
   T* attn_lse;      // (B, C): log-sum-exp of each score row (saved for the backward)
   T* ca;            // (B, C): gate
 };
@@ -240,21 +240,57 @@ struct ChannelAttentionGrads {
   T* qkv_bias;     // (B, 3, C)
 };
 
+// Row i of the softmax backward, from its scores (d values) and lse: P_ij = exp(S_ij - lse) is added,
+// times M_ij do_i, to dv (d values), and ds gets dS_ij = P_ij (u_j - z_i) coef, u = M v_mean (the
+// row's values), z_i = sum_j P_ij u_j, coef = do_i * scale. u_j - z_i is taken as (u_j - anchor) -
+// offset: anchor = u at the row's top score, offset = sum_j P_ij (u_j - anchor) / sum_j P_ij (this
+// row's own P, so dS sums to 0 over the row). Where one score dominates a row (long rows: scores of
+// 10-30), z_i is within 1e-4 of that column's u, and u_j - z_i from a rounded z kept a few bits only
+// (q/k gradients far past the tolerance rule on some draws); so the top column's term is exact and
+// the others small.
+template <typename T>
+void softmax_row_backward(const T* scores, const T* u, const T* keep, T lse, T do_i, T coef, int64_t d, T* ds,
+                          T* dv) {
+  using V = Vectorized<T>;
+  const T anchor = u[std::max_element(scores, scores + d) - scores];
+  const V vlse(lse), vdo(do_i), vanchor(anchor);
+  V vtotal(T(0)), vdot(T(0));
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {  // P (kept in ds), its sums, dv
+    const V p = softmax_exp(V::loadu(scores + j) - vlse);
+    p.store(ds + j);
+    vtotal += p;
+    vdot = at::vec::fmadd(p, V::loadu(u + j) - vanchor, vdot);
+    at::vec::fmadd(keep ? p * V::loadu(keep + j) : p, vdo, V::loadu(dv + j)).store(dv + j);
+  }
+  T total = horizontal_sum(vtotal), dot = horizontal_sum(vdot);
+  for (; j < d; ++j) {
+    const T p = std::exp(scores[j] - lse);
+    ds[j] = p;
+    total += p;
+    dot += p * (u[j] - anchor);
+    dv[j] += (keep ? p * keep[j] : p) * do_i;
+  }
+  const T offset = dot / total;
+  const V voffset(offset), vcoef(coef);
+  for (j = 0; j + V::size() <= d; j += V::size())
+    (V::loadu(ds + j) * ((V::loadu(u + j) - vanchor) - voffset) * vcoef).store(ds + j);
+  for (; j < d; ++j) ds[j] = ds[j] * ((u[j] - anchor) - offset) * coef;
+}
+
 // Head `head` of sample b, in one pass over its score matrix: each
 // P_ij = exp(S_ij - lse_i) is formed once (row i against k) and feeds the row sum
 // dq_i[n] = sum_j dS_ij k_j[n] and the column sums dk_j[n] = sum_i dS_ij q_i[n],
 // dv_mean_j = sum_i P_ij M_ij do_i, where dS_ij = P_ij do_i (M_ij v_mean_j - o_i) scale (the
 // softmax backward with dP_ij = do_i M_ij v_mean_j; M = 1 without dropout, else the
-// forward's masks, drawn again from the seed). Rows are taken in order, so the
+// forward's masks, drawn again from the seed; softmax_row_backward). Rows are taken in order, so the
 // column sums are deterministic. scratch: head_backward_scratch values.
 template <typename T>
 void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const ChannelAttentionGrads<T>& gr,
                              const ChannelGeometry& g, const AttentionDropout& dropout, int64_t b, int64_t head,
                              T* scratch) {
-  using V = Vectorized<T>;
   const int64_t C = g.C, N = g.N, d = g.d, row0 = b * C + head * d;
   const T scale_ = T(1) / std::sqrt(T(d));
-  const V vscale(scale_);
   const T* k_t = buf.k_t + row0 * N;  // (N, d)
   const T* v_mean = buf.v_mean + row0;
   T* ds = scratch;         // (d): dS row i
@@ -268,21 +304,9 @@ void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const Channe
   for (int64_t i = 0; i < d; ++i) {
     const T* q = buf.q + (row0 + i) * N;
     const T* v_row = dropout_row(dropout, v_mean, b, C, head * d + i, d, scales, masked_v);
-    const T lse = buf.attn_lse[row0 + i], o_i = buf.attn_out[row0 + i], do_i = gr.d_out[row0 + i];
-    const T coef = do_i * scale_;
-    const V vlse(lse), vo(o_i), vdo(do_i), vcoef(coef);
+    const T do_i = gr.d_out[row0 + i];
     score_row(q, k_t, N, d, scale_, scores);
-    int64_t j = 0;
-    for (; j + V::size() <= d; j += V::size()) {
-      const V p = softmax_exp(V::loadu(scores + j) - vlse);
-      at::vec::fmadd(keep ? p * V::loadu(keep + j) : p, vdo, V::loadu(dv + j)).store(dv + j);
-      (p * (V::loadu(v_row + j) - vo) * vcoef).store(ds + j);
-    }
-    for (; j < d; ++j) {
-      const T p = std::exp(scores[j] - lse);
-      dv[j] += (keep ? p * keep[j] : p) * do_i;
-      ds[j] = p * (v_row[j] - o_i) * coef;
-    }
+    softmax_row_backward(scores, v_row, keep, buf.attn_lse[row0 + i], do_i, do_i * scale_, d, ds, dv);
     dots(ds, k_t, N, d, gr.dq + (row0 + i) * N);
     for (int64_t n = 0; n < N; ++n) axpy(dk_t + n * d, q[n], ds, d);
   }

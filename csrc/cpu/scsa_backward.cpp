@@ -176,8 +176,7 @@ template <typename scalar_t>
 std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, const PackedWeightArgs& weights,
                                      const Tensor& conv_d, const Tensor& x_h, const Tensor& x_w, const Tensor& a_h,
                                      const Tensor& a_w, const Tensor& pooled, const Tensor& argmax,
-                                     const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
-                                     const Options& opt) {
+                                     const Tensor& attn_lse, const Tensor& ca, const Options& opt) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = weights.conv_weight().size(1);
   const PoolGeometry pg = pool_geometry(H, W, opt);
@@ -194,7 +193,7 @@ std::array<Tensor, 12> backward_impl(const Tensor& grad_out, const Tensor& x, co
   Tensor dx = at::empty_like(x, at::MemoryFormat::Preserve);
 
   // Channel branch buffers and per-sample parameter gradients (summed over the batch at the end).
-  ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num);
+  ChannelAttentionState<acc_t> state(pooled, attn_lse, ca, opt.head_num);
   Tensor d_out = at::empty({B, C}, small), dq = at::empty({B, C, N}, small), dk = at::empty({B, C, N}, small);
   Tensor dv_mean = at::empty({B, C}, small), d_pooled = at::empty({B, C, N}, small);
   Tensor cells = recombination_cells(pooled, pg), d_cells = recombination_cells(pooled, pg), grad_conv_d;
@@ -323,8 +322,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& norm_h_weight, const Tensor& norm_h_bias, const Tensor& norm_w_weight,
     const Tensor& norm_w_bias, const Tensor& norm_weight, const Tensor& norm_bias, const Tensor& qkv_weight,
     const Tensor& qkv_bias, const Tensor& x_h, const Tensor& x_w, const Tensor& a_h, const Tensor& a_w,
-    const Tensor& pooled, const Tensor& argmax, const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
-    int64_t head_num, int64_t window_size, bool max_pool, bool softmax_gate, double dropout_p,
+    const Tensor& pooled, const Tensor& argmax, const Tensor& attn_lse, const Tensor& ca, int64_t head_num, int64_t window_size, bool max_pool, bool softmax_gate, double dropout_p,
     const std::optional<Tensor>& dropout_seed, const std::optional<Tensor>& conv_d) {
   const CheckedArgs args =
       check_args(x, {{conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias, norm_weight,
@@ -342,14 +340,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   check_saved(a_w, "a_w", {B, C, W}, dt);
   check_saved(pooled, "pooled", {B, C, pg.positions()}, dt);
   check_saved(argmax, "argmax", {pg.max_pool ? B : 0, C, pg.positions()}, at::kLong);
-  check_saved(attn_out, "attn_out", {B, C}, dt);
   check_saved(attn_lse, "attn_lse", {B, C}, dt);
   check_saved(ca, "ca", {B, C}, dt);
   std::array<Tensor, 12> r;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scsa_backward_cpu", [&] {
     r = backward_impl<scalar_t>(grad_out, x, args.weights, args.conv_d, x_h.contiguous(), x_w.contiguous(),
                                 a_h.contiguous(), a_w.contiguous(), pooled.contiguous(), argmax.contiguous(),
-                                attn_out.contiguous(), attn_lse.contiguous(), ca.contiguous(), args.opt);
+                                attn_lse.contiguous(), ca.contiguous(), args.opt);
   });
   if (args.conv_d.defined()) r[11] = r[11].to(conv_d->scalar_type());
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]};

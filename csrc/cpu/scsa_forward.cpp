@@ -113,7 +113,7 @@ void apply_gates(const Tensor& x, int64_t begin, int64_t end, const acc_t* a_h, 
 template <typename scalar_t>
 void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor& conv_d, const Options& opt,
                   Tensor& out, Tensor& x_h, Tensor& x_w, Tensor& a_h, Tensor& a_w, Tensor& pooled, Tensor& argmax,
-                  Tensor& attn_out, Tensor& attn_lse, Tensor& ca) {
+                  Tensor& attn_lse, Tensor& ca) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const PoolGeometry pg = pool_geometry(H, W, opt);
@@ -127,7 +127,7 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor
   const Tensor cells = recombination_cells(pooled, pg);
   const CellLayout cl = cell_layout(pooled, pg);
   acc_t* cells_ptr = pg.recombine ? cells.data_ptr<acc_t>() : nullptr;
-  ChannelAttentionState<acc_t> state(pooled, attn_out, attn_lse, ca, opt.head_num);
+  ChannelAttentionState<acc_t> state(pooled, attn_lse, ca, opt.head_num);
   const int64_t planes = plane_grain(H * W);
   std::function<void()> project;  // recombination: pooled from the cells, one GEMM for the batch
   if (pg.recombine) project = [&] { project_cells(conv_d, cells, pooled); };
@@ -152,7 +152,7 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor
        }},
       {1, 1,
        [&](int64_t b0, int64_t b1) {
-         const acc_t* o_ptr = attn_out.const_data_ptr<acc_t>();
+         const acc_t* o_ptr = state.buf.attn_out;
          for (int64_t b = b0; b < b1; ++b) {
            std::copy(o_ptr + b * C, o_ptr + (b + 1) * C, ca_ptr + b * C);
            gate_forward(ca_ptr + b * C, C, opt.softmax_gate);
@@ -164,7 +164,7 @@ void forward_impl(const Tensor& x, const PackedWeightArgs& weights, const Tensor
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scsa_forward(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> scsa_forward(
     const Tensor& x, const Tensor& conv_weight, const Tensor& conv_bias, const Tensor& norm_h_weight,
     const Tensor& norm_h_bias, const Tensor& norm_w_weight, const Tensor& norm_w_bias, const Tensor& norm_weight,
     const Tensor& norm_bias, const Tensor& qkv_weight, const Tensor& qkv_bias, int64_t head_num,
@@ -184,12 +184,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor a_h = at::empty({B, C, H}, small), a_w = at::empty({B, C, W}, small);
   Tensor pooled = at::empty({B, C, pg.positions()}, small);
   Tensor argmax = at::empty({pg.max_pool ? B : 0, C, pg.positions()}, x.options().dtype(at::kLong));
-  Tensor attn_out = at::empty({B, C}, small), attn_lse = at::empty({B, C}, small), ca = at::empty({B, C}, small);
+  Tensor attn_lse = at::empty({B, C}, small), ca = at::empty({B, C}, small);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "scsa_forward_cpu", [&] {
-    forward_impl<scalar_t>(x, args.weights, args.conv_d, args.opt, out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out,
-                           attn_lse, ca);
+    forward_impl<scalar_t>(x, args.weights, args.conv_d, args.opt, out, x_h, x_w, a_h, a_w, pooled, argmax, attn_lse,
+                           ca);
   });
-  return {out, x_h, x_w, a_h, a_w, pooled, argmax, attn_out, attn_lse, ca};
+  return {out, x_h, x_w, a_h, a_w, pooled, argmax, attn_lse, ca};
 }
 
 }  // namespace scsa_kernels::cpu

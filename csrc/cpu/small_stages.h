@@ -104,12 +104,11 @@ inline Tensor project_cells_backward(const Tensor& conv_d, const Tensor& cells, 
 // Owns the channel-branch work buffers of one call.
 template <typename T>
 struct ChannelAttentionState {
-  Tensor y, q, k_t, v_mean;
+  Tensor y, q, k_t, v_mean, attn_out;
   ChannelAttentionBuffers<T> buf;
   ChannelGeometry geom;
 
-  ChannelAttentionState(const Tensor& pooled, const Tensor& attn_out, const Tensor& attn_lse, const Tensor& ca,
-                        int64_t head_num) {
+  ChannelAttentionState(const Tensor& pooled, const Tensor& attn_lse, const Tensor& ca, int64_t head_num) {
     const int64_t B = pooled.size(0), C = pooled.size(1), N = pooled.size(2);
     geom = {C, N, head_num, C / head_num};
     auto opts = pooled.options();
@@ -117,8 +116,9 @@ struct ChannelAttentionState {
     q = at::empty({B, C, N}, opts);
     k_t = at::empty({B, C, N}, opts);
     v_mean = at::empty({B, C}, opts);
+    attn_out = at::empty({B, C}, opts);  // the forward's; the backward needs no o (softmax_row_backward)
     buf = {pooled.const_data_ptr<T>(), y.data_ptr<T>(), q.data_ptr<T>(), k_t.data_ptr<T>(), v_mean.data_ptr<T>(),
-           const_cast<T*>(attn_out.const_data_ptr<T>()), const_cast<T*>(attn_lse.const_data_ptr<T>()),
+           attn_out.data_ptr<T>(), const_cast<T*>(attn_lse.const_data_ptr<T>()),
            const_cast<T*>(ca.const_data_ptr<T>())};
   }
 

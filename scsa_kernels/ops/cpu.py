@@ -112,12 +112,12 @@ if _IMPORT_ERROR is None:
                              dtype=torch.long)
         return (torch.empty_like(x), small(batch, channels, height), small(batch, channels, width),
                 small(batch, channels, height), small(batch, channels, width), small(batch, channels, positions),
-                argmax, small(batch, channels), small(batch, channels), small(batch, channels))
+                argmax, small(batch, channels), small(batch, channels))
 
     @torch.library.register_fake(_lib_backward)
     def _backward_fake(grad_out, x, conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight,
                        norm_w_bias, norm_weight, norm_bias, qkv_weight, qkv_bias, x_h, x_w, a_h, a_w, pooled, argmax,
-                       attn_out, attn_lse, ca, head_num, window_size, max_pool, softmax_gate, dropout_p=0.0,
+                       attn_lse, ca, head_num, window_size, max_pool, softmax_gate, dropout_p=0.0,
                        dropout_seed=None, conv_d=None):
         weights = (conv_weight, conv_bias, norm_h_weight, norm_h_bias, norm_w_weight, norm_w_bias, norm_weight,
                    norm_bias, qkv_weight, qkv_bias)

@@ -12,9 +12,9 @@ Forward, 5 launches (6 with the softmax channel gate); x read 3 times, out writt
 Saved for backward: x itself (no copy), the packed weights, and in one fp32 allocation what fits
 the memory target (<= MAX_SAVED_FRACTION, 10%, of |x| saved beyond x; ``_kept_for_backward``): the
 means x_h, x_w (planes from 40x40 in bf16, from 20x20 in fp32), then the channel attention's
-statistics z, m, l, ca (B, C) and gn (B, 2) (16 bytes per plane: every ResNet-50 stage shape but
-7x7). Everything else is recomputed: on small planes even a (B, C, H+W) tensor exceeds the target
-(2/7 of x's elements at 7x7).
+statistics (its softmax row statistics, ca (B, C) and gn (B, 2): 24 bytes per plane, every ResNet-50
+stage shape but 7x7). Everything else is recomputed: on small planes even a (B, C, H+W) tensor
+exceeds the target (2/7 of x's elements at 7x7).
 Backward, 6 Triton launches (+1, or +2 with the softmax gate, to rerun the channel attention forward
 where its statistics were not kept; +1 for recombination) + 2 tiny torch sums (parameter gradients
 over the batch); x read twice, grad_out twice, dx written once:
@@ -539,15 +539,15 @@ def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_
             **plan["gates_meta"])
 
 
-def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed):
+def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_softmax, dropout_p, dropout_seed):
     """Launches the channel attention forward (and the softmax gate): from pooled (B, C, N) fills
-    gn (B, 2), z, m, l and ca (B, C), all fp32, with attention dropout when dropout_p > 0."""
+    gn (B, 2), row_stats (ROW_STATS, B, C) and ca (B, C), all fp32, with attention dropout when dropout_p > 0."""
     channel_attention = _kernels().channel_attention
     _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
-            pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, z, m, l, ca,
+            pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, row_stats, ca,
             *plan["attention_scalars"], dropout_p, DROPOUT=dropout_p > 0, **plan["attention_meta"])
     if gate_softmax:
-        _launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], z, ca, plan["gates_scalars"][0],
+        _launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], row_stats, ca, plan["gates_scalars"][0],
                 **plan["softmax_meta"])
 
 
@@ -599,7 +599,7 @@ def _forward_impl(
                    _forward_plan)
     saved, kept = _kept_buffers(plan, x)
     gates, sp_stats, pooled, *scratch = _workspace(plan["workspace"], x)  # pooled: the cells with recombination
-    means, z, m, l, ca, gn = _means_and_stats(plan, kept, scratch)
+    means, row_stats, ca, gn = _means_and_stats(plan, kept, scratch)
     argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
     out = _empty_like(x)
     _means(plan, x, means)
@@ -609,7 +609,7 @@ def _forward_impl(
             *plan["pool_scalars"], HAS_GRAD=False, tuned=plan["tuned"], **plan["pool_meta"])
     if recombine:
         pooled = _project(conv_d, _shaped(pooled, plan["cells"]))
-    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
+    _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_softmax, dropout_p, dropout_seed)
     out_stride = out.stride()
     _launch(kernels.apply.apply_gates_kernel, plan["plane_grid"],
             x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
@@ -619,20 +619,21 @@ def _forward_impl(
 
 def _kept_for_backward(shape, dtype, saved_fraction=None):
     """(means, statistics): whether the forward keeps the row and column means (B, C, H+W) and the
-    channel attention's statistics z, m, l, ca (B, C) and gn (B, 2) (all fp32) for the backward,
+    channel attention's statistics (``_means_and_stats_shapes``, all fp32) for the backward,
     within saved_fraction (MAX_SAVED_FRACTION) of x's bytes: the means first (without them the
     backward reads x once more: the means pass), then the statistics (without them it reruns the
     channel attention forward, and the softmax gate: one or two launches, no pass over x).
     The spatial gates need the means before any pass over x that uses the gates, and a (B, C, H+W)
     tensor is (H+W)/(H*W) of x's elements (2/7 at 7x7): no backward that reads x only twice can meet
     the memory target on small planes. Per sample: x has C*H*W*itemsize bytes, the means 4*C*(H+W),
-    the statistics 4*(4*C + 2). The statistics leave a fifth of the budget (STATS_SHARE) to what is
+    the statistics 4*(6*C + 2). The statistics leave a fifth of the budget (STATS_SHARE) to what is
     saved besides the per-sample tensors: the packed weights, and on the op's path the tensors the
     traced packing saves (2% of x at 64x512x7x7 in float32)."""
     B, C, H, W = shape
     budget = (MAX_SAVED_FRACTION if saved_fraction is None else saved_fraction) * C * H * W * dtype.itemsize
-    means = bool(4 * C * (H + W) <= budget)  # bool: a guard on symbolic sizes, as their tile rules take
-    return means, bool(4 * (4 * C + 2) + (4 * C * (H + W) if means else 0) <= STATS_SHARE * budget)
+    means_bytes, *stats_bytes = (4 * math.prod(s) for s, _ in _means_and_stats_shapes((1, C, H, W), (True, True)))
+    means = bool(means_bytes <= budget)  # bool: a guard on symbolic sizes, as their tile rules take
+    return means, bool(sum(stats_bytes) + (means_bytes if means else 0) <= STATS_SHARE * budget)
 
 
 def saves_means(shape, dtype) -> bool:
@@ -646,10 +647,13 @@ def saves_attention_stats(shape, dtype) -> bool:
 
 
 def _means_and_stats_shapes(shape, kept):
-    """[(buffer shape, kept)] of the fp32 means (B, C, H+W) and statistics z, m, l, ca (B, C), gn (B, 2),
-    in that order; kept: _kept_for_backward's (means, statistics)."""
+    """[(buffer shape, kept)] of the fp32 means (B, C, H+W) and the channel attention's statistics: the
+    softmax row statistics (ROW_STATS, B, C) (anchor, offset, vbar, row max, row sum:
+    triton/channel_attention.py), ca (B, C) and gn (B, 2), in that order; kept: _kept_for_backward's
+    (means, statistics)."""
     B, C, H, W = shape
-    return [((B, C, H + W), kept[0])] + [((B, C), kept[1])] * 4 + [((B, 2), kept[1])]
+    row_stats = _kernels().channel_attention.ROW_STATS.value
+    return [((B, C, H + W), kept[0]), ((row_stats, B, C), kept[1]), ((B, C), kept[1]), ((B, 2), kept[1])]
 
 
 def _saved_lengths(shape, kept):
@@ -683,13 +687,13 @@ def _split_saved(plan, saved):
 
 
 def _means_and_stats(plan, kept, scratch):
-    """(means, z, m, l, ca, gn): the next of ``kept`` (the forward's kept buffers, in _saved_lengths'
+    """(means, row_stats, ca, gn): the next of ``kept`` (the forward's kept buffers, in _saved_lengths'
     order) where plan["kept"] says, else the next of ``scratch`` (workspace buffers)."""
     kept_buffers = iter(kept)
     scratch = iter(scratch)
     means = next(kept_buffers if plan["kept"][0] else scratch)
     stats = kept_buffers if plan["kept"][1] else scratch
-    return (means, *(next(stats) for _ in range(5)))
+    return (means, *(next(stats) for _ in range(3)))
 
 
 def _backward_plan(shape, x_stride, g_stride, dtype, K, head_num, window_size, max_pool, recombine, gate_softmax,
@@ -796,7 +800,7 @@ def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b,
     # the kernels write all of each scratch buffer before reading it
     (rsum, dca, dy, dq, dk, small_part, gnsum, psum, dt, dmeans, conv_part, pooled, gates, sp_stats,
      *scratch) = _workspace(plan["workspace"], x)
-    means, z, m, l, ca, gn = _means_and_stats(plan, _split_saved(plan, saved), scratch)
+    means, row_stats, ca, gn = _means_and_stats(plan, _split_saved(plan, saved), scratch)
     means_kept, stats_kept = plan["kept"]
     if not means_kept:
         _means(plan, x, means)
@@ -808,9 +812,9 @@ def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b,
     if recombine:
         pooled = _project(conv_d, cells)
     if not stats_kept:
-        _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, z, m, l, ca, gate_softmax, dropout_p, dropout_seed)
+        _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_softmax, dropout_p, dropout_seed)
     _launch(channel_attention.channel_attention_bwd_kernel, plan["bwd_attention_grid"],
-            pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, z, m, l, ca, dca, dq, dk, dy,
+            pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, row_stats, ca, dca, dq, dk, dy,
             small_part, gnsum, *plan["bwd_attention_scalars"], dropout_p, DROPOUT=dropout_p > 0,
             **plan["bwd_attention_meta"])
     if recombine:

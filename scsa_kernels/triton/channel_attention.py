@@ -6,6 +6,13 @@ length N: S = q k^T * D**-0.5 (D x D), P = softmax(S), z = P vbar with vbar = me
 a block of BLOCK_D channels and walks the head's column blocks with an online softmax, so
 only BLOCK_D x BLOCK_D score tiles ever exist (registers), never the D x D matrix.
 
+z is kept as anchor + offset: anchor_i = vbar at row i's largest score, offset_i = sum_j P_ij
+(vbar_j - anchor_i). The softmax backward needs vbar_j - z_i, and where one score dominates a row
+(long rows: scores of 10-30) z_i is within 1e-4 of that column's vbar: from a float32 z the
+difference kept only a few bits (gradients of q/k 1e-5 off on a 0.02 value, past the tolerance
+rule), from (vbar_j - anchor_i) - offset_i it is exact at the top column and accurate elsewhere.
+The forward stores vbar too, so that the backward's vbar_j - anchor_i is the forward's bit for bit.
+
 Score tiles and the backward's dq/dk rows take BLOCK_P pooled positions per step, as tl.dot
 products in "ieee" precision (float32 FMAs: TF32 misses the float32 tolerance), with K = BLOCK_P
 (scores) or BLOCK_D (dq/dk) so that each thread's operand slices stay small (no spills: AOT test).
@@ -138,16 +145,49 @@ def _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cols):
 
 @triton.jit
 def _head_block(D, NBLK, BLOCK_D: tl.constexpr):
-    """(b, head, channel indices, in-head mask) of this program's channel block."""
+    """(b, head, channel indices, in-head mask, in-head index of the first) of this program's channel block."""
     b = tl.program_id(0)
     head = tl.program_id(1) // NBLK
-    r = (tl.program_id(1) % NBLK) * BLOCK_D + tl.arange(0, BLOCK_D)
-    return b, head, head * D + r, r < D
+    r0 = (tl.program_id(1) % NBLK) * BLOCK_D
+    r = r0 + tl.arange(0, BLOCK_D)
+    return b, head, head * D + r, r < D, r0
+
+
+# The softmax row statistics, planes of (B, C) fp32 back to back in one (ROW_STATS, B, C) buffer.
+ANCHOR = tl.constexpr(0)  # vbar (with dropout M * vbar) at the row's largest score
+OFFSET = tl.constexpr(1)  # z - anchor = sum_j P_ij (M_ij vbar_j - anchor_i)
+VBAR = tl.constexpr(2)  # vbar of each channel (its column of every score tile)
+ROW_MAX = tl.constexpr(3)  # max_j of the scaled scores
+ROW_SUM = tl.constexpr(4)  # sum_j exp(scaled score - row max)
+ROW_STATS = tl.constexpr(5)
+
+
+@triton.jit
+def _row_stat_at(stats_ptr, which: tl.constexpr, b, C, chans):
+    """Pointers to statistic ``which`` of channels chans of sample b (grids have B programs on axis 0)."""
+    return stats_ptr + (which * tl.num_programs(0) + b) * C + chans
+
+
+@triton.jit
+def _online_softmax_step(s, u, m_i, l_i, anchor, acc):
+    """One column block of the online softmax: s (BLOCK_D, BLOCK_D) scaled scores (-inf at masked
+    columns), u the values they weigh (vbar, with dropout M * vbar; broadcast with s); m_i, l_i: row
+    max and sum of exp(s - m_i) so far; acc = sum so far of exp(s - m_i) (u - anchor). A block holding
+    a new row max moves the anchor to u at its top column (acc rebased: + l_i (old - new anchor))."""
+    block_max = tl.max(s, axis=1)
+    # u at a top column (the largest of them on ties: any top column would do); cheaper than tl.argmax
+    block_anchor = tl.max(tl.where(s == block_max[:, None], u, float("-inf")), axis=1)
+    new_anchor = tl.where(block_max > m_i, block_anchor, anchor)
+    m_new = tl.maximum(m_i, block_max)
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(s - m_new[:, None])
+    acc = alpha * (acc + l_i * (anchor - new_anchor)) + tl.sum(p * (u - new_anchor[:, None]), axis=1)
+    return m_new, l_i * alpha + tl.sum(p, axis=1), new_anchor, acc
 
 
 @triton.jit
 def channel_attention_fwd_kernel(
-        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr,
+        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, stats_ptr, ca_ptr,
         C, N, D, NBLK, eps, scale, drop_p,
         GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
         DOT: tl.constexpr, BLOCK_F: tl.constexpr):
@@ -155,14 +195,15 @@ def channel_attention_fwd_kernel(
 
     pooled: (B, C, N) fp32; nw, nb: GroupNorm(1) params (C,); qkv_w, qkv_b: (3, C). All fp32.
     seed (1,) int64 and drop_p: the attention dropout (read only when DROPOUT).
-    Out (fp32): gn (B, 2) = (mean, rstd) of GroupNorm(1); z (B, C) = P vbar (pre-gate, with dropout P * M);
-    m, l (B, C) = row max and row sum of exp of the scaled scores (softmax statistics);
-    ca (B, C) = sigmoid(z), written here unless GATE_SOFTMAX (then by channel_softmax_gate_kernel).
+    Out (fp32): gn (B, 2) = (mean, rstd) of GroupNorm(1); stats (ROW_STATS, B, C): anchor, offset (z =
+    anchor + offset = P vbar, pre-gate, with dropout (P * M) vbar), vbar, row max and row sum of exp
+    of the scaled scores; ca (B, C) = sigmoid(z), written here unless GATE_SOFTMAX (then by
+    channel_softmax_gate_kernel).
     """
     eps = tl.cast(eps, tl.float32)  # torch.compile passes Python floats as fp64: keep every loop in fp32
     scale = tl.cast(scale, tl.float32)
     drop_p = tl.cast(drop_p, tl.float32)
-    b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
+    b, head, rows, rmask, r0 = _head_block(D, NBLK, BLOCK_D)
     base = pooled_ptr + b.to(tl.int64) * C * N
     mean, rstd = _group_norm1_stats(base, C * N, eps, BLOCK_F)
     if (head == 0) & (tl.program_id(1) == 0):
@@ -170,46 +211,55 @@ def channel_attention_fwd_kernel(
         tl.store(gn_ptr + b * 2 + 1, rstd)
     m_i = tl.full([BLOCK_D], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_D], dtype=tl.float32)
+    anchor = tl.zeros([BLOCK_D], dtype=tl.float32)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    own_vbar = tl.zeros([BLOCK_D], dtype=tl.float32)
     for j0 in range(0, D, BLOCK_D):
         cj = j0 + tl.arange(0, BLOCK_D)
         cmask = cj < D
         s, vbar = _scores(base, rows, rmask, head * D + cj, cmask, C, N, mean, rstd,
                           nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P, DOT)
+        own_vbar = tl.where(j0 == r0, vbar, own_vbar)  # this program's rows are this column block
         s = tl.where(cmask[None, :], s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
         if DROPOUT:
-            p = p * _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cj)
-        acc = acc * alpha + tl.sum(p * vbar[None, :], axis=1)
-        m_i = m_new
-    z = acc / l_i
-    out = b * C + rows
-    tl.store(z_ptr + out, z, mask=rmask)
-    tl.store(m_ptr + out, m_i, mask=rmask)
-    tl.store(l_ptr + out, l_i, mask=rmask)
+            u = vbar[None, :] * _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cj)
+        else:
+            u = vbar[None, :]
+        m_i, l_i, anchor, acc = _online_softmax_step(s, u, m_i, l_i, anchor, acc)
+    offset = acc / l_i
+    tl.store(_row_stat_at(stats_ptr, ANCHOR, b, C, rows), anchor, mask=rmask)
+    tl.store(_row_stat_at(stats_ptr, OFFSET, b, C, rows), offset, mask=rmask)
+    tl.store(_row_stat_at(stats_ptr, ROW_MAX, b, C, rows), m_i, mask=rmask)
+    tl.store(_row_stat_at(stats_ptr, ROW_SUM, b, C, rows), l_i, mask=rmask)
+    tl.store(_row_stat_at(stats_ptr, VBAR, b, C, rows), own_vbar, mask=rmask)
     if not GATE_SOFTMAX:
-        tl.store(ca_ptr + out, sigmoid(z), mask=rmask)
+        tl.store(ca_ptr + b * C + rows, sigmoid(anchor + offset), mask=rmask)
 
 
 @triton.jit
-def channel_softmax_gate_kernel(z_ptr, ca_ptr, C, BLOCK_C: tl.constexpr):
-    """ca[b] = softmax over channels of z[b]. z, ca: (B, C) fp32. Grid (B,)."""
-    base = tl.program_id(0).to(tl.int64) * C
+def _pre_gate(stats_ptr, b, C, chans, cmask):
+    """z = anchor + offset of channels chans of sample b, -inf outside cmask."""
+    anchor = tl.load(_row_stat_at(stats_ptr, ANCHOR, b, C, chans), mask=cmask, other=float("-inf"))
+    return anchor + tl.load(_row_stat_at(stats_ptr, OFFSET, b, C, chans), mask=cmask, other=0.0)
+
+
+@triton.jit
+def channel_softmax_gate_kernel(stats_ptr, ca_ptr, C, BLOCK_C: tl.constexpr):
+    """ca[b] = softmax over channels of z[b] = anchor + offset. stats: (ROW_STATS, B, C), ca: (B, C) fp32.
+    Grid (B,)."""
+    b = tl.program_id(0)
     top = tl.full([], float("-inf"), tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
-        top = tl.maximum(top, tl.max(tl.load(z_ptr + base + cs, mask=cs < C, other=float("-inf"))))
+        top = tl.maximum(top, tl.max(_pre_gate(stats_ptr, b, C, cs, cs < C)))
     total = tl.full([], 0.0, tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
-        total += tl.sum(tl.exp(tl.load(z_ptr + base + cs, mask=cs < C, other=float("-inf")) - top))
+        total += tl.sum(tl.exp(_pre_gate(stats_ptr, b, C, cs, cs < C) - top))
     for c0 in range(0, C, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
-        e = tl.exp(tl.load(z_ptr + base + cs, mask=cs < C, other=float("-inf")) - top)
-        tl.store(ca_ptr + base + cs, e / total, mask=cs < C)
+        e = tl.exp(_pre_gate(stats_ptr, b, C, cs, cs < C) - top)
+        tl.store(ca_ptr + b.to(tl.int64) * C + cs, e / total, mask=cs < C)
 
 
 @triton.jit
@@ -225,8 +275,8 @@ def _gate_dot(ca_ptr, dca_ptr, b, C, GATE_SOFTMAX: tl.constexpr, BLOCK_C: tl.con
 
 
 @triton.jit
-def _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, chans, cmask, dot, GATE_SOFTMAX: tl.constexpr):
-    """(dz, z, m, l) of channels chans: dz = gradient of the pre-gate z."""
+def _row_state(ca_ptr, dca_ptr, stats_ptr, b, C, chans, cmask, dot, GATE_SOFTMAX: tl.constexpr):
+    """(dz, anchor, offset, row max, row sum, vbar) of channels chans: dz = gradient of the pre-gate z."""
     idx = b * C + chans
     ca = tl.load(ca_ptr + idx, mask=cmask, other=0.0)
     dca = tl.load(dca_ptr + idx, mask=cmask, other=0.0)
@@ -234,16 +284,20 @@ def _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, chans, cmask, dot, GA
         dz = ca * (dca - dot)
     else:
         dz = dca * ca * (1.0 - ca)
-    return (dz, tl.load(z_ptr + idx, mask=cmask, other=0.0), tl.load(m_ptr + idx, mask=cmask, other=0.0),
-            tl.load(l_ptr + idx, mask=cmask, other=1.0))
+    return (dz, tl.load(_row_stat_at(stats_ptr, ANCHOR, b, C, chans), mask=cmask, other=0.0),
+            tl.load(_row_stat_at(stats_ptr, OFFSET, b, C, chans), mask=cmask, other=0.0),
+            tl.load(_row_stat_at(stats_ptr, ROW_MAX, b, C, chans), mask=cmask, other=0.0),
+            tl.load(_row_stat_at(stats_ptr, ROW_SUM, b, C, chans), mask=cmask, other=1.0),
+            tl.load(_row_stat_at(stats_ptr, VBAR, b, C, chans), mask=cmask, other=0.0))
 
 
 @triton.jit
-def _score_grad(s, scale, rmask, cmask, dz, z, m, l, vbar, keep):
-    """dS = P * dz_i * (M_ij vbar_j - z_i) (the softmax backward of z = (P * M) vbar), and P * M.
-    keep: the dropout scales M (a tile), or 1.0 without dropout."""
+def _score_grad(s, scale, rmask, cmask, dz, anchor, offset, m, l, vbar, keep):
+    """dS = P * dz_i * ((M_ij vbar_j - anchor_i) - offset_i) (the softmax backward of z = (P * M) vbar:
+    M_ij vbar_j - z_i, exact at the row's top column), and P * M. keep: the dropout scales M (a tile),
+    or 1.0 without dropout; vbar: the columns'."""
     p = tl.where(rmask[:, None] & cmask[None, :], tl.exp(s * scale - m[:, None]) / l[:, None], 0.0)
-    return p * dz[:, None] * (vbar[None, :] * keep - z[:, None]), p * keep
+    return p * dz[:, None] * ((vbar[None, :] * keep - anchor[:, None]) - offset[:, None]), p * keep
 
 
 @triton.jit
@@ -282,7 +336,7 @@ def _store_rows(ptr, plane, rows, rmask, N, values, BLOCK_P: tl.constexpr):
 # bound, unrolled, spilled registers (AOT test with the JIT's specializations).
 @triton.jit(do_not_specialize=["N", "D", "NBLK"])
 def channel_attention_bwd_kernel(
-        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, z_ptr, m_ptr, l_ptr, ca_ptr, dca_ptr,
+        pooled_ptr, nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, seed_ptr, gn_ptr, stats_ptr, ca_ptr, dca_ptr,
         dq_ptr, dk_ptr, dy_ptr, part_ptr, gnsum_ptr,
         C, N, D, NBLK, scale, drop_p,
         GATE_SOFTMAX: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -298,8 +352,8 @@ def channel_attention_bwd_kernel(
     ONE_STEP (N <= BLOCK_P: planes up to 28x28 at window 7) the (BLOCK_D, BLOCK_P) dq/dk rows stay
     in registers over the column blocks and reach the scratch once: no store, barrier and reload
     per column block (16 of them at D = 512).
-    In: pooled (B, C, N); params as in the forward; gn (B, 2); z, m, l, ca (B, C) from the
-    forward; dca (B, C) = sum over the plane of grad_out * x_s. All fp32.
+    In: pooled (B, C, N); params as in the forward; gn (B, 2), stats (ROW_STATS, B, C), ca (B, C) from
+    the forward; dca (B, C) = sum over the plane of grad_out * x_s. All fp32.
     Scratch: dq, dk (B, C, N) fp32 (unscaled). Out (fp32): dy (B, C, N) = gradient of the GroupNorm(1)
     output y; part (B, 12*C): writes [4C, 12C) = norm weight, norm bias, qkv weight (3C), qkv bias (3C)
     of this sample; gnsum (B, heads*NBLK, 2) = this block's sums of gamma*dy and gamma*dy*yhat.
@@ -307,13 +361,14 @@ def channel_attention_bwd_kernel(
     tl.static_assert(DOT or ONE_STEP, "rank-1 products (DOT false) cover every position in one step")
     scale = tl.cast(scale, tl.float32)  # torch.compile passes Python floats as fp64
     drop_p = tl.cast(drop_p, tl.float32)
-    b, head, rows, rmask = _head_block(D, NBLK, BLOCK_D)
+    b, head, rows, rmask, _ = _head_block(D, NBLK, BLOCK_D)
     base = pooled_ptr + b.to(tl.int64) * C * N
     plane = b.to(tl.int64) * C * N
     mean = tl.load(gn_ptr + b * 2)
     rstd = tl.load(gn_ptr + b * 2 + 1)
     dot = _gate_dot(ca_ptr, dca_ptr, b, C, GATE_SOFTMAX, BLOCK_C)
-    dz_t, z_t, m_t, l_t = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, rows, rmask, dot, GATE_SOFTMAX)
+    dz_t, anchor_t, offset_t, m_t, l_t, vbar_t = _row_state(ca_ptr, dca_ptr, stats_ptr, b, C, rows, rmask, dot,
+                                                            GATE_SOFTMAX)
     dvbar = tl.zeros([BLOCK_D], dtype=tl.float32)
     if ONE_STEP:
         dq_t = tl.zeros([BLOCK_D, BLOCK_P], dtype=tl.float32)
@@ -328,13 +383,14 @@ def channel_attention_bwd_kernel(
         else:
             keep_tj = 1.0
             keep_jt = 1.0
-        s, vbar_j = _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd,
-                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P, DOT)
-        ds_tj, p = _score_grad(s, scale, rmask, cmask, dz_t, z_t, m_t, l_t, vbar_j, keep_tj)
-        s, vbar_t = _scores(base, cols, cmask, rows, rmask, C, N, mean, rstd,
-                            nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P, DOT)
-        dz_j, z_j, m_j, l_j = _row_state(ca_ptr, dca_ptr, z_ptr, m_ptr, l_ptr, b, C, cols, cmask, dot, GATE_SOFTMAX)
-        ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, z_j, m_j, l_j, vbar_t, keep_jt)
+        dz_j, anchor_j, offset_j, m_j, l_j, vbar_j = _row_state(ca_ptr, dca_ptr, stats_ptr, b, C, cols, cmask, dot,
+                                                                GATE_SOFTMAX)
+        s = _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd,  # [0]: the forward's vbar, not these sums
+                    nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P, DOT)[0]
+        ds_tj, p = _score_grad(s, scale, rmask, cmask, dz_t, anchor_t, offset_t, m_t, l_t, vbar_j, keep_tj)
+        s = _scores(base, cols, cmask, rows, rmask, C, N, mean, rstd,
+                    nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, BLOCK_D, BLOCK_P, DOT)[0]
+        ds_jt, p = _score_grad(s, scale, cmask, rmask, dz_j, anchor_j, offset_j, m_j, l_j, vbar_t, keep_jt)
         dvbar += tl.sum(p * dz_j[:, None], axis=0)
         gamma_c, beta_c, wq_c, bq_c, wk_c, bk_c = _affine(nw_ptr, nb_ptr, qkv_w_ptr, qkv_b_ptr, C, cols, cmask)
         if ONE_STEP & DOT:
