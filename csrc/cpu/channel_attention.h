@@ -240,19 +240,44 @@ struct ChannelAttentionGrads {
   T* qkv_bias;     // (B, 3, C)
 };
 
-// Row i of the softmax backward, from its scores (d values) and lse: P_ij = exp(S_ij - lse) is added,
-// times M_ij do_i, to dv (d values), and ds gets dS_ij = P_ij (u_j - z_i) coef, u = M v_mean (the
-// row's values), z_i = sum_j P_ij u_j, coef = do_i * scale. u_j - z_i is taken as (u_j - anchor) -
-// offset: anchor = u at the row's top score, offset = sum_j P_ij (u_j - anchor) / sum_j P_ij (this
-// row's own P, so dS sums to 0 over the row). Where one score dominates a row (long rows: scores of
-// 10-30), z_i is within 1e-4 of that column's u, and u_j - z_i from a rounded z kept a few bits only
-// (q/k gradients far past the tolerance rule on some draws); so the top column's term is exact and
-// the others small.
+// u at a column of scores' maximum over d values (on ties the first in some vector lane: any top
+// column would do; NaN scores are passed over), in one vectorised pass.
+template <typename T>
+T value_at_top_score(const T* scores, const T* u, int64_t d) {
+  using V = Vectorized<T>;
+  V vtop(-std::numeric_limits<T>::infinity()), vvalue(T(0));
+  int64_t j = 0;
+  for (; j + V::size() <= d; j += V::size()) {
+    const V s = V::loadu(scores + j), higher = s > vtop;
+    vvalue = V::blendv(vvalue, V::loadu(u + j), higher);
+    vtop = V::blendv(vtop, s, higher);
+  }
+  alignas(64) T tops[V::size()], values[V::size()];
+  vtop.store(tops);
+  vvalue.store(values);
+  T top = -std::numeric_limits<T>::infinity(), value = 0;
+  for (int64_t lane = 0; lane < V::size(); ++lane) {
+    if (tops[lane] > top) top = tops[lane], value = values[lane];
+  }
+  for (; j < d; ++j) {
+    if (scores[j] > top) top = scores[j], value = u[j];
+  }
+  return value;
+}
+
+// Row i of the softmax backward, from its scores (d values) and lse:
+// P_ij = exp(S_ij - lse) is added, times M_ij do_i, to dv (d values), and ds gets
+// dS_ij = P_ij (u_j - z_i) coef, u = M v_mean (the row's values), z_i = sum_j P_ij u_j,
+// coef = do_i * scale. u_j - z_i is taken as (u_j - anchor) - offset: anchor = u at the row's top
+// score, offset = sum_j P_ij (u_j - anchor) / sum_j P_ij (this row's own P, so dS sums to 0 over the
+// row). Where one score dominates a row (long rows: scores of 10-30), z_i is within 1e-4 of that
+// column's u, and u_j - z_i from a rounded z kept a few bits only (q/k gradients far past the
+// tolerance rule on some draws); so the top column's term is exact and the others small.
 template <typename T>
 void softmax_row_backward(const T* scores, const T* u, const T* keep, T lse, T do_i, T coef, int64_t d, T* ds,
                           T* dv) {
   using V = Vectorized<T>;
-  const T anchor = u[std::max_element(scores, scores + d) - scores];
+  const T anchor = value_at_top_score(scores, u, d);
   const V vlse(lse), vdo(do_i), vanchor(anchor);
   V vtotal(T(0)), vdot(T(0));
   int64_t j = 0;
