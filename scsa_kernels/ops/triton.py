@@ -541,14 +541,15 @@ def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_
 
 def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_softmax, dropout_p, dropout_seed):
     """Launches the channel attention forward (and the softmax gate): from pooled (B, C, N) fills
-    gn (B, 2), row_stats (ROW_STATS, B, C) and ca (B, C), all fp32, with attention dropout when dropout_p > 0."""
+    gn (B, 2), row_stats (ROW_STATS, B, C) and ca (B, C), all fp32, with attention dropout when
+    dropout_p > 0."""
     channel_attention = _kernels().channel_attention
     _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
             pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, row_stats, ca,
             *plan["attention_scalars"], dropout_p, DROPOUT=dropout_p > 0, **plan["attention_meta"])
     if gate_softmax:
-        _launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], row_stats, ca, plan["gates_scalars"][0],
-                **plan["softmax_meta"])
+        _launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], row_stats, ca,
+                plan["gates_scalars"][0], **plan["softmax_meta"])
 
 
 def _seed_pointer(dropout_seed, any_buffer):
