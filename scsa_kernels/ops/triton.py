@@ -627,9 +627,9 @@ def _kept_for_backward(shape, dtype, saved_fraction=None):
     The spatial gates need the means before any pass over x that uses the gates, and a (B, C, H+W)
     tensor is (H+W)/(H*W) of x's elements (2/7 at 7x7): no backward that reads x only twice can meet
     the memory target on small planes. Per sample: x has C*H*W*itemsize bytes, the means 4*C*(H+W),
-    the statistics 4*(6*C + 2). The statistics leave a fifth of the budget (STATS_SHARE) to what is
-    saved besides the per-sample tensors: the packed weights, and on the op's path the tensors the
-    traced packing saves (2% of x at 64x512x7x7 in float32)."""
+    the statistics 4*((ROW_STATS + 1)*C + 2). The statistics leave a fifth of the budget (STATS_SHARE)
+    to what is saved besides the per-sample tensors: the packed weights, and on the op's path the
+    tensors the traced packing saves (2% of x at 64x512x7x7 in float32)."""
     B, C, H, W = shape
     budget = (MAX_SAVED_FRACTION if saved_fraction is None else saved_fraction) * C * H * W * dtype.itemsize
     means_bytes, *stats_bytes = (4 * math.prod(s) for s, _ in _means_and_stats_shapes((1, C, H, W), (True, True)))
