@@ -27,8 +27,15 @@ class RecordingLauncher:
         self.name = src.fn.__name__
 
     def __call__(self, *args):
+        # (grid x, y, z, stream, function, kernel metadata, launch metadata, enter hook, exit hook, *kernel
+        # arguments): as Triton's launcher, the hooks that are not None run around the launch
+        launch_metadata, enter_hook, exit_hook = args[6:9]
+        if enter_hook is not None:
+            enter_hook(launch_metadata)
         if RecordingLauncher.record:
             LAUNCHES.append((self.name, args))
+        if exit_hook is not None:
+            exit_hook(launch_metadata)
 
 
 class HostOnlyUtils:

@@ -508,13 +508,14 @@ def test_direct_launches_pass_what_tritons_launch_passes(folder):
     driver (kernels compiled for sm_90, a launcher that records its arguments) and compares them
     argument by argument: every pooling mode and gate, dropout, fp32/bf16, channels_last, and x
     misaligned by one element (its own specialization), each set of buffers the forward keeps for the
-    backward; the third call of each is all direct. With
+    backward, and the first case again with a launch hook registered (both routes must hand the
+    launcher the hook and the launch metadata); the third call of each is all direct. With
     the installed Triton and each release of SCSA_AOT_EXTRA_TRITON (CI: 3.5 and 3.6)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_launch_check.py")
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=compiled_triton_env(folder),
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.stdout.count(" ok: ") == len(LAUNCH_CHECK_CASES), res.stdout
+    assert res.stdout.count(" ok: ") == len(LAUNCH_CHECK_CASES) + 1, res.stdout  # + the hooked case
 
 
 def test_compiled_launches_are_the_eager_ones():

@@ -8,12 +8,14 @@ reaches ``ops.triton._launch_compiled`` is made twice: once through Triton's ``J
 reference) and once as ops.triton makes it (the first time of a specialization through Triton as
 well, after that straight to its CompiledKernel). The two launcher calls must agree argument by
 argument: grid, stream, the loaded kernel (a distinct handle per compiled specialization), its
-metadata, the launch metadata and hooks, and every kernel argument (each tensor as the very same
-object, or in a direct launch as its address, in the same positions). Each case runs a forward+backward three times: a plan's first call goes
+metadata, the launch metadata and hooks (a direct launch passes None for an empty hook chain and for
+the launch metadata while no hook is registered), and every kernel argument (each tensor as the very
+same object, or in a direct launch as its address, in the same positions). Each case runs a forward+backward three times: a plan's first call goes
 through the autotuners, its second launches their picks (first time through Triton), and the third
 must take only direct launches. Cases: every pooling mode and gate, heads, q/k/v bias, attention
 dropout, fp32 and bf16, channels_last, x misaligned by one element (another specialization,
-never the aligned one's kernel), and each set of buffers the forward keeps for the backward.
+never the aligned one's kernel), each set of buffers the forward keeps for the backward, and a
+registered launch hook (which every launch must run, by either route).
 Prints one line per case (and its mismatches); exits non-zero when any case failed.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the direct launches exist only for compiled kernels")
 
 import torch  # noqa: E402
+from triton import knobs  # noqa: E402
 
 import host_only_triton  # noqa: E402
 from scsa_kernels.config import SCSAConfig  # noqa: E402
@@ -75,8 +78,11 @@ def same_launch(reference, direct):
             equal = b is a or (type(b) is int and b == a.data_ptr())
         elif isinstance(b, torch.Tensor):
             equal = False
-        elif type(a).__name__ == "LazyDict":  # launch metadata: a new one per launch
-            equal = type(b) is type(a) and a.data == b.data and len(a.extras) == len(b.extras)
+        elif type(a).__name__ == "LazyDict":  # launch metadata: a new one per launch; none without hooks
+            equal = (type(b) is type(a) and a.data == b.data and len(a.extras) == len(b.extras)) or (
+                b is None and not hooks_registered())
+        elif type(a).__name__ == "HookChain":  # a launch hook chain: the same, or None for an empty one
+            equal = b is a or (b is None and not a.calls)
         else:
             equal = a is b or a == b
         if not equal:
@@ -84,12 +90,35 @@ def same_launch(reference, direct):
     return None
 
 
+def hooks_registered() -> bool:
+    return bool(knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls)
+
+
+class LaunchHooks:
+    """A registered launch enter and exit hook (as a profiler registers them), counting their calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, metadata):
+        self.calls += 1
+
+    def __enter__(self):
+        knobs.runtime.launch_enter_hook.add(self)
+        knobs.runtime.launch_exit_hook.add(self)
+        return self
+
+    def __exit__(self, *exc):
+        knobs.runtime.launch_enter_hook.remove(self)
+        knobs.runtime.launch_exit_hook.remove(self)
+
+
 class DoubleLaunch:
     """Wraps ops.triton._launch_compiled: Triton's own launch first, then ops.triton's, compared."""
 
     def __init__(self, ops):
         self.ops, self.original = ops, ops._launch_compiled
-        self.direct = self.total = 0
+        self.direct = self.total = self.launches = 0
         self.mismatches = []
 
     def __call__(self, fn, grid, args, kwargs):
@@ -97,6 +126,7 @@ class DoubleLaunch:
         reference = host_only_triton.recorded_launches(lambda: fn[grid](*args, **kwargs))
         ours = host_only_triton.recorded_launches(lambda: self.original(fn, grid, args, kwargs))
         self.total += 1
+        self.launches += 1
         self.direct += len(self.ops._COMPILED_LAUNCHES) == launches_before  # an existing entry: a direct launch
         if len(reference) != 1 or len(ours) != 1:
             self.mismatches.append(f"{fn.__name__}: {len(reference)} and {len(ours)} launcher calls")
@@ -104,29 +134,40 @@ class DoubleLaunch:
             self.mismatches.append(why)
 
 
+def run_case(double, name, shape, dtype, layout, options) -> bool:
+    """Three forward+backward calls of one case; prints its line; whether it passed."""
+    config = SCSAConfig(shape[1], **options)
+    weights = random_weights(config, dtype=dtype)
+    x, grad_out = make_input(shape, dtype, layout)
+    per_call = []
+    for _ in range(3):
+        double.direct = double.total = 0
+        scsa(x, weights, config, training=True, backend="triton").backward(grad_out)
+        per_call.append((double.direct, double.total))
+    ok = not double.mismatches and per_call[-1][0] == per_call[-1][1] > 0
+    print(f"{name:34s} {'ok' if ok else 'FAILED'}: (direct, launches) per call {per_call}")
+    for why in double.mismatches:
+        print(f"    {why}")
+    double.mismatches.clear()
+    return ok
+
+
 def main():
     ops = host_only_triton.triton_ops()
     ops.EAGER_BYPASS = ops.DIRECT_LAUNCH = True  # the GPU defaults
     double = DoubleLaunch(ops)
     ops._launch_compiled = double
-    failed = False
-    for name, (shape, dtype, layout, options) in CASES.items():
-        config = SCSAConfig(shape[1], **options)
-        weights = random_weights(config, dtype=dtype)
-        x, grad_out = make_input(shape, dtype, layout)
-        per_call = []
-        for _ in range(3):
-            double.direct = double.total = 0
-            scsa(x, weights, config, training=True, backend="triton").backward(grad_out)
-            per_call.append((double.direct, double.total))
-        ok = not double.mismatches and per_call[-1][0] == per_call[-1][1] > 0
-        failed |= not ok
-        print(f"{name:34s} {'ok' if ok else 'FAILED'}: (direct, launches) per call {per_call}")
-        for why in double.mismatches:
-            print(f"    {why}")
-        double.mismatches.clear()
-    sys.exit(1 if failed else 0)
-
+    results = [run_case(double, name, *case) for name, case in CASES.items()]
+    # with a launch hook registered (a profiler), both routes hand the launcher the hooks and the
+    # launch metadata, and each launch runs them (enter and exit, once per route)
+    double.launches = 0
+    with LaunchHooks() as hooks:
+        results.append(run_case(double, "avg_pool_fp32_with_launch_hooks", *CASES["avg_pool_fp32"]))
+    expected = 2 * 2 * double.launches
+    if hooks.calls != expected:
+        print(f"    the launch hooks ran {hooks.calls} times, not {expected}")
+        results.append(False)
+    sys.exit(0 if all(results) else 1)
 
 if __name__ == "__main__":
     main()

@@ -325,8 +325,10 @@ def _launch_compiled(fn, grid, args, kwargs):
     constexprs). What a compiled kernel depends on is all in the key: the options and constexprs
     (kwargs), each tensor's dtype and 16-byte alignment, each integer's value (Triton specializes
     integers equal to 1 and divisible by 16) and the device; floats are keyed by value too (the
-    plan's constants and the validated dropout_p: never NaN). Launch hooks (profilers) still run:
-    ``CompiledKernel[grid]`` calls them as Triton's launch does. Not checked: the kernels' globals
+    plan's constants and the validated dropout_p: never NaN). The launch calls the CompiledKernel's
+    launcher as ``CompiledKernel[grid]`` does (the same arguments on triton 3.5 to 3.8), with no launch
+    metadata and no hooks while no launch hook is registered; with one (profilers), through
+    ``CompiledKernel[grid]`` itself, which runs it. Not checked: the kernels' globals
     (module constants, never reassigned). Tensors reach the launcher as their addresses (ints): from a
     tensor, Triton's launcher calls its data_ptr() and asks the CUDA driver whether the address is
     device memory (cuPointerGetAttribute), once per tensor argument per launch; an int it passes as
@@ -356,7 +358,28 @@ def _launch_compiled(fn, grid, args, kwargs):
                 kwargs[p.name] if p.name in kwargs else p.default for p in fn.params[len(args):])
         return
     compiled, trailing = launch
-    compiled[(*grid, 1, 1)[:3]](*launch_args, *trailing, stream=driver.get_current_stream(device))
+    grid = (*grid, 1, 1)
+    stream = driver.get_current_stream(device)
+    runtime = _triton_knobs().runtime
+    if _no_hook(runtime.launch_enter_hook) and _no_hook(runtime.launch_exit_hook):
+        # CompiledKernel[grid]'s runner builds launch metadata and hands the launcher both hook
+        # chains, which it calls around the launch even when empty; with None it calls none
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None,
+                     None, *launch_args, *trailing)
+    else:  # a hook to run (a profiler's): Triton's runner, which gives it the launch metadata
+        compiled[grid[:3]](*launch_args, *trailing, stream=stream)
+
+
+def _no_hook(hook) -> bool:
+    """Whether a Triton launch hook (None, a function, or since triton 3.4 a HookChain) calls nothing."""
+    return hook is None or getattr(hook, "calls", None) == []
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_knobs():
+    """triton.knobs (imported lazily), whose ``runtime`` holds the launch hooks."""
+    from triton import knobs
+    return knobs
 
 
 @functools.lru_cache(maxsize=None)
