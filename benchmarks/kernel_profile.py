@@ -16,9 +16,8 @@ eager reference, in forward (no autograd) and forward+backward:
   runs on autograd's device thread; ``.backward()`` returns when it is done), the time in each
   Python layer of the fused path (the autograd node, packing, op bodies, workspace, launches;
   what the backward spends outside its node is autograd's engine) and, for the
-  Triton backend, the time inside Triton's launch (``JITFunction.run``: argument binding, cache
-  key, driver launch; or, for ops.triton's direct launches, the compiled kernel's launcher),
-  which benchmarks/triton_host_overhead.py leaves out from the driver call on; and the wall and
+  Triton backend, the time in Triton's launcher (the compiled kernel's C launcher and the CUDA
+  driver call, whichever route led there), which benchmarks/triton_host_overhead.py leaves out; and the wall and
   host time with the direct launches off (every launch through ``JITFunction.run``), and the device
   time per kernel with the row vectors off (every plane pass one element per load or store: what
   ``aligned`` saves).
@@ -30,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -74,38 +74,32 @@ def wall_and_host_us(module, x, grad_out, mode, reps):
 
 @contextlib.contextmanager
 def timed_triton_launches():
-    """Times every compiled Triton launch, on any thread: Triton's own (``JITFunction.run``) and
-    ops.triton's direct ones (``CompiledKernel[grid](...)``, which ``JITFunction.run`` does not call);
-    yields a dict kernel name -> [launches, seconds] (stays empty without triton)."""
+    """Times every call of a compiled Triton kernel's launcher (``CompiledKernel.run``: the C launcher
+    and the CUDA driver), on any thread, whichever route led there: Triton's own launch
+    (``JITFunction.run``), ``CompiledKernel[grid]`` or ops.triton's direct launches; yields a dict
+    kernel name -> [launches, seconds] (stays empty without triton)."""
     launched = collections.defaultdict(lambda: [0, 0.0])
     try:
         from triton.compiler.compiler import CompiledKernel
-        from triton.runtime.jit import JITFunction
     except ImportError:
         yield launched
         return
 
-    def timed(call, name):
+    def timed(launcher, name, *args):
         start = time.perf_counter()
         try:
-            return call()
+            return launcher(*args)
         finally:
             entry = launched[name]
             entry[0] += 1
             entry[1] += time.perf_counter() - start
 
-    run, getitem = JITFunction.run, CompiledKernel.__getitem__
-    JITFunction.run = lambda self, *args, **kwargs: timed(lambda: run(self, *args, **kwargs), self.__name__)
-
-    def direct(self, grid):
-        runner = getitem(self, grid)
-        return lambda *args, **kwargs: timed(lambda: runner(*args, **kwargs), self.name)
-
-    CompiledKernel.__getitem__ = direct
+    run = CompiledKernel.__dict__["run"]  # a property: the launcher, loaded on first use
+    CompiledKernel.run = property(lambda self: functools.partial(timed, run.fget(self), self.name))
     try:
         yield launched
     finally:
-        JITFunction.run, CompiledKernel.__getitem__ = run, getitem
+        CompiledKernel.run = run
 
 
 def _python_layers():

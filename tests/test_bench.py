@@ -345,23 +345,21 @@ def _load_benchmark_script(name):
 
 
 def test_kernel_profile_times_every_triton_launch(monkeypatch):
-    """The launch timer wraps JITFunction.run (Triton's launch) and CompiledKernel[grid] (ops.triton's
-    direct launches) for its block only, and counts each launch under its kernel's name."""
-    JITFunction = pytest.importorskip("triton.runtime.jit").JITFunction
-    from triton.compiler.compiler import CompiledKernel
+    """The launch timer wraps CompiledKernel.run (the launcher every route calls: Triton's launch,
+    CompiledKernel[grid], ops.triton's direct launches) for its block only, and counts each launch
+    under its kernel's name."""
+    CompiledKernel = pytest.importorskip("triton.compiler.compiler").CompiledKernel
 
     kernel_profile = _load_benchmark_script("kernel_profile")
-    monkeypatch.setattr(JITFunction, "run", lambda self, *args, **kwargs: time.sleep(0.002) or "launched")
-    monkeypatch.setattr(CompiledKernel, "__getitem__", lambda self, grid: lambda *args, **kwargs: time.sleep(0.002))
-    stubs = JITFunction.run, CompiledKernel.__getitem__
-    kernel = type("Kernel", (), {"__name__": "pool_kernel"})()
-    compiled = type("Compiled", (), {"name": "pool_kernel"})()
+    monkeypatch.setattr(CompiledKernel, "run", property(lambda self: lambda *args: time.sleep(0.002) or args))
+    stub = CompiledKernel.__dict__["run"]
+    compiled = type("Compiled", (CompiledKernel,), {"__init__": lambda self: None, "__del__": lambda self: None})()
+    compiled.name = "pool_kernel"
     with kernel_profile.timed_triton_launches() as launched:
-        assert [JITFunction.run(kernel, 1, grid=(1,)) for _ in range(3)] == ["launched"] * 3
-        CompiledKernel.__getitem__(compiled, (1, 1, 1))(1, stream=0)
+        assert [compiled.run(1, 1, 1, 0) for _ in range(4)] == [(1, 1, 1, 0)] * 4
     assert list(launched) == ["pool_kernel"] and launched["pool_kernel"][0] == 4
     assert launched["pool_kernel"][1] >= 0.008
-    assert (JITFunction.run, CompiledKernel.__getitem__) == stubs
+    assert CompiledKernel.__dict__["run"] is stub
 
 
 def test_kernel_profile_times_the_kernels_without_row_vectors(monkeypatch, capsys):
