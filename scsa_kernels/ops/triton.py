@@ -263,7 +263,7 @@ def _workspace_layout(buffers) -> WorkspaceLayout:
 
 
 def _workspace(layout: WorkspaceLayout, x: Tensor):
-    """The layout's buffers on x's device. Real tensors: views of one float32 allocation (one split is
+    """The layout's buffers on x's device. Real tensors: views of one float32 allocation (one split_with_sizes is
     one C++ call, where an allocation per buffer costs a few microseconds of host time each); the
     kernels only see pointers, and the few buffers torch reads are shaped where they are used.
     Tracing tensors (torch.compile): an allocation each, of the same length. Inductor functionalizes
@@ -272,7 +272,7 @@ def _workspace(layout: WorkspaceLayout, x: Tensor):
     its end: an illegal memory access under CUDA graphs on an H200 (benchmarks/results/nvidia-h200)."""
     if _is_tracing(x):
         return [_empty(n, device=x.device, dtype=d) for n, d in zip(layout.lengths, layout.dtypes)]
-    buffers = list(_empty(sum(layout.slots), device=x.device, dtype=torch.float32).split(layout.slots))
+    buffers = list(_empty(sum(layout.slots), device=x.device, dtype=torch.float32).split_with_sizes(layout.slots))
     for i in layout.float64_at:
         buffers[i] = buffers[i].view(torch.float64)
     return buffers
@@ -707,7 +707,7 @@ def _kept_buffers(plan, x):
 def _split_saved(plan, saved):
     """The kept buffers of the forward's ``saved`` (read only by the backward), in _saved_lengths' order."""
     lengths = plan["saved_lengths"]
-    return saved.split(lengths) if lengths else ()
+    return saved.split_with_sizes(lengths) if lengths else ()
 
 
 def _means_and_stats(plan, kept, scratch):
