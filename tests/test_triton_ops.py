@@ -518,6 +518,22 @@ def test_direct_launches_pass_what_tritons_launch_passes(folder):
     assert res.stdout.count(" ok: ") == len(LAUNCH_CHECK_CASES) + 1, res.stdout  # + the hooked case
 
 
+def test_direct_launch_refuses_a_tensor_after_a_scalar(monkeypatch):
+    """The direct launches key a kernel's leading tensors by dtype and alignment and the rest by value:
+    a launch with a tensor after a scalar (a call site breaking that order) is refused, not keyed by
+    the tensor's identity."""
+    import types
+
+    from scsa_kernels.ops import triton as ops
+    driver = types.SimpleNamespace(active=types.SimpleNamespace(get_current_device=lambda: 0))
+    monkeypatch.setattr(ops, "_triton_driver", lambda: driver)
+    monkeypatch.setattr(ops, "_LEADING_TENSORS", {})
+    kernel = types.SimpleNamespace(__name__="pool_kernel")
+    t = torch.zeros(4)
+    with pytest.raises(TypeError, match="pool_kernel: a launch passes its tensors before every other argument"):
+        ops._launch_compiled(kernel, (1,), (t, 3, t), {})
+
+
 def test_compiled_launches_are_the_eager_ones():
     """On a GPU torch.compile decomposes the triton_op into its launches (with a symbolic batch under
     dynamic shapes); the interpreter never takes that path. tests/triton_compile_check.py records

@@ -311,10 +311,13 @@ def _launch(kernel, grid, *args, tuned=None, **kwargs):
 
 # Kill switch of the direct launches, for comparing or bisecting (the interpreter has no compiled kernels).
 DIRECT_LAUNCH = not _INTERPRET and os.environ.get("SCSA_TRITON_DIRECT_LAUNCH", "1") != "0"
-# (id of the JITFunction, current device, keyword arguments, each positional argument's specialization:
-# a tensor's dtype and 16-byte alignment, any other value itself) -> (its CompiledKernel, the values
-# of the parameters after the positional arguments). Kernels are module globals: ids are not reused.
+# (id of the JITFunction, current device, keyword arguments, the positional arguments after the
+# tensors, then each tensor's dtype and whether it is 16-byte aligned) -> (its CompiledKernel, the
+# values of the parameters after the positional arguments). Kernels are module globals: ids are not reused.
 _COMPILED_LAUNCHES = {}
+# id of a JITFunction -> how many tensors lead its positional arguments: every launch passes its
+# tensors first, then the scalars (checked on the first launch of each specialization)
+_LEADING_TENSORS = {}
 
 
 def _launch_compiled(fn, grid, args, kwargs):
@@ -338,20 +341,24 @@ def _launch_compiled(fn, grid, args, kwargs):
     Triton's launcher the same arguments (a tensor's address for the tensor)."""
     driver = _triton_driver().active
     device = driver.get_current_device()
+    tensors = _LEADING_TENSORS.get(id(fn))
+    if tensors is None:
+        tensors = _LEADING_TENSORS[id(fn)] = next(
+            (i for i, a in enumerate(args) if not isinstance(a, Tensor)), len(args))
+    scalars = args[tensors:]
     # inline, not a function per argument: this key is most of a direct launch's host time
-    key = [id(fn), device, *kwargs.items()]
-    launch_args = []
-    for a in args:
-        if isinstance(a, Tensor):
-            address = a.data_ptr()
-            key.append((a.dtype, address % 16 == 0))
-            launch_args.append(address)
-        else:
-            key.append(a)
-            launch_args.append(a)
+    key = [id(fn), device, *kwargs.items(), *scalars]
+    addresses = []
+    for a in args[:tensors]:
+        address = a.data_ptr()
+        key.append(a.dtype)
+        key.append(address % 16 == 0)
+        addresses.append(address)
     key = tuple(key)
     launch = _COMPILED_LAUNCHES.get(key)
     if launch is None:
+        if any(isinstance(a, Tensor) for a in scalars):
+            raise TypeError(f"{fn.__name__}: a launch passes its tensors before every other argument")
         compiled = fn[grid](*args, **kwargs)
         if compiled is not None:  # None: a jit cache hook took the compile over
             _COMPILED_LAUNCHES[key] = compiled, tuple(
@@ -365,9 +372,9 @@ def _launch_compiled(fn, grid, args, kwargs):
         # CompiledKernel[grid]'s runner builds launch metadata and hands the launcher both hook
         # chains, which it calls around the launch even when empty; with None it calls none
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None,
-                     None, *launch_args, *trailing)
+                     None, *addresses, *scalars, *trailing)
     else:  # a hook to run (a profiler's): Triton's runner, which gives it the launch metadata
-        compiled[grid[:3]](*launch_args, *trailing, stream=stream)
+        compiled[grid[:3]](*addresses, *scalars, *trailing, stream=stream)
 
 
 def _no_hook(hook) -> bool:
