@@ -378,7 +378,8 @@ def _launch_compiled(fn, grid, args, kwargs):
 
 
 def _no_hook(hook) -> bool:
-    """Whether a Triton launch hook (None, a function, or since triton 3.4 a HookChain) calls nothing."""
+    """Whether a Triton launch hook calls nothing: None, or an empty HookChain (triton 3.5 to 3.8 register
+    hooks in one; a plain function, as older releases took, calls something)."""
     return hook is None or getattr(hook, "calls", None) == []
 
 
