@@ -353,6 +353,21 @@ def test_row_vector_divides_every_limit_and_stride(name):
     assert ops._row_vector(x.dtype.itemsize, sizes, x.stride(), torch.empty_like(x).stride()) == vec
 
 
+def test_output_passes_take_the_plans_vec_only_for_an_output_with_x_strides():
+    """apply and input_grad write an empty_like(x): the plan's WIDE and VEC (made for x's strides)
+    where that output has x's strides, else both redone for the strides read and written. A row
+    slice of x (rows of 24 elements in a row stride of 32) allows 8 elements per bf16 load; its
+    dense output (row stride 24) too, but an output row stride of 20 only 4."""
+    from scsa_kernels.ops import triton as ops
+    x = torch.empty(2, 4, 6, 32, dtype=torch.bfloat16, device="meta")[..., :24]
+    planned = dict(BLOCK_W=32, WIDE=False, VEC=ops._row_vector(2, (24,), x.stride()))
+    assert planned["VEC"] == 8
+    assert ops._io_meta(planned, x, x.stride(), x.stride()) is planned
+    assert ops._io_meta(planned, x, x.stride(), torch.empty_like(x).stride()) == planned
+    out_stride = (480, 120, 20, 1)
+    assert ops._io_meta(planned, x, x.stride(), out_stride) == dict(planned, VEC=4)
+
+
 def test_row_vectors_switch_off(monkeypatch):
     from scsa_kernels.ops import triton as ops
     monkeypatch.setattr(ops, "ROW_VECTORS", False)

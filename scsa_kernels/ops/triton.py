@@ -548,7 +548,9 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
         attention_meta=dict(GATE_SOFTMAX=gate_softmax, BLOCK_D=blocks.BLOCK_D, BLOCK_P=blocks.BLOCK_P, DOT=blocks.DOT,
                             BLOCK_F=1024, num_warps=_attention_warps(blocks, "forward")),
         softmax_grid=(B,), softmax_meta=dict(BLOCK_C=min(1024, _pow2(C)), num_warps=4),
-        apply_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H)),
+        # out = empty_like(x): x's strides where x is dense (else _io_meta redoes WIDE and VEC)
+        apply_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), WIDE=wide,
+                        VEC=_row_vector(dtype.itemsize, (W,), x_stride)),
     )
 
 
@@ -581,6 +583,16 @@ def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_
     if gate_softmax:
         _launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], row_stats, ca,
                 plan["gates_scalars"][0], **plan["softmax_meta"])
+
+
+def _io_meta(meta, x, in_stride, out_stride):
+    """The constexprs of a plane pass that reads a tensor of strides in_stride and writes one made by
+    empty_like(x) (strides out_stride): meta, the plan's, whose WIDE and VEC hold for an output of x's
+    strides (x dense: ~3 us per call not spent on them), else meta with WIDE and VEC for these strides."""
+    if out_stride == x.stride():
+        return meta
+    return dict(meta, WIDE=_wide_strides(x.shape, in_stride, out_stride),
+                VEC=_row_vector(x.dtype.itemsize, (x.shape[3],), in_stride, out_stride))
 
 
 def _seed_pointer(dropout_seed, any_buffer):
@@ -643,9 +655,8 @@ def _forward_impl(
         pooled = _project(conv_d, _shaped(pooled, plan["cells"]))
     _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_softmax, dropout_p, dropout_seed)
     out_stride = out.stride()
-    _launch(kernels.apply.apply_gates_kernel, plan["plane_grid"],
-            x, out, gates, ca, C, H, W, *x_stride, *out_stride, WIDE=_wide_strides(x.shape, x_stride, out_stride),
-            VEC=_row_vector(x.dtype.itemsize, (W,), x_stride, out_stride), tuned=plan["tuned"], **plan["apply_meta"])
+    _launch(kernels.apply.apply_gates_kernel, plan["plane_grid"], x, out, gates, ca, C, H, W, *x_stride, *out_stride,
+            tuned=plan["tuned"], **_io_meta(plan["apply_meta"], x, x_stride, out_stride))
     return out, torch.cat(kept) if saved is None else saved
 
 
@@ -750,6 +761,8 @@ def _backward_plan(shape, x_stride, g_stride, dtype, K, head_num, window_size, m
     # pass (a) also walks the columns right of the window grid
     grad_per_block, grad_pool_blocks_per_sample, grad_pool_blocks = _pool_blocks(-(-W // WW), WW, H, W, C, plan["channel_tiles"])
     pool_scalars = list(plan["pool_scalars"])
+    grad_meta = dict(IS_MAX=max_pool, RECOMBINE=recombine, BLOCK_C=plane_meta["BLOCK_C"], BLOCK_W=plane_meta["BLOCK_W"],
+                     WH_POW2=_pow2(WH), BLOCK_P=_pow2(head_num * nblk))
     pool_scalars[7:11] = g_stride
     pool_scalars[-1] = grad_per_block
     plan.update(
@@ -766,9 +779,10 @@ def _backward_plan(shape, x_stride, g_stride, dtype, K, head_num, window_size, m
         pool_geom=(HP, WP, WH, WW, head_num * nblk),
         pooled_grad_scalars=(C, N, head_num * nblk),
         pooled_grad_meta=dict(BLOCK_N=min(1024, _pow2(N)), BLOCK_P=_pow2(head_num * nblk)),
-        grad_meta=dict(IS_MAX=max_pool, RECOMBINE=recombine, BLOCK_C=plane_meta["BLOCK_C"],
-                       BLOCK_W=plane_meta["BLOCK_W"], WH_POW2=_pow2(WH),
-                       BLOCK_P=_pow2(head_num * nblk)),
+        grad_meta=grad_meta,
+        # dx = empty_like(x): x's strides where x is dense (else _io_meta redoes WIDE and VEC)
+        input_grad_meta=dict(grad_meta, WIDE=_wide_strides(shape, g_stride, x_stride),
+                             VEC=_row_vector(dtype.itemsize, (W,), g_stride, x_stride)),
         pool_sums_scalars=(C, H, W, *x_stride, HP, WP, WH, WW, head_num * nblk),
         one_col_block=plane_meta["ONE_COL_BLOCK"], wide_x=plane_meta["WIDE"],
         pool_sums_vec=_row_vector(dtype.itemsize, (WP * WW,), x_stride),
@@ -871,8 +885,7 @@ def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b,
     _launch(input_grad.input_grad_kernel, plan["grad_grid"],
             grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
             C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
-            WIDE=_wide_strides(x.shape, g_stride, dx_stride), VEC=_row_vector(x.dtype.itemsize, (W,), g_stride, dx_stride),
-            tuned=plan["tuned"], **grad_meta)
+            tuned=plan["tuned"], **_io_meta(plan["input_grad_meta"], x, g_stride, dx_stride))
     return dx, ParameterPartials.of(conv_part, small_part, B, C, conv_w.shape[1]), d_conv_d
 
 
