@@ -595,6 +595,15 @@ def _io_meta(meta, x, in_stride, out_stride):
                 VEC=_row_vector(x.dtype.itemsize, (x.shape[3],), in_stride, out_stride))
 
 
+def _argmax_buffer(plan, x, max_pool, any_buffer):
+    """The pool pass's argmax (B, C, N) int32 for max pooling; with avg pooling no kernel reads or writes
+    it, and any buffer stands in (an allocation fewer per call)."""
+    if not max_pool:
+        return any_buffer
+    B, C = x.shape[:2]
+    return _empty((B, C, plan["N"]), device=x.device, dtype=torch.int32)
+
+
 def _seed_pointer(dropout_seed, any_buffer):
     """The seed tensor the attention kernels read when DROPOUT, or any buffer (unread) without dropout."""
     return any_buffer if dropout_seed is None else dropout_seed
@@ -644,7 +653,7 @@ def _forward_impl(
     saved, kept = _kept_buffers(plan, x)
     gates, sp_stats, pooled, *scratch = _workspace(plan["workspace"], x)  # pooled: the cells with recombination
     means, row_stats, ca, gn = _means_and_stats(plan, kept, scratch)
-    argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)  # unused for avg
+    argmax = _argmax_buffer(plan, x, max_pool, gates)
     out = _empty_like(x)
     _means(plan, x, means)
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
@@ -851,7 +860,7 @@ def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b,
     if not means_kept:
         _means(plan, x, means)
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
-    argmax = _empty((B, C, plan["N"]) if max_pool else (1,), device=x.device, dtype=torch.int32)
+    argmax = _argmax_buffer(plan, x, max_pool, gates)
     cells = _empty(plan["cells"], device=x.device, dtype=torch.float32) if recombine else pooled
     _launch(kernels.pooling.pool_kernel, plan["grad_pool_grid"], x, grad_out, gates, cells, argmax, rsum, dca,
             *plan["grad_pool_scalars"], HAS_GRAD=True, tuned=plan["tuned"], **plan["grad_pool_meta"])
