@@ -98,29 +98,42 @@ def single_channel_group_bias_grads(backend, dtype, draws, device="cpu"):
     return largest
 
 
-# A draw on which the channel attention's softmax backward is ill-conditioned (1x8x3x300, window 3:
-# 100 pooled positions, scores up to 28): a row of P puts 0.9994 on one column, whose vbar then lies
-# within 1e-4 of z = P vbar, so vbar_j - z_i cancels all but a few bits of a float32 z. The kernels took
-# it so until 2026-11-27 (now: (vbar_j - anchor_i) - offset_i, exact at the top column): the q weight's
-# gradient came out 1.25e-5 off (Triton; C++: 3.5e-6), 17x (5x) the float32 reference's own error,
-# past the tolerance rule for Triton (the draw was a CI seed).
-DOMINATED_SOFTMAX_DRAW = 3885102133
+# Draws on which the channel attention's softmax backward is ill-conditioned: a row of P puts nearly
+# all its weight on one column, whose vbar then lies close to z = P vbar, so vbar_j - z_i cancels all but
+# a few bits of a float32 z. The kernels take (vbar_j - anchor_i) - offset_i, anchor = vbar at the
+# row's top score (exact at the top column), since 2026-11-27.
+# name -> (seed, x's shape, SCSAConfig keywords, factor on the q and k weights)
+DOMINATED_SOFTMAX_CASES = {
+    # 100 pooled positions, scores up to 28: a row puts 0.9994 on one column. Before the anchor, the q
+    # weight's gradient came out 1.25e-5 off (Triton; C++: 3.5e-6), 17x (5x) the float32 reference's
+    # own error, past the tolerance rule for Triton (the draw was a CI seed).
+    "100_positions": (3885102133, (1, 8, 3, 300), dict(dim=8, window_size=3), 1.0),
+    # one pooled position (global pooling), q and k weights x8: scores are scale * q_i * k_j, and the
+    # C++ backward takes the top column from the head's max or min of k (q_i's sign) instead of
+    # searching each row; with the other extreme as the anchor its q/k gradients were 31x the
+    # reference's error on this draw, 1.2x with the right one.
+    "1_position": (259, (1, 16, 3, 3), dict(dim=16, window_size=-1), 8.0),
+}
 
 
-def dominated_softmax_errors(backend, device="cpu"):
+def dominated_softmax_errors(backend, device="cpu", case="100_positions"):
     """{name: (error of backend, error of the float32 reference)} of the q and k weight gradients on
-    DOMINATED_SOFTMAX_DRAW (drawn on the CPU, then moved to device); asserts first that the draw still
-    has a dominated row (top weight in (0.99, 0.9999))."""
+    DOMINATED_SOFTMAX_CASES[case] (drawn on the CPU, then moved to device); asserts first that the draw
+    still has a dominated row (top weight in (0.99, 0.9999))."""
     from scsa_kernels import SCSAConfig
     from scsa_kernels.reference import scsa_reference
     from scsa_kernels.testing import compare_backend, random_weights
 
-    config = SCSAConfig(8, window_size=3)
+    seed, shape, options, factor = DOMINATED_SOFTMAX_CASES[case]
+    config = SCSAConfig(**options)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(DOMINATED_SOFTMAX_DRAW)
-        x = torch.randn(1, 8, 3, 300)
+        torch.manual_seed(seed)
+        x = torch.randn(shape)
         weights = random_weights(config)
         grad_out = torch.randn(x.shape, dtype=torch.float64)
+    with torch.no_grad():
+        weights.q_weight.mul_(factor)
+        weights.k_weight.mul_(factor)
     attention = []  # P, seen through the reference's dropout hook (identity here)
     scsa_reference(x.double(), weights.map(torch.Tensor.double), config, training=True,
                    attention_dropout=lambda p: attention.append(p) or p)

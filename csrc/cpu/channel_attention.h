@@ -7,6 +7,7 @@
 #include "common.h"
 #include "spatial_gate.h"  // normal_stats, kGroupNormEps
 
+#include <algorithm>
 #include <limits>
 
 namespace scsa_kernels::cpu {
@@ -133,15 +134,29 @@ T score_vector(const T* a, const T* b_t, int64_t N, int64_t d, T scale_, T* scor
 template <typename T>
 class SinglePositionRowMax {
  public:
+  // The row's maximum score.
   T operator()(const T* k, int64_t d, int64_t head_key, T q_i, T scale_) {
-    if (head_key != head_key_) {
-      min_max(k, d);
-      head_key_ = head_key;
-    }
+    update(k, d, head_key);
     return score_at(&q_i, q_i >= T(0) ? &k_hi_ : &k_lo_, 1, 1, 0, scale_);
   }
 
+  // A column of the row's maximum score (0 where k holds NaN: every score of the row is NaN then).
+  int64_t top_column(const T* k, int64_t d, int64_t head_key, T q_i) {
+    update(k, d, head_key);
+    return q_i >= T(0) ? column_hi_ : column_lo_;
+  }
+
  private:
+  void update(const T* k, int64_t d, int64_t head_key) {
+    if (head_key == head_key_) return;
+    min_max(k, d);
+    column_lo_ = std::find(k, k + d, k_lo_) - k;  // d where not found (NaN)
+    column_hi_ = std::find(k, k + d, k_hi_) - k;
+    if (column_lo_ == d) column_lo_ = 0;
+    if (column_hi_ == d) column_hi_ = 0;
+    head_key_ = head_key;
+  }
+
   void min_max(const T* k, int64_t d) {
     using V = Vectorized<T>;
     V vmin(std::numeric_limits<T>::infinity()), vmax(-std::numeric_limits<T>::infinity());
@@ -161,6 +176,7 @@ class SinglePositionRowMax {
 
   int64_t head_key_ = -1;
   T k_lo_ = 0, k_hi_ = 0;
+  int64_t column_lo_ = 0, column_hi_ = 0;
 };
 
 // exp for softmax weights: ATen's fast vectorised exp (documented as 20 ulp), as its own softmax
@@ -273,11 +289,11 @@ T value_at_top_score(const T* scores, const T* u, int64_t d) {
 // row). Where one score dominates a row (long rows: scores of 10-30), z_i is within 1e-4 of that
 // column's u, and u_j - z_i from a rounded z kept a few bits only (q/k gradients far past the
 // tolerance rule on some draws); so the top column's term is exact and the others small.
+// anchor: u at a column of the row's top score (value_at_top_score, or SinglePositionRowMax's column).
 template <typename T>
-void softmax_row_backward(const T* scores, const T* u, const T* keep, T lse, T do_i, T coef, int64_t d, T* ds,
-                          T* dv) {
+void softmax_row_backward(const T* scores, const T* u, const T* keep, T anchor, T lse, T do_i, T coef, int64_t d,
+                          T* ds, T* dv) {
   using V = Vectorized<T>;
-  const T anchor = value_at_top_score(scores, u, d);
   const V vlse(lse), vdo(do_i), vanchor(anchor);
   V vtotal(T(0)), vdot(T(0));
   int64_t j = 0;
@@ -326,12 +342,14 @@ void attention_head_backward(const ChannelAttentionBuffers<T>& buf, const Channe
   T* masked_v = scales + d;  // (d): M * v_mean of row i
   const T* keep = dropout.active() ? scales : nullptr;
   std::fill(dk_t, dv + d, T(0));
+  SinglePositionRowMax<T> single_max;  // N == 1: the top column is the head's max or min of k
   for (int64_t i = 0; i < d; ++i) {
     const T* q = buf.q + (row0 + i) * N;
     const T* v_row = dropout_row(dropout, v_mean, b, C, head * d + i, d, scales, masked_v);
     const T do_i = gr.d_out[row0 + i];
     score_row(q, k_t, N, d, scale_, scores);
-    softmax_row_backward(scores, v_row, keep, buf.attn_lse[row0 + i], do_i, do_i * scale_, d, ds, dv);
+    const T anchor = N == 1 ? v_row[single_max.top_column(k_t, d, 0, q[0])] : value_at_top_score(scores, v_row, d);
+    softmax_row_backward(scores, v_row, keep, anchor, buf.attn_lse[row0 + i], do_i, do_i * scale_, d, ds, dv);
     dots(ds, k_t, N, d, gr.dq + (row0 + i) * N);
     for (int64_t n = 0; n < N; ++n) axpy(dk_t + n * d, q[n], ds, d);
   }
