@@ -18,9 +18,9 @@ from hypothesis import given, settings
 
 triton = pytest.importorskip("triton")
 
-from conftest import (AUTOCAST_MODES, DOMINATED_SOFTMAX_CASES, EXTRA_TRITONS, HAS_CUDA, autocast_differences,  # noqa: E402
-                      compiled_triton_env, dominated_softmax_errors, requires_cuda, triton_release_id,
-                      single_channel_group_bias_grads)
+from conftest import (AUTOCAST_MODES, DOMINATED_SOFTMAX_CASES, EXTRA_TRITONS, HAS_CUDA,  # noqa: E402
+                      autocast_differences, compiled_triton_env, dominated_softmax_errors, requires_cuda,
+                      triton_release_id, single_channel_group_bias_grads)
 from scsa_kernels import backends  # noqa: E402
 from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.functional import scsa  # noqa: E402
