@@ -118,7 +118,7 @@ class DoubleLaunch:
 
     def __init__(self, ops):
         self.ops, self.original = ops, ops._launch_compiled
-        self.direct = self.total = self.launches = 0
+        self.direct = self.total = 0
         self.mismatches = []
 
     def __call__(self, fn, grid, args, kwargs):
@@ -126,7 +126,6 @@ class DoubleLaunch:
         reference = host_only_triton.recorded_launches(lambda: fn[grid](*args, **kwargs))
         ours = host_only_triton.recorded_launches(lambda: self.original(fn, grid, args, kwargs))
         self.total += 1
-        self.launches += 1
         self.direct += len(self.ops._COMPILED_LAUNCHES) == launches_before  # an existing entry: a direct launch
         if len(reference) != 1 or len(ours) != 1:
             self.mismatches.append(f"{fn.__name__}: {len(reference)} and {len(ours)} launcher calls")
@@ -134,8 +133,8 @@ class DoubleLaunch:
             self.mismatches.append(why)
 
 
-def run_case(double, name, shape, dtype, layout, options) -> bool:
-    """Three forward+backward calls of one case; prints its line; whether it passed."""
+def run_case(double, name, shape, dtype, layout, options):
+    """Three forward+backward calls of one case; prints its line; -> (whether it passed, launches made)."""
     config = SCSAConfig(shape[1], **options)
     weights = random_weights(config, dtype=dtype)
     x, grad_out = make_input(shape, dtype, layout)
@@ -149,7 +148,7 @@ def run_case(double, name, shape, dtype, layout, options) -> bool:
     for why in double.mismatches:
         print(f"    {why}")
     double.mismatches.clear()
-    return ok
+    return ok, sum(total for _, total in per_call)
 
 
 def main():
@@ -157,17 +156,18 @@ def main():
     ops.EAGER_BYPASS = ops.DIRECT_LAUNCH = True  # the GPU defaults
     double = DoubleLaunch(ops)
     ops._launch_compiled = double
-    results = [run_case(double, name, *case) for name, case in CASES.items()]
+    results = [run_case(double, name, *case)[0] for name, case in CASES.items()]
     # with a launch hook registered (a profiler), both routes hand the launcher the hooks and the
     # launch metadata, and each launch runs them (enter and exit, once per route)
-    double.launches = 0
     with LaunchHooks() as hooks:
-        results.append(run_case(double, "avg_pool_fp32_with_launch_hooks", *CASES["avg_pool_fp32"]))
-    expected = 2 * 2 * double.launches
+        ok, launches = run_case(double, "avg_pool_fp32_with_launch_hooks", *CASES["avg_pool_fp32"])
+    results.append(ok)
+    expected = 2 * 2 * launches
     if hooks.calls != expected:
         print(f"    the launch hooks ran {hooks.calls} times, not {expected}")
         results.append(False)
     sys.exit(0 if all(results) else 1)
+
 
 if __name__ == "__main__":
     main()
