@@ -524,6 +524,7 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
     block_l = _pow2(max(H, W))
     block_g = min(_pow2(C // 4), max(1, spatial_tile // block_l))
     wide = _wide_strides(shape, x_stride)
+    vec = _row_vector(dtype.itemsize, (W,), x_stride)
     per_block, pool_blocks_per_sample, pool_blocks = _pool_blocks(WP, WW, H, W, C, channel_tiles)
     blocks = _attention_blocks(C, head_num, N, "forward")
     return dict(
@@ -536,7 +537,7 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
         kept=kept, saved_lengths=_saved_lengths(shape, kept),
         plane_scalars=(C, H, W, *x_stride),
         plane_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), ONE_COL_BLOCK=W <= block_w, WIDE=wide,
-                        VEC=_row_vector(dtype.itemsize, (W,), x_stride)),
+                        VEC=vec),
         gates_scalars=(C, H, W, GROUP_NORM_EPS),
         gates_meta=dict(GATE_SOFTMAX=gate_softmax, K=K, BLOCK_G=block_g, BLOCK_L=block_l, ONE_BLOCK=block_g >= C // 4,
                         num_warps=min(SPATIAL_MAX_WARPS,
@@ -550,7 +551,7 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
         softmax_grid=(B,), softmax_meta=dict(BLOCK_C=min(1024, _pow2(C)), num_warps=4),
         # out = empty_like(x): x's strides where x is dense (else _io_meta redoes WIDE and VEC)
         apply_meta=dict(BLOCK_C=block_c, BLOCK_W=block_w, H_POW2=_pow2(H), WIDE=wide,
-                        VEC=_row_vector(dtype.itemsize, (W,), x_stride)),
+                        VEC=vec),
     )
 
 
