@@ -11,6 +11,7 @@
 #    on a host-only Triton driver, 40 s cap), and times the channel attention kernels with each
 #    product route (benchmarks/attention_routes.py, ROUTES_CAP_S, default 60),
 # 5. runs the full scsa-bench suite and the ResNet-50 end-to-end benchmark,
+# 6. judges the Triton backend's targets (issue 3) from the suite's microbench.csv (`scsa-bench --targets`),
 # and leaves logs, CSV and PNG under benchmarks/results/<card-name>/. If $OUT is set, a tarball of
 # that folder plus the CSVs and summary.txt are copied there too.
 #
@@ -21,13 +22,13 @@
 # non-zero when a step failed. pytest runs verbose, so a capped run's log still names the tests that passed.
 #
 # STEPS (default: all) runs only the named steps, comma-separated (build, pytest, check, profile,
-# host_overhead, host_overhead_no_direct, attention_routes, bench, e2e). On a short lease (15 minutes
+# host_overhead, host_overhead_no_direct, attention_routes, bench, e2e, targets). On a short lease (15 minutes
 # of device time, at most 10 per call) one call cannot hold both the GPU tests (the five
 # GPU-relevant files took more than 140 s with 12 workers: 38 % ran on 2026-11-27) and the
 # timings; two calls can, each bringing back its own logs and summary.txt:
 #   BUILD=0 STEPS=pytest TOTAL_BUDGET_S=400 TEST_CAP_S=390 TEST_WORKERS=12 TEST_ARGS="tests/test_triton_ops.py
 #     tests/test_triton_parameters.py tests/test_triton_saved_memory.py tests/test_weights.py"
-#   BUILD=0 STEPS=profile,attention_routes,bench,e2e TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
+#   BUILD=0 STEPS=profile,attention_routes,bench,e2e,targets TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
 #     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170
 # (results/nvidia-h200/NOTES.md says what each run used and what its caps cut: the e2e step's first
 # Triton call autotunes 16 layer shapes, 25 s were too few).
@@ -90,7 +91,7 @@ step() {
   (( rc != 0 )) && FAILED=1
   echo "[$(date -u +%H:%M:%S)] $name: exit $rc$( (( rc == 124 )) && echo ' (time cap hit)') after $((SECONDS - start))s" \
     | tee -a "$SUMMARY"
-  tail -n 3 "$RESULTS/$name.log" | awk '{print "    " $0}' | tee -a "$SUMMARY"
+  tail -n "${TAIL_LINES:-3}" "$RESULTS/$name.log" | awk '{print "    " $0}' | tee -a "$SUMMARY"
 }
 
 # BUILD=0 skips the install (saves a minute of a short lease): everything then runs from this checkout
@@ -121,6 +122,10 @@ step bench $(( BENCH_S + 25 )) "$PY" -m scsa_kernels.bench --time-budget "$BENCH
 E2E_S=$(cap "$E2E_CAP_S")
 step e2e "$E2E_S" "$PY" -m scsa_kernels.bench --e2e --dtype bfloat16 --dtype float32 --time-budget $(( E2E_S * 3 / 5 )) \
   --out "$RESULTS"
+# the issue's targets judged from this run's microbench.csv (whole table in summary.txt; read even when
+# the bench step was cut before its own table)
+[[ -f "$RESULTS/microbench.csv" ]] && TAIL_LINES=60 step targets 30 "$PY" -m scsa_kernels.bench --targets \
+  "$RESULTS/microbench.csv"
 echo "total ${SECONDS}s; failed steps: $FAILED" | tee -a "$SUMMARY"
 
 if [[ -n "${OUT:-}" ]]; then

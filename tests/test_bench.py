@@ -11,7 +11,8 @@ from fake_backends import install_backend
 from scsa_kernels import backends
 from scsa_kernels.bench import cli
 from scsa_kernels.bench.plots import plot_all, provider_colours
-from scsa_kernels.bench.report import E2E_COLUMNS, ENVIRONMENT_COLUMNS, MICRO_COLUMNS, read_csv
+from scsa_kernels.bench import targets
+from scsa_kernels.bench.report import E2E_COLUMNS, ENVIRONMENT_COLUMNS, MICRO_COLUMNS, CsvWriter, read_csv
 from scsa_kernels.bench import e2e
 from scsa_kernels.bench.resnet import ResNet
 from scsa_kernels.bench.shapes import FEATURE_MAPS, Shape, feature_map_shapes, parse_dtype, parse_shape
@@ -185,6 +186,61 @@ def test_tiny_cuda_run_measures_peak_memory(tmp_path, monkeypatch):
     assert all((r["peak_mem_bytes"] != "") == (r["mode"] == "forward+backward") for r in rows)
 
 
+def _target_row(provider, shape, mode, status="ok", **columns):
+    batch, channels, height, width = shape.split("x")
+    return dict(provider=provider, shape=shape, mode=mode, dtype="bfloat16", layout="nchw", status=status,
+                batch=batch, channels=channels, height=height, width=width, device_name="NVIDIA H100 80GB HBM3",
+                date="2026-11-28T00:00:00Z", **columns)
+
+
+def test_targets_judge_each_row_against_its_goal():
+    x_bytes = 64 * 64 * 56 * 56 * 2
+    rows = [
+        _target_row("eager", "64x64x56x56", "forward", median_ms="1.0"),
+        _target_row("compile-max-autotune", "64x64x56x56", "forward", median_ms="0.5"),
+        _target_row("triton", "64x64x56x56", "forward", median_ms="0.2", speedup_vs_eager="5",
+                    pct_of_copy_bw="71"),
+        _target_row("compile-max-autotune", "64x128x28x28", "forward", status="compile budget spent"),
+        _target_row("triton", "64x128x28x28", "forward", median_ms="0.3", speedup_vs_eager="3.9"),
+        _target_row("triton", "64x64x56x56", "forward+backward", speedup_vs_eager="3", speedup_vs_compile="1.4",
+                    pct_of_copy_bw="", saved_bytes=str(int(x_bytes * 1.11))),
+        _target_row("triton", "64x256x14x14", "forward+backward", status="error: RuntimeError"),
+        dict(_target_row("triton", "64x64x56x56", "forward", speedup_vs_eager="1"), dtype="float32"),  # not judged
+    ]
+    lines = {(l["target"], l["shape"]): l for l in targets.judge(rows)}
+    assert {l["provider"] for l in lines.values()} == {"triton"}  # no triton+cudagraphs rows: none judged
+    verdict = lambda target, shape: (lines[target, shape]["verdict"], lines[target, shape]["measured"])
+    assert verdict("forward vs eager", "64x64x56x56") == ("met", "5x")
+    assert verdict("forward vs eager", "64x128x28x28") == ("missed", "3.9x")
+    assert verdict("forward vs max-autotune", "64x64x56x56") == ("met", "2.5x")  # 0.5 / 0.2, from the same run
+    assert lines["forward vs max-autotune", "64x128x28x28"]["why"] == "compile-max-autotune: compile budget spent"
+    assert verdict("forward copy bandwidth", "64x64x56x56") == ("met", "71%")
+    assert verdict("fwd+bwd vs eager", "64x64x56x56") == ("met", "3x")
+    assert verdict("fwd+bwd vs compile", "64x64x56x56") == ("missed", "1.4x")
+    assert lines["fwd+bwd copy bandwidth", "64x64x56x56"]["why"] == "no pct_of_copy_bw"
+    assert verdict("saved beyond x", "64x64x56x56") == ("missed", "11%")
+    assert lines["saved beyond x", "64x256x14x14"]["why"] == "error: RuntimeError"
+    assert lines["fwd+bwd vs eager", "64x512x7x7"] == dict(target="fwd+bwd vs eager", provider="triton",
+                                                            shape="64x512x7x7", goal=">= 3x", measured="-",
+                                                            verdict="not measured", why="no row")
+    assert not {"forward copy bandwidth", "fwd+bwd copy bandwidth"} & {t for t, s in lines if s != "64x64x56x56"}
+
+
+def test_targets_option_reads_a_csv_and_measures_nothing(tmp_path, capsys):
+    path = str(tmp_path / "microbench.csv")
+    writer = CsvWriter(path, MICRO_COLUMNS)
+    writer.write([_target_row("triton", "64x64x56x56", "forward", speedup_vs_eager="4.5")])
+    assert cli.main(["--targets", path]) == 0
+    out = capsys.readouterr().out
+    assert "from rows of NVIDIA H100 80GB HBM3 (2026-11-28)" in out
+    assert re.search(r"forward vs eager +triton +64x64x56x56 +4.5x +>= 4x +met", out)
+    assert out.rstrip().endswith(f"1 of {len(targets.RESNET50_SHAPES) * 5 + 2} met")
+    writer = CsvWriter(path, MICRO_COLUMNS)  # no Triton rows
+    writer.write([_target_row("eager", "64x64x56x56", "forward", median_ms="1")])
+    cli.main(["--targets", path])
+    assert "no Triton rows" in capsys.readouterr().out
+
+
 def test_unsupported_provider_gets_a_skip_row(tmp_path, monkeypatch):
     fake = install_backend(monkeypatch, "fake")
     fake.unsupported_reason = lambda x, config, training: "fake does C <= 16 only" if config.dim > 16 else None
@@ -310,6 +366,15 @@ def test_gpu_script_runs_only_the_steps_named(tmp_path):
     assert "ran: benchmarks/kernel_profile.py" in (results / "profile.log").read_text()
     summary = (results / "summary.txt").read_text()
     assert "profile:" in summary and "bench:" in summary and "pytest:" not in summary and "e2e:" not in summary
+    # targets: judged from the run's microbench.csv when there is one, its whole table in summary.txt
+    (results / "microbench.csv").write_text("date\n")
+    env["STEPS"] = "targets"
+    res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ran: -m scsa_kernels.bench --targets benchmarks/results/stub-card/microbench.csv" in (
+        results / "targets.log").read_text()
+    assert "targets: exit 0" in (results / "summary.txt").read_text()
 
 
 def test_kernel_profile_names_the_fused_op(capsys):

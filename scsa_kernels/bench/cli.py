@@ -18,10 +18,11 @@ from ..config import SCSAConfig
 from .environment import environment, results_folder_name, steady_cpu_heap
 from .plots import plot_all
 from .providers import COMPILE_MODES, make_providers
-from .report import MICRO_COLUMNS, CsvWriter, micro_table
+from .report import MICRO_COLUMNS, CsvWriter, micro_table, read_csv
 from .runner import Settings, log, run_suite
 from .shapes import parse_dtype, parse_shape
 from .suites import LAYOUTS, Case, custom_suite, default_suite
+from .targets import targets_report
 from .traffic import MODES, copy_bandwidth
 
 COMPILE_CHOICES = {"none": (), "default": ("compile",), "max-autotune": ("compile-max-autotune",),
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CUDA suite), as each case costs a long autotuning compile")
     p.add_argument("--quick", action="store_true", help="a tiny run: two small shapes, short timings")
     p.add_argument("--e2e", action="store_true", help="run the end-to-end ResNet-50 benchmark instead")
+    p.add_argument("--targets", metavar="CSV", default=None,
+                   help="measure nothing: judge the Triton backend's targets (issue 3) from this microbench.csv")
     p.add_argument("--e2e-batch", type=int, default=None, help="e2e batch size (default 32 on CUDA, 4 on CPU, 1 with --quick)")
     p.add_argument("--e2e-image-size", type=int, default=None, help="e2e image size (default 224); --dtype applies to --e2e too")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
@@ -135,6 +138,9 @@ def output_folder(args, device: torch.device) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.targets:
+        print(targets_report(read_csv(args.targets)))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args)

@@ -43,12 +43,15 @@ def read_csv(path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def format_table(rows: Sequence[Dict], columns: Sequence[str], headers: Sequence[str] = ()) -> str:
-    """Fixed-width text table of ``columns`` (headers default to the column names)."""
+def format_table(rows: Sequence[Dict], columns: Sequence[str], headers: Sequence[str] = (),
+                 left: Sequence[str] = ()) -> str:
+    """Fixed-width text table of ``columns`` (headers default to the column names), right-aligned but
+    the columns named in ``left``."""
     headers = list(headers) or list(columns)
     cells = [[format_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))
+    align = [str.ljust if c in left else str.rjust for c in columns]
+    line = lambda values: "  ".join(a(v, w) for a, v, w in zip(align, values, widths)).rstrip()
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 

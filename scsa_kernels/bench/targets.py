@@ -1,0 +1,130 @@
+"""The Triton backend's speed and memory targets (issue 3), judged from microbench.csv rows.
+
+    scsa-bench --targets benchmarks/results/nvidia-h200/microbench.csv
+
+Each target names the rows it reads (bfloat16, NCHW, the ResNet-50 bottleneck maps at batch 64)
+and the number it needs; a verdict is "met", "missed" or "not measured" (with why: no row, or the
+status of a row it needs). The targets are stated for an H100: rows from another card are judged all the same,
+and the table's header names the card they came from. Nothing here measures: a verdict is only as
+good as the run that wrote the rows.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+
+from .report import format_table
+from .shapes import DTYPES, FEATURE_MAPS
+
+Row = Dict[str, str]
+Measured = Union[float, str]  # the number, or why there is none
+TARGET_BATCH = 64
+TARGET_DTYPE = "bfloat16"
+RESNET50_SHAPES = tuple(f"{TARGET_BATCH}x{c}x{h}x{w}" for c, h, w in FEATURE_MAPS["resnet50"])
+TARGET_TABLE = (("target", "target"), ("provider", "provider"), ("shape", "shape"), ("measured", "measured"),
+                ("goal", "goal"), ("verdict", "verdict"), ("why", "why not measured"))
+
+
+class Target(NamedTuple):
+    """One number a fused provider must reach: ``measure(row, rows)`` of its row of ``mode`` at each of
+    ``shapes`` (a float, or a string saying why there is none), at least ``goal`` (at most, with
+    ``at_most``), in ``unit``."""
+
+    name: str
+    mode: str
+    shapes: Sequence[str]
+    goal: float
+    unit: str
+    measure: Callable[[Row, Sequence[Row]], Measured]
+    at_most: bool = False
+
+
+def _column(column: str) -> Callable[[Row, Sequence[Row]], Measured]:
+    """The row's own ``column``."""
+    return lambda row, rows: _number(row, column)
+
+
+def _number(row: Row, column: str) -> Measured:
+    text = row.get(column, "")
+    return float(text) if text else f"no {column}"
+
+
+def _speedup_vs(provider: str) -> Callable[[Row, Sequence[Row]], Measured]:
+    """The median of ``provider``'s row of the same case and mode over this row's median (from the same run)."""
+    def measure(row, rows):
+        base = _find(rows, provider, row["shape"], row["mode"])
+        if base is None:
+            return f"no {provider} row"
+        if base.get("status") != "ok":
+            return f"{provider}: {base.get('status')}"
+        return float(base["median_ms"]) / float(row["median_ms"])
+    return measure
+
+
+def _saved_beyond_x(row: Row, rows: Sequence[Row]) -> Measured:
+    """Bytes saved for backward beyond x itself, in % of x's bytes."""
+    saved = _number(row, "saved_bytes")
+    if isinstance(saved, str):
+        return saved
+    x_bytes = math.prod(int(row[k]) for k in ("batch", "channels", "height", "width")) * DTYPES[row["dtype"]].itemsize
+    return 100.0 * (saved - x_bytes) / x_bytes
+
+
+TARGETS = (
+    Target("forward vs eager", "forward", RESNET50_SHAPES, 4.0, "x", _column("speedup_vs_eager")),
+    Target("forward vs max-autotune", "forward", RESNET50_SHAPES, 2.0, "x", _speedup_vs("compile-max-autotune")),
+    Target("fwd+bwd vs eager", "forward+backward", RESNET50_SHAPES, 3.0, "x", _column("speedup_vs_eager")),
+    Target("fwd+bwd vs compile", "forward+backward", RESNET50_SHAPES, 1.5, "x", _column("speedup_vs_compile")),
+    # bandwidth: at the largest map only (the small ones are launch-bound)
+    Target("forward copy bandwidth", "forward", RESNET50_SHAPES[:1], 70.0, "%", _column("pct_of_copy_bw")),
+    Target("fwd+bwd copy bandwidth", "forward+backward", RESNET50_SHAPES[:1], 70.0, "%", _column("pct_of_copy_bw")),
+    Target("saved beyond x", "forward+backward", RESNET50_SHAPES, 10.0, "%", _saved_beyond_x, at_most=True),
+)
+
+
+def _find(rows: Sequence[Row], provider: str, shape: str, mode: str) -> Optional[Row]:
+    """The last row of (provider, shape, mode) in bfloat16 NCHW (a later run's row wins)."""
+    found = None
+    for row in rows:
+        if (row.get("provider"), row.get("shape"), row.get("mode"), row.get("dtype"), row.get("layout")) == (
+                provider, shape, mode, TARGET_DTYPE, "nchw"):
+            found = row
+    return found
+
+
+def verdict(target: Target, row: Optional[Row], rows: Sequence[Row]) -> Dict[str, str]:
+    """One line of the table: what ``target`` measured on ``row`` and whether it reached its goal."""
+    line = {"goal": f"{'<=' if target.at_most else '>='} {target.goal:g}{target.unit}"}
+    if row is None:
+        return dict(line, measured="-", verdict="not measured", why="no row")
+    if row.get("status") != "ok":
+        return dict(line, measured="-", verdict="not measured", why=row.get("status"))
+    value = target.measure(row, rows)
+    if isinstance(value, str):
+        return dict(line, measured="-", verdict="not measured", why=value)
+    met = value <= target.goal if target.at_most else value >= target.goal
+    return dict(line, measured=f"{value:.3g}{target.unit}", verdict="met" if met else "missed")
+
+
+def judge(rows: Sequence[Row], providers: Sequence[str] = ("triton", "triton+cudagraphs")) -> List[Dict[str, str]]:
+    """Every target for every provider of ``providers`` that has a row in ``rows``, shape by shape."""
+    present = {row.get("provider") for row in rows}
+    lines = []
+    for provider in (p for p in providers if p in present):
+        for target in TARGETS:
+            for shape in target.shapes:
+                row = _find(rows, provider, shape, target.mode)
+                lines.append(dict(verdict(target, row, rows), target=target.name, provider=provider, shape=shape))
+    return lines
+
+
+def targets_report(rows: Sequence[Row]) -> str:
+    """The targets table, headed by the card(s) and date(s) the rows came from."""
+    lines = judge(rows)
+    if not lines:
+        return "no Triton rows: no target can be judged"
+    cards = sorted({f"{r.get('device_name')} ({r.get('date', '')[:10]})" for r in rows if r.get("provider") == "triton"})
+    head = f"Triton backend targets (the project's issue 3, stated for an H100), from rows of {', '.join(cards)}; bfloat16, NCHW, batch {TARGET_BATCH}"
+    met = sum(line["verdict"] == "met" for line in lines)
+    table = format_table(lines, [c for c, _ in TARGET_TABLE], [h for _, h in TARGET_TABLE], left=("verdict", "why"))
+    return f"{head}\n{table}\n{met} of {len(lines)} met"
