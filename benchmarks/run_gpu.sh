@@ -29,7 +29,8 @@
 #   BUILD=0 STEPS=pytest TOTAL_BUDGET_S=400 TEST_CAP_S=390 TEST_WORKERS=12 TEST_ARGS="tests/test_triton_ops.py
 #     tests/test_triton_parameters.py tests/test_triton_saved_memory.py tests/test_weights.py"
 #   BUILD=0 STEPS=profile,attention_routes,bench,e2e,targets TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
-#     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170
+#     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170 BENCH_ARGS="--shape 64,64,56,56 --shape 64,128,28,28
+#     --shape 64,256,14,14 --shape 64,512,7,7 --dtype bf16 --mode forward --mode forward+backward"
 # (results/nvidia-h200/NOTES.md says what each run used and what its caps cut: the e2e step's first
 # Triton call autotunes 16 layer shapes, 25 s were too few).
 #
@@ -37,6 +38,9 @@
 # (`pip` on PATH may belong to another interpreter, so the build runs `$PY -m pip`). pytest runs with
 # `-n $TEST_WORKERS` (default 8) when pytest-xdist is importable; TEST_ARGS (default: the whole suite) picks
 # test files, e.g. the GPU-relevant ones on a short lease, since CI runs the CPU-only tests anyway.
+# BENCH_ARGS: more scsa-bench options (e.g. only the cases the targets step judges: the four ResNet-50
+# maps at batch 64 in bfloat16, `--shape 64,64,56,56 ... --dtype bf16 --mode forward --mode forward+backward`,
+# with `--autotune-all` so that compile-max-autotune measures each: ~50 s of compiling per case).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +55,7 @@ ROUTES_CAP_S=${ROUTES_CAP_S:-60}
 STEPS=${STEPS:-all}
 TEST_WORKERS=${TEST_WORKERS:-8}
 read -r -a TEST_ARGS <<< "${TEST_ARGS:-}"
+read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export PYTHONUNBUFFERED=1
@@ -117,7 +122,8 @@ wanted e2e && E2E_RESERVE_S=$E2E_CAP_S
 BENCH_S=$(( $(remaining) - E2E_RESERVE_S - 25 - 15 ))
 (( BENCH_S > BENCH_BUDGET_S )) && BENCH_S=$BENCH_BUDGET_S
 (( BENCH_S < 20 )) && BENCH_S=20
-step bench $(( BENCH_S + 25 )) "$PY" -m scsa_kernels.bench --time-budget "$BENCH_S" --out "$RESULTS"
+step bench $(( BENCH_S + 25 )) "$PY" -m scsa_kernels.bench --time-budget "$BENCH_S" --out "$RESULTS" \
+  ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 # e2e: bfloat16 first (the case that matters on GPU), then float32; rows are written as they finish
 E2E_S=$(cap "$E2E_CAP_S")
 step e2e "$E2E_S" "$PY" -m scsa_kernels.bench --e2e --dtype bfloat16 --dtype float32 --time-budget $(( E2E_S * 3 / 5 )) \

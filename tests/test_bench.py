@@ -357,13 +357,16 @@ def test_gpu_script_runs_only_the_steps_named(tmp_path):
     stub = tmp_path / "stub-python"
     stub.write_text('#!/usr/bin/env bash\ncase "$*" in *results_folder_name*) echo stub-card;; *) echo "ran: $*";; esac\n')
     stub.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(stub), "STEPS": "profile,bench", "TOTAL_BUDGET_S": "200"}
+    env = {**os.environ, "PYTHON": str(stub), "STEPS": "profile,bench", "TOTAL_BUDGET_S": "200",
+           "BENCH_ARGS": "--shape 64,64,56,56 --autotune-all"}
     res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     results = tmp_path / "benchmarks" / "results" / "stub-card"
     assert sorted(p.name for p in results.glob("*.log")) == ["bench.log", "profile.log"]
     assert "ran: benchmarks/kernel_profile.py" in (results / "profile.log").read_text()
+    assert re.search(r"ran: -m scsa_kernels.bench --time-budget \d+ --out \S+ --shape 64,64,56,56 --autotune-all$",
+                     (results / "bench.log").read_text().strip())
     summary = (results / "summary.txt").read_text()
     assert "profile:" in summary and "bench:" in summary and "pytest:" not in summary and "e2e:" not in summary
     # targets: judged from the run's microbench.csv when there is one, its whole table in summary.txt
