@@ -239,6 +239,9 @@ def test_targets_option_reads_a_csv_and_measures_nothing(tmp_path, capsys):
     writer.write([_target_row("eager", "64x64x56x56", "forward", median_ms="1")])
     cli.main(["--targets", path])
     assert "no Triton rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["--targets", str(tmp_path / "missing.csv")])
+    assert "--targets must name a microbench.csv" in capsys.readouterr().err
 
 
 def test_unsupported_provider_gets_a_skip_row(tmp_path, monkeypatch):

@@ -137,8 +137,11 @@ def output_folder(args, device: torch.device) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.targets:
+        if not os.path.isfile(args.targets):
+            parser.error(f"--targets must name a microbench.csv, and {args.targets!r} is no file")
         print(targets_report(read_csv(args.targets)))
         return 0
     if args.threads:

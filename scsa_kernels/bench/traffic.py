@@ -22,7 +22,7 @@ MODES = ("forward", "backward", "forward+backward")
 X_PASSES = {"forward": 2, "backward": 3, "forward+backward": 5}  # full-size reads + writes per mode
 # The fused plan's full-size transfers (DESIGN.md "Kernel plan": forward 3 reads of x + 1 write, backward
 # 2 reads of x, 2 of grad_out, 1 write of dx): the bytes the kernels must move, which the Triton targets'
-# bandwidth is judged by (X_PASSES is the physical floor)
+# bandwidth is judged by (X_PASSES is the physical floor); tests/test_triton_traffic.py holds the kernels to them
 PLAN_PASSES = {"forward": 4, "backward": 5, "forward+backward": 9}
 
 
