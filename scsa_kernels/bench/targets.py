@@ -57,8 +57,9 @@ def _speedup_vs(provider: str) -> Callable[[Row, Sequence[Row]], Measured]:
         base = _find(rows, provider, row["shape"], row["mode"])
         if base is None:
             return f"no {provider} row"
-        if base.get("status") != "ok":
-            return f"{provider}: {base.get('status')}"
+        status = base.get("status", "")
+        if status != "ok":
+            return status if provider in status else f"{provider}: {status}"
         return float(base["median_ms"]) / float(row["median_ms"])
     return measure
 
