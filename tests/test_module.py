@@ -127,11 +127,11 @@ def test_compiling_before_any_eager_call_has_no_graph_break():
     assert res.returncode == 0 and "torch.Size([1, 8, 4, 4])" in res.stdout, res.stderr[-3000:]
 
 
-def _gradients(module, x, backward):
-    """Gradients of x and of every parameter after ``backward(out)``."""
+def _gradients(module, x, backward, call=None):
+    """Gradients of x and of every parameter after ``backward(call(x))`` (call: the module by default)."""
     x = x.clone().requires_grad_()
     module.zero_grad(set_to_none=True)
-    backward(module(x))
+    backward((call or module)(x))
     return [x.grad] + [p.grad for p in module.parameters()]
 
 
@@ -173,6 +173,33 @@ def test_training_contexts_give_the_plain_gradients(backend, context):
     module = SCSA(16, window_size=3, head_num=2, backend=backend).to(device)
     x = torch.randn(2, 16, 7, 8, device=device)
     for got, expected in zip(_gradients(module, x, CONTEXTS[context]), _gradients(module, x, _plain)):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_activation_checkpointing_gives_the_plain_gradients(backend, use_reentrant):
+    """torch.utils.checkpoint around the module, with attention dropout: its recomputed forward (RNG
+    state restored) draws the same masks, so the gradients are the plain ones, bitwise."""
+    from torch.utils.checkpoint import checkpoint
+
+    skip_unless_available(backend)
+    device = backend_device(backend)
+    module = SCSA(16, window_size=3, head_num=2, attn_drop_ratio=0.3, backend=backend).to(device).train()
+    x = torch.randn(2, 16, 7, 8, device=device)
+
+    def seeded(seed, call):
+        def run(x):
+            torch.manual_seed(seed)
+            return call(x)
+        return run
+
+    plain = _gradients(module, x, _plain, seeded(7, module))
+    checkpointed = _gradients(module, x, _plain,
+                              seeded(7, lambda x: checkpoint(module, x, use_reentrant=use_reentrant)))
+    other_masks = _gradients(module, x, _plain, seeded(8, module))
+    assert any(not torch.equal(a, b) for a, b in zip(plain, other_masks)), "dropout drew no masks"
+    for got, expected in zip(checkpointed, plain):
         assert torch.equal(got, expected)
 
 
