@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from scsa_kernels import backends  # noqa: E402
+from scsa_kernels.bench.timing import device_self_us  # noqa: E402
 from scsa_kernels.module import SCSA  # noqa: E402
 
 DEFAULT_SHAPES = [(64, 64, 56, 56), (64, 512, 7, 7), (1, 64, 56, 56)]
@@ -206,9 +207,7 @@ def print_host_split(module, x, grad_out, mode, reps):
 
 
 def _self_time_us(event, device):
-    if device.type == "cuda":
-        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
-    return event.self_cpu_time_total
+    return device_self_us(event) if device.type == "cuda" else event.self_cpu_time_total
 
 
 def profiled_tables(module, x, grad_out, mode, reps):

@@ -9,7 +9,7 @@ import torch
 
 from fake_backends import install_backend
 from scsa_kernels import backends
-from scsa_kernels.bench import cli
+from scsa_kernels.bench import cli, runner, timing
 from scsa_kernels.bench.plots import plot_all, provider_colours
 from scsa_kernels.bench import targets
 from scsa_kernels.bench.report import E2E_COLUMNS, ENVIRONMENT_COLUMNS, MICRO_COLUMNS, CsvWriter, read_csv
@@ -171,7 +171,45 @@ def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
         assert int(row["model_bytes"]) == {"forward": 2, "backward": 3, "forward+backward": 5}[row["mode"]] * 4 * 16 * 196
         assert float(row["achieved_gbps"]) > 0 and float(row["copy_gbps"]) > 0
         assert (row["saved_bytes"] != "") == (row["mode"] == "forward+backward")
+        assert row["kernel_ms"] == ""  # kernels are timed apart on CUDA only
     assert sorted(os.listdir(out)) == ["microbench.csv", "microbench_memory.png", "microbench_speedup.png"]
+
+
+def test_kernel_time_sums_the_device_events_per_iteration():
+    from types import SimpleNamespace
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [SimpleNamespace(device_type=cuda, self_device_time_total=300.0),
+              SimpleNamespace(device_type=cuda, self_device_time_total=100.0),
+              SimpleNamespace(device_type=cpu, self_device_time_total=0.0, self_cpu_time_total=5000.0)]
+    assert timing.kernel_ms_from_events(events, iterations=4) == pytest.approx(0.1)
+    assert timing.kernel_ms_from_events(events[2:], iterations=4) is None  # no kernel seen: not a zero
+    assert timing.kernel_ms((lambda: None, lambda state: None), torch.device("cpu")) is None
+
+
+def test_kernel_columns_come_from_the_kernel_timer(tmp_path, monkeypatch):
+    """The forward and forward+backward rows get kernel_ms and its share of the copy bandwidth from
+    timing.kernel_ms (a CUDA profiler run; stubbed here), the backward rows none; a failing profiler
+    leaves the columns empty and the row ok."""
+    install_backend(monkeypatch, "fake")
+    monkeypatch.setattr(runner, "kernel_ms", lambda work, device: 0.5)
+    out = str(tmp_path)
+    cli.main(["--shape", "1,16,14,14", "--out", out, *TINY_CPU_RUN])
+    for row in read_csv(os.path.join(out, "microbench.csv")):
+        if row["mode"] == "backward":
+            assert row["kernel_ms"] == row["kernel_pct_of_copy_bw"] == ""
+        else:
+            assert float(row["kernel_ms"]) == 0.5
+            expected = 100 * int(row["model_bytes"]) / 0.5e-3 / 1e9 / float(row["copy_gbps"])
+            assert float(row["kernel_pct_of_copy_bw"]) == pytest.approx(expected, rel=1e-5)
+
+    def broken(work, device):
+        raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setattr(runner, "kernel_ms", broken)
+    cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
+    rows = read_csv(os.path.join(out, "microbench.csv"))
+    assert all(r["status"] == "ok" and r["kernel_ms"] == "" and float(r["median_ms"]) > 0 for r in rows)
 
 
 @requires_cuda
@@ -184,6 +222,7 @@ def test_tiny_cuda_run_measures_peak_memory(tmp_path, monkeypatch):
     assert {r["provider"] for r in rows} == {"eager", "fake"} and all(r["status"] == "ok" for r in rows)
     assert all(r["device"] == "cuda" and r["cuda"] for r in rows)
     assert all((r["peak_mem_bytes"] != "") == (r["mode"] == "forward+backward") for r in rows)
+    assert all((r["kernel_ms"] != "") == (r["mode"] != "backward") for r in rows)
 
 
 def _target_row(provider, shape, mode, status="ok", **columns):
@@ -199,7 +238,7 @@ def test_targets_judge_each_row_against_its_goal():
         _target_row("eager", "64x64x56x56", "forward", median_ms="1.0"),
         _target_row("compile-max-autotune", "64x64x56x56", "forward", median_ms="0.5"),
         _target_row("triton", "64x64x56x56", "forward", median_ms="0.2", speedup_vs_eager="5",
-                    pct_of_copy_bw="36"),  # of the floor's 2|x|: 72 % of the plan's 4|x|
+                    pct_of_copy_bw="36", kernel_pct_of_copy_bw="30"),  # of the floor's 2|x|: 72 %, 60 % of the plan's 4|x|
         _target_row("compile-max-autotune", "64x128x28x28", "forward", status="compile budget spent"),
         _target_row("triton", "64x128x28x28", "forward", median_ms="0.3", speedup_vs_eager="3.9"),
         _target_row("triton", "64x64x56x56", "forward+backward", speedup_vs_eager="3", speedup_vs_compile="1.4",
@@ -214,16 +253,18 @@ def test_targets_judge_each_row_against_its_goal():
     assert verdict("forward vs eager", "64x128x28x28") == ("missed", "3.9x")
     assert verdict("forward vs max-autotune", "64x64x56x56") == ("met", "2.5x")  # 0.5 / 0.2, from the same run
     assert lines["forward vs max-autotune", "64x128x28x28"]["why"] == "compile-max-autotune: compile budget spent"
-    assert verdict("forward copy bandwidth (4|x|)", "64x64x56x56") == ("met", "72%")
+    assert verdict("forward copy bw (4|x|, wall)", "64x64x56x56") == ("met", "72%")
+    assert verdict("forward copy bw (4|x|, kernels)", "64x64x56x56") == ("missed", "60%")
     assert verdict("fwd+bwd vs eager", "64x64x56x56") == ("met", "3x")
     assert verdict("fwd+bwd vs compile", "64x64x56x56") == ("missed", "1.4x")
-    assert lines["fwd+bwd copy bandwidth (9|x|)", "64x64x56x56"]["why"] == "no pct_of_copy_bw"
+    assert lines["fwd+bwd copy bw (9|x|, wall)", "64x64x56x56"]["why"] == "no pct_of_copy_bw"
+    assert lines["fwd+bwd copy bw (9|x|, kernels)", "64x64x56x56"]["why"] == "no kernel_pct_of_copy_bw"
     assert verdict("saved beyond x", "64x64x56x56") == ("missed", "11%")
     assert lines["saved beyond x", "64x256x14x14"]["why"] == "error: RuntimeError"
     assert lines["fwd+bwd vs eager", "64x512x7x7"] == dict(target="fwd+bwd vs eager", provider="triton",
                                                             shape="64x512x7x7", goal=">= 3x", measured="-",
                                                             verdict="not measured", why="no row")
-    assert not {t for t, s in lines if "bandwidth" in t and s != "64x64x56x56"}
+    assert not {t for t, s in lines if "copy bw" in t and s != "64x64x56x56"}
 
 
 def test_targets_option_reads_a_csv_and_measures_nothing(tmp_path, capsys):
@@ -234,7 +275,7 @@ def test_targets_option_reads_a_csv_and_measures_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "from rows of NVIDIA H100 80GB HBM3 (2026-11-28)" in out
     assert re.search(r"forward vs eager +triton +64x64x56x56 +4.5x +>= 4x +met", out)
-    assert out.rstrip().endswith(f"1 of {len(targets.RESNET50_SHAPES) * 5 + 2} met")
+    assert out.rstrip().endswith(f"1 of {len(targets.RESNET50_SHAPES) * 5 + 4} met")
     writer = CsvWriter(path, MICRO_COLUMNS)  # no Triton rows
     writer.write([_target_row("eager", "64x64x56x56", "forward", median_ms="1")])
     cli.main(["--targets", path])

@@ -15,7 +15,7 @@ from .providers import (Provider, RotatingInputs, cuda_peak_bytes, first_call_se
 from .report import CsvWriter
 from .shapes import dtype_name
 from .suites import Case
-from .timing import Timing, time_workloads
+from .timing import Timing, kernel_ms, time_workloads
 from .traffic import floor_bytes, gigabytes_per_second
 
 
@@ -101,9 +101,11 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
     except Exception as exc:  # e.g. out of memory after the first calls: keep the suite going
         log(f"{case} {mode}: timing failed: {error_status(exc)}")
         timings, skipped = {}, dict(skipped, **{name: error_status(exc) for name in works})
-    memory = {}
+    memory, kernels = {}, {}
     if mode == "forward+backward":
         memory = {p.name: measure_memory(p, inputs, weights, config, device) for p in providers if p.name in works}
+    if mode in KERNEL_TIMED_MODES:
+        kernels = {name: measure_kernels(name, works[name], device) for name in timings}
     model_bytes = floor_bytes(mode, case.shape.numel, case.dtype)
     rows = []
     for provider in providers:
@@ -112,18 +114,40 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
                    dtype=dtype_name(case.dtype), layout=case.layout, mode=mode, provider=provider.name, model_bytes=model_bytes,
                    copy_gbps=settings.copy_gbps, status=skipped.get(provider.name, "ok"))
         if provider.name in timings:
-            row.update(timing_columns(timings[provider.name], timings, model_bytes, settings.copy_gbps))
+            row.update(timing_columns(timings[provider.name], timings, model_bytes, settings.copy_gbps,
+                                      kernels.get(provider.name)))
             row.update(memory.get(provider.name, {}), first_call_s=first_calls[provider.name])
         rows.append(row)
     return rows
 
 
-def timing_columns(timing: Timing, all_timings: Dict[str, Timing], model_bytes: int, copy_gbps: float) -> Dict:
+def timing_columns(timing: Timing, all_timings: Dict[str, Timing], model_bytes: int, copy_gbps: float,
+                   kernel_milliseconds: Optional[float] = None) -> Dict:
     achieved = gigabytes_per_second(model_bytes, timing.median_ms)
     speedup = lambda base: all_timings[base].median_ms / timing.median_ms if base in all_timings else None
-    return {"median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
-            "samples": timing.samples, "speedup_vs_eager": speedup("eager"), "speedup_vs_compile": speedup("compile"),
-            "achieved_gbps": achieved, "pct_of_copy_bw": 100.0 * achieved / copy_gbps}
+    columns = {"median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
+               "samples": timing.samples, "speedup_vs_eager": speedup("eager"), "speedup_vs_compile": speedup("compile"),
+               "achieved_gbps": achieved, "pct_of_copy_bw": 100.0 * achieved / copy_gbps}
+    if kernel_milliseconds is not None:
+        columns.update(kernel_ms=kernel_milliseconds,
+                       kernel_pct_of_copy_bw=100.0 * gigabytes_per_second(model_bytes, kernel_milliseconds) / copy_gbps)
+    return columns
+
+
+# Modes whose kernels alone are timed (CUDA): those whose workload prepares without launching anything
+KERNEL_TIMED_MODES = ("forward", "forward+backward")
+
+
+def measure_kernels(name: str, work, device: torch.device) -> Optional[float]:
+    """kernel_ms of one provider's workload; None (and a log line) where the profiler fails or sees no kernel."""
+    try:
+        milliseconds = kernel_ms(work, device)
+    except Exception as exc:  # the timing stands; only the kernel columns stay empty
+        log(f"{name}: kernel time not measured: {error_status(exc)}")
+        return None
+    if milliseconds is None and device.type == "cuda":
+        log(f"{name}: kernel time not measured: the profiler saw no kernel")
+    return milliseconds
 
 
 def measure_memory(provider: Provider, inputs: RotatingInputs, weights, config: SCSAConfig,

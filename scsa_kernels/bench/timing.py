@@ -14,12 +14,15 @@ measurement), ``run(state)`` is the timed part.
   does); the flush is outside the events.
 
 Results are the median and the 20%/80% quantiles of the per-iteration times, in ms.
+
+On CUDA, ``kernel_ms`` also gives what the kernels alone take per iteration (their summed device
+time under torch.profiler): apart from the host time a host-bound call waits for.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -125,3 +128,36 @@ def time_workloads(device: torch.device, workloads: Dict[str, Workload], warmup_
     """``measure`` with the clock of ``device`` (CUDA events and L2 flushes on CUDA, perf_counter on CPU)."""
     clock = CUDAClock(device) if device.type == "cuda" else CPUClock()
     return measure(workloads, clock, warmup_ms, rep_ms, rounds)
+
+
+def device_self_us(event) -> float:
+    """Device time (us) of a torch.profiler key_averages() entry: its kernels' (or copies') summed
+    durations; 0 for host-side events."""
+    if getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
+        return 0.0
+    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+
+def kernel_ms_from_events(events: Iterable, iterations: int) -> Optional[float]:
+    """Summed device time per iteration (ms) of profiler entries; None when no kernel ran (nothing
+    the profiler saw: not a zero)."""
+    total_us = sum(device_self_us(event) for event in events)
+    return total_us / iterations / 1e3 if total_us > 0 else None
+
+
+def kernel_ms(workload: Workload, device: torch.device, iterations: int = 5) -> Optional[float]:
+    """What the CUDA kernels of ``run`` take per iteration, their device times summed (idle gaps
+    between them, where a host-bound call waits for the host, left out); None on a CPU. For
+    workloads whose ``prepare`` launches nothing (the forward and forward+backward modes): every
+    kernel under the profiler counts."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    prepare, run = workload
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iterations):
+            run(prepare())
+        torch.cuda.synchronize()
+    return kernel_ms_from_events(prof.key_averages(), iterations)
