@@ -36,15 +36,15 @@ def _direction(C, H, W):
 
 
 @triton.jit
-def _group_block(b, j, g0, C, H, W, off, ls, L, BLOCK_G: tl.constexpr):
-    """Channels cs (BLOCK_G) of group j from g0 on, their mask, their int64 row offsets, and the mask
-    (BLOCK_G, BLOCK_L) of their rows' valid positions ls < L."""
+def _group_block(b, j, g0, C, H, W, off, BLOCK_G: tl.constexpr):
+    """Channels cs (BLOCK_G) of group j from g0 on, their mask, and their int64 row offsets.
+    (The callers form the valid-position mask themselves: returned from here, it made
+    spatial_gates_bwd_kernel spill 112-128 bytes at BLOCK_L 4096 on triton 3.5 and 3.6.)"""
     G = C // 4
     gi = g0 + tl.arange(0, BLOCK_G)
     cs = j * G + gi
     row = (b * C + cs).to(tl.int64) * (H + W) + off
-    cmask = gi < G
-    return cs, cmask, row, cmask[:, None] & (ls < L)[None, :]
+    return cs, gi < G, row
 
 
 @triton.jit
@@ -132,7 +132,8 @@ def spatial_gates_fwd_kernel(
     G = C // 4
     n = G * L
     if ONE_BLOCK:
-        cs, cmask, row, valid = _group_block(b, j, 0, C, H, W, off, ls, L, BLOCK_G)
+        cs, cmask, row = _group_block(b, j, 0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
         t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
         mean = _valid_sum(t, valid) / n
         rstd = 1.0 / tl.sqrt(_squared_deviation_sum(t, mean, valid) / n + eps)
@@ -141,18 +142,21 @@ def spatial_gates_fwd_kernel(
     else:
         total = tl.full([], 0.0, GATE_T)
         for g0 in range(0, G, BLOCK_G):
-            cs, cmask, row, valid = _group_block(b, j, g0, C, H, W, off, ls, L, BLOCK_G)
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
             t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
             total += _valid_sum(t, valid)
         mean = total / n
         sq = tl.full([], 0.0, GATE_T)  # second pass for the variance
         for g0 in range(0, G, BLOCK_G):
-            cs, cmask, row, valid = _group_block(b, j, g0, C, H, W, off, ls, L, BLOCK_G)
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
             t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
             sq += _squared_deviation_sum(t, mean, valid)
         rstd = 1.0 / tl.sqrt(sq / n + eps)
         for g0 in range(0, G, BLOCK_G):
-            cs, cmask, row, valid = _group_block(b, j, g0, C, H, W, off, ls, L, BLOCK_G)
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
             t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
             _store_gates(t, mean, rstd, gates_ptr, nh_w_ptr, nh_b_ptr, nw_w_ptr, nw_b_ptr, cs, cmask, row, ls, valid,
                          d, GATE_SOFTMAX)
@@ -232,7 +236,8 @@ def spatial_gates_bwd_kernel(
     rstd = tl.load(stat + 1)
     part = conv_part_ptr + (b * 2 + d) * (C * K + C)
     if ONE_BLOCK:
-        cs, cmask, row, valid = _group_block(b, j, 0, C, H, W, off, ls, L, BLOCK_G)
+        cs, cmask, row = _group_block(b, j, 0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
         tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
                                 cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
         s1, s2 = _norm_grads(tn, du, norm_part_ptr, nh_w_ptr, nw_w_ptr, b, C, cs, cmask, d)
@@ -242,14 +247,16 @@ def spatial_gates_bwd_kernel(
         s1 = tl.full([], 0.0, GATE_T)
         s2 = tl.full([], 0.0, GATE_T)
         for g0 in range(0, G, BLOCK_G):  # GroupNorm affine gradients and the group sums of its backward
-            cs, cmask, row, valid = _group_block(b, j, g0, C, H, W, off, ls, L, BLOCK_G)
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
             tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
                                     cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
             block_s1, block_s2 = _norm_grads(tn, du, norm_part_ptr, nh_w_ptr, nw_w_ptr, b, C, cs, cmask, d)
             s1 += block_s1
             s2 += block_s2
         for g0 in range(0, G, BLOCK_G):  # gradient dt of the conv output, the conv weight and bias gradients
-            cs, cmask, row, valid = _group_block(b, j, g0, C, H, W, off, ls, L, BLOCK_G)
+            cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+            valid = cmask[:, None] & (ls < L)[None, :]
             tn, du = _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_ptr, b, C,
                                     cs, cmask, row, ls, L, valid, mean, rstd, GATE_SOFTMAX, K, BLOCK_G, BLOCK_L)
             _conv_grads(tn, du, s1, s2, n, rstd, means_ptr, nh_w_ptr, nw_w_ptr, dt_ptr, part, C, cs, cmask, row, ls,
@@ -257,7 +264,8 @@ def spatial_gates_bwd_kernel(
     tl.debug_barrier()  # the conv input gradient reads dt shifted: other threads' stores must be visible
     scale = 1.0 / (W + d * (H - W))  # x_h is a mean over W columns, x_w over H rows
     for g0 in range(0, G, BLOCK_G):  # conv input gradient, in fp32 (rstd no longer amplifies its rounding)
-        cs, cmask, row, valid = _group_block(b, j, g0, C, H, W, off, ls, L, BLOCK_G)
+        cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
+        valid = cmask[:, None] & (ls < L)[None, :]
         dm = tl.zeros([BLOCK_G, BLOCK_L], dtype=tl.float32)
         for k in tl.static_range(K):  # dm[l] += w[k] * dt[l - shift]
             src = ls - (k - K // 2)
