@@ -4,8 +4,8 @@
 
 Each target names the rows it reads (bfloat16, NCHW, the ResNet-50 bottleneck maps at batch 64)
 and the number it needs; a verdict is "met", "missed" or "not measured" (with why: no row, or the
-status of a row it needs). The targets are stated for an H100: rows from another card are judged all the same,
-and the table's header names the card they came from. Nothing here measures: a verdict is only as
+status of a row it needs). The targets are stated for an H100: rows from another card are judged all
+the same, and the table's header names the card they came from. Nothing here measures: a verdict is only as
 good as the run that wrote the rows. Copy bandwidth is judged for the bytes the fused plan must move
 (traffic.PLAN_PASSES: forward 4|x|, forward+backward 9|x|), not the CSV's physical floor (2|x|, 5|x|),
 in wall time and in the kernels' device time (kernel_ms: CUDA runs since 2026-11-28).
@@ -144,8 +144,10 @@ def targets_report(rows: Sequence[Row]) -> str:
     lines = judge(rows)
     if not lines:
         return "no Triton rows: no target can be judged"
-    cards = sorted({f"{r.get('device_name')} ({r.get('date', '')[:10]})" for r in rows if r.get("provider") == "triton"})
-    head = f"Triton backend targets (the project's issue 3, stated for an H100), from rows of {', '.join(cards)}; bfloat16, NCHW, batch {TARGET_BATCH}"
+    cards = sorted({f"{r.get('device_name')} ({r.get('date', '')[:10]})" for r in rows
+                    if r.get("provider") == "triton"})
+    head = (f"Triton backend targets (the project's issue 3, stated for an H100), from rows of {', '.join(cards)}; "
+            f"{TARGET_DTYPE}, NCHW, batch {TARGET_BATCH}")
     met = sum(line["verdict"] == "met" for line in lines)
     table = format_table(lines, [c for c, _ in TARGET_TABLE], [h for _, h in TARGET_TABLE], left=("verdict", "why"))
     return f"{head}\n{table}\n{met} of {len(lines)} met"
