@@ -104,8 +104,9 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
     memory, kernels = {}, {}
     if mode == "forward+backward":
         memory = {p.name: measure_memory(p, inputs, weights, config, device) for p in providers if p.name in works}
-    if mode in KERNEL_TIMED_MODES:
-        kernels = {name: measure_kernels(name, works[name], device) for name in timings}
+    if mode in KERNEL_TIMED_MODES:  # the fused providers only: a profiled reference run costs seconds
+        kernels = {p.name: measure_kernels(p.name, works[p.name], device) for p in providers
+                   if p.backend is not None and p.name in timings}
     model_bytes = floor_bytes(mode, case.shape.numel, case.dtype)
     rows = []
     for provider in providers:
@@ -134,7 +135,8 @@ def timing_columns(timing: Timing, all_timings: Dict[str, Timing], model_bytes: 
     return columns
 
 
-# Modes whose kernels alone are timed (CUDA): those whose workload prepares without launching anything
+# Modes whose kernels alone are timed (CUDA, fused providers): those whose workload prepares without
+# launching anything
 KERNEL_TIMED_MODES = ("forward", "forward+backward")
 
 
