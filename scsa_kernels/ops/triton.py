@@ -644,7 +644,7 @@ def _forward_impl(
     conv_d: recombination's projection (C, C*ws*ws), or None for the pooling modes. dropout_p > 0:
     attention dropout with the Philox stream of dropout_seed ((1,) int64, see ops/dropout.py).
     keep_for_backward=False (eager inference): nothing is kept, saved is empty."""
-    B, C, H, W = x.shape
+    C, H, W = x.shape[1:]
     kernels = _kernels()
     x_stride = x.stride()
     recombine = conv_d is not None
