@@ -175,41 +175,47 @@ def test_tiny_cpu_run_writes_csv_and_plots(tmp_path, monkeypatch):
     assert sorted(os.listdir(out)) == ["microbench.csv", "microbench_memory.png", "microbench_speedup.png"]
 
 
-def test_kernel_time_sums_the_device_events_per_iteration():
+def test_kernel_profile_sums_device_time_and_counts_launches_per_iteration():
     from types import SimpleNamespace
 
     cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
-    events = [SimpleNamespace(device_type=cuda, self_device_time_total=300.0),
-              SimpleNamespace(device_type=cuda, self_device_time_total=100.0),
-              SimpleNamespace(device_type=cpu, self_device_time_total=0.0, self_cpu_time_total=5000.0)]
-    assert timing.kernel_ms_from_events(events, iterations=4) == pytest.approx(0.1)
-    assert timing.kernel_ms_from_events(events[2:], iterations=4) is None  # no kernel seen: not a zero
-    assert timing.kernel_ms((lambda: None, lambda state: None), torch.device("cpu")) is None
+    host = lambda key, count: SimpleNamespace(key=key, count=count, device_type=cpu, self_device_time_total=0.0)
+    events = [SimpleNamespace(key="pool_kernel", count=4, device_type=cuda, self_device_time_total=300.0),
+              SimpleNamespace(key="apply_gates_kernel", count=4, device_type=cuda, self_device_time_total=100.0),
+              host("cuLaunchKernelEx", 8), host("cudaLaunchKernel", 12), host("cudaGraphLaunch", 4),
+              host("aten::empty", 40)]
+    assert timing.kernel_profile_from_events(events, iterations=4) == timing.KernelProfile(0.1, 5.0, 1.0)
+    # no kernel seen: no time (not a zero), the launches still counted
+    assert timing.kernel_profile_from_events(events[2:], iterations=4) == timing.KernelProfile(None, 5.0, 1.0)
+    assert timing.kernel_profile((lambda: None, lambda state: None), torch.device("cpu")) is None
 
 
 def test_kernel_columns_come_from_the_kernel_timer(tmp_path, monkeypatch):
-    """The fused providers' forward and forward+backward rows get kernel_ms and its share of the copy
-    bandwidth from timing.kernel_ms (a CUDA profiler run; stubbed here), the backward rows and the
-    reference's none; a failing profiler leaves the columns empty and the row ok."""
+    """The fused providers' forward and forward+backward rows get kernel_ms, its share of the copy
+    bandwidth and the launches per iteration from timing.kernel_profile (a CUDA profiler run; stubbed
+    here), the backward rows and the reference's none; a failing profiler leaves the columns empty and
+    the row ok."""
     install_backend(monkeypatch, "fake")
-    monkeypatch.setattr(runner, "kernel_ms", lambda work, device: 0.5)
+    monkeypatch.setattr(runner, "kernel_profile", lambda work, device: timing.KernelProfile(0.5, 5.0, 0.0))
     out = str(tmp_path)
     cli.main(["--shape", "1,16,14,14", "--out", out, *TINY_CPU_RUN])
+    kernel_columns = ("kernel_ms", "kernel_pct_of_copy_bw", "launches_per_iter", "graph_launches_per_iter")
     for row in read_csv(os.path.join(out, "microbench.csv")):
         if row["mode"] == "backward" or row["provider"] == "eager":
-            assert row["kernel_ms"] == row["kernel_pct_of_copy_bw"] == ""
+            assert all(row[c] == "" for c in kernel_columns)
         else:
-            assert float(row["kernel_ms"]) == 0.5
+            assert (float(row["kernel_ms"]), row["launches_per_iter"], row["graph_launches_per_iter"]) == (0.5, "5", "0")
             expected = 100 * int(row["model_bytes"]) / 0.5e-3 / 1e9 / float(row["copy_gbps"])
             assert float(row["kernel_pct_of_copy_bw"]) == pytest.approx(expected, rel=1e-5)
 
     def broken(work, device):
         raise RuntimeError("CUPTI unavailable")
 
-    monkeypatch.setattr(runner, "kernel_ms", broken)
+    monkeypatch.setattr(runner, "kernel_profile", broken)
     cli.main(["--shape", "1,16,14,14", "--mode", "forward", "--out", out, *TINY_CPU_RUN])
     rows = read_csv(os.path.join(out, "microbench.csv"))
-    assert all(r["status"] == "ok" and r["kernel_ms"] == "" and float(r["median_ms"]) > 0 for r in rows)
+    assert all(r["status"] == "ok" and float(r["median_ms"]) > 0 for r in rows)
+    assert all(r[c] == "" for r in rows for c in kernel_columns)
 
 
 @requires_cuda
@@ -223,6 +229,9 @@ def test_tiny_cuda_run_measures_peak_memory(tmp_path, monkeypatch):
     assert all(r["device"] == "cuda" and r["cuda"] for r in rows)
     assert all((r["peak_mem_bytes"] != "") == (r["mode"] == "forward+backward") for r in rows)
     assert all((r["kernel_ms"] != "") == (r["mode"] != "backward" and r["provider"] == "fake") for r in rows)
+    # the fake backend launches its reference's kernels one by one, never a CUDA graph
+    assert all(float(r["launches_per_iter"]) > 0 and float(r["graph_launches_per_iter"]) == 0
+               for r in rows if r["kernel_ms"])
 
 
 def _target_row(provider, shape, mode, status="ok", **columns):
@@ -265,6 +274,42 @@ def test_targets_judge_each_row_against_its_goal():
                                                             shape="64x512x7x7", goal=">= 3x", measured="-",
                                                             verdict="not measured", why="no row")
     assert not {t for t, s in lines if "copy bw" in t and s != "64x64x56x56"}
+
+
+def test_targets_ignore_graphed_rows_that_replayed_no_cuda_graph():
+    """A "+cudagraphs" row whose profiled iterations launched no CUDA graph measures no CUDA graphs:
+    its targets are not measured, and say why; the rows that replayed one are judged."""
+    rows = [_target_row("triton+cudagraphs", "64x64x56x56", "forward", speedup_vs_eager="8",
+                        launches_per_iter="0", graph_launches_per_iter="1"),
+            _target_row("triton+cudagraphs", "64x128x28x28", "forward", speedup_vs_eager="3.8",
+                        launches_per_iter="5", graph_launches_per_iter="0"),
+            _target_row("triton+cudagraphs", "64x256x14x14", "forward", speedup_vs_eager="4.2")]  # before 11-28
+    lines = {l["shape"]: l for l in targets.judge(rows) if l["target"] == "forward vs eager"}
+    assert lines["64x64x56x56"]["verdict"] == "met"
+    assert lines["64x128x28x28"]["verdict"] == "not measured"
+    assert lines["64x128x28x28"]["why"] == "replayed no CUDA graph (5 kernel launches per iteration)"
+    assert lines["64x256x14x14"]["verdict"] == "met"
+
+
+def test_cudagraph_skips_collects_inductors_reasons():
+    """What Inductor counts as a graph compiled without CUDA graphs, with the reason it logs (unseen
+    without TORCH_LOGS); a real CPU compile in "reduce-overhead" mode counts one and logs none."""
+    import logging
+
+    from torch._dynamo.utils import counters
+
+    from scsa_kernels.bench.providers import CUDAGRAPH_SKIP_LOGGERS, cudagraph_skips
+
+    with cudagraph_skips() as skips:
+        logging.getLogger(CUDAGRAPH_SKIP_LOGGERS[0]).warning("skipping cudagraphs due to mutated inputs")
+        counters["inductor"]["cudagraph_skips"] += 1
+    assert skips == ["skipping cudagraphs due to mutated inputs"]
+    assert not logging.getLogger(CUDAGRAPH_SKIP_LOGGERS[0]).handlers
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x * 2 + 1, mode="reduce-overhead", dynamic=False)
+    with cudagraph_skips() as skips:
+        compiled(torch.randn(8))
+    assert skips == ["no reason logged"]
 
 
 def test_targets_option_reads_a_csv_and_measures_nothing(tmp_path, capsys):

@@ -9,6 +9,8 @@ every fused backend of ``backends.BACKENDS`` that is available on this machine, 
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +30,9 @@ ScsaFn = Callable[[Tensor, SCSAWeights, SCSAConfig, bool], Tensor]
 COMPILE_MODES = {"compile": "default", "compile-max-autotune": "max-autotune"}
 GRAPHED_SUFFIX = "+cudagraphs"
 MAX_ROTATED_BYTES = 1 << 30
+# Where Inductor logs why it compiled a graph without CUDA graphs (cudagraph_utils' artifact loggers:
+# "cudagraphs" in recent torch, "perf_hints" in older releases); unseen unless TORCH_LOGS names them
+CUDAGRAPH_SKIP_LOGGERS = ("torch._inductor.cudagraph_utils.__cudagraphs", "torch._inductor.cudagraph_utils.__perf_hints")
 
 
 def allow_many_recompiles() -> None:
@@ -41,6 +46,38 @@ def allow_many_recompiles() -> None:
             setattr(dynamo_config, name, 4096)
     if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
         dynamo_config.fail_on_recompile_limit_hit = True
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def cudagraph_skips():
+    """Yields a list that holds, on exit, why Inductor compiled graphs of this block without CUDA
+    graphs (mode "reduce-overhead" or "max-autotune"): one entry per skip it counted, its log message
+    ("skipping cudagraphs due to ...") or "no reason logged" (graphs on the CPU, which it counts only)."""
+    from torch._dynamo.utils import counters
+
+    skips: List[str] = []
+    handler = _Messages()
+    loggers = [logging.getLogger(name) for name in CUDAGRAPH_SKIP_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
+    before = counters["inductor"]["cudagraph_skips"]
+    try:
+        yield skips
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        count = counters["inductor"]["cudagraph_skips"] - before
+        reasons = [m for m in handler.messages if "cudagraph" in m.lower()][:count]
+        skips += reasons + ["no reason logged"] * (count - len(reasons))
 
 
 @dataclass

@@ -10,6 +10,7 @@ MICRO_COLUMNS = ENVIRONMENT_COLUMNS + (
     "shape", "source", "batch", "channels", "height", "width", "dtype", "layout", "mode", "provider", "status",
     "median_ms", "p20_ms", "p80_ms", "samples", "speedup_vs_eager", "speedup_vs_compile",
     "model_bytes", "achieved_gbps", "copy_gbps", "pct_of_copy_bw", "kernel_ms", "kernel_pct_of_copy_bw",
+    "launches_per_iter", "graph_launches_per_iter",
     "peak_mem_bytes", "saved_bytes", "first_call_s")
 E2E_COLUMNS = ENVIRONMENT_COLUMNS + (
     "model", "batch", "image_size", "dtype", "layout", "phase", "provider", "status", "median_ms", "p20_ms", "p80_ms",
@@ -65,7 +66,7 @@ MICRO_TABLE = (("shape", "shape"), ("dtype", "dtype"), ("layout", "layout"), ("m
                ("median_ms", "median ms"), ("p20_ms", "p20"), ("p80_ms", "p80"),
                ("speedup_vs_eager", "x eager"), ("speedup_vs_compile", "x compile"),
                ("achieved_gbps", "GB/s"), ("pct_of_copy_bw", "% copy"), ("kernel_ms", "kernels ms"),
-               ("peak_mem_mb", "peak MB"),
+               ("launches_per_iter", "launches"), ("graph_launches_per_iter", "graphs"), ("peak_mem_mb", "peak MB"),
                ("saved_mb", "saved MB"), ("status", "status"))
 E2E_TABLE = (("model", "model"), ("batch", "batch"), ("image_size", "size"), ("dtype", "dtype"), ("layout", "layout"),
              ("phase", "phase"), ("provider", "provider"), ("median_ms", "median ms"), ("p20_ms", "p20"),

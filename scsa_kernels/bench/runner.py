@@ -10,12 +10,12 @@ import torch
 
 from ..config import SCSAConfig
 from ..testing import random_weights
-from .providers import (Provider, RotatingInputs, cuda_peak_bytes, first_call_seconds, saved_tensor_bytes,
-                        workload)
+from .providers import (Provider, RotatingInputs, cuda_peak_bytes, cudagraph_skips, first_call_seconds,
+                        saved_tensor_bytes, workload)
 from .report import CsvWriter
 from .shapes import dtype_name
 from .suites import Case
-from .timing import Timing, kernel_ms, time_workloads
+from .timing import KernelProfile, Timing, kernel_profile, time_workloads
 from .traffic import floor_bytes, gigabytes_per_second
 
 
@@ -87,10 +87,14 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
         if reason is None:
             work = workload(provider.fn, mode, inputs, weights, config)
             try:
-                first_calls[provider.name] = first_call_seconds(work, device)
+                with cudagraph_skips() as skips:  # the first call compiles (forward and backward graphs)
+                    first_calls[provider.name] = first_call_seconds(work, device)
                 works[provider.name] = work
             except Exception as exc:  # one broken provider must not end the suite: its row says why
                 reason = error_status(exc)
+            if skips and device.type == "cuda":  # the CPU has no CUDA graphs to skip
+                log(f"{case} {mode} {provider.name}: Inductor compiled {len(skips)} graph(s) without CUDA graphs: "
+                    + "; ".join(sorted(set(skips))))
             if provider.is_compiled:
                 provider.compile_s += first_calls.get(provider.name, 0.0)
                 provider.compiles += 1
@@ -123,15 +127,17 @@ def run_mode(case: Case, mode: str, providers: Sequence[Provider], settings: Set
 
 
 def timing_columns(timing: Timing, all_timings: Dict[str, Timing], model_bytes: int, copy_gbps: float,
-                   kernel_milliseconds: Optional[float] = None) -> Dict:
+                   kernels: Optional[KernelProfile] = None) -> Dict:
     achieved = gigabytes_per_second(model_bytes, timing.median_ms)
     speedup = lambda base: all_timings[base].median_ms / timing.median_ms if base in all_timings else None
     columns = {"median_ms": timing.median_ms, "p20_ms": timing.p20_ms, "p80_ms": timing.p80_ms,
                "samples": timing.samples, "speedup_vs_eager": speedup("eager"), "speedup_vs_compile": speedup("compile"),
                "achieved_gbps": achieved, "pct_of_copy_bw": 100.0 * achieved / copy_gbps}
-    if kernel_milliseconds is not None:
-        columns.update(kernel_ms=kernel_milliseconds,
-                       kernel_pct_of_copy_bw=100.0 * gigabytes_per_second(model_bytes, kernel_milliseconds) / copy_gbps)
+    if kernels is not None:
+        columns.update(launches_per_iter=kernels.launches, graph_launches_per_iter=kernels.graph_launches)
+        if kernels.kernel_ms is not None:
+            columns.update(kernel_ms=kernels.kernel_ms, kernel_pct_of_copy_bw=100.0 * gigabytes_per_second(
+                model_bytes, kernels.kernel_ms) / copy_gbps)
     return columns
 
 
@@ -140,16 +146,17 @@ def timing_columns(timing: Timing, all_timings: Dict[str, Timing], model_bytes: 
 KERNEL_TIMED_MODES = ("forward", "forward+backward")
 
 
-def measure_kernels(name: str, work, device: torch.device) -> Optional[float]:
-    """kernel_ms of one provider's workload; None (and a log line) where the profiler fails or sees no kernel."""
+def measure_kernels(name: str, work, device: torch.device) -> Optional[KernelProfile]:
+    """kernel_profile of one provider's workload; None (and a log line) where the profiler fails; a
+    log line where it sees no kernel."""
     try:
-        milliseconds = kernel_ms(work, device)
+        kernels = kernel_profile(work, device)
     except Exception as exc:  # the timing stands; only the kernel columns stay empty
         log(f"{name}: kernel time not measured: {error_status(exc)}")
         return None
-    if milliseconds is None and device.type == "cuda":
+    if kernels is not None and kernels.kernel_ms is None:
         log(f"{name}: kernel time not measured: the profiler saw no kernel")
-    return milliseconds
+    return kernels
 
 
 def measure_memory(provider: Provider, inputs: RotatingInputs, weights, config: SCSAConfig,

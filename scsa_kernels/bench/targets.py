@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
+from .providers import GRAPHED_SUFFIX
 from .report import format_table
 from .shapes import DTYPES, FEATURE_MAPS
 from .traffic import PLAN_PASSES, X_PASSES
@@ -113,13 +114,24 @@ def _find(rows: Sequence[Row], provider: str, shape: str, mode: str) -> Optional
     return found
 
 
+def _row_problem(row: Row) -> Optional[str]:
+    """Why ``row`` measures nothing its provider stands for, or None: a status other than ok, or a
+    "+cudagraphs" provider whose profiled iterations replayed no CUDA graph (CUDA rows since 2026-11-28)."""
+    if row.get("status") != "ok":
+        return row.get("status")
+    if row.get("provider", "").endswith(GRAPHED_SUFFIX) and row.get("graph_launches_per_iter") in ("0", "0.0"):
+        return f"replayed no CUDA graph ({row.get('launches_per_iter')} kernel launches per iteration)"
+    return None
+
+
 def verdict(target: Target, row: Optional[Row], rows: Sequence[Row]) -> Dict[str, str]:
     """One line of the table: what ``target`` measured on ``row`` and whether it reached its goal."""
     line = {"goal": f"{'<=' if target.at_most else '>='} {target.goal:g}{target.unit}"}
     if row is None:
         return dict(line, measured="-", verdict="not measured", why="no row")
-    if row.get("status") != "ok":
-        return dict(line, measured="-", verdict="not measured", why=row.get("status"))
+    problem = _row_problem(row)
+    if problem is not None:
+        return dict(line, measured="-", verdict="not measured", why=problem)
     value = target.measure(row, rows)
     if isinstance(value, str):
         return dict(line, measured="-", verdict="not measured", why=value)

@@ -15,8 +15,10 @@ measurement), ``run(state)`` is the timed part.
 
 Results are the median and the 20%/80% quantiles of the per-iteration times, in ms.
 
-On CUDA, ``kernel_ms`` also gives what the kernels alone take per iteration (their summed device
-time under torch.profiler): apart from the host time a host-bound call waits for.
+On CUDA, ``kernel_profile`` also gives what the kernels alone take per iteration (their summed device
+time under torch.profiler: apart from the host time a host-bound call waits for) and how the host
+started them: kernel launches and CUDA graph launches per iteration (a provider meant to replay CUDA
+graphs that launches none did not).
 """
 from __future__ import annotations
 
@@ -138,18 +140,37 @@ def device_self_us(event) -> float:
     return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
 
 
-def kernel_ms_from_events(events: Iterable, iterations: int) -> Optional[float]:
-    """Summed device time per iteration (ms) of profiler entries; None when no kernel ran (nothing
-    the profiler saw: not a zero)."""
+# The CUDA runtime and driver calls that start one kernel (Triton launches through the driver, ATen
+# through the runtime), and those that replay a captured CUDA graph (its kernels in one call).
+KERNEL_LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cudaLaunchCooperativeKernel",
+                                 "cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel"})
+GRAPH_LAUNCH_CALLS = frozenset({"cudaGraphLaunch", "cuGraphLaunch"})
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    """Per iteration: the kernels' summed device time (ms; None when the profiler saw no kernel: not a
+    zero), and the host's kernel launch and CUDA graph launch calls."""
+
+    kernel_ms: Optional[float]
+    launches: float
+    graph_launches: float
+
+
+def kernel_profile_from_events(events: Iterable, iterations: int) -> KernelProfile:
+    """KernelProfile of torch.profiler key_averages() entries over ``iterations`` iterations."""
+    events = list(events)
     total_us = sum(device_self_us(event) for event in events)
-    return total_us / iterations / 1e3 if total_us > 0 else None
+    calls = lambda names: sum(event.count for event in events if event.key in names) / iterations
+    return KernelProfile(total_us / iterations / 1e3 if total_us > 0 else None, calls(KERNEL_LAUNCH_CALLS),
+                         calls(GRAPH_LAUNCH_CALLS))
 
 
-def kernel_ms(workload: Workload, device: torch.device, iterations: int = 5) -> Optional[float]:
+def kernel_profile(workload: Workload, device: torch.device, iterations: int = 5) -> Optional[KernelProfile]:
     """What the CUDA kernels of ``run`` take per iteration, their device times summed (idle gaps
-    between them, where a host-bound call waits for the host, left out); None on a CPU. For
-    workloads whose ``prepare`` launches nothing (the forward and forward+backward modes): every
-    kernel under the profiler counts."""
+    between them, where a host-bound call waits for the host, left out), and the launches that
+    started them; None on a CPU. For workloads whose ``prepare`` launches nothing (the forward and
+    forward+backward modes): every kernel and launch under the profiler counts."""
     if device.type != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -160,4 +181,4 @@ def kernel_ms(workload: Workload, device: torch.device, iterations: int = 5) -> 
         for _ in range(iterations):
             run(prepare())
         torch.cuda.synchronize()
-    return kernel_ms_from_events(prof.key_averages(), iterations)
+    return kernel_profile_from_events(prof.key_averages(), iterations)
