@@ -19,8 +19,10 @@ eager reference, in forward (no autograd) and forward+backward:
   Triton backend, the time in Triton's launcher (the compiled kernel's C launcher and the CUDA
   driver call, whichever route led there), which benchmarks/triton_host_overhead.py leaves out; and the wall and
   host time with the direct launches off (every launch through ``JITFunction.run``), and the device
-  time per kernel with the row vectors off (every plane pass one element per load or store: what
-  ``aligned`` saves).
+  time per kernel of each plan variant of ``--variants`` (PLAN_VARIANTS; default: no-row-vectors, the row vectors off:
+  every plane pass one element per load or store: what ``aligned`` saves).
+  ``--fused-only`` leaves the reference out (e.g. ``--fused-only --variants`` and every variant's name
+  over the four ResNet-50 maps: run_gpu.sh's ``variants`` step).
 This is the diagnosis that scsa-bench's ratios cannot give: which kernel to fix, or whether the
 host is the bottleneck. ``bash benchmarks/run_gpu.sh`` runs it (profile.log).
 """
@@ -238,7 +240,7 @@ def bound(host_us, device_us, device):
     return "  (host-bound)" if host_us > device_us else "  (device-bound)"
 
 
-def report(shape, backend, dtype, device, mode, reps):
+def report(shape, backend, dtype, device, mode, reps, variants=("no-row-vectors",)):
     module = SCSA(shape[1], window_size=7, backend=backend).to(device=device, dtype=dtype)
     x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(mode != "forward")
     grad_out = torch.randn_like(x)
@@ -261,7 +263,8 @@ def report(shape, backend, dtype, device, mode, reps):
     print_host_split(module, x, grad_out, mode, reps)
     if name == "triton":
         print_without_direct_launches(module, x, grad_out, mode, reps)
-        print_without_row_vectors(module, x, grad_out, mode, reps)
+        for label in variants:
+            print_plan_variant(module, x, grad_out, mode, reps, label)
 
 
 def print_without_direct_launches(module, x, grad_out, mode, reps):
@@ -276,25 +279,40 @@ def print_without_direct_launches(module, x, grad_out, mode, reps):
     print(f"    direct launches off: wall {wall:.1f} us  host {host:.1f} us")
 
 
-def print_without_row_vectors(module, x, grad_out, mode, reps):
-    """Device time per kernel with ops.triton.ROW_VECTORS off (VEC=1 in every plane pass), on fresh plans;
-    the plans made with it on are put back after."""
+# Device-time A/B of plan choices of scsa_kernels/ops/triton.py, each a set of its globals run on fresh
+# plans: the row vectors (off: every plane pass one element per load or store, what ``aligned`` saves),
+# the grouping of small planes (off: one 7x7 or 14x14 plane per program) and the one-block spatial gates
+# (SPATIAL_TILE 512: the 56x56 and 28x28 groups no longer fit one tile, their convs are recomputed).
+# Each is also the rollback of its choice if a GPU finds it slower (results/nvidia-h200/NOTES.md).
+PLAN_VARIANTS = {
+    "no-row-vectors": {"ROW_VECTORS": False},
+    "one-plane-per-program": {"PLANE_GROUP": 1},
+    "spatial-tile-512": {"SPATIAL_TILE": 512},
+}
+
+
+def print_plan_variant(module, x, grad_out, mode, reps, label):
+    """Device time per kernel with PLAN_VARIANTS[label] set in ops.triton, on fresh plans (3 calls first:
+    new variants compile and autotune); the globals and the plans made before are put back."""
     from scsa_kernels.ops import triton as ops
 
-    kept = ops.ROW_VECTORS, dict(ops._FORWARD_PLANS), dict(ops._BACKWARD_PLANS)
-    ops.ROW_VECTORS = False
+    overrides = PLAN_VARIANTS[label]
+    kept = {name: getattr(ops, name) for name in overrides}, dict(ops._FORWARD_PLANS), dict(ops._BACKWARD_PLANS)
+    for name, value in overrides.items():
+        setattr(ops, name, value)
     ops._FORWARD_PLANS.clear()
     ops._BACKWARD_PLANS.clear()
     try:
-        for _ in range(3):  # compile the VEC=1 variants
+        for _ in range(3):
             one_call(module, x, grad_out, mode)
         table, _ = profiled_tables(module, x, grad_out, mode, reps)
     finally:
-        ops.ROW_VECTORS = kept[0]
+        for name, value in kept[0].items():
+            setattr(ops, name, value)
         for plans, before in ((ops._FORWARD_PLANS, kept[1]), (ops._BACKWARD_PLANS, kept[2])):
             plans.clear()
             plans.update(before)
-    print(f"    row vectors off: device {sum(us for _, _, us in table):.1f} us: "
+    print(f"    {label}: device {sum(us for _, _, us in table):.1f} us: "
           + ", ".join(f"{key[:40]} {us:.1f} us" for key, _, us in table[:TOP_KERNELS]))
 
 
@@ -307,6 +325,9 @@ def main(argv=None):
     parser.add_argument("--shape", type=int, nargs=4, action="append", help="B C H W; repeatable")
     parser.add_argument("--modes", nargs="+", default=["forward", "forward+backward"],
                         choices=["forward", "forward+backward"])
+    parser.add_argument("--variants", nargs="*", default=["no-row-vectors"], choices=sorted(PLAN_VARIANTS),
+                        help="the Triton backend's plan variants to time beside its default (default: no-row-vectors)")
+    parser.add_argument("--fused-only", action="store_true", help="leave the reference's rows out")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -315,8 +336,8 @@ def main(argv=None):
           f"{args.reps} calls per measurement, window_size=7")
     for shape in [tuple(s) for s in args.shape] if args.shape else DEFAULT_SHAPES:
         for mode in args.modes:
-            for backend in (args.backend, "reference"):
-                report(shape, backend, dtype, device, mode, args.reps)
+            for backend in (args.backend,) if args.fused_only else (args.backend, "reference"):
+                report(shape, backend, dtype, device, mode, args.reps, args.variants)
 
 
 if __name__ == "__main__":

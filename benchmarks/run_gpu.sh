@@ -6,7 +6,8 @@
 # 3. runs scsa-check (every available backend vs the reference),
 # 4. profiles one call of the fused backend and of the reference (benchmarks/kernel_profile.py:
 #    wall, host and per-kernel device time, and for Triton the host time with its direct launches off
-#    and the per-kernel device time with its row vectors off)
+#    and the per-kernel device time with its row vectors off; the `variants` step: with each of its plan
+#    variants at the four ResNet-50 maps, VARIANTS_CAP_S, default 120)
 #    and the Triton path's host cost up to the CUDA driver call (benchmarks/triton_host_overhead.py
 #    on a host-only Triton driver, 40 s cap), and times the channel attention kernels with each
 #    product route (benchmarks/attention_routes.py, ROUTES_CAP_S, default 60),
@@ -22,7 +23,7 @@
 # non-zero when a step failed. pytest runs verbose, so a capped run's log still names the tests that passed.
 #
 # STEPS (default: all) runs only the named steps, comma-separated (build, pytest, check, profile,
-# host_overhead, host_overhead_no_direct, attention_routes, bench, e2e, targets). On a short lease (15 minutes
+# host_overhead, host_overhead_no_direct, attention_routes, variants, bench, e2e, targets). On a short lease (15 minutes
 # of device time, at most 10 per call) one call cannot hold both the GPU tests (the five
 # GPU-relevant files took more than 140 s with 12 workers: 38 % ran on 2026-11-27) and the
 # timings; two calls can, each bringing back its own logs and summary.txt:
@@ -31,6 +32,8 @@
 #   BUILD=0 STEPS=profile,attention_routes,bench,e2e,targets TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
 #     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170 BENCH_ARGS="--shape 64,64,56,56 --shape 64,128,28,28
 #     --shape 64,256,14,14 --shape 64,512,7,7 --dtype bf16 --mode forward --mode forward+backward"
+# and, where the lease has time left, the plan variants (about 2 minutes):
+#   BUILD=0 STEPS=variants TOTAL_BUDGET_S=160 VARIANTS_CAP_S=150
 # (results/nvidia-h200/NOTES.md says what each run used and what its caps cut: the e2e step's first
 # Triton call autotunes 16 layer shapes, 25 s were too few).
 #
@@ -52,6 +55,7 @@ CHECK_CAP_S=${CHECK_CAP_S:-300}
 PROFILE_CAP_S=${PROFILE_CAP_S:-120}
 E2E_CAP_S=${E2E_CAP_S:-300}
 ROUTES_CAP_S=${ROUTES_CAP_S:-60}
+VARIANTS_CAP_S=${VARIANTS_CAP_S:-120}
 STEPS=${STEPS:-all}
 TEST_WORKERS=${TEST_WORKERS:-8}
 read -r -a TEST_ARGS <<< "${TEST_ARGS:-}"
@@ -115,6 +119,11 @@ step profile "$(cap "$PROFILE_CAP_S")" "$PY" benchmarks/kernel_profile.py
 step host_overhead "$(cap 40)" "$PY" benchmarks/triton_host_overhead.py --reps 300
 step host_overhead_no_direct "$(cap 30)" "$PY" benchmarks/triton_host_overhead.py --reps 300 --no-direct-launch
 step attention_routes "$(cap "$ROUTES_CAP_S")" "$PY" benchmarks/attention_routes.py
+# the Triton plan's variants (kernel_profile.py PLAN_VARIANTS: each the rollback of a choice not yet timed
+# on a GPU against its predecessor) beside its default, device time per kernel at the four ResNet-50 maps
+step variants "$(cap "$VARIANTS_CAP_S")" "$PY" benchmarks/kernel_profile.py --backend triton --fused-only --reps 10 \
+  --variants no-row-vectors one-plane-per-program spatial-tile-512 \
+  --shape 64 64 56 56 --shape 64 128 28 28 --shape 64 256 14 14 --shape 64 512 7 7
 # bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
 # new cases, the cap (25 s more) leaves room for the case in flight and the plots
 E2E_RESERVE_S=0
