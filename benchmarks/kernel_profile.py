@@ -280,14 +280,20 @@ def print_without_direct_launches(module, x, grad_out, mode, reps):
 
 
 # Device-time A/B of plan choices of scsa_kernels/ops/triton.py, each a set of its globals run on fresh
-# plans: the row vectors (off: every plane pass one element per load or store, what ``aligned`` saves),
-# the grouping of small planes (off: one 7x7 or 14x14 plane per program) and the one-block spatial gates
+# plans. Rollbacks of choices not yet timed on a GPU against what they replaced (results/nvidia-h200/NOTES.md):
+# the row vectors (off: every plane pass one element per load or store, what ``aligned`` saves), the
+# grouping of small planes (off: one 7x7 or 14x14 plane per program), the one-block spatial gates
 # (SPATIAL_TILE 512: the 56x56 and 28x28 groups no longer fit one tile, their convs are recomputed).
-# Each is also the rollback of its choice if a GPU finds it slower (results/nvidia-h200/NOTES.md).
+# Candidates for the latency-bound small stages (H200, 64x64x56x56: 15 and 16 us per forward): spatial gate
+# programs of 8 warps (4 elements per thread: at 16 warps and 40 registers, 3 of the 512 programs fit an
+# SM, 2 waves on 132 SMs; the backward's tiles spilled 16 bytes so on triton 3.8) and channel attention
+# programs of 32 channels (twice the programs: 64 of 16 warps at head_num 1 leave half the SMs idle).
 PLAN_VARIANTS = {
     "no-row-vectors": {"ROW_VECTORS": False},
     "one-plane-per-program": {"PLANE_GROUP": 1},
     "spatial-tile-512": {"SPATIAL_TILE": 512},
+    "spatial-4-per-thread": {"SPATIAL_ELEMENTS_PER_THREAD": 4},
+    "attention-forward-block-32": {"ATTENTION_BLOCK_D": {"forward": 32, "backward": 32}},
 }
 
 

@@ -122,7 +122,7 @@ step attention_routes "$(cap "$ROUTES_CAP_S")" "$PY" benchmarks/attention_routes
 # the Triton plan's variants (kernel_profile.py PLAN_VARIANTS: each the rollback of a choice not yet timed
 # on a GPU against its predecessor) beside its default, device time per kernel at the four ResNet-50 maps
 step variants "$(cap "$VARIANTS_CAP_S")" "$PY" benchmarks/kernel_profile.py --backend triton --fused-only --reps 10 \
-  --variants no-row-vectors one-plane-per-program spatial-tile-512 \
+  --variants no-row-vectors one-plane-per-program spatial-tile-512 spatial-4-per-thread attention-forward-block-32 \
   --shape 64 64 56 56 --shape 64 128 28 28 --shape 64 256 14 14 --shape 64 512 7 7
 # bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
 # new cases, the cap (25 s more) leaves room for the case in flight and the plots
