@@ -519,30 +519,29 @@ def test_kernel_profile_times_every_triton_launch(monkeypatch):
     assert CompiledKernel.__dict__["run"] is stub
 
 
-@pytest.mark.parametrize("label, name, value", [("no-row-vectors", "ROW_VECTORS", False),
-                                                ("one-plane-per-program", "PLANE_GROUP", 1),
-                                                ("spatial-tile-512", "SPATIAL_TILE", 512)])
-def test_kernel_profile_times_each_plan_variant_on_fresh_plans(monkeypatch, capsys, label, name, value):
-    """kernel_profile's A/B of the Triton plan's choices: a variant's calls run with its ops.triton global
-    set, on fresh plans; the global and the plans made before are put back."""
+def test_kernel_profile_times_each_plan_variant_on_fresh_plans(monkeypatch, capsys):
+    """kernel_profile's A/B of the Triton plan's choices: a variant's calls run with its ops.triton globals
+    set (each a global the plan reads, set to another value), on fresh plans; the globals and the plans
+    made before are put back."""
     from scsa_kernels.ops import triton as ops
     kernel_profile = _load_benchmark_script("kernel_profile")
-    default = getattr(ops, name)
-    monkeypatch.setattr(ops, "_FORWARD_PLANS", {"made before": 1})
-    monkeypatch.setattr(ops, "_BACKWARD_PLANS", {"made before": 2})
-    seen = []
-
-    def state(*args):
-        seen.append((getattr(ops, name), dict(ops._FORWARD_PLANS), dict(ops._BACKWARD_PLANS)))
-
-    monkeypatch.setattr(kernel_profile, "one_call", state)
+    assert {"no-row-vectors", "one-plane-per-program", "spatial-tile-512"} <= set(kernel_profile.PLAN_VARIANTS)
     monkeypatch.setattr(kernel_profile, "profiled_tables", lambda *args: state() or (
         [("pool_kernel", 1, 30.0), ("apply_gates_kernel", 1, 20.5)], []))
-    kernel_profile.print_plan_variant(None, None, None, "forward", 2, label)
-    assert seen == [(value, {}, {})] * 4 and value != default
-    assert getattr(ops, name) == default
-    assert ops._FORWARD_PLANS == {"made before": 1} and ops._BACKWARD_PLANS == {"made before": 2}
-    assert f"{label}: device 50.5 us: pool_kernel 30.0 us, apply_gates_kernel 20.5 us" in capsys.readouterr().out
+    monkeypatch.setattr(kernel_profile, "one_call", lambda *args: state())
+    for label, overrides in kernel_profile.PLAN_VARIANTS.items():
+        defaults = {name: getattr(ops, name) for name in overrides}
+        assert all(defaults[name] != value for name, value in overrides.items())
+        monkeypatch.setattr(ops, "_FORWARD_PLANS", {"made before": 1})
+        monkeypatch.setattr(ops, "_BACKWARD_PLANS", {"made before": 2})
+        seen = []
+        state = lambda: seen.append(({name: getattr(ops, name) for name in overrides}, dict(ops._FORWARD_PLANS),
+                                     dict(ops._BACKWARD_PLANS)))
+        kernel_profile.print_plan_variant(None, None, None, "forward", 2, label)
+        assert seen == [(overrides, {}, {})] * 4
+        assert {name: getattr(ops, name) for name in overrides} == defaults
+        assert ops._FORWARD_PLANS == {"made before": 1} and ops._BACKWARD_PLANS == {"made before": 2}
+        assert f"{label}: device 50.5 us: pool_kernel 30.0 us, apply_gates_kernel 20.5 us" in capsys.readouterr().out
 
 
 def test_attention_routes_forces_each_route_and_restores_the_rule():
