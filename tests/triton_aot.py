@@ -1,7 +1,7 @@
 """Ahead-of-time compile of every SCSA Triton kernel, every autotune config, for sm_80 and sm_90.
 
-Run as a script (``python tests/triton_aot.py [KERNEL ...]``: only those kernels, e.g. while
-tuning configs) with TRITON_INTERPRET unset: under the
+Run as a script (``python tests/triton_aot.py [--archs 75,89] [KERNEL ...]``: only those kernels, e.g.
+while tuning configs; ``--archs``: other compute capabilities than ARCHS) with TRITON_INTERPRET unset: under the
 interpreter ``@triton.jit`` returns interpreted functions that cannot be compiled. The
 launches are recorded from the real op bodies (forward and backward) on meta tensors, so
 the compiled signatures and constexprs are exactly the ones the ops use. Prints one row per
@@ -126,12 +126,12 @@ def variants(launches):
     return jobs
 
 
-def compile_one(job):
+def compile_one(job, archs=ARCHS):
     name, module, signature, constexprs, attrs, num_warps, num_stages = job
     fn = getattr(__import__(module, fromlist=[name]), name)
     fn = fn.fn if isinstance(fn, Autotuner) else fn
     rows = []
-    for arch in ARCHS:
+    for arch in archs:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": num_warps, "num_stages": num_stages})
@@ -177,10 +177,14 @@ def ptxas():
 
 
 def main():
-    only = set(sys.argv[1:])
+    args = sys.argv[1:]
+    archs = ARCHS
+    if args[:1] == ["--archs"]:
+        archs, args = tuple(int(a) for a in args[1].split(",")), args[2:]
+    only = set(args)
     jobs = [job for job in variants(record_launches()) if not only or job[0] in only]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        rows = [r for rs in pool.map(compile_one, jobs) for r in rs]
+        rows = [r for rs in pool.map(compile_one, jobs, [archs] * len(jobs)) for r in rs]
     print(f"{'kernel':34} {'arch':6} {'dtype':5} {'warps':5} {'regs':>4} {'spill':>5} {'smem':>6}  constexprs")
     for r in rows:
         print(f"{r['kernel']:34} {r['arch']:6} {r['dtype']:5} {r['num_warps']:5} {r['registers']:4} "
