@@ -234,6 +234,31 @@ def test_tiny_cuda_run_measures_peak_memory(tmp_path, monkeypatch):
                for r in rows if r["kernel_ms"])
 
 
+@requires_cuda
+def test_graphed_triton_replays_cuda_graphs(monkeypatch):
+    """triton+cudagraphs (the fused call under torch.compile(mode="reduce-overhead")) replays a CUDA graph
+    in every profiled iteration of the forward and the forward+backward rows, and Inductor compiles none
+    of their graphs without CUDA graphs: a row without graph launches times torch.compile's host path, not
+    CUDA graphs (on an H200 on 2026-11-27, its 64x128x28x28 forward took longer than the eager call)."""
+    from scsa_kernels.bench.providers import make_providers
+    from scsa_kernels.bench.suites import Case
+
+    if backends.unavailable_reason("triton") is not None:
+        pytest.skip(backends.unavailable_reason("triton"))
+    logged = []
+    monkeypatch.setattr(runner, "log", logged.append)
+    providers = make_providers(["triton"], (), 600.0, graphed=["triton"])
+    settings = runner.Settings(torch.device("cuda"), warmup_ms=5.0, rep_ms=10.0, cache_bytes=64 << 20, copy_gbps=1000.0)
+    for mode in ("forward", "forward+backward"):
+        case = Case(Shape(2, 64, 28, 28), torch.bfloat16, (mode,))
+        rows = {r["provider"]: r for r in runner.run_mode(case, mode, providers, settings, {})}
+        graphed = rows["triton+cudagraphs"]
+        assert graphed["status"] == "ok" and graphed.get("graph_launches_per_iter", 0) >= 1, (mode, graphed, logged)
+        eager = rows["triton"]
+        assert eager.get("graph_launches_per_iter") == 0 and eager.get("launches_per_iter", 0) >= 5, (mode, eager)
+    assert not [line for line in logged if "without CUDA graphs" in line], logged
+
+
 def _target_row(provider, shape, mode, status="ok", **columns):
     batch, channels, height, width = shape.split("x")
     return dict(provider=provider, shape=shape, mode=mode, dtype="bfloat16", layout="nchw", status=status,
