@@ -27,8 +27,9 @@
 # of device time, at most 10 per call) one call cannot hold both the GPU tests (the five
 # GPU-relevant files took more than 140 s with 12 workers: 38 % ran on 2026-11-27) and the
 # timings; two calls can, each bringing back its own logs and summary.txt:
-#   BUILD=0 STEPS=pytest TOTAL_BUDGET_S=400 TEST_CAP_S=390 TEST_WORKERS=12 TEST_ARGS="tests/test_triton_ops.py
-#     tests/test_triton_parameters.py tests/test_triton_saved_memory.py tests/test_weights.py tests/test_bench.py"
+#   BUILD=0 STEPS=pytest TOTAL_BUDGET_S=400 TEST_CAP_S=390 TEST_WORKERS=12 TEST_MARKERS="not host_only"
+#     TEST_ARGS="tests/test_triton_ops.py tests/test_triton_parameters.py tests/test_triton_saved_memory.py
+#     tests/test_weights.py tests/test_bench.py"
 #   BUILD=0 STEPS=profile,attention_routes,bench,e2e,targets TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
 #     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170 BENCH_ARGS="--shape 64,64,56,56 --shape 64,128,28,28
 #     --shape 64,256,14,14 --shape 64,512,7,7 --dtype bf16 --mode forward --mode forward+backward"
@@ -40,7 +41,9 @@
 # One interpreter for everything: $PYTHON, else the first of python3 / python that imports torch
 # (`pip` on PATH may belong to another interpreter, so the build runs `$PY -m pip`). pytest runs with
 # `-n $TEST_WORKERS` (default 8) when pytest-xdist is importable; TEST_ARGS (default: the whole suite) picks
-# test files, e.g. the GPU-relevant ones on a short lease, since CI runs the CPU-only tests anyway.
+# test files, e.g. the GPU-relevant ones on a short lease, since CI runs the CPU-only tests anyway;
+# TEST_MARKERS a -m expression, e.g. "not host_only" (tests that compile for sm_90 on a host-only Triton
+# driver in a subprocess, the same with or without a GPU: they held the 2026-11-27 lease's test step).
 # BENCH_ARGS: more scsa-bench options (e.g. only the cases the targets step judges: the four ResNet-50
 # maps at batch 64 in bfloat16, `--shape 64,64,56,56 ... --dtype bf16 --mode forward --mode forward+backward`,
 # with `--autotune-all` so that compile-max-autotune measures each: ~50 s of compiling per case).
@@ -59,6 +62,7 @@ VARIANTS_CAP_S=${VARIANTS_CAP_S:-120}
 STEPS=${STEPS:-all}
 TEST_WORKERS=${TEST_WORKERS:-8}
 read -r -a TEST_ARGS <<< "${TEST_ARGS:-}"
+TEST_MARKERS=${TEST_MARKERS:-}
 read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -110,8 +114,10 @@ if [[ "${BUILD:-1}" != 0 ]]; then
 fi
 XDIST=()
 "$PY" -c "import xdist" 2> /dev/null && (( TEST_WORKERS > 1 )) && XDIST=(-n "$TEST_WORKERS")
+MARKERS=()
+[[ -n "$TEST_MARKERS" ]] && MARKERS=(-m "$TEST_MARKERS")
 step pytest "$(cap "$TEST_CAP_S")" "$PY" -m pytest -v -ra --durations=20 -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} \
-  ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}
+  ${MARKERS[@]+"${MARKERS[@]}"} ${TEST_ARGS[@]+"${TEST_ARGS[@]}"}
 step check "$(cap "$CHECK_CAP_S")" "$PY" -m scsa_kernels.check
 step profile "$(cap "$PROFILE_CAP_S")" "$PY" benchmarks/kernel_profile.py
 # the Triton path's host cost up to Triton's launcher (launcher stubbed, CPU tensors): set against

@@ -492,6 +492,13 @@ def test_gpu_script_runs_only_the_steps_named(tmp_path):
     assert "ran: -m scsa_kernels.bench --targets benchmarks/results/stub-card/microbench.csv" in (
         results / "targets.log").read_text()
     assert "targets: exit 0" in (results / "summary.txt").read_text()
+    # pytest: TEST_MARKERS as one -m expression before the files of TEST_ARGS
+    env.update(STEPS="pytest", TEST_MARKERS="not host_only", TEST_ARGS="tests/test_bench.py tests/test_weights.py")
+    res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (results / "pytest.log").read_text().strip().endswith(
+        " -m not host_only tests/test_bench.py tests/test_weights.py")
 
 
 def test_kernel_profile_names_the_fused_op(capsys):

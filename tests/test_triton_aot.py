@@ -25,6 +25,7 @@ import pytest
 from conftest import EXTRA_TRITONS, compiled_triton_env, triton_release_id
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.host_only
 from scsa_kernels.triton import autotuned_kernels, kernel_modules  # noqa: E402
 
 EXTRA_RELEASE_SPILL_BYTES = 64

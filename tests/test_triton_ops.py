@@ -485,6 +485,7 @@ def test_eager_path_without_the_dispatcher(monkeypatch, name, dtype):
         torch.testing.assert_close(module(x.float()), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.host_only
 @pytest.mark.parametrize("flags,training_launches", [([], (6, 15)), (["--via-op"], (5, 13))],
                          ids=["eager-bypass", "via-op"])
 def test_eager_launches_reach_triton_without_the_tracing_hop(flags, training_launches):
@@ -518,6 +519,7 @@ def _launch_check_cases():
 LAUNCH_CHECK_CASES = _launch_check_cases()
 
 
+@pytest.mark.host_only
 @pytest.mark.parametrize("folder", [None] + EXTRA_TRITONS, ids=triton_release_id)
 def test_direct_launches_pass_what_tritons_launch_passes(folder):
     """ops.triton launches a compiled kernel directly once Triton's own launch compiled that
@@ -551,6 +553,7 @@ def test_direct_launch_refuses_a_tensor_after_a_scalar(monkeypatch):
         ops._launch_compiled(kernel, (1,), (t, 3, t), {})
 
 
+@pytest.mark.host_only
 def test_compiled_launches_are_the_eager_ones():
     """On a GPU torch.compile decomposes the triton_op into its launches (with a symbolic batch under
     dynamic shapes); the interpreter never takes that path. tests/triton_compile_check.py records
