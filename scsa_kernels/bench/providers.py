@@ -49,6 +49,8 @@ def allow_many_recompiles() -> None:
 
 
 class _Messages(logging.Handler):
+    """Keeps the messages of the records it is handed."""
+
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.messages: List[str] = []
