@@ -287,13 +287,16 @@ def print_without_direct_launches(module, x, grad_out, mode, reps):
 # Candidates for the latency-bound small stages (H200, 64x64x56x56: 15 and 16 us per forward): spatial gate
 # programs of 8 warps (4 elements per thread: at 16 warps and 40 registers, 3 of the 512 programs fit an
 # SM, 2 waves on 132 SMs; the backward's tiles spilled 16 bytes so on triton 3.8) and channel attention
-# programs of 32 channels (twice the programs: 64 of 16 warps at head_num 1 leave half the SMs idle).
+# programs of 32 channels (twice the programs: 64 of 16 warps at head_num 1 leave half the SMs idle), and
+# its backward's of 16 (128 programs of 8 warps at 64x64x56x56, one per SM: 56 us; at 64x512x7x7 on
+# 2026-11-27, with the tl.dot route since replaced there, 850 us against 1008).
 PLAN_VARIANTS = {
     "no-row-vectors": {"ROW_VECTORS": False},
     "one-plane-per-program": {"PLANE_GROUP": 1},
     "spatial-tile-512": {"SPATIAL_TILE": 512},
     "spatial-4-per-thread": {"SPATIAL_ELEMENTS_PER_THREAD": 4},
     "attention-forward-block-32": {"ATTENTION_BLOCK_D": {"forward": 32, "backward": 32}},
+    "attention-backward-block-16": {"ATTENTION_BLOCK_D": {"forward": 64, "backward": 16}},
 }
 
 

@@ -33,8 +33,8 @@
 #   BUILD=0 STEPS=profile,attention_routes,bench,e2e,targets TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
 #     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170 BENCH_ARGS="--shape 64,64,56,56 --shape 64,128,28,28
 #     --shape 64,256,14,14 --shape 64,512,7,7 --dtype bf16 --mode forward --mode forward+backward"
-# and, where the lease has time left, the plan variants (about 2 minutes):
-#   BUILD=0 STEPS=variants TOTAL_BUDGET_S=160 VARIANTS_CAP_S=150
+# and, where the lease has time left, the plan variants (a few minutes; VARIANTS_CAP_S cuts the last shapes):
+#   BUILD=0 STEPS=variants TOTAL_BUDGET_S=250 VARIANTS_CAP_S=240
 # (results/nvidia-h200/NOTES.md says what each run used and what its caps cut: the e2e step's first
 # Triton call autotunes 16 layer shapes, 25 s were too few).
 #
@@ -129,6 +129,7 @@ step attention_routes "$(cap "$ROUTES_CAP_S")" "$PY" benchmarks/attention_routes
 # on a GPU against its predecessor) beside its default, device time per kernel at the four ResNet-50 maps
 step variants "$(cap "$VARIANTS_CAP_S")" "$PY" benchmarks/kernel_profile.py --backend triton --fused-only --reps 10 \
   --variants no-row-vectors one-plane-per-program spatial-tile-512 spatial-4-per-thread attention-forward-block-32 \
+  attention-backward-block-16 \
   --shape 64 64 56 56 --shape 64 128 28 28 --shape 64 256 14 14 --shape 64 512 7 7
 # bench: what is left after e2e and a margin, at most BENCH_BUDGET_S; --time-budget stops starting
 # new cases, the cap (25 s more) leaves room for the case in flight and the plots
