@@ -59,6 +59,23 @@ def one_call(module, x, grad_out, mode):
         module(x).backward(grad_out)
 
 
+def results(module, x, grad_out, mode):
+    """What one call computes: (out,) in forward, (out, dx) in forward+backward."""
+    if mode == "forward":
+        with torch.no_grad():
+            return (module(x),)
+    x.grad = None
+    out = module(x)
+    out.backward(grad_out)
+    return out.detach(), x.grad
+
+
+def max_relative_difference(results, expected):
+    """Largest |a - b| / max|b| over paired tensors (in float32); NaN if either holds one."""
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+               for a, b in zip(results, expected))
+
+
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -302,17 +319,20 @@ PLAN_VARIANTS = {
 
 def print_plan_variant(module, x, grad_out, mode, reps, label):
     """Device time per kernel with PLAN_VARIANTS[label] set in ops.triton, on fresh plans (3 calls first:
-    new variants compile and autotune); the globals and the plans made before are put back."""
+    new variants compile and autotune), and how far its results (out, and dx with a backward; relative
+    to their largest magnitude) are from the default's; the globals and the plans made before are put back."""
     from scsa_kernels.ops import triton as ops
 
     overrides = PLAN_VARIANTS[label]
+    expected = results(module, x, grad_out, mode)
     kept = {name: getattr(ops, name) for name in overrides}, dict(ops._FORWARD_PLANS), dict(ops._BACKWARD_PLANS)
     for name, value in overrides.items():
         setattr(ops, name, value)
     ops._FORWARD_PLANS.clear()
     ops._BACKWARD_PLANS.clear()
     try:
-        for _ in range(3):
+        difference = max_relative_difference(results(module, x, grad_out, mode), expected)
+        for _ in range(2):
             one_call(module, x, grad_out, mode)
         table, _ = profiled_tables(module, x, grad_out, mode, reps)
     finally:
@@ -321,7 +341,7 @@ def print_plan_variant(module, x, grad_out, mode, reps, label):
         for plans, before in ((ops._FORWARD_PLANS, kept[1]), (ops._BACKWARD_PLANS, kept[2])):
             plans.clear()
             plans.update(before)
-    print(f"    {label}: device {sum(us for _, _, us in table):.1f} us: "
+    print(f"    {label}: device {sum(us for _, _, us in table):.1f} us (results {difference:.1e} off the default's): "
           + ", ".join(f"{key[:40]} {us:.1f} us" for key, _, us in table[:TOP_KERNELS]))
 
 

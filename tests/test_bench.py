@@ -553,14 +553,15 @@ def test_kernel_profile_times_every_triton_launch(monkeypatch):
 
 def test_kernel_profile_times_each_plan_variant_on_fresh_plans(monkeypatch, capsys):
     """kernel_profile's A/B of the Triton plan's choices: a variant's calls run with its ops.triton globals
-    set (each a global the plan reads, set to another value), on fresh plans; the globals and the plans
-    made before are put back."""
+    set (each a global the plan reads, set to another value), on fresh plans, and its results are compared
+    with the default's (computed before); the globals and the plans made before are put back."""
     from scsa_kernels.ops import triton as ops
     kernel_profile = _load_benchmark_script("kernel_profile")
     assert {"no-row-vectors", "one-plane-per-program", "spatial-tile-512"} <= set(kernel_profile.PLAN_VARIANTS)
     monkeypatch.setattr(kernel_profile, "profiled_tables", lambda *args: state() or (
         [("pool_kernel", 1, 30.0), ("apply_gates_kernel", 1, 20.5)], []))
     monkeypatch.setattr(kernel_profile, "one_call", lambda *args: state())
+    monkeypatch.setattr(kernel_profile, "results", lambda *args: state() or next(computed))
     for label, overrides in kernel_profile.PLAN_VARIANTS.items():
         defaults = {name: getattr(ops, name) for name in overrides}
         assert all(defaults[name] != value for name, value in overrides.items())
@@ -569,11 +570,14 @@ def test_kernel_profile_times_each_plan_variant_on_fresh_plans(monkeypatch, caps
         seen = []
         state = lambda: seen.append(({name: getattr(ops, name) for name in overrides}, dict(ops._FORWARD_PLANS),
                                      dict(ops._BACKWARD_PLANS)))
+        computed = iter([(torch.tensor([2.0, -4.0]), torch.ones(3)), (torch.tensor([2.0, -4.002]), torch.ones(3))])
         kernel_profile.print_plan_variant(None, None, None, "forward", 2, label)
-        assert seen == [(overrides, {}, {})] * 4
+        made_before = ({"made before": 1}, {"made before": 2})
+        assert seen == [(defaults, *made_before)] + [(overrides, {}, {})] * 4
         assert {name: getattr(ops, name) for name in overrides} == defaults
-        assert ops._FORWARD_PLANS == {"made before": 1} and ops._BACKWARD_PLANS == {"made before": 2}
-        assert f"{label}: device 50.5 us: pool_kernel 30.0 us, apply_gates_kernel 20.5 us" in capsys.readouterr().out
+        assert (ops._FORWARD_PLANS, ops._BACKWARD_PLANS) == made_before
+        assert (f"{label}: device 50.5 us (results 5.0e-04 off the default's): pool_kernel 30.0 us, "
+                "apply_gates_kernel 20.5 us") in capsys.readouterr().out
 
 
 def test_attention_routes_forces_each_route_and_restores_the_rule():
