@@ -50,12 +50,14 @@ TOP_KERNELS = 8
 
 
 def one_call(module, x, grad_out, mode):
-    """The timed unit: a forward without autograd, or forward + backward from scratch."""
+    """The timed unit: a forward without autograd, or forward + backward from scratch (no gradient
+    left from the last call: accumulating into x.grad would add a kernel of 3|x| traffic to every call)."""
     if mode == "forward":
         with torch.no_grad():
             module(x)
     else:
         module.zero_grad(set_to_none=True)
+        x.grad = None
         module(x).backward(grad_out)
 
 
@@ -199,6 +201,7 @@ def host_split(module, x, grad_out, mode, reps):
 
         for _ in range(reps):
             module.zero_grad(set_to_none=True)
+            x.grad = None
             before, start = totals(), time.perf_counter()
             with torch.set_grad_enabled(mode != "forward"):
                 out = module(x)

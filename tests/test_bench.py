@@ -555,6 +555,19 @@ def test_kernel_profile_times_every_triton_launch(monkeypatch):
     assert CompiledKernel.__dict__["run"] is stub
 
 
+def test_kernel_profile_calls_start_from_no_gradient():
+    """kernel_profile's timed forward+backward leaves no x.grad to the next call: accumulating into it
+    added an elementwise kernel over x to every profiled call (until 2026-11-28)."""
+    kernel_profile = _load_benchmark_script("kernel_profile")
+    module = SCSA(16, backend="reference")
+    x = torch.randn(2, 16, 14, 14, requires_grad=True)
+    grad_out = torch.randn_like(x)
+    out, dx = kernel_profile.results(module, x, grad_out, "forward+backward")
+    for _ in range(2):
+        kernel_profile.one_call(module, x, grad_out, "forward+backward")
+    torch.testing.assert_close(x.grad, dx, rtol=0, atol=0)
+
+
 def test_kernel_profile_times_each_plan_variant_on_fresh_plans(monkeypatch, capsys):
     """kernel_profile's A/B of the Triton plan's choices: a variant's calls run with its ops.triton globals
     set (each a global the plan reads, set to another value), on fresh plans, and its results are compared
