@@ -1,5 +1,5 @@
 """Every Triton kernel, every autotune config, compiles ahead of time for sm_80 and sm_90 with 0 spills
-(and, spills allowed, for sm_75 and sm_89).
+(and, spills allowed, for sm_75, sm_89, sm_100 and sm_120).
 
 The compile runs in a subprocess (tests/triton_aot.py) without TRITON_INTERPRET: under the
 interpreter @triton.jit returns interpreted functions. No GPU is needed. The table of
@@ -57,13 +57,13 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled):
         assert {r["kernel"] for r in compiled.rows if r["arch"] == arch} == all_kernel_names()
 
 
-# GPUs the targets do not name but users run: Turing (T4) and Ada (L4, L40S, RTX 40xx; Ampere's sm_86,
-# RTX 30xx and A10, compiles alike). Compiled with the installed Triton only; spills are printed, not held
-# (the spill rule is for the cards of the targets).
-OTHER_ARCHS = (75, 89)
+# GPUs the targets do not name but users run: Turing (T4), Ada (L4, L40S, RTX 40xx; Ampere's sm_86, RTX 30xx
+# and A10, compiles alike) and Blackwell (B200, RTX 50xx). Compiled with the installed Triton only; spills are
+# printed, not held (the spill rule is for the cards of the targets).
+OTHER_ARCHS = (75, 89, 100, 120)
 
 
-def test_every_kernel_compiles_for_turing_and_ada():
+def test_every_kernel_compiles_for_turing_ada_and_blackwell():
     script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
     archs = ",".join(map(str, OTHER_ARCHS))
     res = subprocess.run([sys.executable, script, "--archs", archs], capture_output=True, text=True,

@@ -137,8 +137,8 @@ def compile_one(job, archs=ARCHS):
                                   options={"num_warps": num_warps, "num_stages": num_stages})
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
             f.write(compiled.asm["ptx"])
-        gpu = "sm_90a" if arch == 90 else f"sm_{arch}"
-        res = subprocess.run([ptxas(), "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
+        gpu = re.search(r"^\.target\s+(\w+)", compiled.asm["ptx"], re.M).group(1)  # sm_90a on Hopper, sm_100a ...
+        res = subprocess.run([ptxas(arch), "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
                              capture_output=True, text=True)
         os.unlink(f.name)
         if res.returncode:
@@ -171,9 +171,14 @@ def tile_load_orders(ttgir, dtype):
     return sorted({layouts[name] for name in used if name in layouts})
 
 
-def ptxas():
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    return path if os.path.exists(path) else "ptxas"
+def ptxas(arch):
+    """Triton's bundled ptxas for ``arch``: its Blackwell build from sm_100 on (Triton emits a PTX version the
+    other one does not read there), where the release ships one."""
+    folder = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for name in (["ptxas-blackwell"] if arch >= 100 else []) + ["ptxas"]:
+        if os.path.exists(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return "ptxas"
 
 
 def main():
