@@ -182,8 +182,8 @@ def test_kernel_profile_sums_device_time_and_counts_launches_per_iteration():
     host = lambda key, count: SimpleNamespace(key=key, count=count, device_type=cpu, self_device_time_total=0.0)
     events = [SimpleNamespace(key="pool_kernel", count=4, device_type=cuda, self_device_time_total=300.0),
               SimpleNamespace(key="apply_gates_kernel", count=4, device_type=cuda, self_device_time_total=100.0),
-              host("cuLaunchKernelEx", 8), host("cudaLaunchKernel", 12), host("cudaGraphLaunch", 4),
-              host("aten::empty", 40)]
+              host("cuLaunchKernelEx", 8), host("cudaLaunchKernel_v7000", 12), host("cudaGraphLaunch", 4),
+              host("aten::empty", 40), host("cudaGraphInstantiate", 4)]
     assert timing.kernel_profile_from_events(events, iterations=4) == timing.KernelProfile(0.1, 5.0, 1.0)
     # no kernel seen: no time (not a zero), the launches still counted
     assert timing.kernel_profile_from_events(events[2:], iterations=4) == timing.KernelProfile(None, 5.0, 1.0)

@@ -140,11 +140,11 @@ def device_self_us(event) -> float:
     return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
 
 
-# The CUDA runtime and driver calls that start one kernel (Triton launches through the driver, ATen
-# through the runtime), and those that replay a captured CUDA graph (its kernels in one call).
-KERNEL_LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cudaLaunchCooperativeKernel",
-                                 "cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel"})
-GRAPH_LAUNCH_CALLS = frozenset({"cudaGraphLaunch", "cuGraphLaunch"})
+# Name prefixes of the CUDA runtime and driver calls that start one kernel (Triton launches through the
+# driver, ATen through the runtime: cudaLaunchKernel, cuLaunchKernelEx, ...) and of those that replay a
+# captured CUDA graph (its kernels in one call); prefixes, so that versioned names (..._v7000) count too.
+KERNEL_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchCooperativeKernel", "cuLaunchKernel", "cuLaunchCooperativeKernel")
+GRAPH_LAUNCH_CALLS = ("cudaGraphLaunch", "cuGraphLaunch")
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def kernel_profile_from_events(events: Iterable, iterations: int) -> KernelProfi
     """KernelProfile of torch.profiler key_averages() entries over ``iterations`` iterations."""
     events = list(events)
     total_us = sum(device_self_us(event) for event in events)
-    calls = lambda names: sum(event.count for event in events if event.key in names) / iterations
+    calls = lambda prefixes: sum(event.count for event in events if event.key.startswith(prefixes)) / iterations
     return KernelProfile(total_us / iterations / 1e3 if total_us > 0 else None, calls(KERNEL_LAUNCH_CALLS),
                          calls(GRAPH_LAUNCH_CALLS))
 
