@@ -119,7 +119,7 @@ def _row_problem(row: Row) -> Optional[str]:
     "+cudagraphs" provider whose profiled iterations replayed no CUDA graph (CUDA rows since 2026-11-28)."""
     if row.get("status") != "ok":
         return row.get("status")
-    if row.get("provider", "").endswith(GRAPHED_SUFFIX) and row.get("graph_launches_per_iter") in ("0", "0.0"):
+    if row.get("provider", "").endswith(GRAPHED_SUFFIX) and _number(row, "graph_launches_per_iter") == 0:
         return f"replayed no CUDA graph ({row.get('launches_per_iter')} kernel launches per iteration)"
     return None
 
