@@ -51,25 +51,22 @@ TOP_KERNELS = 8
 
 def one_call(module, x, grad_out, mode):
     """The timed unit: a forward without autograd, or forward + backward from scratch (no gradient
-    left from the last call: accumulating into x.grad would add a kernel of 3|x| traffic to every call)."""
+    left from the last call: accumulating into x.grad would add a kernel of 3|x| traffic to every call).
+    Returns out."""
     if mode == "forward":
         with torch.no_grad():
-            module(x)
-    else:
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        module(x).backward(grad_out)
+            return module(x)
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    out = module(x)
+    out.backward(grad_out)
+    return out
 
 
 def results(module, x, grad_out, mode):
     """What one call computes: (out,) in forward, (out, dx) in forward+backward."""
-    if mode == "forward":
-        with torch.no_grad():
-            return (module(x),)
-    x.grad = None
-    out = module(x)
-    out.backward(grad_out)
-    return out.detach(), x.grad
+    out = one_call(module, x, grad_out, mode)
+    return (out,) if mode == "forward" else (out.detach(), x.grad)
 
 
 def max_relative_difference(results, expected):
