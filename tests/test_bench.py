@@ -479,9 +479,13 @@ def test_gpu_script_runs_only_the_steps_named(tmp_path):
     stub.chmod(0o755)
     env = {**os.environ, "PYTHON": str(stub), "STEPS": "profile,bench", "TOTAL_BUDGET_S": "200",
            "BENCH_ARGS": "--shape 64,64,56,56 --autotune-all"}
-    res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
+
+    def run_script():
+        res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+    run_script()
     results = tmp_path / "benchmarks" / "results" / "stub-card"
     assert sorted(p.name for p in results.glob("*.log")) == ["bench.log", "profile.log"]
     assert "ran: benchmarks/kernel_profile.py" in (results / "profile.log").read_text()
@@ -492,17 +496,13 @@ def test_gpu_script_runs_only_the_steps_named(tmp_path):
     # targets: judged from the run's microbench.csv when there is one, its whole table in summary.txt
     (results / "microbench.csv").write_text("date\n")
     env["STEPS"] = "targets"
-    res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
+    run_script()
     assert "ran: -m scsa_kernels.bench --targets benchmarks/results/stub-card/microbench.csv" in (
         results / "targets.log").read_text()
     assert "targets: exit 0" in (results / "summary.txt").read_text()
     # pytest: TEST_MARKERS as one -m expression before the files of TEST_ARGS
     env.update(STEPS="pytest", TEST_MARKERS="not host_only", TEST_ARGS="tests/test_bench.py tests/test_weights.py")
-    res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
+    run_script()
     assert (results / "pytest.log").read_text().strip().endswith(
         " -m not host_only tests/test_bench.py tests/test_weights.py")
 

@@ -36,16 +36,21 @@ class Compiled(NamedTuple):
     spill_bytes_allowed: int
 
 
-@pytest.fixture(scope="module", params=[None] + EXTRA_TRITONS, ids=triton_release_id)
-def compiled(request):
-    folder = request.param
-    env = compiled_triton_env(folder)
+def compile_all(folder=None, *args):
+    """Rows of tests/triton_aot.py (run with ``args``, the Triton release of ``folder``); its table is printed."""
     script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
-    res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=1800)
+    res = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                         env=compiled_triton_env(folder), timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     lines = res.stdout.strip().splitlines()
     print("\n" + "\n".join(lines[:-1]))
-    return Compiled(json.loads(lines[-1]), 0 if folder is None else EXTRA_RELEASE_SPILL_BYTES)
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module", params=[None] + EXTRA_TRITONS, ids=triton_release_id)
+def compiled(request):
+    folder = request.param
+    return Compiled(compile_all(folder), 0 if folder is None else EXTRA_RELEASE_SPILL_BYTES)
 
 
 def all_kernel_names():
@@ -64,14 +69,7 @@ OTHER_ARCHS = (75, 89, 100, 120)
 
 
 def test_every_kernel_compiles_for_turing_ada_and_blackwell():
-    script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
-    archs = ",".join(map(str, OTHER_ARCHS))
-    res = subprocess.run([sys.executable, script, "--archs", archs], capture_output=True, text=True,
-                         env=compiled_triton_env(None), timeout=1800)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    lines = res.stdout.strip().splitlines()
-    print("\n" + "\n".join(lines[:-1]))
-    rows = json.loads(lines[-1])
+    rows = compile_all(None, "--archs", ",".join(map(str, OTHER_ARCHS)))
     for arch in OTHER_ARCHS:
         assert {r["kernel"] for r in rows if r["arch"] == f"sm_{arch}"} == all_kernel_names()
 
