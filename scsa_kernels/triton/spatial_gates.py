@@ -17,9 +17,9 @@ a group of few, near-equal values (C = 4 with H or W of 1 or 2) amplifies float3
 to 1/sqrt(eps) = 316), which put the conv bias gradients (0 in exact arithmetic there) past the
 tolerance rule. Three steps run in float32, where no rounding is amplified: the gate itself (forward),
 the conv weight gradients' sums (centred, see ``_conv_grads``) and the conv input gradient. float64
-runs at 1/2 of float32's rate on an H100 but at 1/64 on consumer Ampere and Ada cards; the float32
-steps took the float64 instructions of the kernels from 220 to 162 (forward) and 347 to 241 (backward)
-per thread (sm_89 SASS, 64x56x56).
+runs at 1/2 of float32's rate on an H100 but at 1/64 on consumer Ampere and Ada cards; those steps and
+an rsqrt for 1 / sqrt took the kernels' float64 instructions per thread from 220 to 147 (forward) and
+from 347 to 241 (backward) (sm_89 SASS, 64x56x56).
 The stage touches B*C*(H+W) values in B*8 programs; its inputs and outputs stay float32.
 """
 import triton
@@ -142,7 +142,7 @@ def spatial_gates_fwd_kernel(
         valid = cmask[:, None] & (ls < L)[None, :]
         t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
         mean = _valid_sum(t, valid) / n
-        rstd = 1.0 / tl.sqrt(_squared_deviation_sum(t, mean, valid) / n + eps)
+        rstd = tl.math.rsqrt(_squared_deviation_sum(t, mean, valid) / n + eps)
         _store_gates(t, mean, rstd, gates_ptr, nh_w_ptr, nh_b_ptr, nw_w_ptr, nw_b_ptr, cs, cmask, row, ls, valid, d,
                      GATE_SOFTMAX)
     else:
@@ -159,7 +159,7 @@ def spatial_gates_fwd_kernel(
             valid = cmask[:, None] & (ls < L)[None, :]
             t = _conv(means_ptr, row, cs, cmask, ls, L, cw_ptr, cb_ptr, K, BLOCK_G, BLOCK_L)
             sq += _squared_deviation_sum(t, mean, valid)
-        rstd = 1.0 / tl.sqrt(sq / n + eps)
+        rstd = tl.math.rsqrt(sq / n + eps)
         for g0 in range(0, G, BLOCK_G):
             cs, cmask, row = _group_block(b, j, g0, C, H, W, off, BLOCK_G)
             valid = cmask[:, None] & (ls < L)[None, :]
