@@ -15,11 +15,11 @@ The conv, the GroupNorm statistics and normalisation, and their gradients up to 
 gradients compute in float64 (GATE_T), as the C++ kernels do (csrc/cpu/small_stages.h): GroupNorm over
 a group of few, near-equal values (C = 4 with H or W of 1 or 2) amplifies float32 rounding by rstd (up
 to 1/sqrt(eps) = 316), which put the conv bias gradients (0 in exact arithmetic there) past the
-tolerance rule. Three steps run in float32, where no rounding is amplified: the gate itself (forward),
-the conv weight gradients' sums (centred, see ``_conv_grads``) and the conv input gradient. float64
-runs at 1/2 of float32's rate on an H100 but at 1/64 on consumer Ampere and Ada cards; those steps and
-an rsqrt for 1 / sqrt took the kernels' float64 instructions per thread from 220 to 147 (forward) and
-from 347 to 241 (backward) (sm_89 SASS, 64x56x56).
+tolerance rule. The steps that amplify nothing run in float32: the gate itself (forward), the row sums
+of the GroupNorm affine gradients and of the conv weight gradients (centred, see ``_conv_grads``) and the
+conv input gradient. float64 runs at 1/2 of float32's rate on an H100 but at 1/64 on consumer Ampere and
+Ada cards; those steps and an rsqrt for 1 / sqrt took the kernels' float64 instructions per thread from
+220 to 147 (forward) and from 347 to 217 (backward) (sm_89 SASS, 64x56x56).
 The stage touches B*C*(H+W) values in B*8 programs; its inputs and outputs stay float32.
 """
 import triton
@@ -193,8 +193,8 @@ def _norm_grads(tn, du, norm_part_ptr, nh_w_ptr, nw_w_ptr, b, C, cs, cmask, d):
     """Stores one channel block's GroupNorm weight and bias gradients (direction d) -> its parts
     (sum dtn, sum dtn * tn) of the group sums of the GroupNorm backward, dtn = du * gamma."""
     part = norm_part_ptr + b * 12 * C + d * 2 * C
-    tl.store(part + cs, tl.sum(du * tn, axis=1), mask=cmask)
-    tl.store(part + C + cs, tl.sum(du, axis=1), mask=cmask)
+    tl.store(part + cs, tl.sum((du * tn).to(tl.float32), axis=1), mask=cmask)  # float32 sums: nothing amplified
+    tl.store(part + C + cs, tl.sum(du.to(tl.float32), axis=1), mask=cmask)
     dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
     return tl.sum(dtn), tl.sum(dtn * tn)
 
