@@ -28,8 +28,8 @@
 # GPU-relevant files took more than 140 s with 12 workers: 38 % ran on 2026-11-27) and the
 # timings; two calls can, each bringing back its own logs and summary.txt:
 #   BUILD=0 STEPS=pytest TOTAL_BUDGET_S=400 TEST_CAP_S=390 TEST_WORKERS=12 TEST_MARKERS="not host_only"
-#     TEST_ARGS="tests/test_triton_ops.py tests/test_triton_parameters.py tests/test_triton_saved_memory.py
-#     tests/test_weights.py tests/test_bench.py"
+#     TEST_ARGS="tests/test_triton_ops.py tests/test_triton_spatial_gates.py tests/test_triton_parameters.py
+#     tests/test_triton_saved_memory.py tests/test_weights.py tests/test_bench.py"
 #   BUILD=0 STEPS=profile,attention_routes,bench,e2e,targets TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
 #     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170 BENCH_ARGS="--shape 64,64,56,56 --shape 64,128,28,28
 #     --shape 64,256,14,14 --shape 64,512,7,7 --dtype bf16 --mode forward --mode forward+backward"
