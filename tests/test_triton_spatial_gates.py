@@ -24,13 +24,9 @@ EPS = 1e-5
 K = 9
 
 
-def _rows(d, H, L):
-    """The slice of the (.., H + W) axis holding direction d's rows."""
-    return slice(d * H, d * H + L)
-
-
 def _kernel_conv_grads(means, weights, da_parts, H, W):
-    """(conv weight gradients (2, C, K), conv bias gradients (2, C)) per direction from the kernels, B = 1.
+    """(conv weight gradients (2, C, K), conv bias gradients (2, C)) per direction (float64 copies), and the
+    gates (1, C, H+W) fp32 the forward kernel stored, from the kernels, B = 1.
     means (1, C, H+W) fp32; weights: (cw (C, K), cb, nh_w, nh_b, nw_w, nw_b (C,)) fp32; da_parts:
     (rsum, psum (1, C, H+W), ca (1, C)) fp32."""
     from scsa_kernels.triton import spatial_gates
@@ -56,16 +52,15 @@ def _float64_conv_grads(means, weights, da_parts, gates, H, W):
     cw, cb, nh_w, nh_b, nw_w, nw_b = (t.double().cpu() for t in weights)
     rsum, psum, ca = (t.cpu() for t in da_parts)
     da = (ca[:, :, None] * rsum + psum).double()  # in float32 first, as the kernels form it
-    a = gates.double().cpu()
+    means, a = means.double().cpu(), gates.double().cpu()
     dws, dbs = [], []
-    for d, (gamma, beta) in enumerate(((nh_w, nh_b), (nw_w, nw_b))):
-        L = (H, W)[d]
-        m = means.double().cpu()[:, :, _rows(d, H, L)]
+    # direction 0's rows (along H) are [:H] of the (.., H + W) axis, direction 1's [H:]
+    for rows, gamma, beta in ((slice(0, H), nh_w, nh_b), (slice(H, H + W), nw_w, nw_b)):
         w, b = cw.clone().requires_grad_(), cb.clone().requires_grad_()
-        t = F.conv1d(m, w[:, None, :], b, padding=K // 2, groups=C)
+        t = F.conv1d(means[:, :, rows], w[:, None, :], b, padding=K // 2, groups=C)
         u = F.group_norm(t, 4, gamma, beta, EPS)
-        a_d = a[:, :, _rows(d, H, L)]
-        dw, db = torch.autograd.grad(u, (w, b), da[:, :, _rows(d, H, L)] * a_d * (1 - a_d))
+        a_d = a[:, :, rows]
+        dw, db = torch.autograd.grad(u, (w, b), da[:, :, rows] * a_d * (1 - a_d))
         dws.append(dw)
         dbs.append(db)
     return torch.stack(dws), torch.stack(dbs)

@@ -135,9 +135,10 @@ def compile_one(job, archs=ARCHS):
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": num_warps, "num_stages": num_stages})
+        ptx = compiled.asm["ptx"]
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(compiled.asm["ptx"])
-        gpu = re.search(r"^\.target\s+(\w+)", compiled.asm["ptx"], re.M).group(1)  # sm_90a on Hopper, sm_100a ...
+            f.write(ptx)
+        gpu = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)  # sm_90a on Hopper, sm_100a ...
         res = subprocess.run([ptxas(arch), "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
                              capture_output=True, text=True)
         os.unlink(f.name)
@@ -150,10 +151,10 @@ def compile_one(job, archs=ARCHS):
         rows.append(dict(kernel=name, variant=variant, dtype=dtype, num_warps=num_warps, arch=f"sm_{arch}",
                          registers=regs, spill_bytes=spills, shared=compiled.metadata.shared,
                          tile_load_orders=tile_load_orders(compiled.asm["ttgir"], dtype),
-                         half_element_accesses=half_element_accesses(compiled.asm["ptx"]),
-                         async_copies=len(re.findall(r"\bcp\.async\.c[ag]\b", compiled.asm["ptx"])),
-                         float64_ops=len(FLOAT64_ARITHMETIC.findall(compiled.asm["ptx"])),
-                         float32_exps=len(re.findall(r"\bex2\.approx(?:\.ftz)?\.f32\b", compiled.asm["ptx"]))))
+                         half_element_accesses=half_element_accesses(ptx),
+                         async_copies=len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
+                         float64_ops=len(FLOAT64_ARITHMETIC.findall(ptx)),
+                         float32_exps=len(re.findall(r"\bex2\.approx(?:\.ftz)?\.f32\b", ptx))))
     return rows
 
 
