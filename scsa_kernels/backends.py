@@ -9,10 +9,13 @@ Each backend lives in ``scsa_kernels/ops/<name>.py`` and exposes three functions
 - ``scsa(x, weights, config, training) -> Tensor``: the differentiable forward.
   Inputs are already validated by ``config.check_input``.
 
+and may expose ``auto_skip_reason() -> str | None``: why ``auto`` passes it over on this machine
+although it can run here (asked for by name, it runs), e.g. a platform it has not been run on.
+
 Modules are imported when this module is (those this machine can use: ``_preload``) or
 else on first use, each on its own, so that a broken optional dependency only disables its
 own backend. ``auto`` tries ``AUTO_ORDER[device type]`` in order and always ends with the
-reference, which runs everywhere.
+reference, which runs everywhere, and passes over a backend whose ``auto_skip_reason`` says so.
 
 Under torch.func transforms and forward-mode AD, and while ``torch.onnx.export`` or ``torch.jit.trace``
 runs, only the reference can (``context_reason``): ``auto`` then runs it, the same function with the same weights.
@@ -91,6 +94,13 @@ def why_not(name: str, x, config, training: bool) -> Optional[str]:
     return reason if reason is not None else load(name).unsupported_reason(x, config, training)
 
 
+def auto_skip_reason(name: str) -> Optional[str]:
+    """Why ``auto`` passes backend ``name`` over on this machine although it can run here, or None.
+    Only for a backend that is available here (``unavailable_reason`` is None)."""
+    skip = getattr(load(name), "auto_skip_reason", None)
+    return None if skip is None else skip()
+
+
 def select(backend: str, x, config, training: bool):
     """The ops module that will run this call (``backend`` may be "auto")."""
     if backend != "auto":
@@ -99,7 +109,7 @@ def select(backend: str, x, config, training: bool):
             raise BackendUnavailableError(f"SCSA backend {backend!r} cannot run this input: {reason}")
         return load(backend)
     for name in AUTO_ORDER.get(x.device.type, ("reference",)):
-        if why_not(name, x, config, training) is None:
+        if why_not(name, x, config, training) is None and auto_skip_reason(name) is None:
             return load(name)
     return load("reference")  # unreachable in practice: the reference supports every valid input
 

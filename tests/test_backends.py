@@ -14,7 +14,8 @@ import io
 import pytest
 import torch
 
-from scsa_kernels import SCSA, BackendUnavailableError, backends
+from fake_backends import install_backend
+from scsa_kernels import SCSA, BackendUnavailableError, backends, info
 from scsa_kernels.config import SCSAConfig
 from scsa_kernels.testing import compare
 
@@ -130,3 +131,21 @@ def test_fused_backends_are_ruled_out_in_these_contexts(monkeypatch, context, fl
     for name in fused:
         with pytest.raises(BackendUnavailableError, match=message):
             backends.select(name, x, config, False)
+
+
+def test_auto_passes_over_a_backend_with_an_auto_skip_reason(monkeypatch):
+    """A backend that can run here but says why auto should not pick it (``auto_skip_reason``, e.g. the
+    Triton kernels on ROCm): auto takes the next in its order, the backend asked for by name runs,
+    and ``python -m scsa_kernels.info`` shows the reason and what auto picks instead."""
+    x, config = torch.randn(1, 8, 4, 4), SCSAConfig(8)
+    calls = []
+    fake = install_backend(monkeypatch, "unvalidated", lambda *args: calls.append(args) or args[0])
+    monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("unvalidated", "reference"))
+    assert backends.auto_choice(x, config) == "unvalidated"
+    fake.auto_skip_reason = lambda: "not run on this platform yet"
+    assert backends.auto_choice(x, config) == "reference"
+    SCSA(8, window_size=-1, backend="unvalidated")(x)
+    assert len(calls) == 1
+    report = info.report()
+    assert "  unvalidated available (not run on this platform yet)" in report
+    assert "cpu tensors -> reference" in report

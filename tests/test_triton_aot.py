@@ -1,5 +1,5 @@
 """Every Triton kernel, every autotune config, compiles ahead of time for sm_80 and sm_90 with 0 spills
-(and, spills allowed, for sm_75, sm_89, sm_100 and sm_120).
+(and, spills allowed, for sm_70, sm_75, sm_89, sm_100 and sm_120, and for AMD's gfx90a, gfx942 and gfx1100).
 
 The compile runs in a subprocess (tests/triton_aot.py) without TRITON_INTERPRET: under the
 interpreter @triton.jit returns interpreted functions. No GPU is needed. The table of
@@ -62,16 +62,28 @@ def test_every_kernel_compiles_for_sm80_and_sm90(compiled):
         assert {r["kernel"] for r in compiled.rows if r["arch"] == arch} == all_kernel_names()
 
 
-# GPUs the targets do not name but users run: Turing (T4), Ada (L4, L40S, RTX 40xx; Ampere's sm_86, RTX 30xx
-# and A10, compiles alike) and Blackwell (B200, RTX 50xx). Compiled with the installed Triton only; spills are
-# printed, not held (the spill rule is for the cards of the targets).
-OTHER_ARCHS = (75, 89, 100, 120)
+# GPUs the targets do not name but users run: Volta (V100), Turing (T4), Ada (L4, L40S, RTX 40xx; Ampere's sm_86,
+# RTX 30xx and A10, compiles alike) and Blackwell (B200, RTX 50xx). Compiled with the installed Triton only; spills
+# are printed, not held (the spill rule is for the cards of the targets).
+OTHER_ARCHS = (70, 75, 89, 100, 120)
 
 
-def test_every_kernel_compiles_for_turing_ada_and_blackwell():
+def test_every_kernel_compiles_for_volta_turing_ada_and_blackwell():
     rows = compile_all(None, "--archs", ",".join(map(str, OTHER_ARCHS)))
     for arch in OTHER_ARCHS:
         assert {r["kernel"] for r in rows if r["arch"] == f"sm_{arch}"} == all_kernel_names()
+
+
+# AMD GPUs, for ROCm builds of torch: CDNA2 (MI210, MI250X), CDNA3 (MI300X, MI325X) and RDNA3 (RX 7900, W7900).
+# Compiled with the installed Triton; no run on one yet, so auto passes the Triton backend over on ROCm
+# (ops.triton.auto_skip_reason). Registers are vector registers, spill bytes scratch memory: printed, not held.
+AMD_ARCHS = ("gfx90a", "gfx942", "gfx1100")
+
+
+def test_every_kernel_compiles_for_amd_gpus():
+    rows = compile_all(None, "--archs", ",".join(AMD_ARCHS))
+    for arch in AMD_ARCHS:
+        assert {r["kernel"] for r in rows if r["arch"] == arch} == all_kernel_names()
 
 
 def test_every_autotune_config_is_compiled(compiled):

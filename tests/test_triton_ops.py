@@ -227,6 +227,25 @@ def test_triton_older_than_3_5_is_reported_unavailable(monkeypatch):
         "triton 3.4.0 is too old: the kernels need triton >= 3.5 (torch >= 2.9 installs one)")
 
 
+@pytest.mark.parametrize("hip", [None, "6.4.43482"], ids=["cuda_build", "rocm_build"])
+def test_rocm_builds_take_triton_only_by_name_and_launch_through_triton(monkeypatch, hip):
+    """On ROCm builds of torch (torch.version.hip set) auto passes the Triton kernels over (compiled for AMD
+    GPUs by test_triton_aot.py, never run on one), saying how to run and check them, and every launch goes
+    through Triton's own path: the AMD backend specializes kernels on each tensor's storage fitting in 2 GB,
+    which the direct launches' key does not hold. On CUDA builds neither. (Outside the interpreter: under
+    it, launches are interpreted and auto picks the reference on CUDA tensors anyway.)"""
+    from scsa_kernels.ops import triton as ops
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(ops, "_INTERPRET", False)
+    monkeypatch.delenv("SCSA_TRITON_DIRECT_LAUNCH", raising=False)
+    skip = ops._find_auto_skip_reason()
+    if hip is None:
+        assert skip is None and ops._direct_launch_default()
+    else:
+        assert "ROCm" in skip and "backend='triton'" in skip and "scsa-check --backend triton" in skip
+        assert not ops._direct_launch_default()
+
+
 def _larger_tiles():
     """The TILE sizes of the autotune configs past the smallest (which the interpreter always runs)."""
     tiles = {c.kwargs["TILE"] for k in autotuned_kernels() for c in k.all_configs}

@@ -1,7 +1,8 @@
 """Ahead-of-time compile of every SCSA Triton kernel, every autotune config, for sm_80 and sm_90.
 
-Run as a script (``python tests/triton_aot.py [--archs 75,89] [KERNEL ...]``: only those kernels, e.g.
-while tuning configs; ``--archs``: other compute capabilities than ARCHS) with TRITON_INTERPRET unset: under the
+Run as a script (``python tests/triton_aot.py [--archs 75,89,gfx942] [KERNEL ...]``: only those kernels, e.g.
+while tuning configs; ``--archs``: other targets than ARCHS, CUDA compute capabilities or AMD gfx names) with
+TRITON_INTERPRET unset: under the
 interpreter ``@triton.jit`` returns interpreted functions that cannot be compiled. The
 launches are recorded from the real op bodies (forward and backward) on meta tensors, so
 the compiled signatures and constexprs are exactly the ones the ops use. Prints one row per
@@ -130,37 +131,68 @@ def compile_one(job, archs=ARCHS):
     name, module, signature, constexprs, attrs, num_warps, num_stages = job
     fn = getattr(__import__(module, fromlist=[name]), name)
     fn = fn.fn if isinstance(fn, Autotuner) else fn
+    variant = ",".join(f"{k}={v}" for k, v in sorted(constexprs.items()))
+    dtype = next((t for t in signature.values() if t in ("*fp16", "*bf16")), "*fp32")[1:]
     rows = []
     for arch in archs:
+        target = gpu_target(arch)
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": num_warps, "num_stages": num_stages})
-        ptx = compiled.asm["ptx"]
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(ptx)
-        gpu = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)  # sm_90a on Hopper, sm_100a ...
-        res = subprocess.run([ptxas(arch), "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
-                             capture_output=True, text=True)
-        os.unlink(f.name)
-        if res.returncode:
-            raise RuntimeError(f"ptxas failed for {name} sm_{arch}: {res.stderr}")
-        regs = int(re.search(r"Used (\d+) registers", res.stderr).group(1))
-        spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", res.stderr))
-        variant = ",".join(f"{k}={v}" for k, v in sorted(constexprs.items()))
-        dtype = next((t for t in signature.values() if t in ("*fp16", "*bf16")), "*fp32")[1:]
-        rows.append(dict(kernel=name, variant=variant, dtype=dtype, num_warps=num_warps, arch=f"sm_{arch}",
-                         registers=regs, spill_bytes=spills, shared=compiled.metadata.shared,
-                         tile_load_orders=tile_load_orders(compiled.asm["ttgir"], dtype),
-                         half_element_accesses=half_element_accesses(ptx),
-                         async_copies=len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
-                         float64_ops=len(FLOAT64_ARITHMETIC.findall(ptx)),
-                         float32_exps=len(re.findall(r"\bex2\.approx(?:\.ftz)?\.f32\b", ptx))))
+        compiled = triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
+        stats = cuda_stats(compiled, name, arch, dtype) if target.backend == "cuda" else hip_stats(compiled)
+        rows.append(dict(kernel=name, variant=variant, dtype=dtype, num_warps=num_warps, shared=compiled.metadata.shared,
+                         **stats))
     return rows
+
+
+def gpu_target(arch):
+    """The GPUTarget of an ``--archs`` entry: a CUDA compute capability (90), or an AMD GPU's gfx name (gfx942:
+    wave64 on CDNA, wave32 on RDNA, gfx10xx and later)."""
+    if str(arch).startswith("gfx"):
+        return GPUTarget("hip", arch, 32 if arch.startswith("gfx1") else 64)
+    return GPUTarget("cuda", int(arch), 32)
+
+
+def cuda_stats(compiled, name, arch, dtype):
+    """A CUDA compile's row fields: ptxas -v's registers and spill bytes, and what the PTX and TTGIR say."""
+    ptx = compiled.asm["ptx"]
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    gpu = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)  # sm_90a on Hopper, sm_100a ...
+    res = subprocess.run([ptxas(arch), "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
+                         capture_output=True, text=True)
+    os.unlink(f.name)
+    if res.returncode:
+        raise RuntimeError(f"ptxas failed for {name} sm_{arch}: {res.stderr}")
+    return dict(arch=f"sm_{arch}", registers=int(re.search(r"Used (\d+) registers", res.stderr).group(1)),
+                spill_bytes=sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", res.stderr)),
+                tile_load_orders=tile_load_orders(compiled.asm["ttgir"], dtype),
+                half_element_accesses=half_element_accesses(ptx),
+                async_copies=len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
+                float64_ops=len(FLOAT64_ARITHMETIC.findall(ptx)),
+                float32_exps=len(re.findall(r"\bex2\.approx(?:\.ftz)?\.f32\b", ptx)))
+
+
+def hip_stats(compiled):
+    """An AMD compile's row fields from its AMDGCN assembly: registers are vector registers (VGPRs and AGPRs),
+    spill bytes its scratch memory per thread (where VGPR spills go; SGPRs spill into VGPR lanes, not
+    memory). The CUDA rows' PTX and TTGIR checks do not apply (empty)."""
+    asm = compiled.asm["amdgcn"]
+
+    def field(key, absent=None):  # from the code object's metadata (RDNA's has no AGPR count)
+        found = re.search(r"\s\." + key + r":\s+(\d+)", asm)
+        if found is None and absent is None:
+            raise RuntimeError(f"no .{key} in the AMDGCN metadata of {compiled.name}")
+        return int(found.group(1)) if found else absent
+
+    return dict(arch=compiled.metadata.target.arch, registers=field("vgpr_count") + field("agpr_count", absent=0),
+                spill_bytes=field("private_segment_fixed_size"), tile_load_orders=[], half_element_accesses=0,
+                async_copies=0, float64_ops=len(AMDGCN_FLOAT64_ARITHMETIC.findall(asm)), float32_exps=0)
 
 
 # PTX float64 arithmetic (conversions, selects and compares aside): on Turing, Ampere and Ada consumer and inference
 # cards it runs at 1/32 to 1/64 of float32's rate
 FLOAT64_ARITHMETIC = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|rsqrt|rcp|ex2|lg2|max|min|neg|abs)(?:\.\w+)*\.f64\b")
+AMDGCN_FLOAT64_ARITHMETIC = re.compile(r"\bv_(?:add|mul|fma|rcp|rsq|sqrt|max|min|div_\w+|ldexp)_f64\b")
 
 
 def half_element_accesses(ptx):
@@ -193,14 +225,14 @@ def main():
     args = sys.argv[1:]
     archs = ARCHS
     if args[:1] == ["--archs"]:
-        archs, args = tuple(int(a) for a in args[1].split(",")), args[2:]
+        archs, args = tuple(a if a.startswith("gfx") else int(a) for a in args[1].split(",")), args[2:]
     only = set(args)
     jobs = [job for job in variants(record_launches()) if not only or job[0] in only]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         rows = [r for rs in pool.map(compile_one, jobs, [archs] * len(jobs)) for r in rs]
-    print(f"{'kernel':34} {'arch':6} {'dtype':5} {'warps':5} {'regs':>4} {'spill':>5} {'smem':>6} {'fp64':>5}  constexprs")
+    print(f"{'kernel':34} {'arch':7} {'dtype':5} {'warps':5} {'regs':>4} {'spill':>5} {'smem':>6} {'fp64':>5}  constexprs")
     for r in rows:
-        print(f"{r['kernel']:34} {r['arch']:6} {r['dtype']:5} {r['num_warps']:5} {r['registers']:4} "
+        print(f"{r['kernel']:34} {r['arch']:7} {r['dtype']:5} {r['num_warps']:5} {r['registers']:4} "
               f"{r['spill_bytes']:5} {r['shared']:6} {r['float64_ops']:5}  {r['variant']}")
     print(json.dumps(rows))
 

@@ -45,7 +45,12 @@ are resolved once per (shape, strides, dtype, options) in
 ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's scratch buffers are views of one
 allocation, and a launch whose specialization Triton compiled before goes straight to the compiled
 kernel (``_launch_compiled``), skipping Triton's per-launch binding and cache key (a quarter of a
-forward's host cost up to the driver with triton 3.6; ``SCSA_TRITON_DIRECT_LAUNCH=0`` switches it off).
+forward's host cost up to the driver with triton 3.6; ``SCSA_TRITON_DIRECT_LAUNCH=0`` switches it off;
+off on ROCm builds of torch: ``_direct_launch_default``).
+
+AMD GPUs (ROCm builds of torch, whose GPU tensors are "cuda" tensors too): the kernels compile for
+gfx90a, gfx942 and gfx1100 (tests/test_triton_aot.py) but have not run on one, so ``auto`` passes
+this backend over there (``auto_skip_reason``); asked for by name it runs.
 
 Attention dropout in training runs in the channel attention kernels (Philox masks keyed by
 sample, row channel and column: ops/dropout.py); one (1,) int64 seed per call comes from torch's
@@ -153,6 +158,22 @@ EAGER_BYPASS = not _INTERPRET
 
 def unavailable_reason():
     return _UNAVAILABLE
+
+
+def _find_auto_skip_reason():
+    if torch.version.hip is not None and not _INTERPRET:
+        return ("on ROCm, auto passes the Triton kernels over: they compile for AMD GPUs (gfx90a, gfx942, gfx1100 "
+                "in CI) but have not run on one yet; backend='triton' runs them, and `scsa-check --backend "
+                "triton` compares them with the reference on this machine")
+    return None
+
+
+_AUTO_SKIP = _find_auto_skip_reason()
+
+
+def auto_skip_reason():
+    """Why ``auto`` passes this backend over on this machine although it can run here, or None."""
+    return _AUTO_SKIP
 
 
 def unsupported_reason(x, config, training):
@@ -309,8 +330,17 @@ def _launch(kernel, grid, *args, tuned=None, **kwargs):
         kernel[grid](*args, **kwargs)
 
 
-# Kill switch of the direct launches, for comparing or bisecting (the interpreter has no compiled kernels).
-DIRECT_LAUNCH = not _INTERPRET and os.environ.get("SCSA_TRITON_DIRECT_LAUNCH", "1") != "0"
+def _direct_launch_default() -> bool:
+    """Whether launches go straight to the compiled kernels (``_launch_compiled``): on CUDA builds of torch
+    (not under the interpreter, which has no compiled kernels), unless SCSA_TRITON_DIRECT_LAUNCH=0 (a kill
+    switch, for comparing or bisecting). Not on ROCm: Triton's AMD backend also specializes a kernel on
+    whether each tensor's storage fits in 2 GB (its 32-bit buffer loads and stores), which
+    ``_launch_compiled``'s key does not hold: a kernel compiled for a small tensor would be launched on a
+    larger one. There every launch takes Triton's own path, which computes the specialization."""
+    return not _INTERPRET and torch.version.hip is None and os.environ.get("SCSA_TRITON_DIRECT_LAUNCH", "1") != "0"
+
+
+DIRECT_LAUNCH = _direct_launch_default()
 # (id of the JITFunction, current device, keyword arguments, the positional arguments after the
 # tensors, then each tensor's dtype and whether it is 16-byte aligned) -> (its CompiledKernel, the
 # values of the parameters after the positional arguments). Kernels are module globals: ids are not reused.
