@@ -565,6 +565,7 @@ def test_kernel_profile_calls_start_from_no_gradient():
     x = torch.randn(2, 16, 14, 14, requires_grad=True)
     grad_out = torch.randn_like(x)
     out, dx = kernel_profile.results(module, x, grad_out, "forward+backward")
+    dx = dx.clone()  # results hands back x.grad itself, which an accumulation would change in place
     for _ in range(2):
         kernel_profile.one_call(module, x, grad_out, "forward+backward")
     torch.testing.assert_close(x.grad, dx, rtol=0, atol=0)

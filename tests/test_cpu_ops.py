@@ -119,17 +119,33 @@ def test_size_one_dimension_with_any_stride():
 
 
 @needs_ext
-def test_output_poisoning_and_format():
-    """Every output element is written: results do not depend on what the allocator hands out."""
-    config = SCSAConfig(dim=8)
-    w = random_weights(config)
-    x = torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last)
-    first = scsa(x, w, config, backend="cpu")
-    garbage = [torch.full((2, 8, 9, 9), float("nan")).to(memory_format=torch.channels_last) for _ in range(8)]
-    del garbage
-    second = scsa(x, w, config, backend="cpu")
-    assert torch.equal(first, second)
-    assert second.is_contiguous(memory_format=torch.channels_last)
+@pytest.mark.parametrize("mode", ["avg_pool", "max_pool", "recombination"])
+def test_every_element_is_written_before_it_is_read(mode):
+    """Results do not depend on what the allocator hands out: with torch's deterministic fill every
+    allocation (the kernels' outputs and scratch buffers, at::empty in csrc/) starts as NaN, and the
+    forward and every gradient are bitwise those of a run without it; the output keeps x's format."""
+    config = SCSAConfig(dim=8, window_size=3, down_sample_mode=mode)
+    w = random_weights(config).map(lambda t: t.requires_grad_())
+    x = torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last).requires_grad_()
+    grad_out = torch.randn(x.shape)
+
+    def forward_backward():
+        out = scsa(x, w, config, backend="cpu")
+        return [out, *torch.autograd.grad(out, [x, *w.tensors()], grad_out)]
+
+    plain = forward_backward()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        assert torch.isnan(torch.empty(4)).all(), "the deterministic fill is off: nothing would be poisoned"
+        poisoned = forward_backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+    for a, b in zip(plain, poisoned):
+        assert torch.equal(a, b)
+    assert poisoned[0].is_contiguous(memory_format=torch.channels_last)
 
 
 @needs_ext
