@@ -72,6 +72,32 @@ def test_timing_quantiles():
     assert (timing.p20_ms, timing.median_ms, timing.p80_ms, timing.samples) == (21.0, 51.0, 81.0, 101)
 
 
+def test_cuda_clock_waits_for_the_cache_flush(monkeypatch):
+    """The L2 flush finishes before the timed span starts: the GPU is idle when the start event is
+    recorded, so none of a host-bound call's launch time runs while the flush does."""
+    calls = []
+
+    class FlushBuffer:
+        def zero_(self):
+            calls.append("flush")
+
+    clock = timing.CUDAClock.__new__(timing.CUDAClock)  # no GPU here: the flush buffer stands in
+    clock.flush_buffer = FlushBuffer()
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: calls.append("synchronize"))
+    clock.before()
+    assert calls == ["flush", "synchronize"]
+
+
+def test_slow_providers_get_at_least_thirty_samples():
+    """A provider slower than its share of rep_ms still runs MIN_ITERATIONS_PER_ROUND iterations in
+    each of the rounds: at least 30 samples for its median and quantiles."""
+    slow = (lambda: None, lambda state: time.sleep(0.002))
+    fast = (lambda: None, lambda state: None)
+    result = timing.measure({"slow": slow, "fast": fast}, timing.CPUClock(), warmup_ms=1, rep_ms=5)
+    assert result["slow"].samples == timing.ROUNDS * timing.MIN_ITERATIONS_PER_ROUND == 30
+    assert result["slow"].median_ms >= 2 and result["fast"].samples >= 30
+
+
 def test_select_cases_narrows_the_default_suite():
     args = cli.build_parser().parse_args(["--dtype", "bf16", "--mode", "forward"])
     cases = cli.select_cases(args, torch.device("cuda"))
@@ -308,8 +334,9 @@ def test_targets_judge_each_row_against_its_goal():
 
 
 def test_targets_ignore_graphed_rows_that_replayed_no_cuda_graph():
-    """A "+cudagraphs" row whose profiled iterations launched no CUDA graph measures no CUDA graphs:
-    its targets are not measured, and say why; the rows that replayed one are judged."""
+    """A "+cudagraphs" row whose profiled iterations launched no CUDA graph, or that has no record of
+    them (rows before 2026-11-28), shows no CUDA graphs: its targets are not measured, and say why; the
+    rows that replayed one are judged."""
     rows = [_target_row("triton+cudagraphs", "64x64x56x56", "forward", speedup_vs_eager="8",
                         launches_per_iter="0", graph_launches_per_iter="1"),
             _target_row("triton+cudagraphs", "64x128x28x28", "forward", speedup_vs_eager="3.8",
@@ -319,7 +346,8 @@ def test_targets_ignore_graphed_rows_that_replayed_no_cuda_graph():
     assert lines["64x64x56x56"]["verdict"] == "met"
     assert lines["64x128x28x28"]["verdict"] == "not measured"
     assert lines["64x128x28x28"]["why"] == "replayed no CUDA graph (5 kernel launches per iteration)"
-    assert lines["64x256x14x14"]["verdict"] == "met"
+    assert lines["64x256x14x14"]["verdict"] == "not measured"
+    assert lines["64x256x14x14"]["why"] == "no CUDA graph replay recorded (no graph_launches_per_iter)"
 
 
 def test_cudagraph_skips_collects_inductors_reasons():

@@ -116,11 +116,16 @@ def _find(rows: Sequence[Row], provider: str, shape: str, mode: str) -> Optional
 
 def _row_problem(row: Row) -> Optional[str]:
     """Why ``row`` measures nothing its provider stands for, or None: a status other than ok, or a
-    "+cudagraphs" provider whose profiled iterations replayed no CUDA graph (CUDA rows since 2026-11-28)."""
+    "+cudagraphs" provider without a profiled CUDA graph replay (the column came on 2026-11-28: older
+    rows cannot show that torch.compile did not fall back to plain launches)."""
     if row.get("status") != "ok":
         return row.get("status")
-    if row.get("provider", "").endswith(GRAPHED_SUFFIX) and _number(row, "graph_launches_per_iter") == 0:
-        return f"replayed no CUDA graph ({row.get('launches_per_iter')} kernel launches per iteration)"
+    if row.get("provider", "").endswith(GRAPHED_SUFFIX):
+        graphs = _number(row, "graph_launches_per_iter")
+        if isinstance(graphs, str):
+            return "no CUDA graph replay recorded (no graph_launches_per_iter)"
+        if graphs == 0:
+            return f"replayed no CUDA graph ({row.get('launches_per_iter')} kernel launches per iteration)"
     return None
 
 

@@ -11,7 +11,10 @@ measurement), ``run(state)`` is the timed part.
   the thread count for every provider (``torch.set_num_threads``).
 - CUDA: one pair of ``torch.cuda.Event`` per iteration, and before each iteration the L2
   cache is flushed by writing a buffer larger than it (as ``triton.testing.do_bench``
-  does); the flush is outside the events.
+  does), outside the events, and waited for: each timed span starts on an idle GPU, so the
+  host's launch work of a host-bound call counts in full. (Until 2026-11-28 the flush ran on
+  while the host launched the timed call's kernels: up to its ~65 us at 256 MiB on an H200 of
+  their host time went uncounted, flattering host-bound calls.)
 
 Results are the median and the 20%/80% quantiles of the per-iteration times, in ms.
 
@@ -31,6 +34,8 @@ import torch
 
 Workload = Tuple[Callable[[], Any], Callable[[Any], Any]]  # (prepare, run)
 ROUNDS = 10
+# Iterations per provider and round: enough samples (>= 30) for the 20%/80% quantiles of a slow provider
+MIN_ITERATIONS_PER_ROUND = 3
 MAX_ITERATIONS_PER_ROUND = 200
 
 
@@ -66,7 +71,7 @@ class CPUClock:
 
 
 class CUDAClock:
-    """CUDA events on the current stream; ``before`` flushes L2 (outside the timed span)."""
+    """CUDA events on the current stream; ``before`` flushes L2 and waits for it (outside the timed span)."""
 
     def __init__(self, device: torch.device):
         l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 64 << 20
@@ -74,6 +79,7 @@ class CUDAClock:
 
     def before(self) -> None:
         self.flush_buffer.zero_()
+        torch.cuda.synchronize()  # the timed span starts on an idle GPU: no host time hides behind the flush
 
     def stamp(self) -> torch.cuda.Event:
         event = torch.cuda.Event(enable_timing=True)
@@ -108,7 +114,8 @@ def measure(workloads: Dict[str, Workload], clock, warmup_ms: float, rep_ms: flo
     per_round = {}
     for name in names:
         estimate = estimate_ms(workloads[name], clock, warmup_ms)
-        per_round[name] = int(min(MAX_ITERATIONS_PER_ROUND, max(1, round(rep_ms / rounds / estimate))))
+        per_round[name] = int(min(MAX_ITERATIONS_PER_ROUND, max(MIN_ITERATIONS_PER_ROUND,
+                                                                round(rep_ms / rounds / estimate))))
     samples: Dict[str, List[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
