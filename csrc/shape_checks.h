@@ -83,4 +83,15 @@ inline void check_saved(const at::Tensor& t, const char* name, at::IntArrayRef s
               t.scalar_type());
 }
 
+// The forward's max-pool argmax: flat in-plane indices h*W + w. The backward writes each window's
+// gradient at its index into a row buffer of the plane: an index outside [0, plane) from a caller's
+// corrupt tensor would write outside it. (Within the plane, any index is memory-safe.)
+inline void check_argmax(const at::Tensor& argmax, int64_t plane) {
+  if (argmax.numel() == 0) return;
+  const auto [low, high] = at::aminmax(argmax);
+  const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < plane, "scsa_kernels: saved argmax must hold in-plane indices h*W + w in [0, ", plane,
+              "), got values in [", lo, ", ", hi, "]");
+}
+
 }  // namespace scsa_kernels

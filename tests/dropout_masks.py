@@ -17,7 +17,7 @@ from scsa_kernels.triton.channel_attention import _dropout_scale
 @triton.jit
 def _dropout_masks_kernel(seed_ptr, out_ptr, drop_p, C, D, BLOCK: tl.constexpr):
     """The kernels' dropout scales M of sample program_id(0), row channel program_id(1) -> out (B, C, D)."""
-    b, c = tl.program_id(0), tl.program_id(1)
+    b, c = tl.program_id(0).to(tl.int64), tl.program_id(1)  # b int64, as the kernels' own
     cols = tl.arange(0, BLOCK)
     scales = _dropout_scale(seed_ptr, drop_p, b, C, D, c + tl.arange(0, 1), cols)
     tl.store(out_ptr + (b * C + c) * D + cols[None, :], scales, mask=(cols < D)[None, :])

@@ -244,6 +244,25 @@ def test_op_rejects_bad_arguments():
         torch.ops.scsa_kernels.scsa_forward(*bad_shape)
 
 
+@needs_ext
+@pytest.mark.parametrize("index", [-1, -9, 81], ids=["minus_one", "minus_w", "plane_size"])
+def test_backward_op_rejects_an_argmax_outside_the_plane(index):
+    """The backward writes each max-pool window's gradient at its saved argmax (h*W + w): a caller's
+    index outside [0, H*W) is refused before any kernel runs (-1 wrote before a row buffer: a heap
+    corruption), an index inside the plane is accepted."""
+    config = SCSAConfig(dim=8, window_size=3, down_sample_mode="max_pool")
+    args = _op_args(config, (1, 8, 9, 9))
+    x, weights, options = args[0], args[1:11], args[11:]
+    saved = list(torch.ops.scsa_kernels.scsa_forward(*args)[1:])
+    grad_out = torch.randn_like(x)
+    saved[5] = saved[5].clone()  # argmax (B, C, N) of flat indices into the 9x9 plane
+    saved[5][0, 3, 1] = 80
+    torch.ops.scsa_kernels.scsa_backward(grad_out, x, *weights, *saved, *options)
+    saved[5][0, 3, 1] = index
+    with pytest.raises(RuntimeError, match=r"saved argmax must hold in-plane indices h\*W \+ w in \[0, 81\)"):
+        torch.ops.scsa_kernels.scsa_backward(grad_out, x, *weights, *saved, *options)
+
+
 class TinyNet(nn.Module):
     def __init__(self, **scsa_kwargs):
         super().__init__()

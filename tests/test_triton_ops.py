@@ -640,10 +640,9 @@ def test_traced_workspace_buffers_are_separate_allocations():
     assert all(b.storage_offset() == 0 and b.untyped_storage().nbytes() == b.nbytes for b in traced)
 
 
-def test_plans_reuse_the_autotuners_pick(monkeypatch):
-    """The first call of a launch plan goes through each autotuned kernel's autotuner and records its
-    pick in the plan; later calls of the plan launch the kernel with it directly (ops.triton._launch),
-    with bitwise the same results."""
+def _fresh_plans_counting_tuner_runs(monkeypatch):
+    """(ops.triton with empty plan caches and eager calls bypassing the dispatcher, a list that records
+    every autotuner run)."""
     from triton.runtime.autotuner import Autotuner
 
     from scsa_kernels.ops import triton as ops
@@ -653,6 +652,20 @@ def test_plans_reuse_the_autotuners_pick(monkeypatch):
     tuner_runs = []
     run = Autotuner.run
     monkeypatch.setattr(Autotuner, "run", lambda self, *a, **k: tuner_runs.append(self) or run(self, *a, **k))
+    return ops, tuner_runs
+
+
+def _plan_picks(ops):
+    """{(kernel, deterministic): config} of every plan's autotuned kernels."""
+    return {key: pick for plans in (ops._FORWARD_PLANS, ops._BACKWARD_PLANS) for plan in plans.values()
+            for key, pick in plan["tuned"].items()}
+
+
+def test_plans_reuse_the_autotuners_pick(monkeypatch):
+    """The first call of a launch plan goes through each autotuned kernel's autotuner and records its
+    pick in the plan; later calls of the plan launch the kernel with it directly (ops.triton._launch),
+    with bitwise the same results."""
+    ops, tuner_runs = _fresh_plans_counting_tuner_runs(monkeypatch)
     module = SCSA(16, head_num=2, window_size=3, backend="triton").to(DEVICE)
     x = torch.randn(2, 16, 7, 7, device=DEVICE, requires_grad=True)
     grad_out = torch.randn(2, 16, 7, 7, device=DEVICE)
@@ -664,12 +677,27 @@ def test_plans_reuse_the_autotuners_pick(monkeypatch):
         out.backward(grad_out)
         results.append([out.detach(), x.grad] + [p.grad for p in module.parameters()])
         runs_per_call.append(len(tuner_runs) - sum(runs_per_call))
-    tuned = {kernel.fn.__name__ for plans in (ops._FORWARD_PLANS, ops._BACKWARD_PLANS)
-             for plan in plans.values() for kernel in plan["tuned"]}
-    assert tuned == set(PLANE_PASSES)
+    assert {kernel.fn.__name__ for kernel, _ in _plan_picks(ops)} == set(PLANE_PASSES)
     assert runs_per_call == [7, 0], "autotuner calls per forward+backward: 7 on a plan's first call, then none"
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_deterministic_algorithms_fix_every_autotuned_config(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) no timing picks a config (the tile sets the float32
+    summation order, and a pick by timing can differ between processes): every autotuned kernel runs
+    its fixed config, tiles of 1024 elements (a 40x36 plane: several row steps), the autotuner never
+    runs, and forward and gradients match the reference."""
+    ops, tuner_runs = _fresh_plans_counting_tuner_runs(monkeypatch)
+    config = SCSAConfig(8, window_size=7, down_sample_mode="max_pool")
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert_matches(torch.randn(2, 8, 40, 36, device=DEVICE), config)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert not tuner_runs
+    picks = {(kernel.fn.__name__, deterministic, pick["TILE"]) for (kernel, deterministic), pick in _plan_picks(ops).items()}
+    assert picks == {(name, True, 1024) for name in PLANE_PASSES}
 
 
 def test_module_and_determinism():
@@ -693,6 +721,25 @@ def test_unsupported_inputs_have_reasons():
     with pytest.raises(backends.BackendUnavailableError, match="4096"):
         scsa(x, random_weights(config, device=DEVICE), config, training=True, backend="triton")
     assert backends.auto_choice(x, config, True) != "triton"
+
+
+def test_attention_grids_past_cudas_limit_are_unsupported():
+    """The channel attention kernels' grid is (B, heads * channel blocks), and CUDA allows 65535
+    programs on a grid's second side: 65536 heads of one channel are refused with the reason (auto
+    takes the reference), 65532 run."""
+    x = torch.randn(1, 65536, 1, 1, device=DEVICE)
+    reason = backends.why_not("triton", x, SCSAConfig(65536, head_num=65536, window_size=-1), False)
+    assert reason is not None and "65536 programs per sample" in reason and "65535" in reason
+    assert backends.why_not("triton", x[:, :65532], SCSAConfig(65532, head_num=65532, window_size=-1), False) is None
+
+
+def test_batch_times_channels_past_int32_is_unsupported():
+    """The spatial gate kernels index planes with int32 b * C + c: B * C >= 2**31 is refused with the
+    reason (a stride-0 view: no memory), one less runs."""
+    config = SCSAConfig(2 ** 11, window_size=-1)
+    x = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(2 ** 20, 2 ** 11, 1, 1)
+    assert "B * C of 2**31" in backends.why_not("triton", x, config, False)
+    assert backends.why_not("triton", x[1:], config, False) is None
 
 
 def test_float64_is_unsupported_not_downcast():

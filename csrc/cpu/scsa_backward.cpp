@@ -340,6 +340,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   check_saved(a_w, "a_w", {B, C, W}, dt);
   check_saved(pooled, "pooled", {B, C, pg.positions()}, dt);
   check_saved(argmax, "argmax", {pg.max_pool ? B : 0, C, pg.positions()}, at::kLong);
+  check_argmax(argmax, H * W);
   check_saved(attn_lse, "attn_lse", {B, C}, dt);
   check_saved(ca, "ca", {B, C}, dt);
   std::array<Tensor, 12> r;

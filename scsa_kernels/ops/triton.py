@@ -30,7 +30,9 @@ over the batch); x read twice, grad_out twice, dx written once:
       ``spatial_gates_bwd``              -> d(x_h)/W, d(x_w)/H, parameter partials
   (c) ``input_grad`` (reads grad_out, writes dx)
 No atomics: every reduction belongs to one program, partials are summed by torch.sum (eager
-training: by ``parameter_grads``, below) in a fixed order, so results are bitwise reproducible.
+training: by ``parameter_grads``, below) in a fixed order, so results are bitwise reproducible for a
+given config of the autotuned plane passes: in a process always (a plan keeps its pick), across
+processes under ``torch.use_deterministic_algorithms(True)``, where no timing picks the config (``_launch``).
 
 Host cost per call (benchmarks/triton_host_overhead.py, CPU with a host-only Triton driver): eager
 calls skip the dispatcher (training: one autograd node, ops/eager.py; inference: a direct
@@ -57,7 +59,9 @@ sample, row channel and column: ops/dropout.py); one (1,) int64 seed per call co
 generator and is saved for the backward, which draws the same masks again.
 
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
-float64 (kernels compute in float32), window or plane sides > 4096, planes of 2**31 elements or more.
+float64 (kernels compute in float32), window or plane sides > 4096, planes of 2**31 elements or more,
+B * C of 2**31 or more, more than 65535 channel attention programs per sample (e.g. 65536 heads of one
+channel).
 
 Layout: the plane passes (means, pool, apply, pool_grad_sums, input_grad) take strided tiles of
 (BLOCK_C channels x rows x columns) with 64-bit plane bases (in-plane offsets go 64-bit only when
@@ -87,6 +91,7 @@ from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
 NAME = "triton"
 MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
+MAX_GRID_Y = 65535     # CUDA's limit on a grid's second side (the channel attention kernels' programs per sample)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_SAVED_FRACTION = 0.1  # saved for backward beyond x itself, as a fraction of x's bytes (see _kept_for_backward)
 STATS_SHARE = 0.8  # of that budget, what the means and the attention statistics may take together
@@ -190,7 +195,20 @@ def unsupported_reason(x, config, training):
         return f"H and W must be <= {MAX_SIDE} for the Triton kernels, got {height}x{width}"
     if height * width >= 2 ** 31:
         return "planes of 2**31 elements or more are not supported (int32 in-plane argmax)"
+    if x.shape[0] * x.shape[1] >= 2 ** 31:
+        return "B * C of 2**31 or more is not supported (int32 plane indices in the spatial gate kernels)"
+    programs = _attention_programs_per_sample(config.dim, config.head_num)
+    if programs > MAX_GRID_Y:
+        return (f"the channel attention kernels would need {programs} programs per sample (head_num={config.head_num}"
+                f" heads of {config.head_dim} channels), more than a CUDA grid's {MAX_GRID_Y} on that axis")
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _attention_programs_per_sample(dim: int, heads: int) -> int:
+    """The second side of the channel attention kernels' grid (B, heads * NBLK): the backward's, whose
+    channel blocks are the smaller (the number of pooled positions does not change it)."""
+    return heads * _attention_blocks(dim, heads, 1, "backward").NBLK
 
 
 def scsa(x, weights, config, training):
@@ -311,18 +329,25 @@ def _launch(kernel, grid, *args, tuned=None, **kwargs):
     goes through the autotuner and records its pick there; later launches of the plan pass that
     config to the kernel itself, skipping the autotuner's per-call key (dicts over every argument:
     ~20 us per launch on a 2-core VM). A plan fixes what the key depends on (shapes, constexprs,
-    x's dtype), and every config computes the same result."""
+    x's dtype). Every config computes the same function, but its tile sets the rows each step sums,
+    and so the float32 summation order: a pick by timing can differ between processes, and with it
+    the last bits of the results. Under ``torch.use_deterministic_algorithms(True)`` eager calls
+    take each kernel's fixed config instead (``fixed_config_for``: tiles of 1024 elements), the same
+    in every process. (Traced calls leave the pick to torch.compile, which autotunes them itself.)"""
     if _is_tracing(args[0]):
         if not _INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
             from torch.library import wrap_triton
             wrap_triton(kernel)[grid](*args, **kwargs)
         return
     if tuned is not None:
-        config = tuned.get(kernel)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        config = tuned.get((kernel, deterministic))
         if config is None:
-            kernel[grid](*args, **kwargs)
-            tuned[kernel] = kernel.best_config.all_kwargs()
-            return
+            if not deterministic:
+                kernel[grid](*args, **kwargs)
+                tuned[kernel, False] = kernel.best_config.all_kwargs()
+                return
+            config = tuned[kernel, True] = kernel.fixed_config_for(kwargs.get("BLOCK_C", 1)).all_kwargs()
         kernel, kwargs = kernel.fn, {**kwargs, **config}
     if DIRECT_LAUNCH:
         _launch_compiled(kernel, grid, args, kwargs)

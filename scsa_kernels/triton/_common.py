@@ -10,6 +10,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 AUTOTUNED_KERNELS = []  # every kernel autotune() wraps, as defined (scsa_kernels.triton.autotuned_kernels)
 
 
+# The config of every autotuned kernel where no timing may choose it (torch.use_deterministic_algorithms:
+# ops/triton.py ``_launch``): the first of its set with tiles of FIXED_TILE elements (4 warps, not pipelined).
+FIXED_TILE = 1024
+
+
 def autotune(configs, key, channel_tile_configs=None):
     """``triton.autotune`` over ``configs``; the interpreter gets only ``configs[0]``.
 
@@ -18,7 +23,8 @@ def autotune(configs, key, channel_tile_configs=None):
     multi-block loop paths. With ``channel_tile_configs``, launches with BLOCK_C > 1
     (channel tiles) tune over those instead (an early prune picks the set), likewise first
     config only under the interpreter. ``kernel.all_configs`` lists every config and
-    ``kernel.configs_for(BLOCK_C)`` a launch's set, for the ahead-of-time compile test.
+    ``kernel.configs_for(BLOCK_C)`` a launch's set, for the ahead-of-time compile test;
+    ``kernel.fixed_config_for(BLOCK_C)`` the set's config with FIXED_TILE.
     """
     tile_configs = list(channel_tile_configs or configs)
     sets = {False: list(configs[:1] if INTERPRET else configs), True: tile_configs[:1] if INTERPRET else tile_configs}
@@ -32,6 +38,8 @@ def autotune(configs, key, channel_tile_configs=None):
         tuned = triton.autotune(configs=listed, key=key, prune_configs_by=prune)(fn)
         tuned.all_configs = list(configs) + [c for c in tile_configs if c not in configs]
         tuned.configs_for = lambda block_c: list(tile_configs if block_c > 1 else configs)
+        tuned.fixed_config_for = lambda block_c: next(c for c in tuned.configs_for(block_c)
+                                                      if c.kwargs["TILE"] == FIXED_TILE)
         AUTOTUNED_KERNELS.append(tuned)
         return tuned
     return wrap

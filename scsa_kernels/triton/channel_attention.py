@@ -133,10 +133,10 @@ def _scores(base, rows, rmask, cols, cmask, C, N, mean, rstd, nw_ptr, nb_ptr, qk
 
 @triton.jit
 def _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cols):
-    """M (len(rows), len(cols)) fp32 of sample b: 1/(1-p) where the attention weight of row channel
+    """M (len(rows), len(cols)) fp32 of sample b (int64): 1/(1-p) where the attention weight of row channel
     rows (global index) and column cols (index in the head) is kept, else 0. seed_ptr: (1,) int64.
     Element e = (b*C + row)*D + col draws word e % 4 of Philox counter e // 4 (ops/dropout.py)."""
-    elements = (b.to(tl.int64) * C + rows[:, None]) * D + cols[None, :]
+    elements = (b * C + rows[:, None]) * D + cols[None, :]
     w0, w1, w2, w3 = tl.randint4x(tl.load(seed_ptr), elements // 4)
     word = elements % 4
     bits = tl.where(word == 0, w0, tl.where(word == 1, w1, tl.where(word == 2, w2, w3)))
@@ -145,8 +145,9 @@ def _dropout_scale(seed_ptr, drop_p, b, C, D, rows, cols):
 
 @triton.jit
 def _head_block(D, NBLK, BLOCK_D: tl.constexpr):
-    """(b, head, channel indices, in-head mask, in-head index of the first) of this program's channel block."""
-    b = tl.program_id(0)
+    """(b, head, channel indices, in-head mask, in-head index of the first) of this program's channel block;
+    b int64, so that the offsets it scales (the row statistics: ROW_STATS * B * C) do not wrap at 2**31."""
+    b = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1) // NBLK
     r0 = (tl.program_id(1) % NBLK) * BLOCK_D
     r = r0 + tl.arange(0, BLOCK_D)
@@ -204,7 +205,7 @@ def channel_attention_fwd_kernel(
     scale = tl.cast(scale, tl.float32)
     drop_p = tl.cast(drop_p, tl.float32)
     b, head, rows, rmask, r0 = _head_block(D, NBLK, BLOCK_D)
-    base = pooled_ptr + b.to(tl.int64) * C * N
+    base = pooled_ptr + b * C * N
     mean, rstd = _group_norm1_stats(base, C * N, eps, BLOCK_F)
     if (head == 0) & (tl.program_id(1) == 0):
         tl.store(gn_ptr + b * 2, mean)
@@ -247,7 +248,7 @@ def _pre_gate(stats_ptr, b, C, chans, cmask):
 def channel_softmax_gate_kernel(stats_ptr, ca_ptr, C, BLOCK_C: tl.constexpr):
     """ca[b] = softmax over channels of z[b] = anchor + offset. stats: (ROW_STATS, B, C), ca: (B, C) fp32.
     Grid (B,)."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     top = tl.full([], float("-inf"), tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
@@ -259,7 +260,7 @@ def channel_softmax_gate_kernel(stats_ptr, ca_ptr, C, BLOCK_C: tl.constexpr):
     for c0 in range(0, C, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
         e = tl.exp(_pre_gate(stats_ptr, b, C, cs, cs < C) - top)
-        tl.store(ca_ptr + b.to(tl.int64) * C + cs, e / total, mask=cs < C)
+        tl.store(ca_ptr + b * C + cs, e / total, mask=cs < C)
 
 
 @triton.jit
@@ -362,8 +363,8 @@ def channel_attention_bwd_kernel(
     scale = tl.cast(scale, tl.float32)  # torch.compile passes Python floats as fp64
     drop_p = tl.cast(drop_p, tl.float32)
     b, head, rows, rmask, _ = _head_block(D, NBLK, BLOCK_D)
-    base = pooled_ptr + b.to(tl.int64) * C * N
-    plane = b.to(tl.int64) * C * N
+    base = pooled_ptr + b * C * N
+    plane = b * C * N
     mean = tl.load(gn_ptr + b * 2)
     rstd = tl.load(gn_ptr + b * 2 + 1)
     dot = _gate_dot(ca_ptr, dca_ptr, b, C, GATE_SOFTMAX, BLOCK_C)
@@ -454,7 +455,7 @@ def channel_attention_bwd_kernel(
         g_bk += tl.sum(dk, axis=1)
         s1 += tl.sum(gamma[:, None] * dy)
         s2 += tl.sum(gamma[:, None] * dy * yhat)
-    part = part_ptr + b.to(tl.int64) * 12 * C + rows
+    part = part_ptr + b * 12 * C + rows
     tl.store(part + 4 * C, g_nw, mask=rmask)
     tl.store(part + 5 * C, g_nb, mask=rmask)
     tl.store(part + 6 * C, g_wq, mask=rmask)

@@ -32,7 +32,9 @@ GATE_T = tl.constexpr(tl.float64)
 
 @triton.jit
 def _direction(C, H, W):
-    """(b, j, d, length L, offset of the direction in the H+W axis) of this program."""
+    """(b, j, d, length L, offset of the direction in the H+W axis) of this program. b is int32: the
+    parameter partials' offsets, past 2**31 from B*C ~ 1e8 on, cast it to int64 first; b * C itself stays
+    below 2**31 (ops.triton refuses larger B*C). (b int64 throughout made the 4096-long rows spill.)"""
     b = tl.program_id(0) // 4
     j = tl.program_id(0) % 4
     d = tl.program_id(1)
@@ -192,7 +194,7 @@ def _pre_gate_grad(means_ptr, gates_ptr, rsum_ptr, psum_ptr, ca_ptr, cw_ptr, cb_
 def _norm_grads(tn, du, norm_part_ptr, nh_w_ptr, nw_w_ptr, b, C, cs, cmask, d):
     """Stores one channel block's GroupNorm weight and bias gradients (direction d) -> its parts
     (sum dtn, sum dtn * tn) of the group sums of the GroupNorm backward, dtn = du * gamma."""
-    part = norm_part_ptr + b * 12 * C + d * 2 * C
+    part = norm_part_ptr + b.to(tl.int64) * 12 * C + d * 2 * C
     tl.store(part + cs, tl.sum((du * tn).to(tl.float32), axis=1), mask=cmask)  # float32 sums: nothing amplified
     tl.store(part + C + cs, tl.sum(du.to(tl.float32), axis=1), mask=cmask)
     dtn = du * _select(nh_w_ptr, nw_w_ptr, cs, cmask, d)[:, None]
@@ -250,7 +252,7 @@ def spatial_gates_bwd_kernel(
     stat = stats_ptr + ((b * 2 + d) * 4 + j) * 2
     mean = tl.load(stat)
     rstd = tl.load(stat + 1)
-    part = conv_part_ptr + (b * 2 + d) * (C * K + C)
+    part = conv_part_ptr + (b * 2 + d).to(tl.int64) * (C * K + C)
     if ONE_BLOCK:
         cs, cmask, row = _group_block(b, j, 0, C, H, W, off, BLOCK_G)
         valid = cmask[:, None] & (ls < L)[None, :]
