@@ -167,13 +167,22 @@ CONTEXTS = {"deterministic_algorithms": _deterministic, "anomaly_mode": _anomaly
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_training_contexts_give_the_plain_gradients(backend, context):
     """Deterministic-algorithms mode, anomaly detection and a retained graph run twice: the same
-    gradients as a plain backward, bitwise (the fused backward is deterministic)."""
+    gradients as a plain backward, bitwise (the fused backward is deterministic). But the Triton
+    backward in deterministic-algorithms mode: it gives each autotuned kernel its fixed config, which
+    may sum in another order than the autotuner's pick (the interpreter's is the smallest tile), so
+    there the gradients are bitwise those of another such backward and the plain ones to rounding."""
     skip_unless_available(backend)
     device = backend_device(backend)
     module = SCSA(16, window_size=3, head_num=2, backend=backend).to(device)
     x = torch.randn(2, 16, 7, 8, device=device)
-    for got, expected in zip(_gradients(module, x, CONTEXTS[context]), _gradients(module, x, _plain)):
-        assert torch.equal(got, expected)
+    got, plain = _gradients(module, x, CONTEXTS[context]), _gradients(module, x, _plain)
+    if backend == "triton" and context == "deterministic_algorithms":
+        for a, b, expected in zip(got, _gradients(module, x, CONTEXTS[context]), plain):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, expected, rtol=1e-5, atol=1e-6)
+        return
+    for a, expected in zip(got, plain):
+        assert torch.equal(a, expected)
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True])
