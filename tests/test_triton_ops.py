@@ -577,13 +577,14 @@ def test_compiled_launches_are_the_eager_ones():
     """On a GPU torch.compile decomposes the triton_op into its launches (with a symbolic batch under
     dynamic shapes); the interpreter never takes that path. tests/triton_compile_check.py records
     every launch on a host-only Triton driver: a compiled training step (aot_eager, dynamic=True)
-    makes the eager step's launches (kernels, grids, every argument), at two batch sizes with one
-    compilation, for the cases of the direct-launch check."""
+    makes the eager step's launches (kernels, grids, every argument, warps and stages), at two batch
+    sizes with one compilation, for the cases of the direct-launch check; and again under
+    torch.use_deterministic_algorithms(True), where both give every autotuned kernel its fixed config."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_compile_check.py")
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=compiled_triton_env(None),
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.stdout.count(" ok: ") == len(LAUNCH_CHECK_CASES), res.stdout
+    assert res.stdout.count(" ok: ") == 2 * len(LAUNCH_CHECK_CASES), res.stdout  # as is, and deterministic
 
 
 @requires_cuda

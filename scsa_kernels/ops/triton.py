@@ -331,28 +331,39 @@ def _launch(kernel, grid, *args, tuned=None, **kwargs):
     ~20 us per launch on a 2-core VM). A plan fixes what the key depends on (shapes, constexprs,
     x's dtype). Every config computes the same function, but its tile sets the rows each step sums,
     and so the float32 summation order: a pick by timing can differ between processes, and with it
-    the last bits of the results. Under ``torch.use_deterministic_algorithms(True)`` eager calls
-    take each kernel's fixed config instead (``fixed_config_for``: tiles of 1024 elements), the same
-    in every process. (Traced calls leave the pick to torch.compile, which autotunes them itself.)"""
+    the last bits of the results. Under ``torch.use_deterministic_algorithms(True)`` every call, eager
+    or traced, takes each kernel's fixed config instead (``_fixed_launch_options``: tiles of 1024
+    elements), the same in every process; otherwise traced calls leave the pick to torch.compile,
+    which autotunes them itself."""
+    deterministic = tuned is not None and torch.are_deterministic_algorithms_enabled()
     if _is_tracing(args[0]):
         if not _INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
             from torch.library import wrap_triton
+            if deterministic:
+                kernel, kwargs = kernel.fn, {**kwargs, **_fixed_launch_options(kernel, kwargs)}
             wrap_triton(kernel)[grid](*args, **kwargs)
         return
     if tuned is not None:
-        deterministic = torch.are_deterministic_algorithms_enabled()
         config = tuned.get((kernel, deterministic))
         if config is None:
             if not deterministic:
                 kernel[grid](*args, **kwargs)
                 tuned[kernel, False] = kernel.best_config.all_kwargs()
                 return
-            config = tuned[kernel, True] = kernel.fixed_config_for(kwargs.get("BLOCK_C", 1)).all_kwargs()
+            config = tuned[kernel, True] = _fixed_launch_options(kernel, kwargs)
         kernel, kwargs = kernel.fn, {**kwargs, **config}
     if DIRECT_LAUNCH:
         _launch_compiled(kernel, grid, args, kwargs)
     else:
         kernel[grid](*args, **kwargs)
+
+
+def _fixed_launch_options(kernel, kwargs) -> dict:
+    """The launch options of autotuned ``kernel``'s fixed config (``fixed_config_for``) for a launch with
+    ``kwargs``: its constexprs, warps and pipeline stages. Not its ``num_ctas`` (1 in every config), which
+    ``wrap_triton`` refuses as a launch argument."""
+    config = kernel.fixed_config_for(kwargs.get("BLOCK_C", 1))
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
 def _direct_launch_default() -> bool:
