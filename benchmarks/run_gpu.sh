@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a machine with a CUDA GPU and torch installed (no network needed):
 #   bash benchmarks/run_gpu.sh
-# 1. builds and installs the package and its C++/CUDA extension (editable, no build isolation),
+# 1. builds and installs the package and its C++ (CPU) extension (editable, no build isolation; csrc/cuda
+#    has no sources yet),
 # 2. runs the whole pytest suite (GPU tests included),
 # 3. runs scsa-check (every available backend vs the reference),
 # 4. profiles one call of the fused backend and of the reference (benchmarks/kernel_profile.py:

@@ -126,6 +126,12 @@ def test_permuted_layout_is_not_contiguous():
         memory_format=torch.channels_last)
 
 
-def test_unknown_backend_name_is_an_error():
-    with pytest.raises(ValueError, match="backend must be one of"):
-        check.main(["--backend", "nonesuch"])
+@pytest.mark.parametrize("name", ["auto", "nonesuch"])
+def test_backend_not_in_the_registry_is_a_usage_error(capsys, name):
+    """--backend takes the registry's concrete backends: "auto" is no backend to check, and an unknown
+    name is argparse's usage error (exit status 2), not a traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--backend", name])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and repr(name) in err
