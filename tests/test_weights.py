@@ -27,22 +27,40 @@ def test_unpack_gradients_is_the_adjoint_of_pack_weights(qkv_bias, param_dtype, 
             assert torch.equal(g, e)
 
 
-def test_cuda_graph_capture_packs_inside_the_graph(monkeypatch):
-    """While a CUDA graph is captured, inference packs the weights afresh (the packing ops land in
-    the graph, so replays follow in-place weight updates) and leaves the inference cache alone;
-    otherwise repeated inference calls share one cached pack. (The capture itself: GPU test
-    test_gpu_cuda_graph_inference_follows_in_place_weight_updates.)"""
+def test_inference_calls_share_one_cached_pack_while_the_weights_hold_their_bits(monkeypatch):
+    """Repeated inference calls on CPU share one cached pack; a write to a weight, in place through
+    ``.data`` (no version counter moves) or bit by bit (a signed zero, a NaN payload), gets a new one
+    with the new values."""
     from scsa_kernels import weights as weights_module
     config = SCSAConfig(16)
     w = random_weights(config)
     monkeypatch.setattr(weights_module, "_PACK_CACHE", weights_module.InferencePackCache())
     with torch.no_grad():
-        cached = weights_module.packed_weights(w, config)
-        assert weights_module.packed_weights(w, config).conv_weight is cached.conv_weight
-        monkeypatch.setattr(weights_module, "capturing_cuda_graph", lambda t: True)
-        fresh = weights_module.packed_weights(w, config)
-    assert fresh.conv_weight is not cached.conv_weight and torch.equal(fresh.conv_weight, cached.conv_weight)
+        cached = weights_module.cached_packed_weights(w, config)
+        assert weights_module.cached_packed_weights(w, config).conv_weight is cached.conv_weight
+        for write in (lambda t: t.data.mul_(2), lambda t: t.data.fill_(0.0), lambda t: t.data.fill_(-0.0),
+                      lambda t: t.data.view(torch.int32).fill_(0x7FC00001)):
+            before = weights_module.cached_packed_weights(w, config)
+            write(w.norm_bias)
+            after = weights_module.cached_packed_weights(w, config)
+            assert after is not before and torch.equal(after.norm_bias.view(torch.int32), w.norm_bias.view(torch.int32))
     assert len(weights_module._PACK_CACHE.entries) == 1
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_inference_follows_in_place_writes_through_data(backend):
+    """mmengine's EMA hook swaps a model's weights with its averages in place through ``.data``
+    before each validation (``p.data.copy_``), which moves no version counter: the next inference
+    call must compute with the new weights (a cache keyed by version counters served the old ones)."""
+    from scsa_kernels import SCSA
+    module = _fused_module(backend).eval()
+    averaged = SCSA(16, window_size=3, backend="reference").to(backend_device(backend)).eval()
+    x = torch.randn(2, 16, 9, 9, device=backend_device(backend))
+    with torch.no_grad():
+        module(x)
+        for p, q in zip(module.parameters(), averaged.parameters()):
+            p.data.copy_(q.data)
+        torch.testing.assert_close(module(x), averaged(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -133,9 +151,9 @@ def test_inference_mode_calls_cache_nothing_that_autograd_cannot_save(monkeypatc
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_a_module_made_under_inference_mode_runs(backend):
     """Parameters made under torch.inference_mode (a model built or loaded in an inference server's
-    inference_mode block) are inference tensors, which have no version counter: the inference pack
-    cache, which checks version counters, does not cache them (it raised on their _version), so an
-    in-place update there reaches the next call. Outputs by the tolerance rule (float64 reference)."""
+    inference_mode block) are inference tensors, which have no version counter (a cache that read
+    them raised): an in-place update there reaches the next call. Outputs by the tolerance rule
+    (float64 reference)."""
     from scsa_kernels import SCSA
     from scsa_kernels.testing import compare
     x = torch.randn(2, 16, 9, 9, device=backend_device(backend))
@@ -162,16 +180,15 @@ def test_inference_pack_cache_keeps_one_pack_per_live_module(monkeypatch):
     from scsa_kernels import weights as weights_module
     monkeypatch.setattr(weights_module, "_PACK_CACHE", weights_module.InferencePackCache())
     packs = []
-    monkeypatch.setattr(weights_module, "pack_weights",
-                        lambda *args, _pack=weights_module.pack_weights, **kwargs:
-                        packs.append(1) or _pack(*args, **kwargs))
+    monkeypatch.setattr(weights_module, "_pack_flat",
+                        lambda *args, _pack=weights_module._pack_flat: packs.append(1) or _pack(*args))
     config = SCSAConfig(16)
     models = [random_weights(config) for _ in range(40)]
     with torch.no_grad():
         for _ in range(3):
-            first = [weights_module.packed_weights(w, config) for w in models]
+            first = [weights_module.cached_packed_weights(w, config) for w in models]
     assert len(packs) == 40
-    assert all(a is b for a, b in zip(first, [weights_module.packed_weights(w, config) for w in models]))
+    assert all(a is b for a, b in zip(first, [weights_module.cached_packed_weights(w, config) for w in models]))
     del models[10:]
     gc.collect()
     assert len(weights_module._PACK_CACHE.entries) == 10

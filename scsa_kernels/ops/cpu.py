@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 
 from ..reference import compute_dtype
-from ..weights import conv_d_matrix, packed_weights, unpack_gradients
+from ..weights import cached_packed_weights, conv_d_matrix, unpack_gradients
 from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
@@ -85,7 +85,7 @@ KERNELS = FusedKernels(_forward, _backward)
 
 
 def scsa(x, weights, config, training):
-    packed = lambda: packed_weights(weights, config, compute_dtype(x.dtype))
+    packed = lambda: cached_packed_weights(weights, config, compute_dtype(x.dtype))
     if torch.compiler.is_compiling():  # the registered op, with its autograd formula
         return _forward(x, packed(), weights, config, training)[0]
     if needs_autograd(x, weights):

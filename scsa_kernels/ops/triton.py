@@ -36,9 +36,9 @@ processes under ``torch.use_deterministic_algorithms(True)``, where no timing pi
 
 Host cost per call (benchmarks/triton_host_overhead.py, CPU with a host-only Triton driver): eager
 calls skip the dispatcher (training: one autograd node, ops/eager.py; inference: a direct
-``_forward_impl`` call with cached packed weights; torch.compile still sees the triton_op and its
-registered autograd). An eager training step packs the weights with one launch
-(``pack_parameters``, triton/parameters.py) and turns the backward's parameter partials into the
+``_forward_impl`` call; torch.compile still sees the triton_op and its registered autograd). Eager
+inference and an eager training step pack the weights with one launch (``pack_parameters``,
+triton/parameters.py; not cached across calls: see ``scsa``), and a training step turns the backward's parameter partials into the
 parameters' gradients with one more (``parameter_grads``: the sums over the batch, the packing's
 adjoint gather and the cast), where torch took 7 ops (cat, gather, cast; two sums, gather, cast),
 each a CUDA launch with its host cost: 6 launches forward, 7 backward (at 64x64x56x56). Eager calls
@@ -85,7 +85,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from ..config import GROUP_NORM_EPS
-from ..weights import conv_d_matrix, gradient_index, packed_parameters, packed_weights, split_packed
+from ..weights import (conv_d_matrix, gradient_index, pack_weights, packed_parameters, packing_needs_graph,
+                       split_packed)
 from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
@@ -216,7 +217,9 @@ def scsa(x, weights, config, training):
         # Eager training: one autograd node without the dispatcher (the registered autograd of the
         # op costs ~60 us of Python per call) and without autograd nodes for the packing.
         return fused_scsa_with_grad(KERNELS, x, weights, config, training)
-    p = packed_weights(weights, config)
+    # packed anew every call: a cache would need to compare the weights' values to notice a write
+    # through .data, and that comparison waits for the device (weights.InferencePackCache)
+    p = pack_weights(weights, config) if packing_needs_graph(weights) else _eager_pack(x, weights, config)
     args = (x, *p, conv_d_matrix(weights, config), *config.kernel_options,
             *dropout.attention_dropout_args(config, training, x.device))
     if not EAGER_BYPASS or torch.compiler.is_compiling():
@@ -978,8 +981,9 @@ def _eager_forward(x, packed, weights, config, training):
 
 @_on_x_device
 def _eager_pack(x, weights, config):
-    """PackedWeights (float32) of the weights, for an eager training call: one launch of
-    pack_parameters_kernel (``weights.pack_weights`` takes a cat, a gather and a cast)."""
+    """PackedWeights (float32) of the weights, for an eager call that records no packing (training, by
+    the autograd node; inference): one launch of pack_parameters_kernel (``weights.pack_weights`` takes
+    a cat, a gather and a cast)."""
     params = [p if p.is_contiguous() else p.contiguous() for p in packed_parameters(weights, config)]  # read flat
     n, grid, meta = _pack_launch(config)
     packed = _empty(n, device=x.device, dtype=torch.float32)
