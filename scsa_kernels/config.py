@@ -15,6 +15,7 @@ GATE_LAYERS = ("sigmoid", "softmax")
 DOWN_SAMPLE_MODES = ("avg_pool", "max_pool", "recombination")
 GROUP_NORM_EPS = 1e-5
 NUM_GROUPS = 4  # SMSA splits channels into 4 conv groups == 4 GroupNorm groups
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # float8 and complex are not
 
 
 @dataclass(frozen=True)
@@ -124,16 +125,17 @@ def check_input(x, config: SCSAConfig, parameters: Sequence[Optional[torch.Tenso
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"SCSA: input x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"SCSA: input x must be a floating-point tensor, got dtype={x.dtype}")
+    if x.dtype not in INPUT_DTYPES:
+        raise TypeError(f"SCSA: input x must be float16, bfloat16, float32 or float64, got dtype={x.dtype}")
     if x.dim() != 4:
         raise ValueError(f"SCSA: input x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] != config.dim:
         raise ValueError(f"SCSA: input x must have C == dim == {config.dim} channels, got shape {tuple(x.shape)}")
-    if not config.global_pool and (x.shape[2] < config.window_size or x.shape[3] < config.window_size):
-        raise ValueError(
-            f"SCSA: input x must have H >= window_size and W >= window_size ({config.window_size}), "
-            f"got H={x.shape[2]}, W={x.shape[3]}")
+    min_side = 1 if config.global_pool else config.window_size  # the pool's windows must not be empty
+    if x.shape[2] < min_side or x.shape[3] < min_side:
+        rule = "H >= 1 and W >= 1 (window_size=-1)" if config.global_pool else \
+            f"H >= window_size and W >= window_size ({config.window_size})"
+        raise ValueError(f"SCSA: input x must have {rule}, got H={x.shape[2]}, W={x.shape[3]}")
     for p in parameters:
         if p is not None and p.device != x.device:
             raise ValueError(f"SCSA: input x is on {x.device} but the module's parameters are on {p.device}")

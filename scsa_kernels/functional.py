@@ -5,7 +5,7 @@ import torch
 
 from . import backends
 from .config import SCSAConfig, check_input
-from .weights import SCSAWeights
+from .weights import SCSAWeights, check_weights
 
 
 def scsa(x: torch.Tensor, weights: SCSAWeights, config: SCSAConfig, training: bool = False,
@@ -16,7 +16,15 @@ def scsa(x: torch.Tensor, weights: SCSAWeights, config: SCSAConfig, training: bo
     any kernel runs; ``backend`` is "auto" or a name from ``backends.BACKENDS``.
     """
     backends.check_backend_name(backend)
-    check_input(x, config, weights.tensors())
-    if x.shape[0] == 0:  # empty batch: nothing to compute, keep the graph to x
-        return x * 0
+    tensors = weights.tensors()
+    check_input(x, config, tensors)
+    check_weights(weights, config, tensors)
+    if x.shape[0] == 0:
+        return _empty_batch(x, tensors)
     return backends.select(backend, x, config, training).scsa(x, weights, config, training)
+
+
+def _empty_batch(x: torch.Tensor, tensors) -> torch.Tensor:
+    """out for an empty batch: nothing to compute, but x and every parameter get a gradient (empty,
+    zeros), as from the reference (an unused parameter stalls DistributedDataParallel)."""
+    return x * 0 + sum(t.sum() for t in tensors) * 0

@@ -1,4 +1,4 @@
-"""``SCSA``: drop-in replacement for the authors' module (same constructor, same state_dict)."""
+"""``SCSA``: drop-in replacement for the authors' module (same constructor keywords, same state_dict)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,11 +9,10 @@ from torch import nn
 from . import backends
 from .config import NUM_GROUPS, SCSAConfig
 from .functional import scsa
-from .weights import SCSAWeights
+from .weights import CONV_NAMES, SCSAWeights
 
 # Accepted for config compatibility with the authors' constructor, which never uses them.
 IGNORED_AUTHORS_KWARGS = ("fuse_bn", "norm_cfg", "act_cfg")
-CONV_NAMES = ("local_dwc", "global_dwc_s", "global_dwc_m", "global_dwc_l")
 
 
 def _parameter(module: nn.Module, name: str):
@@ -42,7 +41,7 @@ class SCSA(nn.Module):
         unknown = sorted(set(ignored_authors_kwargs) - set(IGNORED_AUTHORS_KWARGS))
         if unknown:
             raise TypeError(f"SCSA got unexpected keyword argument(s) {unknown}")
-        self.config = SCSAConfig(dim, head_num, window_size, tuple(group_kernel_sizes), qkv_bias,
+        self.config = SCSAConfig(dim, head_num, window_size, group_kernel_sizes, qkv_bias,
                                  down_sample_mode, attn_drop_ratio, gate_layer)
         self.backend = backends.check_backend_name(backend)
         g = self.config.group_channels

@@ -81,7 +81,8 @@ def channel_gate(pooled: Tensor, weights: SCSAWeights, config: SCSAConfig, train
     def project(weight, bias):  # depthwise 1x1 conv == per-channel scale (+ bias)
         return F.conv2d(y, weight.to(dt), None if bias is None else bias.to(dt), groups=channels)
 
-    heads = lambda t: t.reshape(batch, config.head_num, config.head_dim, -1)  # (B, heads, d, N)
+    n = pooled.shape[2] * pooled.shape[3]  # not -1 in the reshapes: ambiguous for an empty batch
+    heads = lambda t: t.reshape(batch, config.head_num, config.head_dim, n)  # (B, heads, d, N)
     q = heads(project(weights.q_weight, weights.q_bias))
     k = heads(project(weights.k_weight, weights.k_bias))
     v = heads(project(weights.v_weight, weights.v_bias))
@@ -91,7 +92,7 @@ def channel_gate(pooled: Tensor, weights: SCSAWeights, config: SCSAConfig, train
         attn = attention_dropout(attn)
     else:
         attn = F.dropout(attn, config.attn_drop_ratio, training)
-    o = (attn @ v).reshape(batch, channels, -1)
+    o = (attn @ v).reshape(batch, channels, n)
     return gate(o.mean(dim=2), config.gate_layer, dim=1)[:, :, None, None]
 
 

@@ -44,8 +44,7 @@ class SCSAWeights(NamedTuple):
 
     def names(self):
         """Names matching ``tensors()`` one to one (the authors' state_dict keys)."""
-        convs = ("local_dwc", "global_dwc_s", "global_dwc_m", "global_dwc_l")
-        flat = [f"{c}.weight" for c in convs] + [f"{c}.bias" for c in convs] + [
+        flat = [f"{c}.weight" for c in CONV_NAMES] + [f"{c}.bias" for c in CONV_NAMES] + [
             "norm_h.weight", "norm_h.bias", "norm_w.weight", "norm_w.bias", "norm.weight", "norm.bias",
             "q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias", "conv_d.weight"]
         values = [*self.conv_weights, *self.conv_biases, *self[2:]]
@@ -56,6 +55,38 @@ class SCSAWeights(NamedTuple):
         apply = lambda t: None if t is None else fn(t)
         return SCSAWeights(tuple(map(apply, self.conv_weights)), tuple(map(apply, self.conv_biases)),
                            *map(apply, self[2:]))
+
+
+CONV_NAMES = ("local_dwc", "global_dwc_s", "global_dwc_m", "global_dwc_l")  # the four groups' Conv1d modules
+
+
+@functools.lru_cache(maxsize=None)
+def parameter_shapes(config: SCSAConfig) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """(the authors' state_dict key, shape) of every parameter ``config`` needs, in
+    ``SCSAWeights.tensors()`` order: SPEC.md's table."""
+    C, g, ws = config.dim, config.group_channels, config.window_size
+    shapes = [(f"{conv}.weight", (g, 1, k)) for conv, k in zip(CONV_NAMES, config.group_kernel_sizes)]
+    shapes += [(f"{conv}.bias", (g,)) for conv in CONV_NAMES]
+    shapes += [(f"{norm}.{p}", (C,)) for norm in ("norm_h", "norm_w", "norm") for p in ("weight", "bias")]
+    shapes += [(f"{proj}.weight", (C, 1, 1, 1)) for proj in "qkv"]
+    shapes += [(f"{proj}.bias", (C,)) for proj in "qkv"] if config.qkv_bias else []
+    shapes += [("conv_d.weight", (C, C * ws * ws, 1, 1))] if config.uses_conv_d else []
+    return tuple(shapes)
+
+
+def check_weights(weights: SCSAWeights, config: SCSAConfig, tensors) -> None:
+    """ValueError unless ``weights`` (``tensors``: its ``tensors()``) holds exactly the parameters
+    ``config`` needs, in their shapes: the fused kernels index them by the config's sizes."""
+    expected = parameter_shapes(config)
+    if len(tensors) == len(expected) and all(t.shape == shape for t, (_, shape) in zip(tensors, expected)):
+        return
+    got = dict(zip(weights.names(), (tuple(t.shape) for t in tensors)))
+    for name, shape in expected:
+        if got.get(name) != shape:
+            raise ValueError(f"SCSA: weights do not fit the config: {name} must have shape {shape}, "
+                             f"got {got[name] if name in got else 'none'} ({config})")
+    unexpected = sorted(set(got) - {name for name, _ in expected})
+    raise ValueError(f"SCSA: weights do not fit the config: it has no {unexpected} ({config})")
 
 
 class PackedWeights(NamedTuple):
@@ -203,10 +234,24 @@ def unpack_gradients(packed_grads, weights: SCSAWeights, config: SCSAConfig):
     scatter-add (atomics on CUDA). Runs without autograd (the fused backends' eager backward)."""
     params = packed_parameters(weights, config)
     flat_grad = packed_grads if isinstance(packed_grads, Tensor) else torch._utils._flatten_dense_tensors(packed_grads)
-    flat = flat_grad.index_select(0, gradient_index(config, flat_grad.device))
-    # Module parameters share one dtype. One C++ call makes the views in the parameters' shapes
-    # (a Python loop of .view costs microseconds each).
-    return list(torch._utils._unflatten_dense_tensors(flat.to(params[0].dtype), params))
+    return gradients_like(flat_grad.index_select(0, gradient_index(config, flat_grad.device)), params)
+
+
+def shared_dtype(params) -> Optional[torch.dtype]:
+    """The dtype of every tensor of ``params``, or None where they mix dtypes (a float16 module whose
+    GroupNorms stay float32, as mmcv's wrap_fp16_model keeps them)."""
+    dtype = params[0].dtype
+    return dtype if all(p.dtype == dtype for p in params) else None
+
+
+def gradients_like(flat: Tensor, params):
+    """flat (the gradients of ``params`` back to back, any float dtype) as views in the parameters'
+    shapes, each in its parameter's dtype. Where they share one: one cast, and one C++ call makes the
+    views (a Python loop of .view costs microseconds each); else a cast each."""
+    dtype = shared_dtype(params)
+    if dtype is not None:
+        return list(torch._utils._unflatten_dense_tensors(flat.to(dtype), params))
+    return [g.to(p.dtype) for g, p in zip(torch._utils._unflatten_dense_tensors(flat, params), params)]
 
 
 class InferencePackCache:

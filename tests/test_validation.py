@@ -20,6 +20,7 @@ CONSTRUCTOR_ERRORS = [
     (dict(dim=8, group_kernel_sizes=(3, 4, 7, 9)), ValueError, "odd and >= 1"),
     (dict(dim=8, group_kernel_sizes=(3, 5, -1, 9)), ValueError, "odd and >= 1"),
     (dict(dim=8, group_kernel_sizes=(3, 5, 7, 9.0)), TypeError, "group_kernel_sizes"),
+    (dict(dim=8, group_kernel_sizes=3), TypeError, "group_kernel_sizes must be a sequence of 4 ints, got int"),
     (dict(dim=8, down_sample_mode="median"), ValueError, "down_sample_mode must be one of"),
     (dict(dim=8, gate_layer="relu"), ValueError, "gate_layer must be one of"),
     (dict(dim=8, attn_drop_ratio=1.0), ValueError, "attn_drop_ratio must be in [0, 1)"),
@@ -42,8 +43,10 @@ def test_authors_unused_kwargs_are_accepted():
 
 INPUT_ERRORS = [
     (lambda: [[1.0]], TypeError, "must be a torch.Tensor"),
-    (lambda: torch.zeros(1, 8, 8, 8, dtype=torch.int64), TypeError, "floating-point"),
-    (lambda: torch.zeros(1, 8, 8, 8, dtype=torch.bool), TypeError, "floating-point"),
+    (lambda: torch.zeros(1, 8, 8, 8, dtype=torch.int64), TypeError, "float16, bfloat16, float32 or float64"),
+    (lambda: torch.zeros(1, 8, 8, 8, dtype=torch.bool), TypeError, "float16, bfloat16, float32 or float64"),
+    (lambda: torch.zeros(1, 8, 8, 8, dtype=torch.complex64), TypeError, "float16, bfloat16, float32 or float64"),
+    (lambda: torch.zeros(1, 8, 8, 8).to(torch.float8_e4m3fn), TypeError, "float16, bfloat16, float32 or float64"),
     (lambda: torch.randn(8, 8, 8), ValueError, "must be 4-D"),
     (lambda: torch.randn(1, 1, 8, 8, 8), ValueError, "must be 4-D"),
     (lambda: torch.randn(1, 12, 8, 8), ValueError, "C == dim == 8"),
@@ -73,14 +76,62 @@ def test_global_pool_has_no_size_rule():
     assert SCSA(8, window_size=-1)(torch.randn(2, 8, 1, 1)).shape == (2, 8, 1, 1)
 
 
+@pytest.mark.parametrize("batch", [0, 2])
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0)])
+def test_global_pool_of_an_empty_plane_is_an_error(batch, shape):
+    """window_size=-1 pools the whole plane: an empty one has nothing to pool (the rule of the
+    windows: H, W >= 1), refused before any kernel runs, with an empty batch too."""
+    for backend in ("auto", "reference"):
+        with pytest.raises(ValueError, match=re.escape("H >= 1 and W >= 1 (window_size=-1)")):
+            SCSA(8, window_size=-1, backend=backend)(torch.randn(batch, 8, *shape))
+
+
+WEIGHT_MISMATCHES = [  # (config of the call, the weights' module options, message)
+    (dict(group_kernel_sizes=(5, 3, 7, 9)), {}, "local_dwc.weight must have shape (2, 1, 5), got (2, 1, 3)"),
+    (dict(qkv_bias=True), {}, "q.bias must have shape (8,), got none"),
+    ({}, dict(qkv_bias=True), "it has no ['k.bias', 'q.bias', 'v.bias']"),
+    (dict(down_sample_mode="recombination"), {}, "conv_d.weight must have shape (8, 72, 1, 1), got none"),
+    (dict(dim=12), {}, "local_dwc.weight must have shape (3, 1, 3), got (2, 1, 3)"),
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("config_options,module_options,message", WEIGHT_MISMATCHES,
+                         ids=[m for _, _, m in WEIGHT_MISMATCHES])
+def test_functional_weights_must_fit_the_config(backend, config_options, module_options, message):
+    """scsa(x, weights, config) with weights that are not the config's (same element count and a
+    permuted kernel size ran on the C++ kernels and gave another function): a ValueError naming the
+    parameter and its shape, before any kernel runs."""
+    from scsa_kernels import scsa
+    config = SCSAConfig(**{"dim": 8, "window_size": 3, **config_options})
+    weights = SCSA(8, window_size=3, **module_options).weights()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        scsa(torch.randn(2, config.dim, 9, 11), weights, config, backend=backend)
+
+
 # ---- valid edge inputs -------------------------------------------------------------------------------
 
-def test_empty_batch_returns_empty_and_backprops():
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_empty_batch_returns_empty_and_backprops(backend):
+    """An empty batch: empty out, x and every parameter get a gradient (zeros), as the reference's
+    autograd gives them (a parameter without one stalls DistributedDataParallel)."""
+    module = SCSA(8, window_size=2, backend=backend)
     x = torch.randn(0, 8, 5, 5, requires_grad=True)
-    out = SCSA(8, window_size=2)(x)
+    out = module(x)
     assert out.shape == (0, 8, 5, 5)
     out.sum().backward()
     assert x.grad.shape == x.shape
+    assert all(p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)) for p in module.parameters())
+
+
+def test_reference_computes_an_empty_batch():
+    """scsa_reference, the spec in code, takes B = 0 too (its reshapes named N, not -1)."""
+    module = SCSA(8, head_num=2, window_size=2)
+    x = torch.randn(0, 8, 5, 5, requires_grad=True)
+    out = scsa_reference(x, module.weights(), module.config)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in module.parameters())
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed_hw"])

@@ -63,13 +63,17 @@ class _FusedSCSAFunction(torch.autograd.Function):
         packed = kernels.pack(x, weights, config)  # grad mode is off in here
         out, *saved = kernels.forward(x, packed, weights, config, training)
         ctx.kernels, ctx.config, ctx.weights, ctx.training = kernels, config, weights, training
-        ctx.save_for_backward(x, *packed, *saved)
+        # the parameters too, unread: autograd's version check then refuses a backward after an in-place
+        # write to one (the backward reads conv_d, and the reference's, from the parameters), as the
+        # reference's autograd does
+        ctx.save_for_backward(x, *packed, *saved, *params)
+        ctx.n_saved = len(saved)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, *packed_and_saved = ctx.saved_tensors
-        packed, saved = packed_and_saved[:10], packed_and_saved[10:]
+        packed, saved = packed_and_saved[:10], packed_and_saved[10:10 + ctx.n_saved]
         if torch.is_grad_enabled():  # backward(create_graph=True)
             return (None, None, None, None, *_differentiable_grads(ctx, x, saved[-1], grad_out))
         grad_x, parameter_grads, unpacked_grads = ctx.kernels.backward(grad_out, x, packed, saved, ctx.weights,

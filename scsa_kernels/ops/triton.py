@@ -85,8 +85,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from ..config import GROUP_NORM_EPS
-from ..weights import (conv_d_matrix, gradient_index, pack_weights, packed_parameters, packing_needs_graph,
-                       split_packed)
+from ..weights import (conv_d_matrix, gradient_index, gradients_like, pack_weights, packed_parameters,
+                       packing_needs_graph, shared_dtype, split_packed)
 from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
@@ -1012,17 +1012,17 @@ def _eager_backward(grad_out, x, packed, saved, weights, config):
 
 
 def _parameter_grads(parts, weights, config, device):
-    """The gradients of ``packed_parameters(weights, config)`` in their shapes and dtype (views of one
-    allocation) from the backward's ParameterPartials: one launch of parameter_grads_kernel (the sums
+    """The gradients of ``packed_parameters(weights, config)`` in their shapes and dtypes (views of one
+    allocation where the parameters share a dtype) from the backward's ParameterPartials: one launch of parameter_grads_kernel (the sums
     over the batch, ``unpack_gradients``'s gather and the cast)."""
     params = packed_parameters(weights, config)
     index = gradient_index(config, device)
     n = index.shape[0]
-    grads = _empty(n, device=device, dtype=params[0].dtype)
+    grads = _empty(n, device=device, dtype=shared_dtype(params) or torch.float32)  # mixed: cast each below
     _launch(_kernels().parameters.parameter_grads_kernel, (-(-n // GRADS_BLOCK_E),),
             parts.conv, parts.small, index, grads, n, parts.conv_rows, parts.conv_size, parts.small_rows,
             parts.small_size, BLOCK_E=GRADS_BLOCK_E, BLOCK_R=GRADS_BLOCK_R)
-    return torch._utils._unflatten_dense_tensors(grads, params)
+    return gradients_like(grads, params)
 
 
 KERNELS = FusedKernels(_eager_forward, _eager_backward, _eager_pack)
