@@ -183,7 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.triton_interpret:
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-            raise SystemExit("scsa-check: --triton-interpret must be set before triton is imported")
+            # on a machine with a GPU, importing scsa_kernels imports triton (backends._preload)
+            raise SystemExit("scsa-check: --triton-interpret comes too late, triton is imported already (as on a "
+                             "machine with a GPU): run with TRITON_INTERPRET=1 in the environment instead")
         os.environ["TRITON_INTERPRET"] = "1"
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     results = run_checks(backends_to_check(args.backend or ()), devices, args.quick)

@@ -263,7 +263,8 @@ class InferencePackCache:
     quarter of the packing's host time. No version counter or data pointer can stand in for that
     comparison: an in-place write through ``.data`` bumps neither (mmengine's EMA hook swaps a
     model's weights so before each validation). Not for CUDA tensors, where the comparison's answer
-    would wait for the device: the Triton backend packs in one launch per call instead.
+    would wait for the device: the Triton backend runs its pack kernel on every call instead, the
+    launch kept and repeated with little host time (ops/triton.py ``_inference_pack``).
 
     An entry lives as long as its weights (a weak reference's callback drops it when one dies), so
     every module of a live model keeps its pack: a fixed number of recent entries (32 until

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -504,6 +505,53 @@ def test_eager_path_without_the_dispatcher(monkeypatch, name, dtype):
         torch.testing.assert_close(module(x.float()), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_inference_repeats_the_pack_launch_while_the_parameters_stay_put(monkeypatch):
+    """Eager inference runs the pack kernel on every call (a cached pack missed writes through .data);
+    while the parameters are the same tensors at the same addresses the call repeats its kept launch
+    (``_run_compiled``: the same arguments, the same buffer) instead of preparing it anew. A write in
+    place through .data keeps the launch (the kernel reads the new values); a new tensor (.data =),
+    a non-contiguous parameter or a CUDA graph capture packs afresh, the last two keeping nothing; a
+    parameter's death drops its entry. The launch layer is stubbed: under the interpreter there are
+    no direct launches (the GPU tests run the real ones)."""
+    import gc
+
+    from scsa_kernels.ops import triton as ops
+    packs, repeats = [], []
+    monkeypatch.setattr(ops, "_KEPT_PACKS", {})
+    monkeypatch.setattr(ops, "_pack_into", lambda x, params, config, _pack=ops._pack_into: (
+        packs.append([p.data_ptr() for p in params]), (_pack(x, params, config)[0], ("record", len(packs))))[1])
+    monkeypatch.setattr(ops, "_run_compiled", lambda driver, device, *record: repeats.append(record))
+    monkeypatch.setattr(ops, "_triton_driver", lambda: types.SimpleNamespace(
+        active=types.SimpleNamespace(get_current_device=lambda: 0)))
+    module = SCSA(16, window_size=3, backend="triton").to(DEVICE).eval()
+    x = torch.randn(2, 16, 7, 7, device=DEVICE)
+
+    def call():
+        with torch.no_grad():
+            ops.scsa(x, module.weights(), module.config, training=False)
+        return len(packs), len(repeats)
+
+    assert [call(), call(), call()] == [(1, 0), (1, 1), (1, 2)]
+    with torch.no_grad():
+        module.q.weight.data.mul_(2)  # same tensor, same address: the repeated launch reads the new values
+    assert call() == (1, 3)
+    module.q.weight.data = module.q.weight.data.clone()  # a new tensor: packed afresh, kept again
+    assert call() == (2, 3) and call() == (2, 4)
+    module.k.weight.data = module.k.weight.data.clone()
+    with monkeypatch.context() as capture:
+        capture.setattr(ops, "capturing_cuda_graph", lambda t: True)
+        assert call() == (3, 4) and call() == (4, 4)  # packed in a buffer of the capture's, nothing kept
+    assert call() == (5, 4) and call() == (5, 5)
+    conv = module.local_dwc.weight
+    conv.data = conv.data.permute(2, 1, 0).contiguous().permute(2, 1, 0)  # the same values, not contiguous
+    assert not conv.is_contiguous()
+    assert call() == (6, 5) and call() == (7, 5)  # packed from a contiguous copy each call: nothing kept
+    assert len(ops._KEPT_PACKS) == 1
+    del module, conv
+    gc.collect()
+    assert not ops._KEPT_PACKS, "a dead module's pack is still kept"
+
+
 @pytest.mark.host_only
 @pytest.mark.parametrize("flags,training_launches", [([], (6, 15)), (["--via-op"], (5, 13))],
                          ids=["eager-bypass", "via-op"])
@@ -548,13 +596,14 @@ def test_direct_launches_pass_what_tritons_launch_passes(folder):
     argument by argument: every pooling mode and gate, dropout, fp32/bf16, channels_last, and x
     misaligned by one element (its own specialization), each set of buffers the forward keeps for the
     backward, and the first case again with a launch hook registered (both routes must hand the
-    launcher the hook and the launch metadata); the third call of each is all direct. With
+    launcher the hook and the launch metadata); the third call of each is all direct. And two cases'
+    inference calls, whose kept pack launch is repeated: the repeats hand the launcher what it did. With
     the installed Triton and each release of SCSA_AOT_EXTRA_TRITON (CI: 3.5 and 3.6)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton_launch_check.py")
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=compiled_triton_env(folder),
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.stdout.count(" ok: ") == len(LAUNCH_CHECK_CASES) + 1, res.stdout  # + the hooked case
+    assert res.stdout.count(" ok: ") == len(LAUNCH_CHECK_CASES) + 3, res.stdout  # + hooked, + 2 inference
 
 
 def test_direct_launch_refuses_a_tensor_after_a_scalar(monkeypatch):

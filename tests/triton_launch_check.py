@@ -15,7 +15,9 @@ through the autotuners, its second launches their picks (first time through Trit
 must take only direct launches. Cases: every pooling mode and gate, heads, q/k/v bias, attention
 dropout, fp32 and bf16, channels_last, x misaligned by one element (another specialization,
 never the aligned one's kernel), each set of buffers the forward keeps for the backward, and a
-registered launch hook (which every launch must run, by either route).
+registered launch hook (which every launch must run, by either route). And inference calls, whose
+pack launch is kept and repeated (``_inference_pack``): the repeats hand the launcher what the
+kept direct launch did.
 Prints one line per case (and its mismatches); exits non-zero when any case failed.
 """
 from __future__ import annotations
@@ -120,17 +122,26 @@ class DoubleLaunch:
         self.ops, self.original = ops, ops._launch_compiled
         self.direct = self.total = 0
         self.mismatches = []
+        self.last = {}  # kernel name -> the launcher arguments of its latest launch by ops.triton
+        self.busy = False  # inside a launch of ops.triton's (its own _run_compiled calls are not repeats)
 
     def __call__(self, fn, grid, args, kwargs):
         launches_before = len(self.ops._COMPILED_LAUNCHES)
         reference = host_only_triton.recorded_launches(lambda: fn[grid](*args, **kwargs))
-        ours = host_only_triton.recorded_launches(lambda: self.original(fn, grid, args, kwargs))
+        record = []  # what ops.triton's launch returns: a direct launch's record, to be repeated
+        self.busy = True
+        try:
+            ours = host_only_triton.recorded_launches(lambda: record.append(self.original(fn, grid, args, kwargs)))
+        finally:
+            self.busy = False
         self.total += 1
         self.direct += len(self.ops._COMPILED_LAUNCHES) == launches_before  # an existing entry: a direct launch
         if len(reference) != 1 or len(ours) != 1:
             self.mismatches.append(f"{fn.__name__}: {len(reference)} and {len(ours)} launcher calls")
         elif (why := same_launch(reference[0], ours[0])) is not None:
             self.mismatches.append(why)
+        self.last[fn.__name__] = ours[-1] if ours else None
+        return record[0]
 
 
 def run_case(double, name, shape, dtype, layout, options):
@@ -151,12 +162,41 @@ def run_case(double, name, shape, dtype, layout, options):
     return ok, sum(total for _, total in per_call)
 
 
+def check_repeated_pack(double, name, shape, dtype, layout, options):
+    """Three inference calls of one case: the first makes the pack launch directly (compared with
+    Triton's by DoubleLaunch) and keeps it; the second and third repeat it (``_run_compiled``), which
+    must hand the launcher the same arguments. Prints its line; -> whether it passed."""
+    config = SCSAConfig(shape[1], **options)
+    weights = random_weights(config, dtype=dtype)
+    x = make_input(shape, dtype, layout)[0].detach()
+    ops, repeats = double.ops, []
+    run = ops._run_compiled
+    ops._run_compiled = lambda *a: run(*a) if double.busy else repeats.extend(
+        host_only_triton.recorded_launches(lambda: run(*a)))
+    try:
+        for _ in range(3):
+            with torch.no_grad():
+                scsa(x, weights, config, training=False, backend="triton")
+            if not repeats:  # the first call's, checked against Triton's
+                direct = double.last.get("pack_parameters_kernel")
+    finally:
+        ops._run_compiled = run
+    why = [] if len(repeats) == 2 else [f"{len(repeats)} repeated launches in calls 2 and 3, not 2"]
+    why += [w for launch in repeats if (w := same_launch(direct, launch)) is not None]
+    print(f"{name + ' inference':34s} {'FAILED' if why else 'ok'}: the pack launch repeated in calls 2 and 3")
+    for w in why:
+        print(f"    {w}")
+    return not why
+
+
 def main():
     ops = host_only_triton.triton_ops()
     ops.EAGER_BYPASS = ops.DIRECT_LAUNCH = True  # the GPU defaults
     double = DoubleLaunch(ops)
     ops._launch_compiled = double
     results = [run_case(double, name, *case)[0] for name, case in CASES.items()]
+    results += [check_repeated_pack(double, name, *CASES[name])
+                for name in ("avg_pool_fp32", "max_pool_softmax_heads_bias_bf16")]
     # with a launch hook registered (a profiler), both routes hand the launcher the hooks and the
     # launch metadata, and each launch runs them (enter and exit, once per route)
     with LaunchHooks() as hooks:

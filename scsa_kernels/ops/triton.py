@@ -38,7 +38,8 @@ Host cost per call (benchmarks/triton_host_overhead.py, CPU with a host-only Tri
 calls skip the dispatcher (training: one autograd node, ops/eager.py; inference: a direct
 ``_forward_impl`` call; torch.compile still sees the triton_op and its registered autograd). Eager
 inference and an eager training step pack the weights with one launch (``pack_parameters``,
-triton/parameters.py; not cached across calls: see ``scsa``), and a training step turns the backward's parameter partials into the
+triton/parameters.py; in inference every call too, its launch kept and repeated:
+``_inference_pack``), and a training step turns the backward's parameter partials into the
 parameters' gradients with one more (``parameter_grads``: the sums over the batch, the packing's
 adjoint gather and the cast), where torch took 7 ops (cat, gather, cast; two sums, gather, cast),
 each a CUDA launch with its host cost: 6 launches forward, 7 backward (at 64x64x56x56). Eager calls
@@ -80,13 +81,14 @@ import functools
 import math
 import os
 import types
+import weakref
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from ..config import GROUP_NORM_EPS
-from ..weights import (conv_d_matrix, gradient_index, gradients_like, pack_weights, packed_parameters,
-                       packing_needs_graph, shared_dtype, split_packed)
+from ..weights import (PackedWeights, capturing_cuda_graph, conv_d_matrix, gradient_index, gradients_like,
+                       pack_weights, packed_parameters, packing_needs_graph, shared_dtype, split_packed)
 from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
 
@@ -217,9 +219,12 @@ def scsa(x, weights, config, training):
         # Eager training: one autograd node without the dispatcher (the registered autograd of the
         # op costs ~60 us of Python per call) and without autograd nodes for the packing.
         return fused_scsa_with_grad(KERNELS, x, weights, config, training)
-    # packed anew every call: a cache would need to compare the weights' values to notice a write
-    # through .data, and that comparison waits for the device (weights.InferencePackCache)
-    p = pack_weights(weights, config) if packing_needs_graph(weights) else _eager_pack(x, weights, config)
+    if packing_needs_graph(weights):
+        p = pack_weights(weights, config)
+    elif needs_autograd(x, weights):  # the op's registered autograd saves the pack: a buffer of its own
+        p = _eager_pack(x, weights, config)
+    else:
+        p = _inference_pack(x, weights, config)
     args = (x, *p, conv_d_matrix(weights, config), *config.kernel_options,
             *dropout.attention_dropout_args(config, training, x.device))
     if not EAGER_BYPASS or torch.compiler.is_compiling():
@@ -337,7 +342,10 @@ def _launch(kernel, grid, *args, tuned=None, **kwargs):
     the last bits of the results. Under ``torch.use_deterministic_algorithms(True)`` every call, eager
     or traced, takes each kernel's fixed config instead (``_fixed_launch_options``: tiles of 1024
     elements), the same in every process; otherwise traced calls leave the pick to torch.compile,
-    which autotunes them itself."""
+    which autotunes them itself.
+
+    Returns ``_launch_compiled``'s record of a direct launch (for ``_run_compiled`` to make it again),
+    else None."""
     deterministic = tuned is not None and torch.are_deterministic_algorithms_enabled()
     if _is_tracing(args[0]):
         if not _INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
@@ -356,9 +364,8 @@ def _launch(kernel, grid, *args, tuned=None, **kwargs):
             config = tuned[kernel, True] = _fixed_launch_options(kernel, kwargs)
         kernel, kwargs = kernel.fn, {**kwargs, **config}
     if DIRECT_LAUNCH:
-        _launch_compiled(kernel, grid, args, kwargs)
-    else:
-        kernel[grid](*args, **kwargs)
+        return _launch_compiled(kernel, grid, args, kwargs)
+    kernel[grid](*args, **kwargs)
 
 
 def _fixed_launch_options(kernel, kwargs) -> dict:
@@ -407,7 +414,11 @@ def _launch_compiled(fn, grid, args, kwargs):
     is. The op bodies run on x's device (``_on_x_device``) and validation keeps CPU tensors out, which
     is what that check would catch. The saving up to the launcher is measured by
     benchmarks/triton_host_overhead.py; tests/triton_launch_check.py checks that both routes hand
-    Triton's launcher the same arguments (a tensor's address for the tensor)."""
+    Triton's launcher the same arguments (a tensor's address for the tensor).
+
+    Returns the direct launch's record (CompiledKernel, grid, the launcher's arguments), which
+    ``_run_compiled`` launches again as it is, for a caller that knows its tensors are still the ones
+    at those addresses (``_inference_pack``); None after a launch through Triton (a first one)."""
     driver = _triton_driver().active
     device = driver.get_current_device()
     tensors = _LEADING_TENSORS.get(id(fn))
@@ -432,18 +443,25 @@ def _launch_compiled(fn, grid, args, kwargs):
         if compiled is not None:  # None: a jit cache hook took the compile over
             _COMPILED_LAUNCHES[key] = compiled, tuple(
                 kwargs[p.name] if p.name in kwargs else p.default for p in fn.params[len(args):])
-        return
+        return None
     compiled, trailing = launch
-    grid = (*grid, 1, 1)
+    record = (compiled, (*grid, 1, 1)[:3], (*addresses, *scalars, *trailing))
+    _run_compiled(driver, device, *record)
+    return record
+
+
+def _run_compiled(driver, device, compiled, grid, arguments):
+    """Launches CompiledKernel ``compiled`` on ``grid`` (3 sides) with the launcher's ``arguments`` (every
+    parameter in signature order, tensors as addresses) on the current stream of ``device``."""
     stream = driver.get_current_stream(device)
     runtime = _triton_knobs().runtime
     if _no_hook(runtime.launch_enter_hook) and _no_hook(runtime.launch_exit_hook):
         # CompiledKernel[grid]'s runner builds launch metadata and hands the launcher both hook
         # chains, which it calls around the launch even when empty; with None it calls none
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None,
-                     None, *addresses, *scalars, *trailing)
+                     None, *arguments)
     else:  # a hook to run (a profiler's): Triton's runner, which gives it the launch metadata
-        compiled[grid[:3]](*addresses, *scalars, *trailing, stream=stream)
+        compiled[grid](*arguments, stream=stream)
 
 
 def _no_hook(hook) -> bool:
@@ -982,15 +1000,63 @@ def _eager_forward(x, packed, weights, config, training):
 @_on_x_device
 def _eager_pack(x, weights, config):
     """PackedWeights (float32) of the weights, for an eager call that records no packing (training, by
-    the autograd node; inference): one launch of pack_parameters_kernel (``weights.pack_weights`` takes
-    a cat, a gather and a cast)."""
+    the autograd node; inference without a kept launch, ``_inference_pack``): one launch of
+    pack_parameters_kernel (``weights.pack_weights`` takes a cat, a gather and a cast)."""
     params = [p if p.is_contiguous() else p.contiguous() for p in packed_parameters(weights, config)]  # read flat
+    return _pack_into(x, params, config)[0]
+
+
+def _pack_into(x, params, config):
+    """(PackedWeights in a new buffer on x's device, ``_launch``'s record of the pack launch or None).
+    params: ``packed_parameters``, contiguous."""
     n, grid, meta = _pack_launch(config)
     packed = _empty(n, device=x.device, dtype=torch.float32)
     biases = params[17:] if config.qkv_bias else [packed] * 3  # unread without QKV_BIAS
-    _launch(_kernels().parameters.pack_parameters_kernel, grid, *params[:17], *biases, packed, config.group_channels,
-            **meta)
-    return split_packed(packed, config.dim, config.max_kernel_size)
+    launch = _launch(_kernels().parameters.pack_parameters_kernel, grid, *params[:17], *biases, packed,
+                     config.group_channels, **meta)
+    return split_packed(packed, config.dim, config.max_kernel_size), launch
+
+
+class _KeptPack(NamedTuple):
+    """An inference call's pack launch, kept to be made again: the parameters (weak references) and
+    their addresses then, ``_launch_compiled``'s record, and the packed views of its buffer."""
+    refs: tuple
+    addresses: tuple
+    launch: tuple
+    packed: PackedWeights
+
+
+# (ids of the parameters, config, device) -> _KeptPack; an entry goes when one of its parameters dies
+_KEPT_PACKS = {}
+
+
+@_on_x_device
+def _inference_pack(x, weights, config):
+    """PackedWeights of an eager call that records no autograd graph: the pack kernel runs on every
+    call, since a cached pack would miss an in-place write through ``.data`` (no version counter
+    moves; mmengine's EMA hook swaps weights so), and only comparing the values could see it, which
+    would wait for the device. Its host cost is kept low instead: while the parameters are the same
+    tensors at the same addresses (so the same dtypes and alignment: the same specialization), the
+    launch is made again as it was (``_run_compiled``), into the same buffer, without preparing its
+    21 arguments (~25 us of host time on a 2-core VM). Reusing the buffer is safe where nothing
+    outlives the call's kernels: no autograd graph saves the pack (``scsa`` comes here only without
+    one), and no CUDA graph capture records it (a capture packs into its own buffer: a kept one could
+    be dropped while the graph still writes it)."""
+    params = packed_parameters(weights, config)
+    key = (tuple(map(id, params)), config, x.device)
+    addresses = tuple(p.data_ptr() for p in params)
+    kept = _KEPT_PACKS.get(key)
+    if kept is not None and kept.addresses == addresses and all(r() is p for r, p in zip(kept.refs, params)):
+        driver = _triton_driver().active
+        _run_compiled(driver, driver.get_current_device(), *kept.launch)
+        return kept.packed
+    if capturing_cuda_graph(x) or not all(p.is_contiguous() for p in params):
+        return _eager_pack(x, weights, config)  # nothing kept: a copy made contiguous dies with the call
+    packed, launch = _pack_into(x, params, config)
+    if launch is not None:  # a direct launch (the first of a specialization goes through Triton)
+        drop = lambda dead, key=key: _KEPT_PACKS.pop(key, None)
+        _KEPT_PACKS[key] = _KeptPack(tuple(weakref.ref(p, drop) for p in params), addresses, launch, packed)
+    return packed
 
 
 @functools.lru_cache(maxsize=None)
