@@ -1042,6 +1042,8 @@ def _inference_pack(x, weights, config):
     outlives the call's kernels: no autograd graph saves the pack (``scsa`` comes here only without
     one), and no CUDA graph capture records it (a capture packs into its own buffer: a kept one could
     be dropped while the graph still writes it)."""
+    if capturing_cuda_graph(x):
+        return _eager_pack(x, weights, config)
     params = packed_parameters(weights, config)
     key = (tuple(map(id, params)), config, x.device)
     addresses = tuple(p.data_ptr() for p in params)
@@ -1050,7 +1052,7 @@ def _inference_pack(x, weights, config):
         driver = _triton_driver().active
         _run_compiled(driver, driver.get_current_device(), *kept.launch)
         return kept.packed
-    if capturing_cuda_graph(x) or not all(p.is_contiguous() for p in params):
+    if not all(p.is_contiguous() for p in params):
         return _eager_pack(x, weights, config)  # nothing kept: a copy made contiguous dies with the call
     packed, launch = _pack_into(x, params, config)
     if launch is not None:  # a direct launch (the first of a specialization goes through Triton)
