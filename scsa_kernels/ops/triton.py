@@ -215,19 +215,20 @@ def _attention_programs_per_sample(dim: int, heads: int) -> int:
 
 
 def scsa(x, weights, config, training):
-    if EAGER_BYPASS and not torch.compiler.is_compiling() and needs_autograd(x, weights):
+    compiling, autograd = torch.compiler.is_compiling(), needs_autograd(x, weights)
+    if EAGER_BYPASS and not compiling and autograd:
         # Eager training: one autograd node without the dispatcher (the registered autograd of the
         # op costs ~60 us of Python per call) and without autograd nodes for the packing.
         return fused_scsa_with_grad(KERNELS, x, weights, config, training)
-    if packing_needs_graph(weights):
-        p = pack_weights(weights, config)
-    elif needs_autograd(x, weights):  # the op's registered autograd saves the pack: a buffer of its own
+    if compiling or (autograd and packing_needs_graph(weights)):
+        p = pack_weights(weights, config)  # traced, or differentiable in the weights
+    elif autograd:  # the op's registered autograd saves the pack: a buffer of its own
         p = _eager_pack(x, weights, config)
     else:
         p = _inference_pack(x, weights, config)
     args = (x, *p, conv_d_matrix(weights, config), *config.kernel_options,
             *dropout.attention_dropout_args(config, training, x.device))
-    if not EAGER_BYPASS or torch.compiler.is_compiling():
+    if not EAGER_BYPASS or compiling:
         return torch.ops.scsa_kernels.triton_scsa_forward(*args)[0]
     return _forward_impl(*args, keep_for_backward=False)[0]
 
@@ -1081,8 +1082,8 @@ def _eager_backward(grad_out, x, packed, saved, weights, config):
 
 def _parameter_grads(parts, weights, config, device):
     """The gradients of ``packed_parameters(weights, config)`` in their shapes and dtypes (views of one
-    allocation where the parameters share a dtype) from the backward's ParameterPartials: one launch of parameter_grads_kernel (the sums
-    over the batch, ``unpack_gradients``'s gather and the cast)."""
+    allocation where the parameters share a dtype) from the backward's ParameterPartials: one launch
+    of parameter_grads_kernel (the sums over the batch, ``unpack_gradients``'s gather and the cast)."""
     params = packed_parameters(weights, config)
     index = gradient_index(config, device)
     n = index.shape[0]
