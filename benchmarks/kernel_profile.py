@@ -135,7 +135,7 @@ def _python_layers():
         return layers
     return layers + [(ops.KERNELS, "pack", "pack (kernel)"), (ops, "_forward_impl", "_forward_impl"),
                      (ops, "_backward_passes", "_backward_passes"), (ops, "_parameter_grads", "_parameter_grads"),
-                     (ops, "_workspace", "_workspace"), (ops, "_launch", "_launch")]
+                     (ops, "_workspace", "_workspace"), (ops, "launch", "launch")]
 
 
 @contextlib.contextmanager
@@ -285,14 +285,14 @@ def report(shape, backend, dtype, device, mode, reps, variants=("no-row-vectors"
 
 
 def print_without_direct_launches(module, x, grad_out, mode, reps):
-    """Wall and host time per call with ops.triton.DIRECT_LAUNCH off: what the direct launches save."""
-    from scsa_kernels.ops import triton as ops
+    """Wall and host time per call with ops.triton_launch.DIRECT_LAUNCH off: what the direct launches save."""
+    from scsa_kernels.ops import triton_launch
 
-    direct, ops.DIRECT_LAUNCH = ops.DIRECT_LAUNCH, False
+    direct, triton_launch.DIRECT_LAUNCH = triton_launch.DIRECT_LAUNCH, False
     try:
         wall, host = wall_and_host_us(module, x, grad_out, mode, reps)
     finally:
-        ops.DIRECT_LAUNCH = direct
+        triton_launch.DIRECT_LAUNCH = direct
     print(f"    direct launches off: wall {wall:.1f} us  host {host:.1f} us")
 
 

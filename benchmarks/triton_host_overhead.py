@@ -9,7 +9,7 @@ must be unset) and Triton's active driver replaced by host_only_triton.HostOnlyD
 launcher records nothing and runs nothing: outputs are garbage (the autotuner runs, its benchmark
 tied: the first config wins). What is left is what a GPU call pays on the host before the driver:
 Python, torch dispatch, autograd, allocations, weight packing, argument preparation, the path each
-launch takes to Triton (``_launch``; ``wrap_triton`` where tracing), Triton's own launch
+launch takes to Triton (``launch``, ops/triton_launch.py; ``wrap_triton`` where tracing), Triton's own launch
 (``JITFunction.run``: binding, specialization, cache key) or ops.triton's direct launch of the
 compiled kernel, and Triton's launch metadata. Not included: Triton's C launcher and the CUDA
 driver (``kernel_profile.py`` gives the whole host time on a GPU).
@@ -106,7 +106,7 @@ def main():
                         help="eager calls through the triton_op and its registered autograd (the path "
                              "before the dispatcher bypass; torch.compile's path)")
     parser.add_argument("--no-direct-launch", action="store_true",
-                        help="every launch through Triton's JITFunction.run (ops.triton.DIRECT_LAUNCH off)")
+                        help="every launch through Triton's JITFunction.run (ops.triton_launch.DIRECT_LAUNCH off)")
     parser.add_argument("--profile", choices=["fwd_nograd", "fwd_grad", "fwdbwd"], default=None,
                         help="also print the cProfile top entries of one case (first dtype)")
     args = parser.parse_args()
@@ -114,11 +114,12 @@ def main():
     ops = triton_ops_without_gpu()
     assert ops.unavailable_reason() is None, ops.unavailable_reason()
     ops.EAGER_BYPASS = not args.via_op  # the GPU default
-    ops.DIRECT_LAUNCH = not args.no_direct_launch
+    from scsa_kernels.ops import triton_launch
+    triton_launch.DIRECT_LAUNCH = not args.no_direct_launch
     import triton
     print(f"torch {torch.__version__}, triton {triton.__version__}, shape {tuple(args.shape)}, "
           f"{args.threads} thread(s), median of {args.reps} calls, up to the CUDA driver (host-only driver), "
-          f"direct launches {'on' if ops.DIRECT_LAUNCH else 'off'}")
+          f"direct launches {'on' if triton_launch.DIRECT_LAUNCH else 'off'}")
     for name in args.dtypes:
         dtype = getattr(torch, name)
         row = {k: (median_us(fn, args.reps), launches_per_call(fn)) for k, fn in cases(args.shape, dtype).items()}

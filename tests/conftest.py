@@ -11,6 +11,9 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests under torch.use_deterministic_algorithms(True) run the reference's matmuls on the GPU too: torch
+# releases that check this variable there raise without it (torch 2.14, this repo's CI, no longer checks).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
@@ -22,8 +25,11 @@ def backend_device(backend):
 
 
 def skip_unless_available(backend):
-    """Skips the calling test, with the reason, where ``backend`` cannot run here."""
+    """Skips the calling test, with the reason, where ``backend`` cannot run here. Its ops module must
+    import (each imports without its optional dependencies and says what is missing): an exception
+    there is a bug, which ``unavailable_reason`` alone would turn into a skip of every test."""
     from scsa_kernels import backends
+    backends.load(backend)
     reason = backends.unavailable_reason(backend)
     if reason:
         pytest.skip(reason)

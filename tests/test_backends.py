@@ -27,6 +27,15 @@ OPTIONS = {
 }
 
 
+@pytest.mark.parametrize("name", backends.BACKENDS)
+def test_every_backends_ops_module_imports(name):
+    """Each ops module imports on any machine, whatever is missing (triton, a GPU, the C++ build), and
+    says so through unavailable_reason: ``backends.unavailable_reason`` turns an exception at import
+    into "unavailable", so a bug there would otherwise pass as a skip of every test of that backend."""
+    module = backends.load(name)
+    assert module.NAME == name
+
+
 def export_onnx(module, x, path, dynamo):
     """torch.onnx.export with a dynamic batch dimension (its progress lines silenced)."""
     if dynamo:

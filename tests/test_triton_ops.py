@@ -6,7 +6,6 @@ an element a kernel forgets to write shows up as a NaN mismatch.
 """
 import contextlib
 import copy
-import dataclasses
 import os
 import re
 import subprocess
@@ -236,15 +235,17 @@ def test_rocm_builds_take_triton_only_by_name_and_launch_through_triton(monkeypa
     which the direct launches' key does not hold. On CUDA builds neither. (Outside the interpreter: under
     it, launches are interpreted and auto picks the reference on CUDA tensors anyway.)"""
     from scsa_kernels.ops import triton as ops
+    from scsa_kernels.ops import triton_launch
     monkeypatch.setattr(torch.version, "hip", hip)
-    monkeypatch.setattr(ops, "_INTERPRET", False)
+    monkeypatch.setattr(ops, "INTERPRET", False)
+    monkeypatch.setattr(triton_launch, "INTERPRET", False)
     monkeypatch.delenv("SCSA_TRITON_DIRECT_LAUNCH", raising=False)
     skip = ops._find_auto_skip_reason()
     if hip is None:
-        assert skip is None and ops._direct_launch_default()
+        assert skip is None and triton_launch.direct_launch_default()
     else:
         assert "ROCm" in skip and "backend='triton'" in skip and "scsa-check --backend triton" in skip
-        assert not ops._direct_launch_default()
+        assert not triton_launch.direct_launch_default()
 
 
 def _larger_tiles():
@@ -405,8 +406,8 @@ def test_plane_passes_with_row_vectors(monkeypatch, dtype, layout):
     from column 4 on (the data pointer is off 16 bytes' alignment: Triton's specialization, not VEC)."""
     from scsa_kernels.ops import triton as ops
     vecs = {}
-    launch = ops._launch
-    monkeypatch.setattr(ops, "_launch", lambda kernel, grid, *args, **kwargs: vecs.setdefault(
+    launch = ops.launch
+    monkeypatch.setattr(ops, "launch", lambda kernel, grid, *args, **kwargs: vecs.setdefault(
         getattr(kernel, "fn", kernel).__name__, set()).add(kwargs.get("VEC")) or launch(kernel, grid, *args, **kwargs))
     x = torch.randn(2, 8, 16, 40 if layout == "row_sliced" else 24, device=DEVICE, dtype=dtype)
     x = x[..., 4:28] if layout == "row_sliced" else x
@@ -507,12 +508,13 @@ def test_eager_path_without_the_dispatcher(monkeypatch, name, dtype):
 
 def test_inference_repeats_the_pack_launch_while_the_parameters_stay_put(monkeypatch):
     """Eager inference runs the pack kernel on every call (a cached pack missed writes through .data);
-    while the parameters are the same tensors at the same addresses the call repeats its kept launch
-    (``_run_compiled``: the same arguments, the same buffer) instead of preparing it anew. A write in
-    place through .data keeps the launch (the kernel reads the new values); a new tensor (.data =),
-    a non-contiguous parameter or a CUDA graph capture packs afresh, the last two keeping nothing; a
-    parameter's death drops its entry. The launch layer is stubbed: under the interpreter there are
-    no direct launches (the GPU tests run the real ones)."""
+    while the parameters are the same tensors at the same addresses in the same dtypes the call repeats
+    its kept launch (``relaunch``: the same arguments, the same buffer) instead of preparing it anew.
+    A write in place through .data keeps the launch (the kernel reads the new values); a new tensor
+    (.data =), another dtype at the same address (``module.half()`` then ``.bfloat16()`` can land so:
+    the launch was compiled for the old one), a non-contiguous parameter or a CUDA graph capture
+    packs afresh, the last two keeping nothing; a parameter's death drops its entry. The launch layer
+    is stubbed: under the interpreter there are no direct launches (the GPU tests run the real ones)."""
     import gc
 
     from scsa_kernels.ops import triton as ops
@@ -520,11 +522,9 @@ def test_inference_repeats_the_pack_launch_while_the_parameters_stay_put(monkeyp
     monkeypatch.setattr(ops, "_KEPT_PACKS", {})
     monkeypatch.setattr(ops, "_pack_into", lambda x, params, config, _pack=ops._pack_into: (
         packs.append([p.data_ptr() for p in params]), (_pack(x, params, config)[0], ("record", len(packs))))[1])
-    monkeypatch.setattr(ops, "_run_compiled", lambda driver, device, *record: repeats.append(record))
-    monkeypatch.setattr(ops, "_triton_driver", lambda: types.SimpleNamespace(
-        active=types.SimpleNamespace(get_current_device=lambda: 0)))
-    module = SCSA(16, window_size=3, backend="triton").to(DEVICE).eval()
-    x = torch.randn(2, 16, 7, 7, device=DEVICE)
+    monkeypatch.setattr(ops, "relaunch", repeats.append)
+    module = SCSA(16, window_size=3, backend="triton").to(DEVICE, torch.float16).eval()
+    x = torch.randn(2, 16, 7, 7, device=DEVICE, dtype=torch.float16)
 
     def call():
         with torch.no_grad():
@@ -543,12 +543,15 @@ def test_inference_repeats_the_pack_launch_while_the_parameters_stay_put(monkeyp
     assert call() == (4, 5)  # the kept launch again
     module.k.weight.data = module.k.weight.data.clone()
     assert call() == (5, 5) and call() == (5, 6)
+    v = module.v.weight
+    v.data = v.data.view(torch.bfloat16)  # the same address, another dtype
+    assert call() == (6, 6) and call() == (6, 7)
     conv = module.local_dwc.weight
     conv.data = conv.data.permute(2, 1, 0).contiguous().permute(2, 1, 0)  # the same values, not contiguous
     assert not conv.is_contiguous()
-    assert call() == (6, 6) and call() == (7, 6)  # packed from a contiguous copy each call: nothing kept
+    assert call() == (7, 7) and call() == (8, 7)  # packed from a contiguous copy each call: nothing kept
     assert len(ops._KEPT_PACKS) == 1
-    del module, conv
+    del module, conv, v
     gc.collect()
     assert not ops._KEPT_PACKS, "a dead module's pack is still kept"
 
@@ -611,16 +614,14 @@ def test_direct_launch_refuses_a_tensor_after_a_scalar(monkeypatch):
     """The direct launches key a kernel's leading tensors by dtype and alignment and the rest by value:
     a launch with a tensor after a scalar (a call site breaking that order) is refused, not keyed by
     the tensor's identity."""
-    import types
-
-    from scsa_kernels.ops import triton as ops
+    from scsa_kernels.ops import triton_launch
     driver = types.SimpleNamespace(active=types.SimpleNamespace(get_current_device=lambda: 0))
-    monkeypatch.setattr(ops, "_triton_driver", lambda: driver)
-    monkeypatch.setattr(ops, "_LEADING_TENSORS", {})
+    monkeypatch.setattr(triton_launch, "_triton_driver", lambda: driver)
+    monkeypatch.setattr(triton_launch, "_LEADING_TENSORS", {})
     kernel = types.SimpleNamespace(__name__="pool_kernel")
     t = torch.zeros(4)
     with pytest.raises(TypeError, match="pool_kernel: a launch passes its tensors before every other argument"):
-        ops._launch_compiled(kernel, (1,), (t, 3, t), {})
+        triton_launch.launch_compiled(kernel, (1,), (t, 3, t), {})
 
 
 @pytest.mark.host_only
@@ -640,12 +641,12 @@ def test_compiled_launches_are_the_eager_ones():
 
 @requires_cuda
 def test_gpu_direct_launches_match_tritons_launches_bitwise(monkeypatch):
-    """The same calls with ops.triton.DIRECT_LAUNCH off (every launch through JITFunction.run) and
+    """The same calls with triton_launch.DIRECT_LAUNCH off (every launch through JITFunction.run) and
     on (the third call onwards launches the compiled kernels directly, none through
     JITFunction.run): bitwise the same results."""
     from triton.runtime.jit import JITFunction
 
-    from scsa_kernels.ops import triton as ops
+    from scsa_kernels.ops import triton_launch
     module = SCSA(64, head_num=2, window_size=7, down_sample_mode="max_pool", backend="triton").cuda()
     x = torch.randn(4, 64, 28, 28, device="cuda", requires_grad=True)
     grad_out = torch.randn_like(x)
@@ -657,9 +658,9 @@ def test_gpu_direct_launches_match_tritons_launches_bitwise(monkeypatch):
         out.backward(grad_out)
         return [out.detach(), x.grad] + [p.grad for p in module.parameters()]
 
-    monkeypatch.setattr(ops, "DIRECT_LAUNCH", False)
+    monkeypatch.setattr(triton_launch, "DIRECT_LAUNCH", False)
     expected = results()
-    monkeypatch.setattr(ops, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(triton_launch, "DIRECT_LAUNCH", True)
     for _ in range(2):
         results()
     through_triton = []
@@ -715,7 +716,7 @@ def _plan_picks(ops):
 
 def test_plans_reuse_the_autotuners_pick(monkeypatch):
     """The first call of a launch plan goes through each autotuned kernel's autotuner and records its
-    pick in the plan; later calls of the plan launch the kernel with it directly (ops.triton._launch),
+    pick in the plan; later calls of the plan launch the kernel with it directly (ops.triton_launch.launch),
     with bitwise the same results."""
     ops, tuner_runs = _fresh_plans_counting_tuner_runs(monkeypatch)
     module = SCSA(16, head_num=2, window_size=3, backend="triton").to(DEVICE)
@@ -801,28 +802,29 @@ def test_float64_is_unsupported_not_downcast():
 
 
 def test_device_guard_makes_the_device_of_x_current(monkeypatch):
-    """Triton launches on the current CUDA device: _device_guard switches to x's device where another
+    """Triton launches on the current CUDA device: device_guard switches to x's device where another
     one is current (x on cuda:1, cuda:0 current) and does nothing otherwise. torch.cuda is mocked
     here; test_gpu_second_device runs it on two GPUs."""
-    from scsa_kernels.ops import triton as ops
+    from scsa_kernels.ops import triton_launch
     entered = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext())
     for device in ("cpu", "meta", "cuda:0"):
-        with ops._device_guard(torch.device(device)):
+        with triton_launch.device_guard(torch.device(device)):
             pass
     assert entered == []
-    with ops._device_guard(torch.device("cuda", 1)):
+    with triton_launch.device_guard(torch.device("cuda", 1)):
         pass
     assert entered == [torch.device("cuda", 1)]
 
 
 @pytest.mark.parametrize("bypass", [False, True], ids=["op", "eager_node"])
 def test_forward_and_backward_launch_under_the_device_guard(monkeypatch, bypass):
-    """Both op bodies (forward, backward) run inside _device_guard(x.device), through the registered
+    """Both op bodies (forward, backward) run inside device_guard(x.device), through the registered
     op and through the eager node (which also packs the weights in a guarded launch of its own);
     every launch happens inside one."""
     from scsa_kernels.ops import triton as ops
+    from scsa_kernels.ops import triton_launch
     monkeypatch.setattr(ops, "EAGER_BYPASS", bypass)
     events = []
 
@@ -832,8 +834,8 @@ def test_forward_and_backward_launch_under_the_device_guard(monkeypatch, bypass)
         yield
         events.append(("exit", device))
 
-    monkeypatch.setattr(ops, "_device_guard", recording_guard)
-    monkeypatch.setattr(ops, "_launch", lambda kernel, *args, _run=ops._launch, **kwargs:
+    monkeypatch.setattr(triton_launch, "device_guard", recording_guard)
+    monkeypatch.setattr(ops, "launch", lambda kernel, *args, _run=ops.launch, **kwargs:
                         events.append(("launch", kernel)) or _run(kernel, *args, **kwargs))
     module = SCSA(8, window_size=2, backend="triton").to(DEVICE)
     x = torch.randn(1, 8, 4, 4, device=DEVICE, requires_grad=True)
@@ -907,7 +909,7 @@ def test_dropout_in_eval_is_supported():
 
 def test_opcheck():
     """Every torch.library.opcheck check: schema, autograd registration, the fake kernel (the op's
-    own body on tracing tensors: _launch skips the launches) against real calls, AOT dispatch with
+    own body on tracing tensors: ``launch`` skips the launches) against real calls, AOT dispatch with
     dynamic shapes. Under the interpreter the op is a custom_op (ops.triton._define_op), on a GPU a
     triton_op with the same body and autograd (test_gpu_opcheck)."""
     from scsa_kernels.ops import triton as ops

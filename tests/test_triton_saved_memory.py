@@ -42,7 +42,7 @@ def saved_beyond_x(chw, dtype, batch=BATCH):
 @pytest.mark.parametrize("chw", RESNET50_MID, ids=lambda s: "x".join(map(str, s)))
 def test_saved_for_backward_within_target(monkeypatch, chw, dtype, eager):
     from scsa_kernels.ops import triton as ops
-    monkeypatch.setattr(ops, "_launch", lambda *args, **kwargs: None)
+    monkeypatch.setattr(ops, "launch", lambda *args, **kwargs: None)
     monkeypatch.setattr(ops, "EAGER_BYPASS", eager)
     beyond, x_bytes = saved_beyond_x(chw, dtype)
     print(f"\n{BATCH}x{'x'.join(map(str, chw))} {dtype}: x {x_bytes / 1e6:.2f} MB, saved beyond x "

@@ -58,7 +58,7 @@ PTR = {torch.float64: "*fp64", torch.float32: "*fp32", torch.float16: "*fp16", t
 
 def record_launches():
     launches = []
-    ops._launch = lambda kernel, grid, *args, tuned=None, **kwargs: launches.append((kernel, args, kwargs))
+    ops.launch = lambda kernel, grid, *args, tuned=None, **kwargs: launches.append((kernel, args, kwargs))
     for shape, dtype, options in SCENARIOS:
         config = SCSAConfig(shape[1], **options)
         B, C, H, W = shape

@@ -16,7 +16,7 @@ stays symbolic: each grid and scalar is computed from it in the compiled graph).
 step's weight packing and parameter gradients (EAGER_ONLY_KERNELS): the compiled step packs and
 unpacks with the torch ops it traced, which Inductor fuses. Each case runs twice: as is, and under
 ``torch.use_deterministic_algorithms(True)``, where both steps give every autotuned kernel its fixed
-config (ops.triton ``_launch``): the recorded constexprs, warps and stages must match there too.
+config (ops/triton_launch.py ``launch``): the recorded constexprs, warps and stages must match there too.
 Prints one line per case and mode; exits non-zero when any failed.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
 
 from scsa_kernels.module import SCSA  # noqa: E402
+from scsa_kernels.ops import triton_launch  # noqa: E402
 
 LAUNCHES = []  # (kernel name, grid, {argument or launch option: description}) of every JITFunction.run
 # recorded beside the arguments (a config sets them), with Triton's defaults for CUDA where a launch omits them
@@ -107,7 +108,8 @@ def check_case(shape, dtype, layout, options):
 
 def main():
     ops = host_only_triton.triton_ops()
-    ops.EAGER_BYPASS, ops.DIRECT_LAUNCH = True, False  # eager as on a GPU, every launch through JITFunction.run
+    ops.EAGER_BYPASS = True  # eager as on a GPU
+    triton_launch.DIRECT_LAUNCH = False  # every launch through JITFunction.run
     record_runs()
     torch._dynamo.config.recompile_limit = 64
     failed = False

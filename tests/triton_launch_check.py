@@ -1,11 +1,12 @@
-"""ops.triton's direct launches hand Triton's launcher exactly what Triton's own launch does.
+"""The Triton backend's direct launches (ops/triton_launch.py) hand Triton's launcher exactly what
+Triton's own launch does.
 
     python tests/triton_launch_check.py     (TRITON_INTERPRET unset; run by test_triton_ops.py)
 
 Without a GPU: Triton's driver is benchmarks/host_only_triton.HostOnlyDriver (kernels compiled for
 sm_90, a launcher that records its arguments and runs nothing), on CPU tensors. Every launch that
-reaches ``ops.triton._launch_compiled`` is made twice: once through Triton's ``JITFunction.run`` (the
-reference) and once as ops.triton makes it (the first time of a specialization through Triton as
+reaches ``triton_launch.launch_compiled`` is made twice: once through Triton's ``JITFunction.run`` (the
+reference) and once as ``launch_compiled`` makes it (the first time of a specialization through Triton as
 well, after that straight to its CompiledKernel). The two launcher calls must agree argument by
 argument: grid, stream, the loaded kernel (a distinct handle per compiled specialization), its
 metadata, the launch metadata and hooks (a direct launch passes None for an empty hook chain and for
@@ -36,6 +37,7 @@ from triton import knobs  # noqa: E402
 import host_only_triton  # noqa: E402
 from scsa_kernels.config import SCSAConfig  # noqa: E402
 from scsa_kernels.functional import scsa  # noqa: E402
+from scsa_kernels.ops import triton_launch  # noqa: E402
 from scsa_kernels.testing import random_weights  # noqa: E402
 
 CASES = {
@@ -116,26 +118,21 @@ class LaunchHooks:
 
 
 class DoubleLaunch:
-    """Wraps ops.triton._launch_compiled: Triton's own launch first, then ops.triton's, compared."""
+    """Wraps ops.triton_launch.launch_compiled: Triton's own launch first, then ours, compared."""
 
     def __init__(self, ops):
-        self.ops, self.original = ops, ops._launch_compiled
+        self.ops, self.original = ops, triton_launch.launch_compiled
         self.direct = self.total = 0
         self.mismatches = []
-        self.last = {}  # kernel name -> the launcher arguments of its latest launch by ops.triton
-        self.busy = False  # inside a launch of ops.triton's (its own _run_compiled calls are not repeats)
+        self.last = {}  # kernel name -> the launcher arguments of its latest launch by launch_compiled
 
     def __call__(self, fn, grid, args, kwargs):
-        launches_before = len(self.ops._COMPILED_LAUNCHES)
+        launches_before = len(triton_launch.COMPILED_LAUNCHES)
         reference = host_only_triton.recorded_launches(lambda: fn[grid](*args, **kwargs))
-        record = []  # what ops.triton's launch returns: a direct launch's record, to be repeated
-        self.busy = True
-        try:
-            ours = host_only_triton.recorded_launches(lambda: record.append(self.original(fn, grid, args, kwargs)))
-        finally:
-            self.busy = False
+        record = []  # what launch_compiled returns: a direct launch's record, to be repeated
+        ours = host_only_triton.recorded_launches(lambda: record.append(self.original(fn, grid, args, kwargs)))
         self.total += 1
-        self.direct += len(self.ops._COMPILED_LAUNCHES) == launches_before  # an existing entry: a direct launch
+        self.direct += len(triton_launch.COMPILED_LAUNCHES) == launches_before  # an existing entry: a direct launch
         if len(reference) != 1 or len(ours) != 1:
             self.mismatches.append(f"{fn.__name__}: {len(reference)} and {len(ours)} launcher calls")
         elif (why := same_launch(reference[0], ours[0])) is not None:
@@ -164,15 +161,14 @@ def run_case(double, name, shape, dtype, layout, options):
 
 def check_repeated_pack(double, name, shape, dtype, layout, options):
     """Three inference calls of one case: the first makes the pack launch directly (compared with
-    Triton's by DoubleLaunch) and keeps it; the second and third repeat it (``_run_compiled``), which
+    Triton's by DoubleLaunch) and keeps it; the second and third repeat it (``relaunch``), which
     must hand the launcher the same arguments. Prints its line; -> whether it passed."""
     config = SCSAConfig(shape[1], **options)
     weights = random_weights(config, dtype=dtype)
     x = make_input(shape, dtype, layout)[0].detach()
     ops, repeats = double.ops, []
-    run = ops._run_compiled
-    ops._run_compiled = lambda *a: run(*a) if double.busy else repeats.extend(
-        host_only_triton.recorded_launches(lambda: run(*a)))
+    run = ops.relaunch
+    ops.relaunch = lambda record: repeats.extend(host_only_triton.recorded_launches(lambda: run(record)))
     try:
         for _ in range(3):
             with torch.no_grad():
@@ -180,7 +176,7 @@ def check_repeated_pack(double, name, shape, dtype, layout, options):
             if not repeats:  # the first call's, checked against Triton's
                 direct = double.last.get("pack_parameters_kernel")
     finally:
-        ops._run_compiled = run
+        ops.relaunch = run
     why = [] if len(repeats) == 2 else [f"{len(repeats)} repeated launches in calls 2 and 3, not 2"]
     why += [w for launch in repeats if (w := same_launch(direct, launch)) is not None]
     print(f"{name + ' inference':34s} {'FAILED' if why else 'ok'}: the pack launch repeated in calls 2 and 3")
@@ -191,9 +187,9 @@ def check_repeated_pack(double, name, shape, dtype, layout, options):
 
 def main():
     ops = host_only_triton.triton_ops()
-    ops.EAGER_BYPASS = ops.DIRECT_LAUNCH = True  # the GPU defaults
+    ops.EAGER_BYPASS = triton_launch.DIRECT_LAUNCH = True  # the GPU defaults
     double = DoubleLaunch(ops)
-    ops._launch_compiled = double
+    triton_launch.launch_compiled = double
     results = [run_case(double, name, *case)[0] for name, case in CASES.items()]
     results += [check_repeated_pack(double, name, *CASES[name])
                 for name in ("avg_pool_fp32", "max_pool_softmax_heads_bias_bf16")]

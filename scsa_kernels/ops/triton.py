@@ -32,7 +32,8 @@ over the batch); x read twice, grad_out twice, dx written once:
 No atomics: every reduction belongs to one program, partials are summed by torch.sum (eager
 training: by ``parameter_grads``, below) in a fixed order, so results are bitwise reproducible for a
 given config of the autotuned plane passes: in a process always (a plan keeps its pick), across
-processes under ``torch.use_deterministic_algorithms(True)``, where no timing picks the config (``_launch``).
+processes under ``torch.use_deterministic_algorithms(True)``, where no timing picks the config
+(``launch``, ops/triton_launch.py).
 
 Host cost per call (benchmarks/triton_host_overhead.py, CPU with a host-only Triton driver): eager
 calls skip the dispatcher (training: one autograd node, ops/eager.py; inference: a direct
@@ -43,11 +44,11 @@ triton/parameters.py; in inference every call too, its launch kept and repeated:
 parameters' gradients with one more (``parameter_grads``: the sums over the batch, the packing's
 adjoint gather and the cast), where torch took 7 ops (cat, gather, cast; two sums, gather, cast),
 each a CUDA launch with its host cost: 6 launches forward, 7 backward (at 64x64x56x56). Eager calls
-launch their kernels themselves (``_launch``), launch geometry and the autotuned kernels' configs
-are resolved once per (shape, strides, dtype, options) in
+launch their kernels themselves (``launch``, ops/triton_launch.py), launch geometry and the autotuned
+kernels' configs are resolved once per (shape, strides, dtype, options) in
 ``_FORWARD_PLANS``/``_BACKWARD_PLANS``, the backward's scratch buffers are views of one
 allocation, and a launch whose specialization Triton compiled before goes straight to the compiled
-kernel (``_launch_compiled``), skipping Triton's per-launch binding and cache key (a quarter of a
+kernel (``launch_compiled``), skipping Triton's per-launch binding and cache key (a quarter of a
 forward's host cost up to the driver with triton 3.6; ``SCSA_TRITON_DIRECT_LAUNCH=0`` switches it off;
 off on ROCm builds of torch: ``_direct_launch_default``).
 
@@ -91,6 +92,7 @@ from ..weights import (PackedWeights, capturing_cuda_graph, conv_d_matrix, gradi
                        pack_weights, packed_parameters, packing_needs_graph, shared_dtype, split_packed)
 from . import dropout
 from .eager import FusedKernels, fused_scsa_with_grad, needs_autograd
+from .triton_launch import INTERPRET, interpreting, is_tracing, launch, on_x_device, relaunch
 
 NAME = "triton"
 MAX_SIDE = 4096        # spatial gate rows (BLOCK_L) and pool windows must fit one tile
@@ -136,10 +138,6 @@ Tensor = torch.Tensor
 F32, F64 = torch.float32, torch.float64  # workspace buffer dtypes
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _find_unavailable_reason():
     try:
         import triton
@@ -149,19 +147,16 @@ def _find_unavailable_reason():
         return f"triton {triton.__version__} is too old: the kernels need triton >= 3.5 (torch >= 2.9 installs one)"
     if not hasattr(torch.library, "triton_op"):
         return f"torch {torch.__version__} has no torch.library.triton_op (needs torch >= 2.6)"
-    if not torch.cuda.is_available() and not _interpret():
+    if not torch.cuda.is_available() and not interpreting():
         return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors, slowly)"
     return None
 
 
-# Decided once at import (TRITON_INTERPRET must be set before triton is imported anyway):
-# the per-call checks stay plain attribute reads that torch.compile traces without a break.
-_INTERPRET = _interpret()
 _UNAVAILABLE = _find_unavailable_reason()
 # Eager calls skip the dispatcher (see scsa()). Not under the interpreter by default: there the op
 # boundary keeps the interpreter's own tensor copies out of the traffic test's torch-op count;
 # tests and benchmarks/triton_host_overhead.py switch it on explicitly.
-EAGER_BYPASS = not _INTERPRET
+EAGER_BYPASS = not INTERPRET
 
 
 def unavailable_reason():
@@ -169,7 +164,7 @@ def unavailable_reason():
 
 
 def _find_auto_skip_reason():
-    if torch.version.hip is not None and not _INTERPRET:
+    if torch.version.hip is not None and not INTERPRET:
         return ("on ROCm, auto passes the Triton kernels over: they compile for AMD GPUs (gfx90a, gfx942, gfx1100 "
                 "in CI) but have not run on one yet; backend='triton' runs them, and `scsa-check --backend "
                 "triton` compares them with the reference on this machine")
@@ -185,9 +180,9 @@ def auto_skip_reason():
 
 
 def unsupported_reason(x, config, training):
-    if x.device.type == "cpu" and not _INTERPRET:
+    if x.device.type == "cpu" and not INTERPRET:
         return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)"
-    if x.device.type == "cuda" and _INTERPRET:
+    if x.device.type == "cuda" and INTERPRET:
         return "TRITON_INTERPRET=1 is set: the interpreter runs CPU tensors only"
     if x.device.type not in ("cpu", "cuda"):
         return f"device {x.device.type} is not supported (CUDA tensors only)"
@@ -318,203 +313,12 @@ def _workspace(layout: WorkspaceLayout, x: Tensor):
     the kernels' writes, and for a float64 view of a slice of one float32 allocation (torch 2.11) it
     generated a copy reading the whole allocation's length in float64 from the slice's start, past
     its end: an illegal memory access under CUDA graphs on an H200 (benchmarks/results/nvidia-h200)."""
-    if _is_tracing(x):
+    if is_tracing(x):
         return [_empty(n, device=x.device, dtype=d) for n, d in zip(layout.lengths, layout.dtypes)]
     buffers = list(_empty(sum(layout.slots), device=x.device, dtype=torch.float32).split_with_sizes(layout.slots))
     for i in layout.float64_at:
         buffers[i] = buffers[i].view(torch.float64)
     return buffers
-
-
-def _launch(kernel, grid, *args, tuned=None, **kwargs):
-    """Every kernel launch goes through here (tests record them). Real tensors: Triton's own launch,
-    or the compiled kernel directly (``_launch_compiled``). Tracing tensors (torch.compile or export
-    decomposing the triton_op): ``wrap_triton`` records the launch in the graph. Eager calls must not
-    go through ``wrap_triton``: it is only switched off inside the op's eager dispatch, so from the
-    dispatcher bypass (``scsa``, ops/eager.py) every launch would run through its tracing HOP
-    (milliseconds of host time per call: host benchmark).
-
-    tuned: the launching plan's ``tuned`` dict, for autotuned kernels. The first launch of a plan
-    goes through the autotuner and records its pick there; later launches of the plan pass that
-    config to the kernel itself, skipping the autotuner's per-call key (dicts over every argument:
-    ~20 us per launch on a 2-core VM). A plan fixes what the key depends on (shapes, constexprs,
-    x's dtype). Every config computes the same function, but its tile sets the rows each step sums,
-    and so the float32 summation order: a pick by timing can differ between processes, and with it
-    the last bits of the results. Under ``torch.use_deterministic_algorithms(True)`` every call, eager
-    or traced, takes each kernel's fixed config instead (``_fixed_launch_options``: tiles of 1024
-    elements), the same in every process; otherwise traced calls leave the pick to torch.compile,
-    which autotunes them itself.
-
-    Returns ``_launch_compiled``'s record of a direct launch (for ``_run_compiled`` to make it again),
-    else None."""
-    deterministic = tuned is not None and torch.are_deterministic_algorithms_enabled()
-    if _is_tracing(args[0]):
-        if not _INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
-            from torch.library import wrap_triton
-            if deterministic:
-                kernel, kwargs = kernel.fn, {**kwargs, **_fixed_launch_options(kernel, kwargs)}
-            wrap_triton(kernel)[grid](*args, **kwargs)
-        return
-    if tuned is not None:
-        config = tuned.get((kernel, deterministic))
-        if config is None:
-            if not deterministic:
-                kernel[grid](*args, **kwargs)
-                tuned[kernel, False] = kernel.best_config.all_kwargs()
-                return
-            config = tuned[kernel, True] = _fixed_launch_options(kernel, kwargs)
-        kernel, kwargs = kernel.fn, {**kwargs, **config}
-    if DIRECT_LAUNCH:
-        return _launch_compiled(kernel, grid, args, kwargs)
-    kernel[grid](*args, **kwargs)
-
-
-def _fixed_launch_options(kernel, kwargs) -> dict:
-    """The launch options of autotuned ``kernel``'s fixed config (``fixed_config_for``) for a launch with
-    ``kwargs``: its constexprs, warps and pipeline stages. Not its ``num_ctas`` (1 in every config), which
-    ``wrap_triton`` refuses as a launch argument."""
-    config = kernel.fixed_config_for(kwargs.get("BLOCK_C", 1))
-    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-
-
-def _direct_launch_default() -> bool:
-    """Whether launches go straight to the compiled kernels (``_launch_compiled``): on CUDA builds of torch
-    (not under the interpreter, which has no compiled kernels), unless SCSA_TRITON_DIRECT_LAUNCH=0 (a kill
-    switch, for comparing or bisecting). Not on ROCm: Triton's AMD backend also specializes a kernel on
-    whether each tensor's storage fits in 2 GB (its 32-bit buffer loads and stores), which
-    ``_launch_compiled``'s key does not hold: a kernel compiled for a small tensor would be launched on a
-    larger one. There every launch takes Triton's own path, which computes the specialization."""
-    return not _INTERPRET and torch.version.hip is None and os.environ.get("SCSA_TRITON_DIRECT_LAUNCH", "1") != "0"
-
-
-DIRECT_LAUNCH = _direct_launch_default()
-# (id of the JITFunction, current device, keyword arguments, the positional arguments after the
-# tensors, then each tensor's dtype and whether it is 16-byte aligned) -> (its CompiledKernel, the
-# values of the parameters after the positional arguments). Kernels are module globals: ids are not reused.
-_COMPILED_LAUNCHES = {}
-# id of a JITFunction -> how many tensors lead its positional arguments: every launch passes its
-# tensors first, then the scalars (checked on the first launch of each specialization)
-_LEADING_TENSORS = {}
-
-
-def _launch_compiled(fn, grid, args, kwargs):
-    """Launches JITFunction ``fn``; the first launch of each specialization through Triton
-    (``fn[grid]``: binds every argument, computes the specialization and the cache key, checks the
-    kernel's globals, then launches), every later one through the CompiledKernel that returned,
-    with every parameter in signature order (as Triton's launch passes them; the launcher skips the
-    constexprs). What a compiled kernel depends on is all in the key: the options and constexprs
-    (kwargs), each tensor's dtype and 16-byte alignment, each integer's value (Triton specializes
-    integers equal to 1 and divisible by 16) and the device; floats are keyed by value too (the
-    plan's constants and the validated dropout_p: never NaN). The launch calls the CompiledKernel's
-    launcher as ``CompiledKernel[grid]`` does (the same arguments on triton 3.5 to 3.8), with no launch
-    metadata and no hooks while no launch hook is registered; with one (profilers), through
-    ``CompiledKernel[grid]`` itself, which runs it. Not checked: the kernels' globals
-    (module constants, never reassigned). Tensors reach the launcher as their addresses (ints): from a
-    tensor, Triton's launcher calls its data_ptr() and asks the CUDA driver whether the address is
-    device memory (cuPointerGetAttribute), once per tensor argument per launch; an int it passes as
-    is. The op bodies run on x's device (``_on_x_device``) and validation keeps CPU tensors out, which
-    is what that check would catch. The saving up to the launcher is measured by
-    benchmarks/triton_host_overhead.py; tests/triton_launch_check.py checks that both routes hand
-    Triton's launcher the same arguments (a tensor's address for the tensor).
-
-    Returns the direct launch's record (CompiledKernel, grid, the launcher's arguments), which
-    ``_run_compiled`` launches again as it is, for a caller that knows its tensors are still the ones
-    at those addresses (``_inference_pack``); None after a launch through Triton (a first one)."""
-    driver = _triton_driver().active
-    device = driver.get_current_device()
-    tensors = _LEADING_TENSORS.get(id(fn))
-    if tensors is None:
-        tensors = _LEADING_TENSORS[id(fn)] = next(
-            (i for i, a in enumerate(args) if not isinstance(a, Tensor)), len(args))
-    scalars = args[tensors:]
-    # inline, not a function per argument: this key is most of a direct launch's host time
-    key = [id(fn), device, *kwargs.items(), *scalars]
-    addresses = []
-    for a in args[:tensors]:
-        address = a.data_ptr()
-        key.append(a.dtype)
-        key.append(address % 16 == 0)
-        addresses.append(address)
-    key = tuple(key)
-    launch = _COMPILED_LAUNCHES.get(key)
-    if launch is None:
-        if any(isinstance(a, Tensor) for a in scalars):
-            raise TypeError(f"{fn.__name__}: a launch passes its tensors before every other argument")
-        compiled = fn[grid](*args, **kwargs)
-        if compiled is not None:  # None: a jit cache hook took the compile over
-            _COMPILED_LAUNCHES[key] = compiled, tuple(
-                kwargs[p.name] if p.name in kwargs else p.default for p in fn.params[len(args):])
-        return None
-    compiled, trailing = launch
-    record = (compiled, (*grid, 1, 1)[:3], (*addresses, *scalars, *trailing))
-    _run_compiled(driver, device, *record)
-    return record
-
-
-def _run_compiled(driver, device, compiled, grid, arguments):
-    """Launches CompiledKernel ``compiled`` on ``grid`` (3 sides) with the launcher's ``arguments`` (every
-    parameter in signature order, tensors as addresses) on the current stream of ``device``."""
-    stream = driver.get_current_stream(device)
-    runtime = _triton_knobs().runtime
-    if _no_hook(runtime.launch_enter_hook) and _no_hook(runtime.launch_exit_hook):
-        # CompiledKernel[grid]'s runner builds launch metadata and hands the launcher both hook
-        # chains, which it calls around the launch even when empty; with None it calls none
-        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None,
-                     None, *arguments)
-    else:  # a hook to run (a profiler's): Triton's runner, which gives it the launch metadata
-        compiled[grid](*arguments, stream=stream)
-
-
-def _no_hook(hook) -> bool:
-    """Whether a Triton launch hook calls nothing: None, or an empty HookChain (triton 3.5 to 3.8 register
-    hooks in one; a plain function, as older releases took, calls something)."""
-    return hook is None or getattr(hook, "calls", None) == []
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_knobs():
-    """triton.knobs (imported lazily), whose ``runtime`` holds the launch hooks."""
-    from triton import knobs
-    return knobs
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_driver():
-    """triton.runtime.driver.driver (imported lazily; its active driver can change: a test's host-only one)."""
-    from triton.runtime.driver import driver
-    return driver
-
-
-_REAL_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
-
-
-def _is_tracing(t: Tensor) -> bool:
-    """Whether t is a tracing tensor (fake, functional, proxy): a traced op body sees only those, so
-    its first tensor tells (every launch passes a tensor first)."""
-    return type(t) not in _REAL_TENSOR_TYPES
-
-
-def _device_guard(device: torch.device):
-    """Makes ``device`` the current CUDA device while the launches run, where it is not already:
-    Triton launches on the current device (its context, its current stream), and x may live on
-    another one (``model.to("cuda:1")`` without ``torch.cuda.set_device``). Otherwise, and for
-    any other device, nothing."""
-    if device.type != "cuda" or device.index == torch.cuda.current_device():
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)
-
-
-def _on_x_device(op_body):
-    """``op_body(x, ...)`` (an op's implementation, its first argument a tensor on the device of
-    every other) run under ``_device_guard(x.device)``. Tracing tensors are left alone: the traced
-    launches run where the compiled code runs them (Inductor's generated code sets the device)."""
-    @functools.wraps(op_body)  # keeps the signature the op's schema is inferred from
-    def on_x_device(x, *args, **kwargs):
-        if _is_tracing(x):
-            return op_body(x, *args, **kwargs)
-        with _device_guard(x.device):
-            return op_body(x, *args, **kwargs)
-    return on_x_device
 
 
 # ----------------------------------------------------------------------------------------
@@ -600,7 +404,7 @@ def _forward_plan(shape, x_stride, dtype, K, head_num, window_size, max_pool, re
                   saved_fraction=None):
     """Everything _forward_impl derives from shapes and options: grids, scalars, constexprs, what it
     keeps for the backward (``kept``, ``saved_lengths``: see _kept_for_backward), and ``tuned``, where
-    _launch records the autotuned kernels' picks for this plan. saved_fraction: MAX_SAVED_FRACTION
+    launch records the autotuned kernels' picks for this plan. saved_fraction: MAX_SAVED_FRACTION
     (None: its value now; the plan caches key it, as tests change it)."""
     B, C, H, W = shape
     kept = _kept_for_backward(shape, dtype, saved_fraction)
@@ -649,16 +453,16 @@ _BACKWARD_PLANS = {}
 
 def _means(plan, x, means):
     """Launches the means pass (reads x): fills means (B, C, H+W) fp32 = x_h | x_w."""
-    _launch(_kernels().plane_stats.plane_means_kernel, plan["plane_grid"], x, means, *plan["plane_scalars"],
-            tuned=plan["tuned"], **plan["plane_meta"])
+    launch(_kernels().plane_stats.plane_means_kernel, plan["plane_grid"], x, means, *plan["plane_scalars"],
+           tuned=plan["tuned"], **plan["plane_meta"])
 
 
 def _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b):
     """Launches the spatial gate kernel: from means (B, C, H+W) fp32 fills gates (B, C, H+W) fp32 =
     a_h | a_w and sp_stats (B, 2, 4, 2) fp64 = GroupNorm(4) (mean, rstd)."""
-    _launch(_kernels().spatial_gates.spatial_gates_fwd_kernel, plan["gates_grid"],
-            means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, *plan["gates_scalars"],
-            **plan["gates_meta"])
+    launch(_kernels().spatial_gates.spatial_gates_fwd_kernel, plan["gates_grid"],
+           means, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b, gates, sp_stats, *plan["gates_scalars"],
+           **plan["gates_meta"])
 
 
 def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_softmax, dropout_p, dropout_seed):
@@ -666,12 +470,12 @@ def _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_
     gn (B, 2), row_stats (ROW_STATS, B, C) and ca (B, C), all fp32, with attention dropout when
     dropout_p > 0."""
     channel_attention = _kernels().channel_attention
-    _launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
-            pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, row_stats, ca,
-            *plan["attention_scalars"], dropout_p, DROPOUT=dropout_p > 0, **plan["attention_meta"])
+    launch(channel_attention.channel_attention_fwd_kernel, plan["attention_grid"],
+           pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, row_stats, ca,
+           *plan["attention_scalars"], dropout_p, DROPOUT=dropout_p > 0, **plan["attention_meta"])
     if gate_softmax:
-        _launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], row_stats, ca,
-                plan["gates_scalars"][0], **plan["softmax_meta"])
+        launch(channel_attention.channel_softmax_gate_kernel, plan["softmax_grid"], row_stats, ca,
+               plan["gates_scalars"][0], **plan["softmax_meta"])
 
 
 def _io_meta(meta, x, in_stride, out_stride):
@@ -719,7 +523,7 @@ def _project(conv_d, cells):
         return torch.matmul(conv_d.to(torch.float32), cells)
 
 
-@_on_x_device
+@on_x_device
 def _forward_impl(
         x: Tensor, conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
         n_w: Tensor, n_b: Tensor, qkv_w: Tensor, qkv_b: Tensor, conv_d: Optional[Tensor],
@@ -747,14 +551,14 @@ def _forward_impl(
     _means(plan, x, means)
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
     # g, sums, total: unused without HAS_GRAD
-    _launch(kernels.pooling.pool_kernel, plan["pool_grid"], x, x, gates, pooled, argmax, pooled, pooled,
-            *plan["pool_scalars"], HAS_GRAD=False, tuned=plan["tuned"], **plan["pool_meta"])
+    launch(kernels.pooling.pool_kernel, plan["pool_grid"], x, x, gates, pooled, argmax, pooled, pooled,
+           *plan["pool_scalars"], HAS_GRAD=False, tuned=plan["tuned"], **plan["pool_meta"])
     if recombine:
         pooled = _project(conv_d, _shaped(pooled, plan["cells"]))
     _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_softmax, dropout_p, dropout_seed)
     out_stride = out.stride()
-    _launch(kernels.apply.apply_gates_kernel, plan["plane_grid"], x, out, gates, ca, C, H, W, *x_stride, *out_stride,
-            tuned=plan["tuned"], **_io_meta(plan["apply_meta"], x, x_stride, out_stride))
+    launch(kernels.apply.apply_gates_kernel, plan["plane_grid"], x, out, gates, ca, C, H, W, *x_stride, *out_stride,
+           tuned=plan["tuned"], **_io_meta(plan["apply_meta"], x, x_stride, out_stride))
     return out, torch.cat(kept) if saved is None else saved
 
 
@@ -815,7 +619,7 @@ def _kept_buffers(plan, x):
     allocation and saved None, for the op body to concatenate them after the launches (as in
     ``_workspace``, the kernels' writes stay off views of a shared allocation there)."""
     lengths = plan["saved_lengths"]
-    if _is_tracing(x) and lengths:
+    if is_tracing(x) and lengths:
         return None, [_empty(n, device=x.device, dtype=torch.float32) for n in lengths]
     saved = _empty(sum(lengths), device=x.device, dtype=torch.float32)
     return saved, _split_saved(plan, saved)
@@ -905,7 +709,7 @@ class ParameterPartials(NamedTuple):
         return cls(conv, small, 2 * B, C * K + C, B, 12 * C)
 
 
-@_on_x_device
+@on_x_device
 def _backward_impl(
         grad_out: Tensor, x: Tensor, saved: Tensor,
         conv_w: Tensor, conv_b: Tensor, nh_w: Tensor, nh_b: Tensor, nw_w: Tensor, nw_b: Tensor,
@@ -951,39 +755,39 @@ def _backward_passes(grad_out, x, saved, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b,
     _spatial_gates(plan, means, gates, sp_stats, conv_w, conv_b, nh_w, nh_b, nw_w, nw_b)
     argmax = _argmax_buffer(plan, x, max_pool, gates)
     cells = _empty(plan["cells"], device=x.device, dtype=torch.float32) if recombine else pooled
-    _launch(kernels.pooling.pool_kernel, plan["grad_pool_grid"], x, grad_out, gates, cells, argmax, rsum, dca,
-            *plan["grad_pool_scalars"], HAS_GRAD=True, tuned=plan["tuned"], **plan["grad_pool_meta"])
+    launch(kernels.pooling.pool_kernel, plan["grad_pool_grid"], x, grad_out, gates, cells, argmax, rsum, dca,
+           *plan["grad_pool_scalars"], HAS_GRAD=True, tuned=plan["tuned"], **plan["grad_pool_meta"])
     if recombine:
         pooled = _project(conv_d, cells)
     if not stats_kept:
         _channel_gate(plan, pooled, n_w, n_b, qkv_w, qkv_b, gn, row_stats, ca, gate_softmax, dropout_p, dropout_seed)
-    _launch(channel_attention.channel_attention_bwd_kernel, plan["bwd_attention_grid"],
-            pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, row_stats, ca, dca, dq, dk, dy,
-            small_part, gnsum, *plan["bwd_attention_scalars"], dropout_p, DROPOUT=dropout_p > 0,
-            **plan["bwd_attention_meta"])
+    launch(channel_attention.channel_attention_bwd_kernel, plan["bwd_attention_grid"],
+           pooled, n_w, n_b, qkv_w, qkv_b, _seed_pointer(dropout_seed, gn), gn, row_stats, ca, dca, dq, dk, dy,
+           small_part, gnsum, *plan["bwd_attention_scalars"], dropout_p, DROPOUT=dropout_p > 0,
+           **plan["bwd_attention_meta"])
     if recombine:
         dp = _empty(pooled.shape, device=x.device, dtype=torch.float32)
-        _launch(input_grad.pooled_grad_kernel, plan["planes"], dy, pooled, gn, gnsum, n_w, dp, *plan["pooled_grad_scalars"],
-                **plan["pooled_grad_meta"])
+        launch(input_grad.pooled_grad_kernel, plan["planes"], dy, pooled, gn, gnsum, n_w, dp,
+               *plan["pooled_grad_scalars"], **plan["pooled_grad_meta"])
         with _float32_matmuls(dp):
             d_cells = torch.matmul(conv_d.to(torch.float32).t(), dp)
             d_conv_d = torch.einsum("bcn,bkn->ck", dp, cells).to(conv_d.dtype)
     else:
         d_cells, d_conv_d = dy, dy.new_empty(0)  # d_cells unused
     grad_meta = plan["grad_meta"]
-    _launch(input_grad.pool_grad_sums_kernel, plan["grad_grid"],
-            x, gates, dy, pooled, argmax, gn, gnsum, n_w, d_cells, psum, *plan["pool_sums_scalars"],
-            ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], VEC=plan["pool_sums_vec"], tuned=plan["tuned"],
-            **grad_meta)
-    _launch(kernels.spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
-            means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
-            dt, dmeans, conv_part, small_part, C, H, W, **plan["gates_meta"])
+    launch(input_grad.pool_grad_sums_kernel, plan["grad_grid"],
+           x, gates, dy, pooled, argmax, gn, gnsum, n_w, d_cells, psum, *plan["pool_sums_scalars"],
+           ONE_COL_BLOCK=plan["one_col_block"], WIDE=plan["wide_x"], VEC=plan["pool_sums_vec"], tuned=plan["tuned"],
+           **grad_meta)
+    launch(kernels.spatial_gates.spatial_gates_bwd_kernel, plan["gates_grid"],
+           means, gates, sp_stats, rsum, psum, ca, conv_w, conv_b, nh_w, nw_w,
+           dt, dmeans, conv_part, small_part, C, H, W, **plan["gates_meta"])
     dx = _empty_like(x)
     dx_stride = dx.stride()
-    _launch(input_grad.input_grad_kernel, plan["grad_grid"],
-            grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
-            C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
-            tuned=plan["tuned"], **_io_meta(plan["input_grad_meta"], x, g_stride, dx_stride))
+    launch(input_grad.input_grad_kernel, plan["grad_grid"],
+           grad_out, dx, gates, ca, dmeans, dy, pooled, argmax, gn, gnsum, n_w, d_cells,
+           C, H, W, *g_stride, *dx_stride, *plan["pool_geom"],
+           tuned=plan["tuned"], **_io_meta(plan["input_grad_meta"], x, g_stride, dx_stride))
     return dx, ParameterPartials.of(conv_part, small_part, B, C, conv_w.shape[1]), d_conv_d
 
 
@@ -998,7 +802,7 @@ def _eager_forward(x, packed, weights, config, training):
     return out, saved, conv_d, dropout_seed
 
 
-@_on_x_device
+@on_x_device
 def _eager_pack(x, weights, config):
     """PackedWeights (float32) of the weights, for an eager call that records no packing (training, by
     the autograd node; inference without a kept launch, ``_inference_pack``): one launch of
@@ -1008,21 +812,20 @@ def _eager_pack(x, weights, config):
 
 
 def _pack_into(x, params, config):
-    """(PackedWeights in a new buffer on x's device, ``_launch``'s record of the pack launch or None).
+    """(PackedWeights in a new buffer on x's device, ``launch``'s record of the pack launch or None).
     params: ``packed_parameters``, contiguous."""
     n, grid, meta = _pack_launch(config)
     packed = _empty(n, device=x.device, dtype=torch.float32)
     biases = params[17:] if config.qkv_bias else [packed] * 3  # unread without QKV_BIAS
-    launch = _launch(_kernels().parameters.pack_parameters_kernel, grid, *params[:17], *biases, packed,
-                     config.group_channels, **meta)
-    return split_packed(packed, config.dim, config.max_kernel_size), launch
+    record = launch(_kernels().parameters.pack_parameters_kernel, grid, *params[:17], *biases, packed,
+                    config.group_channels, **meta)
+    return split_packed(packed, config.dim, config.max_kernel_size), record
 
 
 class _KeptPack(NamedTuple):
-    """An inference call's pack launch, kept to be made again: the parameters (weak references) and
-    their addresses then, ``_launch_compiled``'s record, and the packed views of its buffer."""
-    refs: tuple
-    addresses: tuple
+    """An inference call's pack launch, kept to be made again: (weak reference, address, dtype) of each
+    parameter then, ``launch_compiled``'s record, and the packed views of its buffer."""
+    params: tuple
     launch: tuple
     packed: PackedWeights
 
@@ -1031,14 +834,15 @@ class _KeptPack(NamedTuple):
 _KEPT_PACKS = {}
 
 
-@_on_x_device
+@on_x_device
 def _inference_pack(x, weights, config):
     """PackedWeights of an eager call that records no autograd graph: the pack kernel runs on every
     call, since a cached pack would miss an in-place write through ``.data`` (no version counter
     moves; mmengine's EMA hook swaps weights so), and only comparing the values could see it, which
     would wait for the device. Its host cost is kept low instead: while the parameters are the same
-    tensors at the same addresses (so the same dtypes and alignment: the same specialization), the
-    launch is made again as it was (``_run_compiled``), into the same buffer, without preparing its
+    tensors at the same addresses in the same dtypes (the same specialization: ``module.half()`` then
+    ``.bfloat16()`` assigns ``.data`` twice, and the allocator may hand the second cast the first's
+    freed address), the launch is made again as it was (``relaunch``), into the same buffer, without preparing its
     21 arguments (~25 us of host time on a 2-core VM). Reusing the buffer is safe where nothing
     outlives the call's kernels: no autograd graph saves the pack (``scsa`` comes here only without
     one), and no CUDA graph capture records it (a capture packs into its own buffer: a kept one could
@@ -1047,18 +851,18 @@ def _inference_pack(x, weights, config):
         return _eager_pack(x, weights, config)
     params = packed_parameters(weights, config)
     key = (tuple(map(id, params)), config, x.device)
-    addresses = tuple(p.data_ptr() for p in params)
     kept = _KEPT_PACKS.get(key)
-    if kept is not None and kept.addresses == addresses and all(r() is p for r, p in zip(kept.refs, params)):
-        driver = _triton_driver().active
-        _run_compiled(driver, driver.get_current_device(), *kept.launch)
+    if kept is not None and all(r() is p and p.data_ptr() == address and p.dtype == dtype
+                                for (r, address, dtype), p in zip(kept.params, params)):
+        relaunch(kept.launch)
         return kept.packed
     if not all(p.is_contiguous() for p in params):
         return _eager_pack(x, weights, config)  # nothing kept: a copy made contiguous dies with the call
-    packed, launch = _pack_into(x, params, config)
-    if launch is not None:  # a direct launch (the first of a specialization goes through Triton)
+    packed, record = _pack_into(x, params, config)
+    if record is not None:  # a direct launch (the first of a specialization goes through Triton)
         drop = lambda dead, key=key: _KEPT_PACKS.pop(key, None)
-        _KEPT_PACKS[key] = _KeptPack(tuple(weakref.ref(p, drop) for p in params), addresses, launch, packed)
+        kept_params = tuple((weakref.ref(p, drop), p.data_ptr(), p.dtype) for p in params)
+        _KEPT_PACKS[key] = _KeptPack(kept_params, record, packed)
     return packed
 
 
@@ -1071,7 +875,7 @@ def _pack_launch(config):
                                            QKV_BIAS=config.qkv_bias, BLOCK=PACK_BLOCK)
 
 
-@_on_x_device
+@on_x_device
 def _eager_backward(grad_out, x, packed, saved, weights, config):
     kept, conv_d, dropout_seed = saved
     dx, parts, dconv_d = _backward_passes(grad_out, x, kept, *packed, conv_d, *config.kernel_options,
@@ -1088,9 +892,9 @@ def _parameter_grads(parts, weights, config, device):
     index = gradient_index(config, device)
     n = index.shape[0]
     grads = _empty(n, device=device, dtype=shared_dtype(params) or torch.float32)  # mixed: cast each below
-    _launch(_kernels().parameters.parameter_grads_kernel, (-(-n // GRADS_BLOCK_E),),
-            parts.conv, parts.small, index, grads, n, parts.conv_rows, parts.conv_size, parts.small_rows,
-            parts.small_size, BLOCK_E=GRADS_BLOCK_E, BLOCK_R=GRADS_BLOCK_R)
+    launch(_kernels().parameters.parameter_grads_kernel, (-(-n // GRADS_BLOCK_E),),
+           parts.conv, parts.small, index, grads, n, parts.conv_rows, parts.conv_size, parts.small_rows,
+           parts.small_size, BLOCK_E=GRADS_BLOCK_E, BLOCK_R=GRADS_BLOCK_R)
     return gradients_like(grads, params)
 
 
@@ -1115,13 +919,13 @@ def _split_grads(ctx, grad_out, backward_fn):
 
 
 def _define_op(name, fn):
-    """``triton_op``: torch.compile decomposes it into its kernel launches (``_launch`` records them
-    through ``wrap_triton``). Under the interpreter, whose kernels cannot be traced (``_launch``
+    """``triton_op``: torch.compile decomposes it into its kernel launches (``launch`` records them
+    through ``wrap_triton``). Under the interpreter, whose kernels cannot be traced (``launch``
     skips them on tracing tensors), a ``custom_op`` instead, opaque to torch.compile, with its own
     body as the fake kernel (it then only allocates the outputs): decomposed, a compiled graph
     would launch nothing and return uninitialized memory."""
     from torch.library import custom_op, triton_op
-    if not _INTERPRET:
+    if not INTERPRET:
         return triton_op(name, mutates_args=())(fn)
     op = custom_op(name, mutates_args=())(fn)
     op.register_fake(fn)

@@ -11,7 +11,7 @@ AUTOTUNED_KERNELS = []  # every kernel autotune() wraps, as defined (scsa_kernel
 
 
 # The config of every autotuned kernel where no timing may choose it (torch.use_deterministic_algorithms:
-# ops/triton.py ``_launch``): the first of its set with tiles of FIXED_TILE elements (4 warps, not pipelined).
+# ops/triton_launch.py ``launch``): the first of its set with tiles of FIXED_TILE elements (4 warps, not pipelined).
 FIXED_TILE = 1024
 
 
