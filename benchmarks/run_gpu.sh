@@ -15,7 +15,7 @@
 # 5. runs the full scsa-bench suite and the ResNet-50 end-to-end benchmark,
 # 6. judges the Triton backend's targets (issue 3) from the suite's microbench.csv (`scsa-bench --targets`),
 # and leaves logs, CSV and PNG under benchmarks/results/<card-name>/. If $OUT is set, a tarball of
-# that folder plus the CSVs and summary.txt are copied there too.
+# that folder plus summary.txt and the CSVs this run wrote are copied there too.
 #
 # Every step has a time cap so that the whole run ends within TOTAL_BUDGET_S seconds (default 2400)
 # even when a step hangs; scsa-bench gets what is left (at most BENCH_BUDGET_S, default 900) and
@@ -25,16 +25,21 @@
 #
 # STEPS (default: all) runs only the named steps, comma-separated (build, pytest, check, profile,
 # host_overhead, host_overhead_no_direct, attention_routes, variants, bench, e2e, targets). On a short lease (15 minutes
-# of device time, at most 10 per call) one call cannot hold both the GPU tests (the five
-# GPU-relevant files took more than 140 s with 12 workers: 38 % ran on 2026-11-27) and the
-# timings; two calls can, each bringing back its own logs and summary.txt:
-#   BUILD=0 STEPS=pytest TOTAL_BUDGET_S=400 TEST_CAP_S=390 TEST_WORKERS=12 TEST_MARKERS="not host_only"
+# of device time, at most 10 per call, the machine's start, a minute or more, and its idle time counted
+# in) one call cannot hold both the GPU tests (the five GPU-relevant files took more than 140 s with 12
+# workers: 38 % ran on 2026-11-27) and the timings; two calls can, each bringing back its own logs and
+# summary.txt, about 750 s together (each call's timeout_s ~20 s above its TOTAL_BUDGET_S):
+#   BUILD=0 STEPS=pytest TOTAL_BUDGET_S=330 TEST_CAP_S=320 TEST_WORKERS=12 TEST_MARKERS="not host_only"
 #     TEST_ARGS="tests/test_triton_ops.py tests/test_triton_spatial_gates.py tests/test_triton_parameters.py
 #     tests/test_triton_saved_memory.py tests/test_weights.py tests/test_bench.py"
-#   BUILD=0 STEPS=profile,attention_routes,bench,e2e,targets TOTAL_BUDGET_S=400 PROFILE_CAP_S=60
-#     ROUTES_CAP_S=60 E2E_CAP_S=90 BENCH_BUDGET_S=170 BENCH_ARGS="--shape 64,64,56,56 --shape 64,128,28,28
-#     --shape 64,256,14,14 --shape 64,512,7,7 --dtype bf16 --mode forward --mode forward+backward"
-# and, where the lease has time left, the plan variants (a few minutes; VARIANTS_CAP_S cuts the last shapes):
+#   BUILD=0 STEPS=bench,targets TOTAL_BUDGET_S=420 BENCH_BUDGET_S=380 BENCH_ARGS="--shape 64,64,56,56
+#     --shape 64,128,28,28 --shape 64,256,14,14 --shape 64,512,7,7 --dtype bf16 --mode forward
+#     --mode forward+backward"
+# The second is what the issue's targets are judged from: each bf16 ResNet-50 map took ~85 s of the
+# bench (its torch.compile providers compiling; 2026-11-27), so a 170 s bench budget beside the
+# diagnosis steps timed two of the four. Where a lease has time left, the diagnosis steps (a few
+# minutes; VARIANTS_CAP_S cuts the last shapes):
+#   BUILD=0 STEPS=profile,attention_routes,e2e TOTAL_BUDGET_S=250 PROFILE_CAP_S=75 ROUTES_CAP_S=60 E2E_CAP_S=90
 #   BUILD=0 STEPS=variants TOTAL_BUDGET_S=250 VARIANTS_CAP_S=240
 # (results/nvidia-h200/NOTES.md says what each run used and what its caps cut: the e2e step's first
 # Triton call autotunes 16 layer shapes, 25 s were too few).
@@ -62,9 +67,10 @@ ROUTES_CAP_S=${ROUTES_CAP_S:-60}
 VARIANTS_CAP_S=${VARIANTS_CAP_S:-120}
 STEPS=${STEPS:-all}
 TEST_WORKERS=${TEST_WORKERS:-8}
-read -r -a TEST_ARGS <<< "${TEST_ARGS:-}"
+# every word of every line (the header's examples wrap them; `read -a` alone would keep the first line)
+read -r -d '' -a TEST_ARGS <<< "${TEST_ARGS:-}" || true
 TEST_MARKERS=${TEST_MARKERS:-}
-read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"
+read -r -d '' -a BENCH_ARGS <<< "${BENCH_ARGS:-}" || true
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export PYTHONUNBUFFERED=1
@@ -139,6 +145,10 @@ wanted e2e && E2E_RESERVE_S=$E2E_CAP_S
 BENCH_S=$(( $(remaining) - E2E_RESERVE_S - 25 - 15 ))
 (( BENCH_S > BENCH_BUDGET_S )) && BENCH_S=$BENCH_BUDGET_S
 (( BENCH_S < 20 )) && BENCH_S=20
+# the steps that write a CSV start without the previous run's (committed: git keeps it), so that a step cut
+# before its first row leaves no old rows for the targets step or $OUT to pass off as this run's
+wanted bench && rm -f "$RESULTS/microbench.csv"
+wanted e2e && rm -f "$RESULTS/e2e.csv"
 step bench $(( BENCH_S + 25 )) "$PY" -m scsa_kernels.bench --time-budget "$BENCH_S" --out "$RESULTS" \
   ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 # e2e: bfloat16 first (the case that matters on GPU), then float32; rows are written as they finish
@@ -147,7 +157,7 @@ step e2e "$E2E_S" "$PY" -m scsa_kernels.bench --e2e --dtype bfloat16 --dtype flo
   --out "$RESULTS"
 # the issue's targets judged from this run's microbench.csv (whole table in summary.txt; read even when
 # the bench step was cut before its own table)
-[[ -f "$RESULTS/microbench.csv" ]] && TAIL_LINES=60 step targets 30 "$PY" -m scsa_kernels.bench --targets \
+[[ -f "$RESULTS/microbench.csv" ]] && TAIL_LINES=60 step targets "$(cap 30)" "$PY" -m scsa_kernels.bench --targets \
   "$RESULTS/microbench.csv"
 echo "total ${SECONDS}s; failed steps: $FAILED" | tee -a "$SUMMARY"
 
@@ -155,6 +165,7 @@ if [[ -n "${OUT:-}" ]]; then
   mkdir -p "$OUT"
   tar czf "$OUT/results-$CARD.tar.gz" "$RESULTS"
   cp "$SUMMARY" "$OUT/"
-  for f in microbench.csv e2e.csv; do [[ -f "$RESULTS/$f" ]] && cp "$RESULTS/$f" "$OUT/"; done
+  wanted bench && [[ -f "$RESULTS/microbench.csv" ]] && cp "$RESULTS/microbench.csv" "$OUT/"
+  wanted e2e && [[ -f "$RESULTS/e2e.csv" ]] && cp "$RESULTS/e2e.csv" "$OUT/"
 fi
 exit $FAILED

@@ -25,13 +25,16 @@ def random_cases(draw, dtypes, device="cpu"):
     layout = draw(st.sampled_from(["contiguous", "channels_last", "sliced", "permuted"]))
     gen = torch.Generator().manual_seed(seed)
     C = config.dim
+
+    def on_device(t):  # before slicing: .to() lays a non-dense tensor out anew (another device or dtype)
+        return t.to(device, dtype)
     if layout == "sliced":
-        x = torch.randn(B, C + 3, H + 2, W + 5, generator=gen)[:, 1:C + 1, 1:H + 1, 2:W + 2]
+        x = on_device(torch.randn(B, C + 3, H + 2, W + 5, generator=gen))[:, 1:C + 1, 1:H + 1, 2:W + 2]
     elif layout == "permuted":
-        x = torch.randn(H, B, W, C, generator=gen).permute(1, 3, 0, 2)
+        x = on_device(torch.randn(H, B, W, C, generator=gen)).permute(1, 3, 0, 2)
     else:
-        x = torch.randn(B, C, H, W, generator=gen)
+        x = on_device(torch.randn(B, C, H, W, generator=gen))
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
     grad_out = torch.randn(x.shape, dtype=torch.float64, generator=gen).to(device)
-    return config, x.to(device, dtype), random_weights(config, dtype=dtype, device=device, generator=gen), grad_out
+    return config, x, random_weights(config, dtype=dtype, device=device, generator=gen), grad_out

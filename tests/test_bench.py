@@ -495,7 +495,9 @@ def test_gpu_script_is_valid_bash():
 
 
 def test_gpu_script_runs_only_the_steps_named(tmp_path):
-    """run_gpu.sh with STEPS runs those steps and no other (a stub interpreter records the commands)."""
+    """run_gpu.sh with STEPS runs those steps and no other (a stub interpreter records the commands);
+    TEST_ARGS and BENCH_ARGS may span lines (the script's header wraps them); a run whose bench step
+    writes no row leaves no earlier microbench.csv behind to be judged as its own."""
     import shutil
     import subprocess
 
@@ -505,8 +507,15 @@ def test_gpu_script_runs_only_the_steps_named(tmp_path):
     stub = tmp_path / "stub-python"
     stub.write_text('#!/usr/bin/env bash\ncase "$*" in *results_folder_name*) echo stub-card;; *) echo "ran: $*";; esac\n')
     stub.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(stub), "STEPS": "profile,bench", "TOTAL_BUDGET_S": "200",
-           "BENCH_ARGS": "--shape 64,64,56,56 --autotune-all"}
+    # not the caller's own settings of the script (on the GPU machine: run_gpu.sh's, with its $OUT)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OUT", "BUILD", "STEPS", "TOTAL_BUDGET_S") and not k.startswith(("TEST_", "BENCH_"))
+           and not k.endswith("_CAP_S")}
+    env.update(PYTHON=str(stub), STEPS="profile,bench", TOTAL_BUDGET_S="200",
+               BENCH_ARGS="--shape 64,64,56,56\n    --autotune-all")
+    results = tmp_path / "benchmarks" / "results" / "stub-card"
+    results.mkdir(parents=True)
+    (results / "microbench.csv").write_text("date\n")  # an earlier run's
 
     def run_script():
         res = subprocess.run(["bash", str(tmp_path / "benchmarks" / "run_gpu.sh")], env=env, capture_output=True,
@@ -514,8 +523,8 @@ def test_gpu_script_runs_only_the_steps_named(tmp_path):
         assert res.returncode == 0, res.stdout + res.stderr
 
     run_script()
-    results = tmp_path / "benchmarks" / "results" / "stub-card"
     assert sorted(p.name for p in results.glob("*.log")) == ["bench.log", "profile.log"]
+    assert not (results / "microbench.csv").exists()
     assert "ran: benchmarks/kernel_profile.py" in (results / "profile.log").read_text()
     assert re.search(r"ran: -m scsa_kernels.bench --time-budget \d+ --out \S+ --shape 64,64,56,56 --autotune-all$",
                      (results / "bench.log").read_text().strip())
@@ -529,7 +538,7 @@ def test_gpu_script_runs_only_the_steps_named(tmp_path):
         results / "targets.log").read_text()
     assert "targets: exit 0" in (results / "summary.txt").read_text()
     # pytest: TEST_MARKERS as one -m expression before the files of TEST_ARGS
-    env.update(STEPS="pytest", TEST_MARKERS="not host_only", TEST_ARGS="tests/test_bench.py tests/test_weights.py")
+    env.update(STEPS="pytest", TEST_MARKERS="not host_only", TEST_ARGS="tests/test_bench.py\n  tests/test_weights.py")
     run_script()
     assert (results / "pytest.log").read_text().strip().endswith(
         " -m not host_only tests/test_bench.py tests/test_weights.py")
