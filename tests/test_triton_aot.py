@@ -183,6 +183,17 @@ def test_dropout_variants_are_compiled(compiled):
         assert any("DROPOUT=True" in v for v in variants) and any("DROPOUT=False" in v for v in variants), variants
 
 
+def test_no_float32_product_runs_on_tf32_tensor_cores(compiled):
+    """No kernel multiplies float32 values on TF32 tensor cores (10-bit mantissas): the channel attention's
+    tl.dots ask for IEEE float32, and no broadcast product summed over its middle axis is left for
+    Triton to rewrite into a dot of its own. Such a rewrite, on triton 3.5 and 3.6 only (3.8 keeps the
+    sum), ran the attention's products of 2 and 4 pooled positions as TF32 mma with padded operands:
+    the wrong results on the H200 of 2026-11-27 (benchmarks/results/nvidia-h200/NOTES.md)."""
+    cuda = [r for r in compiled.rows if r["arch"].startswith("sm_")]
+    assert cuda
+    assert not [(r["kernel"], r["arch"], r["variant"]) for r in cuda if r["tf32_products"]]
+
+
 def test_float64_math_stays_in_the_spatial_gates_statistics(compiled):
     """Only the spatial gate kernels compute in float64 (the conv and GroupNorm of groups of near-equal
     values, triton/spatial_gates.py); no other kernel has float64 arithmetic in its PTX (a Python float

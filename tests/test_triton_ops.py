@@ -285,6 +285,32 @@ def test_larger_autotune_tiles(monkeypatch, tile, case):
     assert [k.best_config.kwargs["TILE"] for k in autotuned_kernels()] == [tile] * len(autotuned_kernels())
 
 
+GPU_CONFIG_CASES = {  # (shape, channels_last, options, channels per program of the plane passes)
+    "nchw_56x56_max_pool": ((2, 16, 56, 56), False, dict(window_size=7, down_sample_mode="max_pool"), 1),
+    "channels_last_20x20": ((2, 32, 20, 20), True, dict(window_size=3, head_num=2), 16),
+}
+
+
+@requires_cuda
+@pytest.mark.parametrize("index", range(max(len(k.all_configs) for k in autotuned_kernels())))
+@pytest.mark.parametrize("case", sorted(GPU_CONFIG_CASES))
+def test_gpu_every_autotune_config(monkeypatch, index, case):
+    """On a GPU the autotuner keeps whichever config times fastest, so every config must compute the
+    same function: each kernel forced to the index-th config of its set for the case's launches (the
+    last where its set is shorter), warps and pipeline stages included (the pool pass's cp.async
+    config), which the interpreter never runs and the autotuner's pick alone would leave unchecked."""
+    from scsa_kernels.ops import triton as ops
+    shape, channels_last, options, block_c = GPU_CONFIG_CASES[case]
+    for kernel in autotuned_kernels():
+        configs = kernel.configs_for(block_c)
+        monkeypatch.setattr(kernel, "configs", [configs[min(index, len(configs) - 1)]])
+        monkeypatch.setattr(kernel, "best_config", None, raising=False)
+    monkeypatch.setattr(ops, "_FORWARD_PLANS", {})
+    monkeypatch.setattr(ops, "_BACKWARD_PLANS", {})
+    x = torch.randn(*shape, device=DEVICE)
+    assert_matches(x.to(memory_format=torch.channels_last) if channels_last else x, SCSAConfig(shape[1], **options))
+
+
 def test_large_head_and_many_positions():
     """D = 80 > BLOCK_D (column blocks of the online softmax) and N = 81 > BLOCK_N (chunks)."""
     config = SCSAConfig(80, window_size=3, gate_layer="softmax", qkv_bias=True)
@@ -793,6 +819,23 @@ def test_batch_times_channels_past_int32_is_unsupported():
     x = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(2 ** 20, 2 ** 11, 1, 1)
     assert "B * C of 2**31" in backends.why_not("triton", x, config, False)
     assert backends.why_not("triton", x[1:], config, False) is None
+
+
+@pytest.mark.parametrize("rule,shape,options", [
+    ("a batch of 2**27", (2 ** 27, 4, 1, 1), dict(window_size=-1)),
+    ("C * max(H, W) of 2**31", (1, 2 ** 19, 1, 4096), dict(window_size=-1)),
+    ("C * pooled positions of 2**31", (1, 2 ** 15, 256, 256), dict(window_size=1)),
+], ids=["batch", "channels_by_side", "channels_by_positions"])
+def test_int32_counts_past_their_range_are_unsupported(rule, shape, options):
+    """The kernels' other int32 products: the spatial gates' statistics offsets (16 per sample), their
+    GroupNorm(4) element counts (C/4 x a side), the channel attention's offsets and GroupNorm(1) count
+    (C x pooled positions). Past 2**31 they would wrap (a zero count: a finite, wrong GroupNorm) and
+    are refused with the reason; one less along the last axis runs (stride-0 views: no memory)."""
+    config = SCSAConfig(shape[1], **options)
+    x = torch.zeros(1, 1, 1, 1, device=DEVICE).expand(*shape)
+    assert rule in backends.why_not("triton", x, config, False)
+    smaller = x[1:] if shape[0] > 1 else x[..., 1:]
+    assert backends.why_not("triton", smaller, config, False) is None
 
 
 def test_float64_is_unsupported_not_downcast():

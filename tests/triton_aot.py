@@ -169,7 +169,8 @@ def cuda_stats(compiled, name, arch, dtype):
                 half_element_accesses=half_element_accesses(ptx),
                 async_copies=len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
                 float64_ops=len(FLOAT64_ARITHMETIC.findall(ptx)),
-                float32_exps=len(re.findall(r"\bex2\.approx(?:\.ftz)?\.f32\b", ptx)))
+                float32_exps=len(re.findall(r"\bex2\.approx(?:\.ftz)?\.f32\b", ptx)),
+                tf32_products=len(TF32_PRODUCTS.findall(ptx)))
 
 
 def hip_stats(compiled):
@@ -186,12 +187,17 @@ def hip_stats(compiled):
 
     return dict(arch=compiled.metadata.target.arch, registers=field("vgpr_count") + field("agpr_count", absent=0),
                 spill_bytes=field("private_segment_fixed_size"), tile_load_orders=[], half_element_accesses=0,
-                async_copies=0, float64_ops=len(AMDGCN_FLOAT64_ARITHMETIC.findall(asm)), float32_exps=0)
+                async_copies=0, float64_ops=len(AMDGCN_FLOAT64_ARITHMETIC.findall(asm)), float32_exps=0,
+                tf32_products=0)
 
 
 # PTX float64 arithmetic (conversions, selects and compares aside): on Turing, Ampere and Ada consumer and inference
 # cards it runs at 1/32 to 1/64 of float32's rate
 FLOAT64_ARITHMETIC = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|rsqrt|rcp|ex2|lg2|max|min|neg|abs)(?:\.\w+)*\.f64\b")
+# Tensor-core products with TF32 inputs (10-bit mantissas): ``mma.sync...tf32`` (Ampere on) and ``wgmma...tf32``
+# (Hopper). A tl.dot without input_precision="ieee", or Triton's rewrite of a broadcast product summed over
+# its middle axis into such a dot (triton 3.5 and 3.6, not 3.8), would compute float32 products so
+TF32_PRODUCTS = re.compile(r"\b(?:mma\.sync|wgmma\.mma_async)\S*\.tf32\b")
 AMDGCN_FLOAT64_ARITHMETIC = re.compile(r"\bv_(?:add|mul|fma|rcp|rsq|sqrt|max|min|div_\w+|ldexp)_f64\b")
 
 

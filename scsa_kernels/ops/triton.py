@@ -61,9 +61,10 @@ sample, row channel and column: ops/dropout.py); one (1,) int64 seed per call co
 generator and is saved for the backward, which draws the same masks again.
 
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
-float64 (kernels compute in float32), window or plane sides > 4096, planes of 2**31 elements or more,
-B * C of 2**31 or more, more than 65535 channel attention programs per sample (e.g. 65536 heads of one
-channel).
+float64 (kernels compute in float32), window or plane sides > 4096, and where an int32 product in the
+kernels would pass 2**31: planes of 2**31 elements or more, B * C, C * max(H, W) or C * pooled positions
+of 2**31 or more, batches of 2**27 or more; more than 65535 channel attention programs per sample (e.g.
+65536 heads of one channel).
 
 Layout: the plane passes (means, pool, apply, pool_grad_sums, input_grad) take strided tiles of
 (BLOCK_C channels x rows x columns) with 64-bit plane bases (in-plane offsets go 64-bit only when
@@ -193,8 +194,17 @@ def unsupported_reason(x, config, training):
         return f"H and W must be <= {MAX_SIDE} for the Triton kernels, got {height}x{width}"
     if height * width >= 2 ** 31:
         return "planes of 2**31 elements or more are not supported (int32 in-plane argmax)"
-    if x.shape[0] * x.shape[1] >= 2 ** 31:
+    batch, channels = x.shape[0], x.shape[1]
+    if batch * channels >= 2 ** 31:
         return "B * C of 2**31 or more is not supported (int32 plane indices in the spatial gate kernels)"
+    if batch >= 2 ** 27:
+        return "a batch of 2**27 or more is not supported (int32 statistics offsets in the spatial gate kernels)"
+    if channels * max(height, width) >= 2 ** 31:
+        return "C * max(H, W) of 2**31 or more is not supported (int32 GroupNorm(4) counts in the spatial gate kernels)"
+    pooled_h, pooled_w = _windows(height, width, config.window_size)[:2]
+    if channels * pooled_h * pooled_w >= 2 ** 31:
+        return ("C * pooled positions of 2**31 or more is not supported (int32 offsets and GroupNorm(1) counts in "
+                "the channel attention kernels)")
     programs = _attention_programs_per_sample(config.dim, config.head_num)
     if programs > MAX_GRID_Y:
         return (f"the channel attention kernels would need {programs} programs per sample (head_num={config.head_num}"
