@@ -47,7 +47,8 @@
 # One interpreter for everything: $PYTHON, else the first of python3 / python that imports torch
 # (`pip` on PATH may belong to another interpreter, so the build runs `$PY -m pip`). pytest runs with
 # `-n $TEST_WORKERS` (default 8) when pytest-xdist is importable; TEST_ARGS (default: the whole suite) picks
-# test files, e.g. the GPU-relevant ones on a short lease, since CI runs the CPU-only tests anyway;
+# test files, e.g. the GPU-relevant ones on a short lease, since CI runs the CPU-only tests anyway (on a
+# GPU the tests run each Triton kernel's fixed config, not the autotuner: tests/conftest.py);
 # TEST_MARKERS a -m expression, e.g. "not host_only" (tests that compile for sm_90 on a host-only Triton
 # driver in a subprocess, the same with or without a GPU: they held the 2026-11-27 lease's test step).
 # BENCH_ARGS: more scsa-bench options (e.g. only the cases the targets step judges: the four ResNet-50

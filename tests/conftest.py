@@ -72,6 +72,18 @@ def _fresh_seed(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fixed_triton_configs_on_gpu(request, monkeypatch):
+    """On a GPU every test but those marked ``autotune`` runs each autotuned Triton kernel's fixed config
+    (SCSA_TRITON_AUTOTUNE=0): the autotuner compiles and times every config at each new shape, most of
+    the GPU test step's time on a short lease; test_gpu_every_autotune_config checks every config's
+    results. (Without a GPU the interpreter runs one config anyway.)"""
+    if HAS_CUDA and request.node.get_closest_marker("autotune") is None:
+        from scsa_kernels.ops import triton_launch
+        monkeypatch.setattr(triton_launch, "AUTOTUNE", False)
+    yield
+
+
 def pytest_runtest_makereport(item, call):
     if call.excinfo is not None:
         seeds = [v for k, v in item.user_properties if k == "seed"]

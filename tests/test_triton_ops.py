@@ -264,7 +264,7 @@ TILE_CASES = {
 }
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="on a GPU the autotuner runs every config")
+@pytest.mark.skipif(HAS_CUDA, reason="on a GPU test_gpu_every_autotune_config runs every config")
 @pytest.mark.parametrize("tile", _larger_tiles())
 @pytest.mark.parametrize("case", sorted(TILE_CASES))
 def test_larger_autotune_tiles(monkeypatch, tile, case):
@@ -291,6 +291,7 @@ GPU_CONFIG_CASES = {  # (shape, channels_last, options, channels per program of 
 }
 
 
+@pytest.mark.autotune
 @requires_cuda
 @pytest.mark.parametrize("index", range(max(len(k.all_configs) for k in autotuned_kernels())))
 @pytest.mark.parametrize("case", sorted(GPU_CONFIG_CASES))
@@ -740,6 +741,7 @@ def _plan_picks(ops):
             for key, pick in plan["tuned"].items()}
 
 
+@pytest.mark.autotune
 def test_plans_reuse_the_autotuners_pick(monkeypatch):
     """The first call of a launch plan goes through each autotuned kernel's autotuner and records its
     pick in the plan; later calls of the plan launch the kernel with it directly (ops.triton_launch.launch),
@@ -762,6 +764,7 @@ def test_plans_reuse_the_autotuners_pick(monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.autotune
 def test_deterministic_algorithms_fix_every_autotuned_config(monkeypatch):
     """Under torch.use_deterministic_algorithms(True) no timing picks a config (the tile sets the float32
     summation order, and a pick by timing can differ between processes): every autotuned kernel runs
@@ -776,6 +779,18 @@ def test_deterministic_algorithms_fix_every_autotuned_config(monkeypatch):
         torch.use_deterministic_algorithms(False)
     assert not tuner_runs
     picks = {(kernel.fn.__name__, deterministic, pick["TILE"]) for (kernel, deterministic), pick in _plan_picks(ops).items()}
+    assert picks == {(name, True, 1024) for name in PLANE_PASSES}
+
+
+def test_autotune_off_runs_every_kernels_fixed_config(monkeypatch):
+    """SCSA_TRITON_AUTOTUNE=0 (triton_launch.AUTOTUNE): as under deterministic algorithms, each autotuned
+    kernel runs its fixed config and the autotuner never runs (the GPU tests run so: conftest.py)."""
+    from scsa_kernels.ops import triton_launch
+    ops, tuner_runs = _fresh_plans_counting_tuner_runs(monkeypatch)
+    monkeypatch.setattr(triton_launch, "AUTOTUNE", False)
+    assert_matches(torch.randn(2, 8, 40, 36, device=DEVICE), SCSAConfig(8, window_size=7))
+    assert not tuner_runs
+    picks = {(kernel.fn.__name__, fixed, pick["TILE"]) for (kernel, fixed), pick in _plan_picks(ops).items()}
     assert picks == {(name, True, 1024) for name in PLANE_PASSES}
 
 

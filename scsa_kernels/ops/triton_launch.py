@@ -23,6 +23,10 @@ def interpreting() -> bool:
 # Decided once at import (TRITON_INTERPRET must be set before triton is imported anyway): the per-call
 # checks stay plain attribute reads that torch.compile traces without a break.
 INTERPRET = interpreting()
+# SCSA_TRITON_AUTOTUNE=0: every autotuned kernel runs its fixed config, as under deterministic algorithms
+# (``launch``): no compiling and timing of every config at each new shape (seconds per shape; a model
+# fed many input sizes pays them at each), at the fixed tile's speed. The GPU tests run so (conftest.py).
+AUTOTUNE = os.environ.get("SCSA_TRITON_AUTOTUNE", "1") != "0"
 
 
 def launch(kernel, grid, *args, tuned=None, **kwargs):
@@ -39,25 +43,25 @@ def launch(kernel, grid, *args, tuned=None, **kwargs):
     ~20 us per launch on a 2-core VM). A plan fixes what the key depends on (shapes, constexprs,
     x's dtype). Every config computes the same function, but its tile sets the rows each step sums,
     and so the float32 summation order: a pick by timing can differ between processes, and with it
-    the last bits of the results. Under ``torch.use_deterministic_algorithms(True)`` every call, eager
-    or traced, takes each kernel's fixed config instead (``_fixed_launch_options``: tiles of 1024
-    elements), the same in every process; otherwise traced calls leave the pick to torch.compile,
-    which autotunes them itself.
+    the last bits of the results. Under ``torch.use_deterministic_algorithms(True)`` (or with
+    ``AUTOTUNE`` off) every call, eager or traced, takes each kernel's fixed config instead
+    (``_fixed_launch_options``: tiles of 1024 elements), the same in every process; otherwise traced
+    calls leave the pick to torch.compile, which autotunes them itself.
 
     Returns ``launch_compiled``'s record of a direct launch (for ``relaunch`` to make it again),
     else None."""
-    deterministic = tuned is not None and torch.are_deterministic_algorithms_enabled()
+    fixed = tuned is not None and (not AUTOTUNE or torch.are_deterministic_algorithms_enabled())
     if is_tracing(args[0]):
         if not INTERPRET:  # the interpreter would dereference the fake pointers: only shapes matter there
             from torch.library import wrap_triton
-            if deterministic:
+            if fixed:
                 kernel, kwargs = kernel.fn, {**kwargs, **_fixed_launch_options(kernel, kwargs)}
             wrap_triton(kernel)[grid](*args, **kwargs)
         return
     if tuned is not None:
-        config = tuned.get((kernel, deterministic))
+        config = tuned.get((kernel, fixed))
         if config is None:
-            if not deterministic:
+            if not fixed:
                 kernel[grid](*args, **kwargs)
                 tuned[kernel, False] = kernel.best_config.all_kwargs()
                 return
