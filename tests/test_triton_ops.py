@@ -782,6 +782,17 @@ def test_deterministic_algorithms_fix_every_autotuned_config(monkeypatch):
     assert picks == {(name, True, 1024) for name in PLANE_PASSES}
 
 
+def test_autotuners_keep_their_picks_on_disk():
+    """Every autotuned kernel keeps its picks in Triton's on-disk cache (cache_results): each shape is
+    tuned once per machine, not at every process start, and every process of a machine makes the same
+    pick (the same float32 summation order). Checked outside the interpreter, which turns the cache off."""
+    script = "from scsa_kernels.triton import autotuned_kernels as k; print([t.cache_results for t in k()])"
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=compiled_triton_env(None),
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == str([True] * len(autotuned_kernels())), res.stdout
+
+
 def test_autotune_off_runs_every_kernels_fixed_config(monkeypatch):
     """SCSA_TRITON_AUTOTUNE=0 (triton_launch.AUTOTUNE): as under deterministic algorithms, each autotuned
     kernel runs its fixed config and the autotuner never runs (the GPU tests run so: conftest.py)."""

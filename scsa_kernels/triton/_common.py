@@ -25,6 +25,10 @@ def autotune(configs, key, channel_tile_configs=None):
     config only under the interpreter. ``kernel.all_configs`` lists every config and
     ``kernel.configs_for(BLOCK_C)`` a launch's set, for the ahead-of-time compile test;
     ``kernel.fixed_config_for(BLOCK_C)`` the set's config with FIXED_TILE.
+
+    The picks are kept on disk (Triton's ``cache_results``, in its cache folder, keyed by the kernel's
+    source, the target, the configs and the tuning key): a process tunes a shape only where none before
+    it on this machine did, and picks, hence float32 summation orders, agree between its processes.
     """
     tile_configs = list(channel_tile_configs or configs)
     sets = {False: list(configs[:1] if INTERPRET else configs), True: tile_configs[:1] if INTERPRET else tile_configs}
@@ -35,7 +39,7 @@ def autotune(configs, key, channel_tile_configs=None):
     def wrap(fn):
         listed = sets[False] + [c for c in sets[True] if c not in sets[False]]
         prune = {"early_config_prune": pick_set, "perf_model": None, "top_k": None} if channel_tile_configs else None
-        tuned = triton.autotune(configs=listed, key=key, prune_configs_by=prune)(fn)
+        tuned = triton.autotune(configs=listed, key=key, prune_configs_by=prune, cache_results=True)(fn)
         tuned.all_configs = list(configs) + [c for c in tile_configs if c not in configs]
         tuned.configs_for = lambda block_c: list(tile_configs if block_c > 1 else configs)
         tuned.fixed_config_for = lambda block_c: next(c for c in tuned.configs_for(block_c)
