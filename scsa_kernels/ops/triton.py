@@ -31,9 +31,10 @@ over the batch); x read twice, grad_out twice, dx written once:
   (c) ``input_grad`` (reads grad_out, writes dx)
 No atomics: every reduction belongs to one program, partials are summed by torch.sum (eager
 training: by ``parameter_grads``, below) in a fixed order, so results are bitwise reproducible for a
-given config of the autotuned plane passes: in a process always (a plan keeps its pick), across
-processes under ``torch.use_deterministic_algorithms(True)`` or SCSA_TRITON_AUTOTUNE=0, where no
-timing picks the config (``launch``, ops/triton_launch.py).
+given config of the autotuned plane passes: in a process always (a plan keeps its pick), between a
+machine's processes while Triton's on-disk cache keeps the picks (triton/_common.py), anywhere under
+``torch.use_deterministic_algorithms(True)`` or SCSA_TRITON_AUTOTUNE=0, where no timing picks the
+config (``launch``, ops/triton_launch.py).
 
 Host cost per call (benchmarks/triton_host_overhead.py, CPU with a host-only Triton driver): eager
 calls skip the dispatcher (training: one autograd node, ops/eager.py; inference: a direct
