@@ -32,7 +32,7 @@ over the batch); x read twice, grad_out twice, dx written once:
 No atomics: every reduction belongs to one program, partials are summed by torch.sum (eager
 training: by ``parameter_grads``, below) in a fixed order, so results are bitwise reproducible for a
 given config of the autotuned plane passes: in a process always (a plan keeps its pick), between a
-machine's processes while Triton's on-disk cache keeps the picks (triton/_common.py), anywhere under
+machine's processes once Triton's on-disk cache holds the picks (triton/_common.py), anywhere under
 ``torch.use_deterministic_algorithms(True)`` or SCSA_TRITON_AUTOTUNE=0, where no timing picks the
 config (``launch``, ops/triton_launch.py).
 
@@ -51,7 +51,7 @@ kernels' configs are resolved once per (shape, strides, dtype, options) in
 allocation, and a launch whose specialization Triton compiled before goes straight to the compiled
 kernel (``launch_compiled``), skipping Triton's per-launch binding and cache key (a quarter of a
 forward's host cost up to the driver with triton 3.6; ``SCSA_TRITON_DIRECT_LAUNCH=0`` switches it off;
-off on ROCm builds of torch: ``_direct_launch_default``).
+off on ROCm builds of torch: ``triton_launch.direct_launch_default``).
 
 AMD GPUs (ROCm builds of torch, whose GPU tensors are "cuda" tensors too): the kernels compile for
 gfx90a, gfx942 and gfx1100 (tests/test_triton_aot.py) but have not run on one, so ``auto`` passes
@@ -63,9 +63,9 @@ generator and is saved for the backward, which draws the same masks again.
 
 Not supported (``unsupported_reason`` says so, and ``auto`` falls back to the reference):
 float64 (kernels compute in float32), window or plane sides > 4096, and where an int32 product in the
-kernels would pass 2**31: planes of 2**31 elements or more, B * C, C * max(H, W) or C * pooled positions
-of 2**31 or more, batches of 2**27 or more; more than 65535 channel attention programs per sample (e.g.
-65536 heads of one channel).
+kernels would pass 2**31: planes of 2**31 elements or more, B * C or C * pooled positions of 2**31 or
+more, batches of more than 2**27; more than 65535 channel attention programs per sample (e.g. 65536
+heads of one channel; with sides of at most 4096, this also keeps C/4 x side below 2**31).
 
 Layout: the plane passes (means, pool, apply, pool_grad_sums, input_grad) take strided tiles of
 (BLOCK_C channels x rows x columns) with 64-bit plane bases (in-plane offsets go 64-bit only when
@@ -198,10 +198,8 @@ def unsupported_reason(x, config, training):
     batch, channels = x.shape[0], x.shape[1]
     if batch * channels >= 2 ** 31:
         return "B * C of 2**31 or more is not supported (int32 plane indices in the spatial gate kernels)"
-    if batch >= 2 ** 27:
-        return "a batch of 2**27 or more is not supported (int32 statistics offsets in the spatial gate kernels)"
-    if channels * max(height, width) >= 2 ** 31:
-        return "C * max(H, W) of 2**31 or more is not supported (int32 GroupNorm(4) counts in the spatial gate kernels)"
+    if batch > 2 ** 27:  # offsets up to 16 B - 1; their GroupNorm(4) counts (C/4 x side) fit by the rules here
+        return "a batch of more than 2**27 is not supported (int32 statistics offsets in the spatial gate kernels)"
     pooled_h, pooled_w = _windows(height, width, config.window_size)[:2]
     if channels * pooled_h * pooled_w >= 2 ** 31:
         return ("C * pooled positions of 2**31 or more is not supported (int32 offsets and GroupNorm(1) counts in "

@@ -28,7 +28,7 @@ def autotune(configs, key, channel_tile_configs=None):
 
     The picks are kept on disk (Triton's ``cache_results``, in its cache folder, keyed by the kernel's
     source, the target, the configs and the tuning key): a process tunes a shape only where none before
-    it on this machine did, and picks, hence float32 summation orders, agree between its processes.
+    it on this machine did, and later processes take its pick, hence its float32 summation order.
     """
     tile_configs = list(channel_tile_configs or configs)
     sets = {False: list(configs[:1] if INTERPRET else configs), True: tile_configs[:1] if INTERPRET else tile_configs}
